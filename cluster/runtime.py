@@ -1,0 +1,76 @@
+"""Starting Ray on this machine (the embedded default) or joining a cluster, with token auth left on."""
+
+from __future__ import annotations
+
+import os
+
+
+class ClusterError(RuntimeError):
+    """Ray could not be started or joined; the message says what to do."""
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> dict[str, float]:
+    """Start a local Ray instance (no ``address``) or connect to a running cluster; returns its resources.
+
+    Current Ray enables token authentication by default: a new local instance creates its token itself; joining a
+    cluster needs the cluster's token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    # No tokenizer thread pools fighting Ray for cores in the workers.
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    try:
+        if address is None:
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                object_store_memory=object_store_memory,
+                **kwargs,
+            )
+        else:
+            ray.init(address=address, **kwargs)
+    except ConnectionError as err:
+        raise ClusterError(
+            f"--address {address}: no Ray cluster answered ({err}); check the address"
+        ) from None
+    except Exception as err:  # Ray raises AuthenticationError (and others) without a shared base
+        if "auth" in type(err).__name__.lower() or "token" in str(err).lower():
+            raise ClusterError(
+                f"--address {address}: the cluster wants its auth token; set RAY_AUTH_TOKEN or copy the head's "
+                "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+            ) from None
+        raise
+    return ray.cluster_resources()
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def plan_concurrency(
+    resources: dict[str, float],
+    *,
+    num_workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    requested: int | None = None,
+) -> int:
+    """Trials at once: what the cluster's CPUs and GPUs allow for this trial shape, unless set explicitly."""
+    if requested is not None:
+        return requested
+    limits = [resources.get("CPU", os.cpu_count() or 1) // (num_workers * cpus_per_worker)]
+    if gpus_per_worker > 0:
+        limits.append(resources.get("GPU", 0) // (num_workers * gpus_per_worker))
+    return max(1, int(min(limits)))

@@ -1,0 +1,84 @@
+"""``peft-search``: the command line. Start-up stays fast: heavy libraries load only inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.config import default_config_path, load_config
+
+    overrides = {}
+    if args.num_trials is not None:
+        overrides["search.num_trials"] = args.num_trials
+    if args.results_dir is not None:
+        overrides["results_dir"] = args.results_dir
+    if args.name is not None:
+        overrides["name"] = args.name
+    path = Path(args.config) if args.config else default_config_path()
+    cfg = load_config(path, overrides)
+    from search.driver import run_search
+
+    print(
+        f"[peft-search] search {cfg.name!r}: {cfg.search.num_trials} trials of {cfg.model.name_or_path} "
+        f"on {cfg.dataset.source}; results in {cfg.search_dir()}",
+        flush=True,
+    )
+    search_dir = run_search(cfg, address=args.address, num_cpus=args.num_cpus)
+    from reports import load_trials, summary_table
+
+    trials = load_trials(search_dir)
+    print()
+    print(summary_table(trials))
+    done = trials["status"].eq("complete").sum()
+    print(f"\n[peft-search] {done}/{len(trials)} trials complete. Results: {search_dir}")
+    print(
+        f"[peft-search]   trials table: {search_dir / 'trials.parquet'}   Optuna storage: {search_dir / 'optuna.db'}"
+    )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from reports import load_trials, summary_table
+
+    print(summary_table(load_trials(args.results_dir)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peft-search",
+        description="Multi-objective search over PEFT configurations (method x rank x targets x quantization) on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a search (Ray starts on this machine unless --address is given)")
+    run.add_argument(
+        "config", nargs="?", help="YAML search config (default: the bundled BBC News / MiniLM search)"
+    )
+    run.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
+    run.add_argument("--num-trials", type=int, help="override search.num_trials")
+    run.add_argument("--results-dir", help="override results_dir")
+    run.add_argument("--name", help="override the search name")
+    run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    run.set_defaults(func=_run)
+    show = sub.add_parser("show", help="print the trials table of a results directory")
+    show.add_argument("results_dir")
+    show.set_defaults(func=_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from search.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"peft-search: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

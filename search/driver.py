@@ -1,0 +1,288 @@
+"""The search driver: prepare once, then let Ray Tune run the trials with Optuna choosing them."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import spaces
+from search.config import ConfigError, SearchConfig
+from search.data import Splits, TokenizedSplits
+
+CONFIG_FILE = "config.yaml"
+OPTUNA_FILE = "optuna.db"
+RUN_FILE = "run.json"
+# The trial function only launches a Ray Train run; it holds no CPU so the workers get the cores.
+_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
+
+
+@dataclass
+class Prepared:
+    """Everything computed once per search before Ray starts."""
+
+    model_path: str
+    facts: Any
+    splits: Splits
+    data: TokenizedSplits
+    space_context: spaces.SpaceContext
+    space_spec: spaces.SpaceSpec
+    steps: int
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Validate the model and data against the config and tokenize once. Raises ``ConfigError`` early."""
+    from transformers import AutoTokenizer
+
+    from search import data as data_mod
+    from search.modeling import inspect_model
+    from search.training import total_steps
+
+    model_path = cfg.model.resolved_path()
+    if not Path(model_path).exists() and (
+        model_path.startswith((".", "/", "~")) or model_path.count("/") > 1
+    ):
+        raise ConfigError(
+            f"model.name_or_path: no directory at {model_path}; give a model directory or a hub id"
+        )
+    try:
+        records = data_mod.load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
+    except data_mod.DatasetError as err:
+        raise ConfigError(str(err)) from None
+    d = cfg.dataset
+    try:
+        if cfg.model.task == "sequence-classification":
+            splits = data_mod.split_classification(
+                records,
+                text=d.text_column,
+                label=d.label_column,
+                per_class=d.train_per_class,
+                eval_size=d.eval_size,
+                seed=d.seed,
+            )
+        else:
+            splits = data_mod.split_causal(
+                records,
+                prompt=d.prompt_column,
+                answer=d.answer_column,
+                train_size=d.train_size,
+                eval_size=d.eval_size,
+                seed=d.seed,
+            )
+    except data_mod.DatasetError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
+        facts = inspect_model(model_path, cfg.model.task, max(len(splits.label_names), 2), cfg.model.revision)
+    except OSError as err:
+        raise ConfigError(f"model.name_or_path: cannot load {cfg.model.name_or_path!r} ({err})") from None
+    tokenized = data_mod.tokenize(splits, tokenizer, cfg.model.task, cfg.training.max_seq_length)
+    steps = total_steps(
+        len(tokenized.train),
+        cfg.training.batch_size,
+        cfg.resources.num_workers,
+        None if cfg.training.epochs else cfg.training.max_steps,
+        cfg.training.epochs,
+    )
+    target_sets, mlp_targets = spaces.resolve_target_sets(facts.linear_modules)
+    missing = [t for t in cfg.space.targets if t not in target_sets]
+    if missing:
+        raise ConfigError(
+            f"space.targets: {missing} match no linear layer of {cfg.model.name_or_path}; "
+            f"use {sorted(target_sets)}"
+        )
+    from spaces.targets import norm_suffixes
+
+    ctx = spaces.SpaceContext(
+        task_type="SEQ_CLS" if cfg.model.task == "sequence-classification" else "CAUSAL_LM",
+        num_layers=facts.num_layers,
+        target_sets=target_sets,
+        mlp_targets=mlp_targets,
+        norm_targets=norm_suffixes(facts.norm_modules),
+        targets=tuple(cfg.space.targets),
+        layers=tuple(cfg.space.layers),
+        ranks=tuple(cfg.space.ranks),
+        alpha_ratios=tuple(cfg.space.alpha_ratios),
+        dropouts=tuple(cfg.space.dropouts),
+        virtual_tokens=tuple(cfg.space.virtual_tokens),
+        total_steps=steps,
+    )
+    spec = spaces.SpaceSpec(
+        methods=tuple(cfg.space.methods),
+        quantization=tuple(cfg.space.quantization),
+        learning_rate=cfg.training.learning_rate,
+        candidates=tuple(
+            spaces.Candidate(c.name, dict(c.peft_config), c.quantization, c.learning_rate)
+            for c in cfg.space.candidates
+        ),
+    )
+    return Prepared(model_path, facts, splits, tokenized, ctx, spec, steps)
+
+
+def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[str, Any]:
+    """The flat settings every trial receives (builders take flat arguments, not the config object)."""
+    t, r = cfg.training, cfg.resources
+    return {
+        "model_path": prep.model_path,
+        "revision": cfg.model.revision,
+        "task": cfg.model.task,
+        "precision": t.precision,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "batch_size": t.batch_size,
+        "eval_batch_size": t.eval_batch_size,
+        "max_steps": prep.steps,
+        "epochs": None,
+        "warmup_ratio": t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "seed": cfg.search.seed,
+        "num_workers": r.num_workers,
+        "cpus_per_worker": r.cpus_per_worker,
+        "gpus_per_worker": r.gpus_per_worker,
+        "storage_path": str(search_dir / "train"),
+    }
+
+
+def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | None = None):
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_trials // 3)))
+    # Grouped multivariate TPE models the conditional space (method -> its knobs) jointly; the constant liar
+    # keeps concurrent trials from piling onto the same point.
+    startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
+
+
+def check_search_dir(search_dir: Path) -> None:
+    """Never overwrite an earlier search."""
+    if (search_dir / CONFIG_FILE).exists():
+        raise ConfigError(
+            f"results_dir: {search_dir} already holds a search; choose another `name` or `results_dir`, "
+            "or move the old results away"
+        )
+
+
+def write_inputs(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> None:
+    import pandas as pd
+
+    search_dir.mkdir(parents=True, exist_ok=True)
+    (search_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    data_dir = search_dir / "data"
+    data_dir.mkdir(exist_ok=True)
+    pd.DataFrame(prep.splits.train).to_parquet(data_dir / "train.parquet", index=False)
+    pd.DataFrame(prep.splits.eval).to_parquet(data_dir / "eval.parquet", index=False)
+
+
+def run_facts(
+    cfg: SearchConfig, prep: Prepared, resources: dict[str, float], concurrency: int
+) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("peft-search", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "name": cfg.name,
+        "model": cfg.model.name_or_path,
+        "model_type": prep.facts.model_type,
+        "task": cfg.model.task,
+        "dataset": cfg.dataset.source,
+        "label_names": prep.splits.label_names,
+        "train_examples": len(prep.splits.train),
+        "eval_examples": len(prep.splits.eval),
+        "train_steps": prep.steps,
+        "objectives": [o.model_dump() for o in cfg.objectives],
+        "sampler": cfg.search.sampler,
+        "num_trials": cfg.search.num_trials,
+        "concurrency": concurrency,
+        "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "target_sets": dict(prep.space_context.target_sets),
+    }
+
+
+def run_search(
+    cfg: SearchConfig, *, address: str | None = None, num_cpus: int | None = None, echo: bool = True
+):
+    """Run the whole search; returns the results table (a pandas DataFrame)."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from cluster import connect, plan_concurrency
+    from search.results import TrialTable
+    from search.trial import trial_driver
+
+    search_dir = cfg.search_dir()
+    check_search_dir(search_dir)
+    t0 = time.time()
+    prep = prepare(cfg)
+    resources = connect(address, num_cpus=num_cpus)
+    r = cfg.resources
+    concurrency = plan_concurrency(
+        resources,
+        num_workers=r.num_workers,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=r.gpus_per_worker,
+        requested=cfg.search.max_concurrent,
+    )
+    write_inputs(cfg, prep, search_dir)
+    facts = run_facts(cfg, prep, resources, concurrency)
+    (search_dir / RUN_FILE).write_text(json.dumps(facts, indent=2))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(
+        cfg.search.sampler, cfg.search.seed, cfg.search.num_trials, cfg.search.n_startup_trials
+    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{search_dir / OPTUNA_FILE}")
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.name,
+        sampler=sampler,
+        directions=["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives],
+        load_if_exists=True,
+    )
+    spaces.enqueue_candidates(study, prep.space_spec)
+    searcher = OptunaSearch(
+        space=spaces.define_space(prep.space_spec, prep.space_context),
+        metric=[o.metric for o in cfg.objectives],
+        mode=[o.mode for o in cfg.objectives],
+        sampler=sampler,
+        study_name=cfg.name,
+        storage=storage,
+    )
+    table = TrialTable(search_dir, cfg.search.num_trials, echo=echo)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, settings=trial_settings(cfg, prep, search_dir), data=prep.data),
+        _DRIVER_RESOURCES,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=cfg.search.num_trials, max_concurrent_trials=concurrency
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(search_dir),
+            callbacks=[table],
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+    facts["wall_time_s"] = time.time() - t0
+    (search_dir / RUN_FILE).write_text(json.dumps(facts, indent=2))
+    table.write()
+    return search_dir

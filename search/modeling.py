@@ -1,0 +1,125 @@
+"""Loading the base model (at a quantization level), inspecting it without weights, and injecting adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_NORM_TYPES = ("LayerNorm", "RMSNorm")
+# Task heads stay in full precision: PEFT trains them (``modules_to_save``) and bitsandbytes cannot.
+_SKIP_QUANTIZATION = ["classifier", "score", "pooler", "lm_head"]
+
+
+class InfeasibleTrialError(RuntimeError):
+    """The sampled config cannot run on this model (PEFT or bitsandbytes refuses it): not worth retrying."""
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the search space needs to know about a model, read from its config alone."""
+
+    model_type: str
+    num_layers: int
+    linear_modules: list[str]
+    norm_modules: list[str]
+    max_positions: int | None
+
+
+def _auto_class(task: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
+
+
+def inspect_model(path: str, task: str, num_labels: int = 2, revision: str | None = None) -> ModelFacts:
+    """Build the model on the meta device from ``config.json`` only: no weights are read."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, revision=revision, num_labels=num_labels)
+    with torch.device("meta"):
+        model = _auto_class(task).from_config(config)
+    linear, norms = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            linear.append(name)
+        elif any(t in type(module).__name__ for t in _NORM_TYPES):
+            norms.append(name)
+    num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    return ModelFacts(
+        model_type=config.model_type,
+        num_layers=int(num_layers),
+        linear_modules=linear,
+        norm_modules=norms,
+        max_positions=getattr(config, "max_position_embeddings", None),
+    )
+
+
+def quantization_config(level: str, compute_dtype: torch.dtype):
+    """The ``BitsAndBytesConfig`` for a quantization level, or None for an unquantized model."""
+    if level == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if level == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_SKIP_QUANTIZATION)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=level,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=False,
+        llm_int8_skip_modules=_SKIP_QUANTIZATION,
+    )
+
+
+def load_base_model(
+    path: str,
+    task: str,
+    *,
+    num_labels: int,
+    quantization: str,
+    device: torch.device,
+    precision: str = "fp32",
+    pad_token_id: int | None = None,
+    revision: str | None = None,
+    gradient_checkpointing: bool = False,
+) -> nn.Module:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision}
+    if task == "sequence-classification":
+        # The classification head is new for this task: a checkpoint's head of another size is replaced.
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+    qconfig = quantization_config(quantization, dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": device}
+    model = _auto_class(task).from_pretrained(path, **kwargs)
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    if qconfig is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    else:
+        model.to(device)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+    return model
+
+
+def inject_adapter(model: nn.Module, peft_config: dict[str, Any]):
+    """Wrap ``model`` with the adapter described by a PEFT ``adapter_config.json``-shaped dict."""
+    from peft import get_peft_config, get_peft_model
+
+    try:
+        config = get_peft_config(dict(peft_config))
+        return get_peft_model(model, config)
+    except (ValueError, TypeError, NotImplementedError, KeyError) as err:
+        raise InfeasibleTrialError(f"{type(err).__name__}: {err}") from err
+
+
+def quantized_layer_types(model: nn.Module) -> set[str]:
+    """Names of the bitsandbytes layer classes inside ``model`` (empty when unquantized)."""
+    return {type(m).__name__ for m in model.modules() if type(m).__module__.startswith("bitsandbytes")}

@@ -1,0 +1,254 @@
+"""The trial's work on each Ray Train worker: load, inject, train, evaluate, save the adapter, report.
+
+Knows nothing of Optuna or Tune: it receives a plain config and reports metrics through ``ray.train.report``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from search.data import TokenizedSplits
+from search.metrics import PeakMemory, directory_bytes, release_accelerator_memory
+from search.modeling import inject_adapter, load_base_model
+
+
+def pad_batch(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Dynamic padding to the longest row of the batch (right-padded; labels padded with -100)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    batch: dict[str, torch.Tensor] = {}
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+    batch["input_ids"], batch["attention_mask"] = ids, mask
+    if rows and isinstance(rows[0].get("labels"), list):
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        batch["labels"] = labels
+    elif rows and "label" in rows[0]:
+        batch["labels"] = torch.tensor([r["label"] for r in rows])
+    return batch
+
+
+def total_steps(
+    n_train: int, batch_size: int, world_size: int, max_steps: int | None, epochs: float | None
+) -> int:
+    if epochs is not None:
+        return max(1, math.ceil(epochs * math.ceil(n_train / (batch_size * world_size))))
+    return int(max_steps or 1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    metrics, adapter_dir = run_trial(
+        config["trial"],
+        config["settings"],
+        config["data"],
+        device=device,
+        world_size=ctx.get_world_size(),
+        rank=ctx.get_world_rank(),
+    )
+    checkpoint = ray.train.Checkpoint.from_directory(adapter_dir.name) if adapter_dir is not None else None
+    ray.train.report(metrics, checkpoint=checkpoint)
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
+
+
+def run_trial(
+    trial: dict[str, Any],
+    settings: dict[str, Any],
+    data: TokenizedSplits,
+    *,
+    device: torch.device,
+    world_size: int = 1,
+    rank: int = 0,
+) -> tuple[dict[str, Any], tempfile.TemporaryDirectory | None]:
+    """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter."""
+    peak = PeakMemory(device)
+    peak.start()
+    torch.manual_seed(settings["seed"])
+    t0 = time.perf_counter()
+    base = load_base_model(
+        settings["model_path"],
+        settings["task"],
+        num_labels=data.num_labels,
+        quantization=trial["quantization"],
+        device=device,
+        precision=settings["precision"],
+        pad_token_id=data.pad_token_id,
+        revision=settings.get("revision"),
+        gradient_checkpointing=settings["gradient_checkpointing"],
+    )
+    model = inject_adapter(base, trial["peft_config"])
+    trainable, total = model.get_nb_trainable_parameters()
+    load_s = time.perf_counter() - t0
+
+    train_model = model
+    if world_size > 1:
+        import ray.train.torch
+
+        train_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    steps = total_steps(
+        len(data.train), settings["batch_size"], world_size, settings["max_steps"], settings["epochs"]
+    )
+    t1 = time.perf_counter()
+    samples, tokens = _train(train_model, model, data, trial, settings, steps, device, world_size, rank)
+    train_s = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    evaluation = evaluate(model, data, settings["task"], settings["eval_batch_size"], device)
+    eval_s = time.perf_counter() - t2
+
+    adapter_dir, adapter_bytes = None, 0
+    if rank == 0:
+        adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
+        model.save_pretrained(adapter_dir.name)
+        adapter_bytes = directory_bytes(adapter_dir.name)
+    metrics = {
+        **evaluation,
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "peak_memory_bytes": peak.peak_bytes(),
+        "peak_memory_kind": peak.kind,
+        "train_time_s": train_s,
+        "eval_time_s": eval_s,
+        "load_time_s": load_s,
+        "train_steps": steps,
+        "samples_per_s": samples * world_size / train_s if train_s > 0 else 0.0,
+        "tokens_per_s": tokens * world_size / train_s if train_s > 0 else 0.0,
+        "adapter_bytes": adapter_bytes,
+        "world_size": world_size,
+        "device": str(device.type),
+    }
+    del model, base, train_model
+    release_accelerator_memory()
+    return metrics, adapter_dir
+
+
+def _train(
+    train_model, peft_model, data, trial, settings, steps, device, world_size, rank
+) -> tuple[int, int]:
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in train_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=trial["learning_rate"], weight_decay=settings["weight_decay"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * settings["warmup_ratio"]), steps)
+    shard = data.train[rank::world_size] if world_size > 1 else data.train
+    generator = torch.Generator().manual_seed(settings["seed"])
+    loader = DataLoader(
+        shard,
+        batch_size=settings["batch_size"],
+        shuffle=True,
+        drop_last=len(shard) > settings["batch_size"],
+        collate_fn=lambda rows: pad_batch(rows, data.pad_token_id),
+        generator=generator,
+    )
+    adaptive = trial["peft_config"]["peft_type"].upper() == "ADALORA"
+    train_model.train()
+    step, samples, tokens = 0, 0, 0
+    while step < steps:
+        for batch in loader:
+            tokens += int(batch["attention_mask"].sum())
+            samples += batch["input_ids"].shape[0]
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = train_model(**batch).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+            loss.backward()
+            optimizer.step()
+            if adaptive:
+                peft_model.base_model.update_and_allocate(step)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step >= steps:
+                break
+    return samples, tokens
+
+
+@torch.no_grad()
+def evaluate(
+    model, data: TokenizedSplits, task: str, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Held-out accuracy and loss.
+
+    Sequence classification: argmax of the logits. Causal LM: exact match of the answer, scored over the closed
+    answer set when there is one (the highest total log-likelihood wins), generated greedily otherwise; the loss
+    is on answer tokens only.
+    """
+    model.eval()
+    if task == "sequence-classification":
+        correct, loss_sum = 0, 0.0
+        for i in range(0, len(data.eval), batch_size):
+            batch = {
+                k: v.to(device)
+                for k, v in pad_batch(data.eval[i : i + batch_size], data.pad_token_id).items()
+            }
+            out = model(**batch)
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            loss_sum += float(out.loss) * batch["labels"].shape[0]
+        n = len(data.eval)
+        return {"accuracy": correct / n, "eval_loss": loss_sum / n}
+    return _evaluate_causal(model, data, batch_size, device)
+
+
+def _sequence_logprob(model, rows, pad_id, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's ``labels`` tokens, and the number of those tokens."""
+    batch = {k: v.to(device) for k, v in pad_batch(rows, pad_id).items()}
+    labels = batch.pop("labels")
+    # Prompt-learning adapters prepend virtual tokens to the logits: keep the positions of the real tokens.
+    logits = model(**batch).logits[:, -labels.shape[1] :][:, :-1].float()
+    target = labels[:, 1:]
+    logp = torch.log_softmax(logits, -1)
+    mask = target != -100
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    return picked.sum(-1), mask.sum(-1)
+
+
+def _evaluate_causal(model, data: TokenizedSplits, batch_size: int, device: torch.device) -> dict[str, float]:
+    correct, nll, ntok = 0, 0.0, 0
+    for row in data.eval:
+        gold = {
+            "input_ids": row["input_ids"] + row["answer"],
+            "labels": [-100] * len(row["input_ids"]) + row["answer"],
+        }
+        lp, n = _sequence_logprob(model, [gold], data.pad_token_id, device)
+        nll -= float(lp.sum())
+        ntok += int(n.sum())
+        if data.answer_ids:
+            options = [
+                {"input_ids": row["input_ids"] + a, "labels": [-100] * len(row["input_ids"]) + a}
+                for a in data.answer_ids
+            ]
+            scores = []
+            for i in range(0, len(options), batch_size):
+                scores.append(
+                    _sequence_logprob(model, options[i : i + batch_size], data.pad_token_id, device)[0]
+                )
+            correct += int(int(torch.cat(scores).argmax()) == row["label"])
+        else:
+            prompt = torch.tensor([row["input_ids"]], device=device)
+            out = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=len(row["answer"]),
+                do_sample=False,
+                pad_token_id=data.pad_token_id,
+            )
+            correct += int(out[0, prompt.shape[1] :].tolist() == row["answer"])
+    n = max(len(data.eval), 1)
+    return {"accuracy": correct / n, "eval_loss": nll / max(ntok, 1)}

@@ -1,0 +1,62 @@
+"""One Tune trial = one Ray Train run (the Train V2 pattern): the Tune function builds a ``TorchTrainer``.
+
+Going through Ray Train even for one worker means a trial can span several workers (DDP) unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search.modeling import InfeasibleTrialError
+from search.training import train_loop_per_worker
+
+
+def trial_driver(config: dict[str, Any], *, settings: dict[str, Any], data) -> None:
+    """Ray Tune function: launch the trial's Ray Train run and let ``TuneReportCallback`` relay its report."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = {k: config[k] for k in ("candidate", "method", "quantization", "peft_config", "learning_rate")}
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"trial": trial, "settings": settings, "data": data},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=settings["num_workers"],
+            use_gpu=settings["gpus_per_worker"] > 0,
+            resources_per_worker=_worker_resources(settings),
+        ),
+        run_config=ray.train.RunConfig(
+            # Stable name (the trial id, no timestamp) so Ray can restore the run.
+            name=f"train-{trial_id}",
+            storage_path=settings["storage_path"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        cause = _worker_cause(err)
+        if isinstance(cause, InfeasibleTrialError):
+            raise InfeasibleTrialError(str(cause)) from None
+        raise
+
+
+def _worker_resources(settings: dict[str, Any]) -> dict[str, float]:
+    resources = {"CPU": float(settings["cpus_per_worker"])}
+    if settings["gpus_per_worker"] > 0:
+        resources["GPU"] = float(settings["gpus_per_worker"])
+    return resources
+
+
+def _worker_cause(err: BaseException) -> BaseException | None:
+    """The exception a worker raised, unwrapped from Ray's error types."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for failure in failures.values():
+        cause = getattr(failure, "cause", None) or failure
+        inner = getattr(cause, "as_instanceof_cause", None)
+        return cause if inner is None else cause.as_instanceof_cause()
+    return None

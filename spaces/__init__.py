@@ -1,0 +1,48 @@
+"""What can be searched: one module per PEFT method family, each registering itself on import.
+
+Pure: imports neither torch nor ray, so the CLI and the config loader stay fast.
+"""
+
+from spaces import (  # noqa: F401  (imported for their registration side effect)
+    adalora,
+    bitfit,
+    ia3,
+    ln_tuning,
+    loha,
+    lokr,
+    lora,
+    p_tuning,
+    prefix_tuning,
+    prompt_tuning,
+    vera,
+)
+from spaces.registry import (
+    LAYER_CHOICES,
+    QUANTIZATION_LEVELS,
+    TARGET_CHOICES,
+    MethodSpace,
+    SpaceContext,
+    get_method,
+    method_for_peft_type,
+    register,
+    registered_methods,
+)
+from spaces.sampling import Candidate, SpaceSpec, define_space, enqueue_candidates
+from spaces.targets import resolve_target_sets
+
+__all__ = [
+    "LAYER_CHOICES",
+    "QUANTIZATION_LEVELS",
+    "TARGET_CHOICES",
+    "Candidate",
+    "MethodSpace",
+    "SpaceContext",
+    "SpaceSpec",
+    "define_space",
+    "enqueue_candidates",
+    "get_method",
+    "method_for_peft_type",
+    "register",
+    "registered_methods",
+    "resolve_target_sets",
+]

@@ -1,0 +1,11 @@
+"""LN tuning: train only the normalisation layers (Zhao et al. 2023)."""
+
+from spaces.common import base
+from spaces.registry import register
+
+
+@register(
+    "ln_tuning", peft_type="LN_TUNING", description="Trainable copies of the LayerNorm / RMSNorm layers"
+)
+def sample_ln_tuning(trial, ctx):
+    return {**base(ctx, "LN_TUNING"), "target_modules": list(ctx.norm_targets)}

@@ -1,0 +1,21 @@
+"""LoHa: low-rank Hadamard product adapters from LyCORIS (Hyeon-Woo et al. 2022)."""
+
+from spaces.common import base, suggest_alpha, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
+from spaces.registry import register
+
+
+# LyCORIS layers read the base weight's shape, which 4-bit packing changes: 4-bit bases are excluded.
+@register(
+    "loha", peft_type="LOHA", quantization=("none", "int8"), description="Hadamard product of low-rank pairs"
+)
+def sample_loha(trial, ctx):
+    r = suggest_rank(trial, ctx, "loha")
+    _, targets = suggest_targets(trial, ctx, "loha")
+    return {
+        **base(ctx, "LOHA"),
+        "r": r,
+        "alpha": suggest_alpha(trial, ctx, "loha", r),
+        "rank_dropout": suggest_dropout(trial, ctx, "loha"),
+        "target_modules": targets,
+        **suggest_layers(trial, ctx, "loha"),
+    }

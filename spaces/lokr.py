@@ -1,0 +1,25 @@
+"""LoKr: low-rank Kronecker product adapters from LyCORIS (Edalati et al. 2022)."""
+
+from spaces.common import base, suggest_alpha, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
+from spaces.registry import register
+
+
+# LyCORIS layers read the base weight's shape, which 4-bit packing changes: 4-bit bases are excluded.
+@register(
+    "lokr",
+    peft_type="LOKR",
+    quantization=("none", "int8"),
+    description="Kronecker product of low-rank factors",
+)
+def sample_lokr(trial, ctx):
+    r = suggest_rank(trial, ctx, "lokr")
+    _, targets = suggest_targets(trial, ctx, "lokr")
+    return {
+        **base(ctx, "LOKR"),
+        "r": r,
+        "alpha": suggest_alpha(trial, ctx, "lokr", r),
+        "rank_dropout": suggest_dropout(trial, ctx, "lokr"),
+        "target_modules": targets,
+        **suggest_layers(trial, ctx, "lokr"),
+        "decompose_both": trial.suggest_categorical("lokr.decompose_both", [False, True]),
+    }

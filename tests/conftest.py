@@ -1,0 +1,149 @@
+"""Shared fixtures: tiny models built from config (never downloaded), small synthetic datasets, local Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import pytest
+
+WORDS = {
+    "sport": ["goal", "match", "team", "coach", "league", "score"],
+    "tech": ["chip", "software", "phone", "network", "code", "robot"],
+    "money": ["bank", "market", "shares", "profit", "trade", "budget"],
+}
+FILLER = ["the", "a", "today", "report", "says", "new", "big", "over", "after", "week"]
+
+
+def _tokenizer(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
+    vocab_words = specials + sorted(
+        {w for ws in WORDS.values() for w in ws} | set(FILLER) | set(WORDS) | {"topic", ":"}
+    )
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab_words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", 2)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[EOS]",
+        bos_token="[CLS]",
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT (hidden size 32) with random weights, saved like a model directory."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = _tokenizer(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer Llama (hidden size 32) with random weights, saved like a model directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = _tokenizer(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=4,
+        bos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def make_text(label: str, rng: random.Random) -> str:
+    words = rng.sample(WORDS[label], 3) + rng.sample(FILLER, 4)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="session")
+def classification_csv(tmp_path_factory):
+    """3 topics x 40 short texts; the topic is learnable from its keywords."""
+    import pandas as pd
+
+    rng = random.Random(0)
+    rows = [{"text": make_text(lab, rng), "label": lab} for lab in WORDS for _ in range(40)]
+    path = tmp_path_factory.mktemp("data") / "topics.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def qa_jsonl(tmp_path_factory):
+    """Prompt/answer pairs: name the topic of a short text."""
+    import pandas as pd
+
+    rng = random.Random(1)
+    rows = [{"prompt": make_text(lab, rng) + " topic :", "answer": lab} for lab in WORDS for _ in range(30)]
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance sized for this machine; everything it started is killed afterwards."""
+    import psutil
+
+    from cluster import connect, shutdown
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    resources = connect(num_cpus=2, object_store_memory=256 * 1024**2)
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    yield resources
+    shutdown()
+    for proc in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(started, timeout=10)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,57 @@
+"""The command line as a user meets it: help, bad configs (exit 2, one line, nothing written)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_help_lists_commands():
+    out = _cli("--help")
+    assert out.returncode == 0 and "run" in out.stdout and "show" in out.stdout
+
+
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "model": {"name_or_path": "m"},
+                "dataset": {"source": "d.csv"},
+                "space": {"methods": ["lora", "nope"]},
+                "results_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    out = _cli("run", str(path))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "space.methods" in out.stderr and "unknown method 'nope'" in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_file_fails_before_ray(tmp_path, tiny_bert):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "model": {"name_or_path": tiny_bert},
+                "dataset": {"source": str(tmp_path / "missing.csv")},
+                "results_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    out = _cli("run", str(path))
+    assert out.returncode == 2 and "dataset.source: no file at" in out.stderr
+    assert "Ray" not in out.stdout + out.stderr.replace("dataset", "")
+    assert not (tmp_path / "out").exists()

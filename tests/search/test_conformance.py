@@ -1,0 +1,98 @@
+"""Every registered method family: sample -> PEFT config -> injection -> one training step, for both tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import get_peft_config, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from search.training import run_trial
+from spaces import registered_methods
+from tests.helpers import prepared, sample_trial
+
+CASES = [(m, {}) for m in sorted(registered_methods())] + [
+    ("lora", {"lora.use_dora": True}),
+    ("lora", {"lora.use_rslora": True}),
+    ("lora", {"lora.layers": "top-half", "lora.targets": "attention+mlp"}),
+    ("lora", {"lora.layers": "every-other", "lora.targets": "all-linear"}),
+]
+
+
+@pytest.fixture(scope="module")
+def seq_cls(tiny_bert, classification_csv, tmp_path_factory):
+    return prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path_factory.mktemp("cls"))
+
+
+@pytest.fixture(scope="module")
+def causal(tiny_llama, qa_jsonl, tmp_path_factory):
+    return prepared(tiny_llama, qa_jsonl, "causal-lm", tmp_path_factory.mktemp("clm"))
+
+
+def _fresh_peft(model_path, task, num_labels, peft_config):
+    torch.manual_seed(0)
+    if task == "sequence-classification":
+        base = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=num_labels, ignore_mismatched_sizes=True
+        )
+    else:
+        base = AutoModelForCausalLM.from_pretrained(model_path)
+    return get_peft_model(base, get_peft_config(dict(peft_config)))
+
+
+def _check(setup, method, fixed):
+    prep, settings = setup
+    trial = sample_trial(prep, method, **fixed)
+    assert trial["method"] == method
+    assert trial["peft_config"]["peft_type"] == registered_methods()[method].peft_type
+    metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
+    try:
+        assert metrics["train_steps"] == 1 and metrics["samples_per_s"] > 0
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["eval_loss"] == metrics["eval_loss"]
+        assert metrics["peak_memory_kind"] == "cpu_rss" and metrics["peak_memory_bytes"] > 0
+
+        # The recorded count is PEFT's own count for the same model and config.
+        fresh = _fresh_peft(
+            settings["model_path"], settings["task"], prep.data.num_labels, trial["peft_config"]
+        )
+        assert metrics["trainable_params"] == fresh.get_nb_trainable_parameters()[0]
+        assert metrics["total_params"] == fresh.get_nb_trainable_parameters()[1]
+
+        # Only the adapter is saved, and one real optimizer step changed it.
+        files = {p.name for p in Path(adapter_dir.name).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+        assert metrics["adapter_bytes"] < 0.5 * 4 * metrics["total_params"]
+        saved = load_file(str(Path(adapter_dir.name) / "adapter_model.safetensors"))
+        initial = get_peft_model_state_dict(fresh)
+        shared = [k for k in saved if k in initial and saved[k].shape == initial[k].shape]
+        assert shared, f"no comparable adapter tensors: {sorted(saved)[:5]}"
+        assert any(not torch.equal(saved[k], initial[k].to(saved[k].dtype)) for k in shared)
+        return trial
+    finally:
+        adapter_dir.cleanup()
+
+
+@pytest.mark.parametrize(
+    "method,fixed", CASES, ids=[f"{m}{'-' + '-'.join(map(str, f.values())) if f else ''}" for m, f in CASES]
+)
+def test_sequence_classification(seq_cls, method, fixed):
+    trial = _check(seq_cls, method, fixed)
+    if fixed.get("lora.use_dora"):
+        assert trial["peft_config"]["use_dora"] is True
+    if fixed.get("lora.use_rslora"):
+        assert trial["peft_config"]["use_rslora"] is True
+    if fixed.get("lora.layers") == "top-half":
+        assert trial["peft_config"]["layers_to_transform"] == [1]
+    if fixed.get("lora.layers") == "every-other":
+        assert trial["peft_config"]["layers_to_transform"] == [0]
+
+
+@pytest.mark.parametrize(
+    "method,fixed", CASES, ids=[f"{m}{'-' + '-'.join(map(str, f.values())) if f else ''}" for m, f in CASES]
+)
+def test_causal_lm(causal, method, fixed):
+    _check(causal, method, fixed)
