@@ -47,11 +47,24 @@ def total_steps(
     return int(max_steps or 1)
 
 
+def _quiet_libraries() -> None:
+    """Keep worker logs to what matters: a new task head and weight-loading progress bars are expected."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function."""
     import ray.train
     import ray.train.torch
 
+    _quiet_libraries()
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     metrics, adapter_dir = run_trial(

@@ -96,3 +96,24 @@ def test_sequence_classification(seq_cls, method, fixed):
 )
 def test_causal_lm(causal, method, fixed):
     _check(causal, method, fixed)
+
+
+def test_causal_lm_open_answers_are_generated(causal, qa_jsonl, monkeypatch):
+    """Beyond the closed-set limit, accuracy compares greedily generated answers token for token."""
+    from transformers import AutoTokenizer
+
+    import search.data as data_mod
+    from search.data import load_records, split_causal, tokenize
+
+    prep, settings = causal
+    monkeypatch.setattr(data_mod, "MAX_CLOSED_ANSWERS", 1)
+    tok = AutoTokenizer.from_pretrained(settings["model_path"])
+    splits = split_causal(
+        load_records(qa_jsonl), prompt="prompt", answer="answer", train_size=8, eval_size=6, seed=0
+    )
+    open_data = tokenize(splits, tok, "causal-lm", max_length=24)
+    assert open_data.answer_ids == [] and all("label" not in r for r in open_data.eval)
+    trial = sample_trial(prep, "lora")
+    metrics, adapter_dir = run_trial(trial, settings, open_data, device=torch.device("cpu"))
+    adapter_dir.cleanup()
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["eval_loss"] > 0
