@@ -18,13 +18,21 @@ def load_trials(search_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _human(n: float | None, unit: str = "") -> str:
+def human(n: float | None, unit: str = "") -> str:
     if n is None or pd.isna(n):
         return "-"
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.1f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+def estimate_error(row) -> float | None:
+    """Relative error of the planned peak memory against the measured one (positive: over-estimate)."""
+    est, measured = row.get("est_peak_memory_bytes"), row.get("peak_memory_bytes")
+    if est is None or measured is None or pd.isna(est) or pd.isna(measured) or not measured:
+        return None
+    return float(est) / float(measured) - 1.0
 
 
 def _num(value, fmt: str) -> str:
@@ -38,7 +46,7 @@ def summary_table(trials: pd.DataFrame) -> str:
     order = trials.assign(_done=trials["status"].eq("complete"))
     if "accuracy" in order:
         order = order.sort_values(["_done", "accuracy"], ascending=[False, False], na_position="last")
-    header = f"{'trial':<14}{'status':<11}{'method':<14}{'quant':<6}{'acc':>6}{'trainable':>11}{'peak mem':>10}{'train s':>9}  config"
+    header = f"{'trial':<14}{'status':<11}{'method':<14}{'quant':<6}{'acc':>6}{'trainable':>11}{'peak mem':>10}{'est err':>8}{'train s':>9}  config"
     lines = [header, "-" * len(header)]
     for _, row in order.iterrows():
         mem_kind = (
@@ -64,7 +72,8 @@ def summary_table(trials: pd.DataFrame) -> str:
         lines.append(
             f"{str(row['trial_id'])[:13]:<14}{row['status']:<11}{str(row['method'])[:13]:<14}{str(row['quantization']):<6}"
             f"{_num(row.get('accuracy'), '.3f'):>6}"
-            f"{_human(row.get('trainable_params')):>11}{_human(row.get('peak_memory_bytes'), 'B') + mem_kind:>10}"
+            f"{human(row.get('trainable_params')):>11}{human(row.get('peak_memory_bytes'), 'B') + mem_kind:>10}"
+            f"{_num(estimate_error(row), '+.0%'):>8}"
             f"{_num(row.get('train_time_s'), '.1f'):>9}  "
             f"{row['error'] if row['status'] != 'complete' else brief}"
         )

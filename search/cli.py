@@ -40,6 +40,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from search.config import load_config
+    from search.planning import format_plan, plan_search
+
+    cfg = load_config(args.config)
+    rows = plan_search(cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed)
+    print(json.dumps(rows, indent=2) if args.format == "json" else format_plan(rows))
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
     from reports import load_trials, summary_table
 
@@ -63,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="override the search name")
     run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
     run.set_defaults(func=_run)
+    plan = sub.add_parser(
+        "plan",
+        help="exact parameter counts, adapter size and a memory estimate per candidate, without weights",
+    )
+    plan.add_argument("config", help="YAML search config")
+    plan.add_argument("--format", choices=["table", "json"], default="table")
+    plan.add_argument("--samples", type=int, default=0, help="also plan N configs sampled from the space")
+    plan.add_argument(
+        "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
+    )
+    plan.set_defaults(func=_plan)
     show = sub.add_parser("show", help="print the trials table of a results directory")
     show.add_argument("results_dir")
     show.set_defaults(func=_show)

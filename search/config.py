@@ -204,6 +204,43 @@ class Resources(_Strict):
     """Fractions share a GPU between trials."""
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``8GB``, ``512MiB`` or a plain number of bytes."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read {value!r} as a size; write e.g. 8GB or 512MiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class Budget(_Strict):
+    """Candidates over budget are recorded as infeasible without being trained (checked from the model's config)."""
+
+    max_trainable_params: int | None = Field(None, ge=1)
+    max_memory: int | None = None
+    """Estimated peak training memory per worker, e.g. ``8GB`` (see ``peft-search plan``)."""
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+
 class SearchConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Stable search name (no timestamps): Ray's restore relies on it."""
@@ -214,6 +251,7 @@ class SearchConfig(_Strict):
     search: SearchSettings = Field(default_factory=SearchSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     resources: Resources = Field(default_factory=Resources)
+    budget: Budget = Field(default_factory=Budget)
     results_dir: str = "results"
     """Where the search writes its results; the search gets a sub-directory named after ``name``."""
 

@@ -89,6 +89,15 @@ def prepare(cfg: SearchConfig) -> Prepared:
         None if cfg.training.epochs else cfg.training.max_steps,
         cfg.training.epochs,
     )
+    ctx = space_context(cfg, facts, steps)
+    spec = space_spec(cfg)
+    return Prepared(model_path, facts, splits, tokenized, ctx, spec, steps)
+
+
+def space_context(cfg: SearchConfig, facts, steps: int) -> spaces.SpaceContext:
+    """What the space may know about this model; fails early when a target set matches nothing in it."""
+    from spaces.targets import norm_suffixes
+
     target_sets, mlp_targets = spaces.resolve_target_sets(facts.linear_modules)
     missing = [t for t in cfg.space.targets if t not in target_sets]
     if missing:
@@ -96,9 +105,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
             f"space.targets: {missing} match no linear layer of {cfg.model.name_or_path}; "
             f"use {sorted(target_sets)}"
         )
-    from spaces.targets import norm_suffixes
-
-    ctx = spaces.SpaceContext(
+    return spaces.SpaceContext(
         task_type="SEQ_CLS" if cfg.model.task == "sequence-classification" else "CAUSAL_LM",
         num_layers=facts.num_layers,
         target_sets=target_sets,
@@ -112,7 +119,10 @@ def prepare(cfg: SearchConfig) -> Prepared:
         virtual_tokens=tuple(cfg.space.virtual_tokens),
         total_steps=steps,
     )
-    spec = spaces.SpaceSpec(
+
+
+def space_spec(cfg: SearchConfig) -> spaces.SpaceSpec:
+    return spaces.SpaceSpec(
         methods=tuple(cfg.space.methods),
         quantization=tuple(cfg.space.quantization),
         learning_rate=cfg.training.learning_rate,
@@ -121,7 +131,6 @@ def prepare(cfg: SearchConfig) -> Prepared:
             for c in cfg.space.candidates
         ),
     )
-    return Prepared(model_path, facts, splits, tokenized, ctx, spec, steps)
 
 
 def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[str, Any]:
@@ -136,6 +145,9 @@ def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[
         "batch_size": t.batch_size,
         "eval_batch_size": t.eval_batch_size,
         "max_steps": prep.steps,
+        "max_seq_length": t.max_seq_length,
+        "max_trainable_params": cfg.budget.max_trainable_params,
+        "max_memory": cfg.budget.max_memory,
         "epochs": None,
         "warmup_ratio": t.warmup_ratio,
         "weight_decay": t.weight_decay,

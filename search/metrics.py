@@ -28,6 +28,10 @@ class PeakMemory:
         else:
             _reset_rss_high_water_mark()
 
+    def baseline_bytes(self) -> int:
+        """Memory the trial starts from: the worker's resident set on CPU; zero on GPU (peaks are relative)."""
+        return 0 if self.kind == "gpu_allocated" else _rss_now()
+
     def peak_bytes(self) -> int:
         if self.kind == "gpu_allocated":
             torch.cuda.synchronize(self.device)
@@ -43,6 +47,12 @@ def _reset_rss_high_water_mark() -> None:
         pass  # not Linux, or not permitted: the peak then covers the worker's whole life
 
 
+def _rss_now() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def _rss_high_water_mark() -> int:
     try:
         for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
@@ -55,10 +65,6 @@ def _rss_high_water_mark() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def directory_bytes(path: str | Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def release_accelerator_memory() -> None:

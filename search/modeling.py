@@ -10,7 +10,7 @@ from torch import nn
 
 _NORM_TYPES = ("LayerNorm", "RMSNorm")
 # Task heads stay in full precision: PEFT trains them (``modules_to_save``) and bitsandbytes cannot.
-_SKIP_QUANTIZATION = ["classifier", "score", "pooler", "lm_head"]
+SKIP_QUANTIZATION = ["classifier", "score", "pooler", "lm_head"]
 
 
 class InfeasibleTrialError(RuntimeError):
@@ -64,13 +64,13 @@ def quantization_config(level: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if level == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_SKIP_QUANTIZATION)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTIZATION)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=level,
         bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_use_double_quant=False,
-        llm_int8_skip_modules=_SKIP_QUANTIZATION,
+        llm_int8_skip_modules=SKIP_QUANTIZATION,
     )
 
 

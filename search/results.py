@@ -18,6 +18,7 @@ _METRICS = (
     "total_params",
     "peak_memory_bytes",
     "peak_memory_kind",
+    "est_peak_memory_bytes",
     "train_time_s",
     "eval_time_s",
     "load_time_s",

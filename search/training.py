@@ -8,14 +8,15 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from search.data import TokenizedSplits
-from search.metrics import PeakMemory, directory_bytes, release_accelerator_memory
-from search.modeling import inject_adapter, load_base_model
+from search.metrics import PeakMemory, release_accelerator_memory
+from search.modeling import InfeasibleTrialError, inject_adapter, load_base_model
 
 
 def pad_batch(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -93,6 +94,8 @@ def run_trial(
     """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter."""
     peak = PeakMemory(device)
     peak.start()
+    estimate = plan_trial(trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes())
+    check_budget(estimate, settings)
     torch.manual_seed(settings["seed"])
     t0 = time.perf_counter()
     base = load_base_model(
@@ -130,12 +133,14 @@ def run_trial(
     if rank == 0:
         adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
         model.save_pretrained(adapter_dir.name)
-        adapter_bytes = directory_bytes(adapter_dir.name)
+        # The adapter's weights file: what ships, and what ``peft-search plan`` predicts.
+        adapter_bytes = (Path(adapter_dir.name) / "adapter_model.safetensors").stat().st_size
     metrics = {
         **evaluation,
         "trainable_params": int(trainable),
         "total_params": int(total),
         "peak_memory_bytes": peak.peak_bytes(),
+        "est_peak_memory_bytes": estimate.est_peak_memory_bytes,
         "peak_memory_kind": peak.kind,
         "train_time_s": train_s,
         "eval_time_s": eval_s,
@@ -150,6 +155,37 @@ def run_trial(
     del model, base, train_model
     release_accelerator_memory()
     return metrics, adapter_dir
+
+
+def plan_trial(trial: dict[str, Any], settings: dict[str, Any], num_labels: int, runtime_bytes: int = 0):
+    """The trial's cost from the model's config alone (meta device), before any weights are loaded."""
+    from search.planning import meta_model, plan_candidate
+
+    base = meta_model(settings["model_path"], settings["task"], max(num_labels, 2), settings.get("revision"))
+    return plan_candidate(
+        base,
+        trial["peft_config"],
+        quantization=trial["quantization"],
+        batch_size=settings["batch_size"],
+        seq_len=settings["max_seq_length"],
+        precision=settings["precision"],
+        gradient_checkpointing=settings["gradient_checkpointing"],
+        runtime_bytes=runtime_bytes,
+    )
+
+
+def check_budget(plan, settings: dict[str, Any]) -> None:
+    """Over-budget candidates are infeasible: they are recorded, never trained."""
+    cap = settings.get("max_trainable_params")
+    if cap is not None and plan.trainable_params > cap:
+        raise InfeasibleTrialError(
+            f"over budget: {plan.trainable_params:,} trainable parameters > budget.max_trainable_params {cap:,}"
+        )
+    cap = settings.get("max_memory")
+    if cap is not None and plan.est_peak_memory_bytes > cap:
+        raise InfeasibleTrialError(
+            f"over budget: estimated peak memory {plan.est_peak_memory_bytes:,} B > budget.max_memory {cap:,} B"
+        )
 
 
 def _train(

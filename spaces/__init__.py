@@ -6,14 +6,18 @@ Pure: imports neither torch nor ray, so the CLI and the config loader stay fast.
 from spaces import (  # noqa: F401  (imported for their registration side effect)
     adalora,
     bitfit,
+    boft,
+    fourierft,
     ia3,
     ln_tuning,
     loha,
     lokr,
     lora,
+    oft,
     p_tuning,
     prefix_tuning,
     prompt_tuning,
+    vblora,
     vera,
 )
 from spaces.registry import (

@@ -22,6 +22,7 @@ def _rows():
                 "accuracy": 0.5,
                 "trainable_params": 1500.0,
                 "peak_memory_bytes": 2e9,
+                "est_peak_memory_bytes": 2.2e9,
                 "peak_memory_kind": "cpu_rss",
                 "train_time_s": 3.0,
                 "peft_config": cfg,
@@ -61,7 +62,7 @@ def test_best_first_failures_last_with_error():
     lines = summary_table(_rows()).splitlines()
     assert lines[2].startswith("c ") and lines[3].startswith("a ") and lines[4].startswith("b ")
     assert "IndexError: index out of range" in lines[4]
-    assert "r=8" in lines[3] and "2.0GBR" in lines[3]
+    assert "r=8" in lines[3] and "2.0GBR" in lines[3] and "+10%" in lines[3]
     assert lines[-1].startswith("peak mem: R = peak resident memory")
 
 

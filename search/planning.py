@@ -1,0 +1,314 @@
+"""Planning before spending: exact parameter counts, adapter size and a peak-memory estimate, without weights.
+
+The base model is built on the meta device from its ``config.json`` alone and the adapter is injected by PEFT
+itself, so trainable and total parameter counts are PEFT's own, for any model size, in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.modeling import SKIP_QUANTIZATION, InfeasibleTrialError, inject_adapter
+
+_DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+_QUANT_BYTES = {
+    # bitsandbytes storage per weight element: int8 values plus one fp32 scale per output row (added below);
+    # 4-bit values plus one fp32 absmax per block of 64 (no double quantization).
+    "int8": 1.0,
+    "nf4": 0.5 + 4 / 64,
+    "fp4": 0.5 + 4 / 64,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one candidate costs, before any training."""
+
+    trainable_params: int
+    total_params: int
+    adapter_bytes: int
+    weight_bytes: int
+    adapter_state_bytes: int
+    activation_bytes: int
+    runtime_bytes: int
+
+    @property
+    def est_peak_memory_bytes(self) -> int:
+        return self.weight_bytes + self.adapter_state_bytes + self.activation_bytes + self.runtime_bytes
+
+
+def meta_model(path: str, task: str, num_labels: int, revision: str | None = None) -> nn.Module:
+    """The model's architecture on the meta device: no weights are read, no memory is used."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path, revision=revision, num_labels=num_labels)
+    auto = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Exact size of the ``.safetensors`` file holding ``state``, computed from shapes and dtypes alone."""
+    # safetensors orders tensors by dtype size (largest first), then by name, and pads its JSON header to 8 bytes.
+    items = sorted(state.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t in items:
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _DTYPE_CODES.get(t.dtype, "F32"),
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header, separators=(",", ":"))
+    padded = math.ceil(len(text.encode()) / 8) * 8
+    return len(struct.pack("<Q", 0)) + padded + offset
+
+
+def _weight_bytes(model: nn.Module, quantization: str, dtype_bytes: int) -> int:
+    """Base-model memory at a quantization level: bitsandbytes layers for linear weights, the rest unchanged."""
+    total = 0
+    quantized: set[int] = set()
+    if quantization != "none":
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and not any(s in name.split(".") for s in SKIP_QUANTIZATION):
+                w = module.weight
+                quantized.add(id(w))
+                total += math.ceil(w.numel() * _QUANT_BYTES[quantization])
+                if quantization == "int8":
+                    total += 4 * w.shape[0]
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in seen or id(p) in quantized:
+            continue
+        seen.add(id(p))
+        total += p.numel() * dtype_bytes
+    return total
+
+
+def _activation_bytes(
+    config, batch_size: int, seq_len: int, dtype_bytes: int, checkpointing: bool, causal: bool
+) -> int:
+    """Tensors kept for the backward pass: Korthikanti et al. 2022, eq. 1 (``sbh(34 + 5as/h)`` bytes per layer
+    in 16-bit, scaled to the compute dtype); with checkpointing only each layer's input is kept. A causal LM also
+    holds fp32 logits over the vocabulary and their gradient."""
+    h = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    a = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    s, b = seq_len, batch_size
+    per_layer = (
+        s * b * h * dtype_bytes if checkpointing else s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
+    )
+    logits = 2 * s * b * getattr(config, "vocab_size", 0) * 4 if causal else 0
+    return int(layers * per_layer + logits)
+
+
+def plan_candidate(
+    base: nn.Module,
+    peft_config: dict[str, Any],
+    *,
+    quantization: str,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    runtime_bytes: int = 0,
+) -> Plan:
+    """Inject the adapter into a copy of a meta-device ``base`` and account for its cost.
+
+    Raises ``InfeasibleTrialError`` when PEFT refuses the config for this model.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    dtype_bytes = 2 if precision == "bf16" else 4
+    weights = _weight_bytes(base, quantization, dtype_bytes)
+    from peft import get_peft_config
+
+    # Layer adapters are created on the meta device too (moving them there afterwards would turn AdaLoRA's frozen
+    # `ranknum` trainable). Not BOFT, which fills its permutation matrices element by element, nor the prompt
+    # learning methods, whose small encoder and token ids PEFT runs to save the prompt embeddings.
+    real = peft_config["peft_type"].upper() == "BOFT" or get_peft_config(dict(peft_config)).is_prompt_learning
+    with contextlib.nullcontext() if real else torch.device("meta"):
+        peft_model = inject_adapter(copy.deepcopy(base), peft_config)
+    if hasattr(peft_model, "prompt_encoder"):
+        # PEFT moved the encoder beside the meta base: give it real, uninitialised memory again.
+        peft_model.prompt_encoder.to_empty(device="cpu")
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    state = get_peft_model_state_dict(peft_model)
+    # Trainable adapter weights in fp32, their gradients, and AdamW's two moments.
+    adapter_state = trainable * 4 * 4
+    causal = peft_config.get("task_type") == "CAUSAL_LM"
+    activations = _activation_bytes(
+        base.config, batch_size, seq_len, dtype_bytes, gradient_checkpointing, causal
+    )
+    return Plan(
+        trainable_params=int(trainable),
+        total_params=int(total),
+        adapter_bytes=safetensors_bytes(state),
+        weight_bytes=weights,
+        adapter_state_bytes=adapter_state,
+        activation_bytes=activations,
+        runtime_bytes=runtime_bytes,
+    )
+
+
+__all__ = ["InfeasibleTrialError", "Plan", "meta_model", "plan_candidate", "safetensors_bytes"]
+
+
+def runtime_baseline_bytes() -> int:
+    """Resident memory of a fresh worker-like process (Python, torch, transformers, PEFT, bitsandbytes, Ray
+    Train imported): what a CPU trial holds before its model. Measured here, in a subprocess."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, transformers, peft, bitsandbytes, ray.train, psutil;"
+        "print(psutil.Process().memory_info().rss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+def plan_search(
+    cfg, *, samples: int = 0, num_labels: int | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """One row per explicit candidate and per sampled config: counts, adapter size and memory estimate."""
+    import optuna
+
+    from search.config import ConfigError
+    from search.driver import space_context, space_spec
+    from search.modeling import inspect_model
+    from spaces.sampling import DefineByRun, SpaceSpec
+
+    path = cfg.model.resolved_path()
+    if cfg.model.task == "sequence-classification" and num_labels is None:
+        num_labels = _dataset_num_labels(cfg)
+    labels = max(num_labels or 2, 2)
+    try:
+        facts = inspect_model(path, cfg.model.task, labels, cfg.model.revision)
+        base = meta_model(path, cfg.model.task, labels, cfg.model.revision)
+    except OSError as err:
+        raise ConfigError(
+            f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({err})"
+        ) from None
+    ctx = space_context(cfg, facts, cfg.training.max_steps or 100)
+    spec = space_spec(cfg)
+    todo: list[dict[str, Any]] = [
+        {
+            "candidate": c.name,
+            "method": spaces_method(c.peft_config),
+            "quantization": c.quantization,
+            "peft_config": dict(c.peft_config),
+        }
+        for c in spec.candidates
+    ]
+    if samples and spec.methods:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        space = DefineByRun(SpaceSpec(spec.methods, spec.quantization, spec.learning_rate), ctx)
+        for _ in range(samples):
+            todo.append({k: v for k, v in space(study.ask()).items() if k != "learning_rate"})
+    gpu = cfg.resources.gpus_per_worker > 0
+    runtime = 0 if gpu else runtime_baseline_bytes()
+    rows = []
+    for item in todo:
+        row = {
+            "candidate": item["candidate"],
+            "method": item["method"],
+            "peft_config": item["peft_config"],
+            "quantization": item["quantization"],
+        }
+        try:
+            p = plan_candidate(
+                base,
+                item["peft_config"],
+                quantization=item["quantization"],
+                batch_size=cfg.training.batch_size,
+                seq_len=cfg.training.max_seq_length,
+                precision=cfg.training.precision,
+                gradient_checkpointing=cfg.training.gradient_checkpointing,
+                runtime_bytes=runtime,
+            )
+        except InfeasibleTrialError as err:
+            rows.append({**row, "error": str(err)})
+            continue
+        over = []
+        if cfg.budget.max_trainable_params and p.trainable_params > cfg.budget.max_trainable_params:
+            over.append("max_trainable_params")
+        if cfg.budget.max_memory and p.est_peak_memory_bytes > cfg.budget.max_memory:
+            over.append("max_memory")
+        rows.append(
+            {
+                **row,
+                "trainable_params": p.trainable_params,
+                "total_params": p.total_params,
+                "adapter_bytes": p.adapter_bytes,
+                "est_peak_memory_bytes": p.est_peak_memory_bytes,
+                "est_breakdown": {
+                    "weights": p.weight_bytes,
+                    "adapter_grads_optimizer": p.adapter_state_bytes,
+                    "activations": p.activation_bytes,
+                    "runtime": p.runtime_bytes,
+                },
+                "memory_kind": "gpu_allocated" if gpu else "cpu_rss",
+                "over_budget": over,
+            }
+        )
+    return rows
+
+
+def spaces_method(peft_config: dict[str, Any]) -> str:
+    from spaces import method_for_peft_type
+
+    return method_for_peft_type(peft_config["peft_type"])
+
+
+def _dataset_num_labels(cfg) -> int:
+    from search.config import ConfigError
+    from search.data import DatasetError, load_records
+
+    try:
+        records = load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
+    except (DatasetError, OSError, ValueError) as err:
+        raise ConfigError(f"dataset.source: cannot count its labels ({err}); pass --num-labels") from None
+    column = cfg.dataset.label_column
+    if not records or column not in records[0]:
+        raise ConfigError(f"dataset.label_column: {column!r} not in the dataset; fix it or pass --num-labels")
+    return len({str(r[column]) for r in records})
+
+
+def format_plan(rows: list[dict[str, Any]]) -> str:
+    """Fixed-width table of a plan."""
+    from reports.table import human
+
+    header = f"{'candidate':<22}{'method':<14}{'quant':<6}{'trainable':>11}{'total':>9}{'adapter':>10}{'est. peak':>11}  notes"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if "error" in r:
+            lines.append(
+                f"{r['candidate'][:21]:<22}{r['method'][:13]:<14}{r['quantization']:<6}{'infeasible':>41}  {r['error'][:80]}"
+            )
+            continue
+        notes = ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else ""
+        lines.append(
+            f"{r['candidate'][:21]:<22}{r['method'][:13]:<14}{r['quantization']:<6}{r['trainable_params']:>11,}"
+            f"{human(r['total_params']):>9}{human(r['adapter_bytes'], 'B'):>10}{human(r['est_peak_memory_bytes'], 'B'):>11}  {notes}"
+        )
+    kinds = {r.get("memory_kind") for r in rows} - {None}
+    if kinds == {"cpu_rss"}:
+        lines.append(
+            "est. peak: resident memory of a CPU worker, its runtime baseline measured on this machine"
+        )
+    elif kinds:
+        lines.append("est. peak: GPU allocator peak over the trial")
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""OFT: orthogonal fine-tuning with block-diagonal rotations (Qiu et al. 2023)."""
+
+from spaces.common import base, suggest_layers, suggest_targets
+from spaces.registry import register
+
+
+# No bitsandbytes variant of the OFT layer in PEFT: unquantized bases only.
+@register("oft", peft_type="OFT", quantization=("none",), description="Block-diagonal orthogonal rotations")
+def sample_oft(trial, ctx):
+    _, targets = suggest_targets(trial, ctx, "oft")
+    return {
+        **base(ctx, "OFT"),
+        "r": 0,
+        "oft_block_size": int(trial.suggest_categorical("oft.block_size", [4, 8, 16])),
+        "coft": trial.suggest_categorical("oft.coft", [False, True]),
+        "target_modules": targets,
+        **suggest_layers(trial, ctx, "oft"),
+    }

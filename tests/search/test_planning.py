@@ -1,0 +1,199 @@
+"""Planning without weights: PEFT's exact counts on the meta device, exact adapter size, budgets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import get_peft_config, get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from search.modeling import InfeasibleTrialError
+from search.planning import meta_model, plan_candidate
+from search.training import check_budget, run_trial
+from tests.helpers import prepared, sample_trial
+
+T = ["query", "key", "value", "dense"]
+# The methods issue 4 names, each as a PEFT adapter_config dict for the tiny BERT.
+CONFIGS = {
+    "lora": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": T},
+    "dora": {"peft_type": "LORA", "r": 4, "target_modules": T, "use_dora": True},
+    "rslora": {"peft_type": "LORA", "r": 4, "target_modules": T, "use_rslora": True},
+    "adalora": {"peft_type": "ADALORA", "init_r": 6, "target_r": 2, "target_modules": T, "total_step": 50},
+    "loha": {"peft_type": "LOHA", "r": 4, "target_modules": T},
+    "lokr": {"peft_type": "LOKR", "r": 4, "target_modules": T},
+    "vera": {"peft_type": "VERA", "r": 16, "target_modules": ["query", "value"], "save_projection": True},
+    "ia3": {
+        "peft_type": "IA3",
+        "target_modules": ["key", "value", "dense"],
+        "feedforward_modules": ["dense"],
+    },
+    "prefix_tuning": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 5},
+    "prompt_tuning": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 5},
+    "p_tuning": {"peft_type": "P_TUNING", "num_virtual_tokens": 5, "encoder_hidden_size": 16},
+    "ln_tuning": {"peft_type": "LN_TUNING", "target_modules": ["LayerNorm"]},
+    "boft": {"peft_type": "BOFT", "boft_block_size": 4, "target_modules": ["query", "value"]},
+    "oft": {"peft_type": "OFT", "r": 0, "oft_block_size": 4, "target_modules": ["query", "value"]},
+    "fourierft": {"peft_type": "FOURIERFT", "n_frequency": 100, "target_modules": ["query", "value"]},
+    "vblora": {
+        "peft_type": "VBLORA",
+        "r": 4,
+        "num_vectors": 32,
+        "vector_length": 8,
+        "target_modules": ["query", "value"],
+    },
+    "bitfit": {"peft_type": "BEFT", "target_modules": T},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_plan_counts_equal_peft_on_the_real_model(tiny_bert, name, tmp_path):
+    config = {**CONFIGS[name], "task_type": "SEQ_CLS"}
+    plan = plan_candidate(
+        meta_model(tiny_bert, "sequence-classification", 3),
+        config,
+        quantization="none",
+        batch_size=4,
+        seq_len=16,
+    )
+    torch.manual_seed(0)
+    real = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, num_labels=3, ignore_mismatched_sizes=True
+    )
+    peft_model = get_peft_model(real, get_peft_config(dict(config)))
+    assert (plan.trainable_params, plan.total_params) == peft_model.get_nb_trainable_parameters()
+    peft_model.save_pretrained(tmp_path)
+    assert plan.adapter_bytes == (tmp_path / "adapter_model.safetensors").stat().st_size
+
+
+def test_causal_lm_counts(tiny_llama):
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "target_modules": ["q_proj", "v_proj"]}
+    plan = plan_candidate(
+        meta_model(tiny_llama, "causal-lm", 2), config, quantization="nf4", batch_size=2, seq_len=8
+    )
+    real = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), get_peft_config(dict(config)))
+    assert (plan.trainable_params, plan.total_params) == real.get_nb_trainable_parameters()
+
+
+@pytest.fixture(scope="module")
+def llama_3b_config(tmp_path_factory):
+    """A directory holding only the config.json of a 3-billion-parameter Llama (Llama-3.2-3B's shape)."""
+    path = tmp_path_factory.mktemp("llama-3b")
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": 3072,
+                "intermediate_size": 8192,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 24,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+                "max_position_embeddings": 8192,
+                "tie_word_embeddings": True,
+                "head_dim": 128,
+            }
+        )
+    )
+    return str(path)
+
+
+def test_three_billion_parameter_model_plans_in_seconds(llama_3b_config):
+    start = time.perf_counter()
+    base = meta_model(llama_3b_config, "causal-lm", 2)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "target_modules": ["q_proj", "v_proj"]}
+    plan = plan_candidate(base, config, quantization="nf4", batch_size=1, seq_len=512)
+    elapsed = time.perf_counter() - start
+    # LoRA adds r * (in + out) per adapted layer: q is 3072 -> 3072, v is 3072 -> 1024 (8 KV heads x 128).
+    assert plan.trainable_params == 28 * 8 * ((3072 + 3072) + (3072 + 1024))
+    assert 3.0e9 < plan.total_params < 3.3e9
+    assert plan.adapter_bytes > plan.trainable_params * 4
+    # 4-bit weights: well under half of the fp32 size, far over nothing.
+    assert 0.1 * plan.total_params * 4 < plan.weight_bytes < 0.5 * plan.total_params * 4
+    assert elapsed < 20, f"planning took {elapsed:.1f}s"
+
+
+def test_budget_makes_a_trial_infeasible_before_loading(tiny_bert, classification_csv, tmp_path):
+    prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
+    trial = sample_trial(prep, "lora")
+    with pytest.raises(InfeasibleTrialError, match="budget.max_trainable_params"):
+        run_trial(trial, {**settings, "max_trainable_params": 10}, prep.data, device=torch.device("cpu"))
+    with pytest.raises(InfeasibleTrialError, match="budget.max_memory"):
+        run_trial(trial, {**settings, "max_memory": 1000}, prep.data, device=torch.device("cpu"))
+    metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
+    adapter_dir.cleanup()
+    assert metrics["est_peak_memory_bytes"] > 0
+    assert metrics["adapter_bytes"] == plan_bytes(prep, settings, trial)
+
+
+def plan_bytes(prep, settings, trial):
+    from search.training import plan_trial
+
+    return plan_trial(trial, settings, prep.data.num_labels).adapter_bytes
+
+
+def test_check_budget_passes_within_limits(tiny_bert):
+    plan = plan_candidate(
+        meta_model(tiny_bert, "sequence-classification", 3),
+        {**CONFIGS["lora"], "task_type": "SEQ_CLS"},
+        quantization="none",
+        batch_size=4,
+        seq_len=16,
+    )
+    check_budget(
+        plan, {"max_trainable_params": plan.trainable_params, "max_memory": plan.est_peak_memory_bytes}
+    )
+
+
+def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
+    only_config = tmp_path / "model"
+    only_config.mkdir()
+    (only_config / "config.json").write_text(Path(tiny_bert, "config.json").read_text())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "model": {"name_or_path": str(only_config)},
+                "dataset": {"source": classification_csv},
+                "space": {
+                    "methods": ["lora", "ia3", "loha"],
+                    "quantization": ["none", "nf4"],
+                    "candidates": [
+                        {"name": "mine", "peft_config": {**CONFIGS["lora"], "task_type": "SEQ_CLS"}}
+                    ],
+                },
+                "budget": {"max_trainable_params": 5000},
+            }
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "search.cli", "plan", str(cfg), "--format", "json", "--samples", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 5 and rows[0]["candidate"] == "mine"
+    for row in rows:
+        assert {
+            "method",
+            "peft_config",
+            "quantization",
+            "trainable_params",
+            "total_params",
+            "adapter_bytes",
+            "est_peak_memory_bytes",
+        } <= set(row)
+    assert rows[0]["over_budget"] == (["max_trainable_params"] if rows[0]["trainable_params"] > 5000 else [])
+    table = subprocess.run(
+        [sys.executable, "-m", "search.cli", "plan", str(cfg)], capture_output=True, text=True
+    )
+    assert table.returncode == 0 and "mine" in table.stdout and "est. peak" in table.stdout
