@@ -52,6 +52,32 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _best(args: argparse.Namespace) -> int:
+    from reports.best import best_command
+    from search.config import ConfigError, parse_bytes
+
+    try:
+        max_memory = parse_bytes(args.max_memory) if args.max_memory is not None else None
+    except ValueError as err:
+        raise ConfigError(f"--max-memory: {err}") from None
+    choice, text = best_command(
+        args.results_dir,
+        max_params=args.max_params,
+        max_memory=max_memory,
+        min_accuracy=args.min_accuracy,
+        export_dir=args.export,
+    )
+    print(text)
+    return 0 if choice.trial is not None else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from reports.html import write_report
+
+    print(f"[peft-search] report: {write_report(args.results_dir, args.output)}")
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
     from reports import load_trials, summary_table
 
@@ -86,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
     )
     plan.set_defaults(func=_plan)
+    best = sub.add_parser("best", help="the most accurate trial under a budget; --export writes its adapter")
+    best.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
+    best.add_argument("--max-params", type=float, help="at most this many trainable parameters")
+    best.add_argument("--max-memory", help="at most this peak memory, e.g. 8GB")
+    best.add_argument("--min-accuracy", type=float, help="at least this held-out accuracy")
+    best.add_argument("--export", help="copy the adapter and a reproducing config into this new directory")
+    best.set_defaults(func=_best)
+    report = sub.add_parser("report", help="write the self-contained HTML report (also mid-search)")
+    report.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
+    report.add_argument("-o", "--output", help="where to write it (default: RESULTS_DIR/NAME/report.html)")
+    report.set_defaults(func=_report)
     show = sub.add_parser("show", help="print the trials table of a results directory")
     show.add_argument("results_dir")
     show.set_defaults(func=_show)
@@ -98,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"peft-search: error: {err}", file=sys.stderr)
         return 2
 

@@ -167,6 +167,8 @@ def tokenize(splits: Splits, tokenizer, task: str, max_length: int) -> Tokenized
     if task == "sequence-classification":
 
         def enc(rows):
+            if not rows:
+                return []
             ids = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
             return [{"input_ids": i, "label": r["label"]} for i, r in zip(ids, rows, strict=False)]
 

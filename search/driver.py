@@ -225,6 +225,11 @@ def run_facts(
     }
 
 
+def trial_name(trial) -> str:
+    """Short, stable trial names (the id only): the sampled config lives in the results table, not in paths."""
+    return f"trial-{trial.trial_id}"
+
+
 def run_search(
     cfg: SearchConfig, *, address: str | None = None, num_cpus: int | None = None, echo: bool = True
 ):
@@ -283,7 +288,11 @@ def run_search(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=cfg.search.num_trials, max_concurrent_trials=concurrency
+            search_alg=searcher,
+            num_samples=cfg.search.num_trials,
+            max_concurrent_trials=concurrency,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name="tune",
@@ -297,4 +306,7 @@ def run_search(
     facts["wall_time_s"] = time.time() - t0
     (search_dir / RUN_FILE).write_text(json.dumps(facts, indent=2))
     table.write()
+    from reports.html import write_report
+
+    write_report(search_dir)
     return search_dir

@@ -92,6 +92,7 @@ def run_trial(
     rank: int = 0,
 ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory | None]:
     """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter."""
+    _import_training_libraries(settings["task"], trial["quantization"])
     peak = PeakMemory(device)
     peak.start()
     estimate = plan_trial(trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes())
@@ -155,6 +156,15 @@ def run_trial(
     del model, base, train_model
     release_accelerator_memory()
     return metrics, adapter_dir
+
+
+def _import_training_libraries(task: str, quantization: str) -> None:
+    """Import what the trial will use before measuring its starting memory, so the baseline includes it."""
+    from peft import get_peft_model  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: F401
+
+    if quantization != "none":
+        import bitsandbytes  # noqa: F401
 
 
 def plan_trial(trial: dict[str, Any], settings: dict[str, Any], num_labels: int, runtime_bytes: int = 0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -133,6 +134,55 @@ def ray_local():
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(started, timeout=10)
+
+
+CANDIDATES = [
+    {
+        "name": "lora-qv",
+        "learning_rate": 0.01,
+        "peft_config": {
+            "peft_type": "LORA",
+            "task_type": "SEQ_CLS",
+            "r": 2,
+            "target_modules": ["query", "value"],
+        },
+    },
+    # 80 soft-prompt tokens overflow the tiny model's 64 positions: this trial fails in its first forward pass.
+    {
+        "name": "breaks",
+        "peft_config": {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "num_virtual_tokens": 80},
+    },
+    # PEFT refuses a target that matches nothing: recorded as infeasible, not as a crash.
+    {
+        "name": "no-such-layer",
+        "peft_config": {
+            "peft_type": "LORA",
+            "task_type": "SEQ_CLS",
+            "r": 2,
+            "target_modules": ["nonexistent"],
+        },
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def small_search(ray_local, tiny_bert, classification_csv, tmp_path_factory):
+    """A real search on local Ray with tiny BERT: 5 trials, one failing on purpose, one infeasible."""
+    from search.driver import run_search
+    from tests.helpers import tiny_config
+
+    results = tmp_path_factory.mktemp("results")
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(results),
+        space={"methods": ["ia3", "bitfit"], "candidates": CANDIDATES},
+        search={"num_trials": 5, "sampler": "tpe", "seed": 0, "max_concurrent": 2},
+        training={"max_steps": 3},
+        resources={"cpus_per_worker": 1},
+    )
+    search_dir = run_search(cfg, echo=False)
+    return cfg, Path(search_dir)
 
 
 def pytest_collection_modifyitems(config, items):

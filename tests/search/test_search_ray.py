@@ -11,53 +11,13 @@ import yaml
 
 from search.config import ConfigError
 from search.driver import run_search
-from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 
-CANDIDATES = [
-    {
-        "name": "lora-qv",
-        "learning_rate": 0.01,
-        "peft_config": {
-            "peft_type": "LORA",
-            "task_type": "SEQ_CLS",
-            "r": 2,
-            "target_modules": ["query", "value"],
-        },
-    },
-    # 80 soft-prompt tokens overflow the tiny model's 64 positions: this trial fails in its first forward pass.
-    {
-        "name": "breaks",
-        "peft_config": {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "num_virtual_tokens": 80},
-    },
-    # PEFT refuses a target that matches nothing: recorded as infeasible, not as a crash.
-    {
-        "name": "no-such-layer",
-        "peft_config": {
-            "peft_type": "LORA",
-            "task_type": "SEQ_CLS",
-            "r": 2,
-            "target_modules": ["nonexistent"],
-        },
-    },
-]
-
 
 @pytest.fixture(scope="module")
-def finished(ray_local, tiny_bert, classification_csv, tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    cfg = tiny_config(
-        tiny_bert,
-        classification_csv,
-        results_dir=str(results),
-        space={"methods": ["ia3", "bitfit"], "candidates": CANDIDATES},
-        search={"num_trials": 5, "sampler": "tpe", "seed": 0, "max_concurrent": 2},
-        training={"max_steps": 3},
-        resources={"cpus_per_worker": 1},
-    )
-    search_dir = run_search(cfg, echo=False)
-    return cfg, Path(search_dir)
+def finished(small_search):
+    return small_search
 
 
 def test_every_trial_recorded_with_its_status(finished):
@@ -130,3 +90,67 @@ def test_token_authentication_stays_on(ray_local):
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
     assert get_authentication_mode() == AuthenticationMode.TOKEN
+
+
+def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_bert, tmp_path):
+    """`peft-search best --export`: PEFT loads the adapter and gets the recorded held-out accuracy back."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from search.data import Splits, tokenize
+    from search.training import evaluate
+
+    cfg, search_dir = finished
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "best",
+            str(search_dir),
+            "--max-params",
+            "1e6",
+            "--export",
+            str(tmp_path / "export"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    chosen = trials.set_index("trial_id").loc[out.stdout.split()[2]]
+    assert chosen["accuracy"] == trials[trials["status"] == "complete"]["accuracy"].max()
+    export = tmp_path / "export"
+    assert {"adapter_config.json", "adapter_model.safetensors", "reproduce.yaml", "trial.json"} <= {
+        p.name for p in export.iterdir()
+    }
+    reproduce = yaml.safe_load((export / "reproduce.yaml").read_text())
+    assert reproduce["space"]["candidates"][0]["peft_config"] == json.loads(chosen["peft_config"])
+
+    facts = json.loads((search_dir / "run.json").read_text())
+    held_out = pd.read_parquet(search_dir / "data" / "eval.parquet").to_dict("records")
+    data = tokenize(
+        Splits(train=[], eval=held_out, label_names=facts["label_names"]),
+        AutoTokenizer.from_pretrained(tiny_bert),
+        "sequence-classification",
+        cfg.training.max_seq_length,
+    )
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, num_labels=3, ignore_mismatched_sizes=True
+    )
+    model = PeftModel.from_pretrained(base, str(export))
+    result = evaluate(model, data, "sequence-classification", 8, torch.device("cpu"))
+    assert result["accuracy"] == pytest.approx(chosen["accuracy"])
+
+    # The same limits on an impossible budget: nothing chosen, exit 1, nothing exported.
+    none = subprocess.run(
+        [sys.executable, "-m", "search.cli", "best", str(search_dir), "--min-accuracy", "1.01"],
+        capture_output=True,
+        text=True,
+    )
+    assert none.returncode == 1 and "No trial chosen" in none.stdout

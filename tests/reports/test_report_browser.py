@@ -1,0 +1,105 @@
+"""The report of a real small search, in real headless Chromium (Debian's package, driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reports.fronts import choose_best
+from reports.html import write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None and not os.environ.get("CI"), reason="needs Debian's chromium (CI installs it)"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def page(small_search):
+    sync_api = (
+        pytest.importorskip("playwright.sync_api")
+        if not os.environ.get("CI")
+        else __import__("playwright.sync_api", fromlist=["sync_playwright"])
+    )
+    _, search_dir = small_search
+    report = write_report(search_dir, search_dir / "browser-report.html")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        events = {"errors": [], "requests": []}
+        tab.on("console", lambda m: events["errors"].append(m.text) if m.type == "error" else None)
+        tab.on("pageerror", lambda e: events["errors"].append(str(e)))
+        tab.on("request", lambda r: events["requests"].append(r.url))
+        tab.goto(report.as_uri())
+        tab.wait_for_selector("#pareto-params .main-svg")
+        yield tab, events, search_dir
+        browser.close()
+
+
+def test_loads_offline_without_errors_and_renders_every_chart(page):
+    tab, events, search_dir = page
+    assert events["errors"] == []
+    assert [u for u in events["requests"] if not u.startswith("file://")] == []
+    charts = tab.locator("section.chart")
+    assert charts.count() >= 5
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        assert chart.locator(".main-svg").count() > 0, chart.get_attribute("id")
+    # The 2-D fronts draw real points: one marker per complete trial, plus the front's own markers.
+    complete = (pd.read_parquet(search_dir / "trials.parquet")["status"] == "complete").sum()
+    assert tab.locator("#pareto-params .scatterlayer .point").count() >= complete
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_table_has_one_row_per_trial_and_filters(page):
+    tab, _, search_dir = page
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    assert tab.locator("#trials tbody tr").count() == len(trials)
+    tab.click("#trials th:has-text('accuracy')")
+    tab.click("#trials th:has-text('accuracy')")  # second click: descending
+    best = trials[trials["status"] == "complete"]["accuracy"].max()
+    first_accuracy = tab.locator("#trials tbody tr").first.locator("td").nth(4).get_attribute("data-v")
+    assert float(first_accuracy) == pytest.approx(best)
+    tab.fill("#filter", "infeasible")
+    assert tab.locator("#trials tbody tr:visible").count() == (trials["status"] == "infeasible").sum()
+    tab.fill("#filter", "")
+
+
+def test_budget_picker_agrees_with_best(page):
+    tab, _, search_dir = page
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    done = trials[trials["status"] == "complete"]
+    limits = [
+        (None, None),
+        (float(done["trainable_params"].min()), None),
+        (None, float(done["peak_memory_bytes"].median()) / 2**20),
+    ]
+    for max_params, max_mib in limits:
+        tab.fill("#max-params", "" if max_params is None else str(max_params))
+        tab.fill("#max-memory", "" if max_mib is None else str(max_mib))
+        expected = choose_best(
+            trials, max_params=max_params, max_memory=None if max_mib is None else max_mib * 2**20
+        )
+        shown = tab.locator("#choice").get_attribute("data-trial")
+        assert shown == ("" if expected.trial is None else expected.trial["trial_id"])
