@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     print(summary_table(trials))
     done = trials["status"].eq("complete").sum()
     print(f"\n[peft-search] {done}/{len(trials)} trials complete. Results: {search_dir}")
+    print(f"[peft-search]   report: {search_dir / 'report.html'}")
     print(
         f"[peft-search]   trials table: {search_dir / 'trials.parquet'}   Optuna storage: {search_dir / 'optuna.db'}"
     )
