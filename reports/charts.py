@@ -165,12 +165,13 @@ def hypervolume_figure(trials: pd.DataFrame, reference: np.ndarray) -> go.Figure
     return fig
 
 
-def importance_figure(importances: dict[str, dict[str, float]]) -> go.Figure:
+def importance_figure(importances: dict[str, dict[str, float]], n_trials: int) -> go.Figure:
     fig = go.Figure()
     for objective, values in importances.items():
         fig.add_trace(go.Bar(x=list(values.values()), y=list(values.keys()), orientation="h", name=objective))
     fig.update_layout(
-        title="What mattered: parameter importance per objective (Optuna's default evaluator, sampled trials)",
+        title=f"What mattered: parameter importance per objective (Optuna's default evaluator over {n_trials} "
+        "sampled trials; few trials give noisy importances)",
         xaxis_title="importance",
         barmode="group",
         height=420,

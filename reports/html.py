@@ -84,7 +84,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dict[str, float]], str]:
+def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dict[str, float]], str, int]:
     """Optuna's parameter importances per objective, over the sampled trials (explicit candidates have no
     sampled parameters)."""
     try:
@@ -96,7 +96,11 @@ def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dic
             t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "method" in t.params
         ]
         if len(sampled) < 3:
-            return {}, f"needs at least 3 complete sampled trials (has {len(sampled)})"
+            return (
+                {},
+                f"Parameter importance needs at least 3 complete sampled trials (has {len(sampled)}).",
+                0,
+            )
         objectives = facts.get("objectives") or [{"metric": "objective", "mode": "min"}]
         out = {}
         for i, o in enumerate(objectives):
@@ -105,9 +109,9 @@ def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dic
             out[o["metric"]] = optuna.importance.get_param_importances(
                 study, params=["method", "learning_rate"], target=lambda t, i=i, s=sign: s * t.values[i]
             )
-        return out, ""
+        return out, "", len(sampled)
     except Exception as err:  # importance is a nicety: a report must render without it
-        return {}, f"not available ({type(err).__name__}: {err})"
+        return {}, f"Parameter importance not available ({type(err).__name__}: {err}).", 0
 
 
 def build_report(search_dir: str | Path) -> str:
@@ -126,9 +130,9 @@ def build_report(search_dir: str | Path) -> str:
         ("hypervolume", charts.hypervolume_figure(trials, ref)),
         ("parallel", charts.parallel_coordinates(trials)),
     ]
-    importances, importance_note = _importances(search_dir, facts)
+    importances, importance_note, n_sampled = _importances(search_dir, facts)
     if importances:
-        figures.append(("importance", charts.importance_figure(importances)))
+        figures.append(("importance", charts.importance_figure(importances, n_sampled)))
     divs = "\n".join(
         f'<section class="chart" id="{cid}">'
         + fig.to_html(

@@ -95,3 +95,11 @@ def test_report_of_a_search_with_no_complete_trial(tmp_path):
     trials.to_parquet(search_dir / "trials.parquet")
     page = build_report(search_dir)
     assert page.count('<tr class="status-running">') == 5
+
+
+def test_importance_figure_names_its_trial_count():
+    from reports.charts import importance_figure
+
+    fig = importance_figure({"accuracy": {"learning_rate": 0.7, "method": 0.3}}, n_trials=6)
+    assert "over 6 sampled trials" in fig.layout.title.text
+    assert list(fig.data[0].y) == ["learning_rate", "method"] and list(fig.data[0].x) == [0.7, 0.3]
