@@ -207,7 +207,7 @@ def plan_search(
     todo: list[dict[str, Any]] = [
         {
             "candidate": c.name,
-            "method": spaces_method(c.peft_config),
+            "method": method_for_peft_type(c.peft_config["peft_type"]),
             "quantization": c.quantization,
             "peft_config": dict(c.peft_config),
         }
@@ -265,12 +265,6 @@ def plan_search(
             }
         )
     return rows
-
-
-def spaces_method(peft_config: dict[str, Any]) -> str:
-    from spaces import method_for_peft_type
-
-    return method_for_peft_type(peft_config["peft_type"])
 
 
 def _dataset_num_labels(cfg) -> int:

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
-TRIALS_FILE = "trials.parquet"
+from reports.table import TRIALS_FILE
+
 _METRICS = (
     "accuracy",
     "eval_loss",
