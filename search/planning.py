@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from search.modeling import SKIP_QUANTIZATION, InfeasibleTrialError, inject_adapter
+from spaces import method_for_peft_type
 
 _DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 _QUANT_BYTES = {
