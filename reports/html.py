@@ -270,9 +270,14 @@ trainable parameters, then lower peak memory, then the earlier trial id.</p>
   table.tHead.addEventListener("click", (e) => {{
     const th = e.target.closest("th"); if (!th) return;
     const col = Number(th.dataset.col), asc = th.dataset.dir !== "asc"; th.dataset.dir = asc ? "asc" : "desc";
-    const key = (tr) => {{ const td = tr.cells[col]; return td.dataset.v !== undefined && td.dataset.v !== "" ? Number(td.dataset.v) : td.textContent; }};
+    // Numeric cells sort by value, text cells by text; cells without a value always go last.
+    const key = (tr) => {{ const td = tr.cells[col];
+      if (td.dataset.v === undefined) return td.textContent;
+      return td.dataset.v === "" ? null : Number(td.dataset.v); }};
     const rows = Array.from(body.rows);
-    rows.sort((a, b) => {{ const x = key(a), y = key(b); return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); }});
+    rows.sort((a, b) => {{ const x = key(a), y = key(b);
+      if (x === null || y === null) return (x === null) - (y === null);
+      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); }});
     rows.forEach((r) => body.appendChild(r));
   }});
   const filter = document.getElementById("filter");

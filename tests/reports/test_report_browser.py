@@ -81,6 +81,13 @@ def test_table_has_one_row_per_trial_and_filters(page):
     best = trials[trials["status"] == "complete"]["accuracy"].max()
     first_accuracy = tab.locator("#trials tbody tr").first.locator("td").nth(4).get_attribute("data-v")
     assert float(first_accuracy) == pytest.approx(best)
+    # Trials without an accuracy (failed, infeasible) sort last, whichever the direction.
+    missing = int((trials["status"] != "complete").sum())
+    last = [
+        tab.locator("#trials tbody tr").nth(-1 - i).locator("td").nth(4).get_attribute("data-v")
+        for i in range(missing)
+    ]
+    assert missing > 0 and last == [""] * missing
     tab.fill("#filter", "infeasible")
     assert tab.locator("#trials tbody tr:visible").count() == (trials["status"] == "infeasible").sum()
     tab.fill("#filter", "")
