@@ -38,7 +38,6 @@ class TokenizedSplits:
     num_labels: int = 0
     answer_ids: list[list[int]] = field(default_factory=list)
     """Causal LM: the closed set of answers, tokenized; empty means answers are generated and compared."""
-    train_tokens: int = 0
 
 
 def load_records(source: str, subset: str | None = None, split: str = "train") -> list[dict[str, Any]]:
@@ -178,7 +177,6 @@ def tokenize(splits: Splits, tokenizer, task: str, max_length: int) -> Tokenized
             eval=enc(splits.eval),
             pad_token_id=pad,
             num_labels=len(splits.label_names),
-            train_tokens=sum(len(r["input_ids"]) for r in train),
         )
     return _tokenize_causal(splits, tokenizer, max_length, pad)
 
@@ -213,5 +211,4 @@ def _tokenize_causal(splits: Splits, tokenizer, max_length: int, pad: int) -> To
         eval=evals,
         pad_token_id=pad,
         answer_ids=[answer_ids(a) for a in answers] if closed else [],
-        train_tokens=sum(len(r["input_ids"]) for r in train),
     )

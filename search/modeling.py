@@ -34,13 +34,22 @@ def _auto_class(task: str):
     return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
 
 
-def inspect_model(path: str, task: str, num_labels: int = 2, revision: str | None = None) -> ModelFacts:
-    """Build the model on the meta device from ``config.json`` only: no weights are read."""
+def meta_model(path: str, task: str, num_labels: int = 2, revision: str | None = None) -> nn.Module:
+    """The model's architecture on the meta device, from ``config.json`` alone: no weights read, no memory used."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path, revision=revision, num_labels=num_labels)
     with torch.device("meta"):
-        model = _auto_class(task).from_config(config)
+        return _auto_class(task).from_config(config)
+
+
+def inspect_model(path: str, task: str, num_labels: int = 2, revision: str | None = None) -> ModelFacts:
+    """What the search space needs to know about a model, without reading its weights."""
+    return model_facts(meta_model(path, task, num_labels, revision))
+
+
+def model_facts(model: nn.Module) -> ModelFacts:
+    config = model.config
     linear, norms = [], []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):

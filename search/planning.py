@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.modeling import SKIP_QUANTIZATION, InfeasibleTrialError, inject_adapter
+from search.modeling import SKIP_QUANTIZATION, InfeasibleTrialError, inject_adapter, meta_model
 from spaces import method_for_peft_type
 
 _DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
@@ -45,16 +45,6 @@ class Plan:
     @property
     def est_peak_memory_bytes(self) -> int:
         return self.weight_bytes + self.adapter_state_bytes + self.activation_bytes + self.runtime_bytes
-
-
-def meta_model(path: str, task: str, num_labels: int, revision: str | None = None) -> nn.Module:
-    """The model's architecture on the meta device: no weights are read, no memory is used."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    config = AutoConfig.from_pretrained(path, revision=revision, num_labels=num_labels)
-    auto = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
-    with torch.device("meta"):
-        return auto.from_config(config)
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -189,7 +179,7 @@ def plan_search(
 
     from search.config import ConfigError
     from search.driver import space_context, space_spec
-    from search.modeling import inspect_model
+    from search.modeling import model_facts
     from spaces.sampling import DefineByRun, SpaceSpec
 
     path = cfg.model.resolved_path()
@@ -197,8 +187,8 @@ def plan_search(
         num_labels = _dataset_num_labels(cfg)
     labels = max(num_labels or 2, 2)
     try:
-        facts = inspect_model(path, cfg.model.task, labels, cfg.model.revision)
         base = meta_model(path, cfg.model.task, labels, cfg.model.revision)
+        facts = model_facts(base)
     except OSError as err:
         raise ConfigError(
             f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({err})"
