@@ -30,7 +30,9 @@ def connect(
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     try:
         if address is None:
+            # "local": always a new instance on this machine, never one a `ray start` left running here.
             ray.init(
+                address="local",
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 object_store_memory=object_store_memory,
