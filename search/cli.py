@@ -86,6 +86,87 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+# `run`'s overrides, as (attribute, option, config key): `submit` checks them here and passes them on to `run`.
+_RUN_OVERRIDES = (
+    ("num_trials", "--num-trials", "search.num_trials"),
+    ("results_dir", "--results-dir", "results_dir"),
+    ("name", "--name", "name"),
+)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from cluster.jobs import Jobs
+    from search.config import default_config_path, load_config
+
+    path = Path(args.config) if args.config else default_config_path()
+    given = [
+        (opt, key, getattr(args, attr))
+        for attr, opt, key in _RUN_OVERRIDES
+        if getattr(args, attr) is not None
+    ]
+    # Validate here first: a bad config fails in a second, before anything reaches the cluster.
+    cfg = load_config(path, {key: value for _, key, value in given})
+    jobs = Jobs(args.address)
+    job_id = jobs.submit(
+        path,
+        [str(part) for opt, _, value in given for part in (opt, value)],
+        ship_project=args.ship_project,
+        metadata={"peft_search_name": cfg.name, "results_dir": cfg.results_dir},
+    )
+    print(job_id, flush=True)
+    note = f"[peft-search] submitted search {cfg.name!r} to {jobs.address}"
+    print(f"{note}; follow it with `peft-search logs {job_id} --follow`", file=sys.stderr)
+    if not Path(cfg.results_dir).expanduser().is_absolute():
+        print(
+            f"[peft-search] note: results_dir {cfg.results_dir!r} is relative, so the results land in the job's "
+            "working directory on the head; pass --results-dir on shared storage to keep them",
+            file=sys.stderr,
+        )
+    return _follow(jobs, job_id) if args.follow else 0
+
+
+def _follow(jobs, job_id: str) -> int:
+    try:
+        status = jobs.follow(job_id, lambda chunk: print(chunk, end="", flush=True))
+    except KeyboardInterrupt:
+        print(
+            f"\n[peft-search] stopped following; job {job_id} goes on (`peft-search stop {job_id}` ends it)",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"[peft-search] job {job_id} {status}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cluster.jobs import Jobs
+
+    info = Jobs(args.address).info(args.job_id)
+    print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from cluster.jobs import Jobs
+
+    jobs = Jobs(args.address)
+    if args.follow:
+        return _follow(jobs, args.job_id)
+    print(jobs.logs(args.job_id), end="")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from cluster.jobs import Jobs
+
+    jobs = Jobs(args.address)
+    if jobs.stop(args.job_id):
+        print(f"[peft-search] stop requested for job {args.job_id}")
+    else:
+        print(f"[peft-search] job {args.job_id} had already ended: {jobs.info(args.job_id).status}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-search",
@@ -127,11 +208,48 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the trials table of a results directory")
     show.add_argument("results_dir")
     show.set_defaults(func=_show)
+    address_help = (
+        "the head's dashboard, e.g. http://HEAD:8265 "
+        "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else http://127.0.0.1:8265)"
+    )
+    submit = sub.add_parser("submit", help="run a search on a Ray cluster as a Ray job; prints the job id")
+    submit.add_argument(
+        "config", nargs="?", help="YAML search config (default: the bundled BBC News / MiniLM search)"
+    )
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument("--num-trials", type=int, help="override search.num_trials")
+    submit.add_argument(
+        "--results-dir", help="override results_dir (a path on the cluster: use shared storage)"
+    )
+    submit.add_argument("--name", help="override the search name")
+    submit.add_argument(
+        "--ship-project",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send this copy of peft-search's packages with the job (default); --no-ship-project runs the "
+        "peft-search installed on the cluster",
+    )
+    submit.add_argument("--follow", action="store_true", help="then stream the job's logs until it ends")
+    submit.set_defaults(func=_submit)
+    for name, help_text, func in (
+        ("status", "a submitted search's job status", _status),
+        ("logs", "a submitted search's logs (--follow streams them until the job ends)", _logs),
+        ("stop", "stop a submitted search", _stop),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("job_id", help="the id `peft-search submit` printed")
+        command.add_argument("--address", help=address_help)
+        if name == "logs":
+            command.add_argument(
+                "--follow", action="store_true", help="stream until the job ends; exit 0 only if it succeeded"
+            )
+        command.set_defaults(func=func)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cluster.runtime import ClusterError
     from search.config import ConfigError
 
     try:
@@ -139,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"peft-search: error: {err}", file=sys.stderr)
         return 2
+    except ClusterError as err:
+        print(f"peft-search: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

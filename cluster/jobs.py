@@ -1,0 +1,197 @@
+"""A search as a Ray job: submit it to a cluster's Jobs API (the head's dashboard), then follow, inspect or stop it.
+
+A job's driver runs on the cluster, so the machine that submitted it may disconnect. The job's runtime environment
+carries the search config (a staging ``working_dir`` holding the YAML) and, unless told otherwise, this project's
+own packages (``py_modules``), so the cluster runs the code that was submitted, not whatever version is installed
+there. The heavy dependencies (ray, torch, transformers, peft) must already be on the cluster's nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cluster.runtime import ClusterError
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobDetails, JobSubmissionClient
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+PACKAGES = ("search", "spaces", "cluster", "reports")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Ray's Jobs client lets these override the address it is given; an explicit --address must win.
+_ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+_GET_TOKEN = "`ray get-auth-token` on the head prints it"
+
+
+def default_address() -> str:
+    """Where ``ray job`` looks: ``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``, then the local dashboard."""
+    return next((os.environ[v] for v in _ADDRESS_VARS if os.environ.get(v)), DEFAULT_ADDRESS)
+
+
+def _token_source() -> str:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    return "~/.ray/auth_token"
+
+
+def auth_headers() -> dict[str, str]:
+    """The ``Authorization`` header for a token-protected cluster, with the token found where Ray finds it.
+
+    Ray's Jobs client attaches the token only when ``RAY_AUTH_MODE=token`` is set in the submitting process, so a
+    laptop holding the cluster's token but not that variable is refused. Here Ray's own token loader looks the
+    token up whatever the mode (``RAY_AUTH_TOKEN``, then ``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token``) and
+    it is sent whenever one is found; a cluster without authentication ignores it. ``RAY_AUTH_MODE=disabled``
+    sends nothing.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.exceptions import AuthenticationError
+
+    loader = AuthenticationTokenLoader.instance()
+    try:
+        if not loader.has_token(ignore_auth_mode=True):
+            return {}
+        token = loader.get_raw_token(ignore_auth_mode=True)
+    except AuthenticationError:  # Ray refuses to fall back when RAY_AUTH_TOKEN_PATH names an unreadable file
+        raise ClusterError(
+            f"{_token_source()}: no token can be read there; fix the path or unset RAY_AUTH_TOKEN_PATH"
+        ) from None
+    return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.contextmanager
+def _translated(address: str, headers: dict[str, str], job_id: str | None = None) -> Iterator[None]:
+    """Turn the Jobs client's failures into one-line ``ClusterError`` messages that name the fix."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError:
+        if headers:
+            raise ClusterError(
+                f"{address}: the cluster refused the auth token from {_token_source()}; use the head's token "
+                f"({_GET_TOKEN})"
+            ) from None
+        raise ClusterError(
+            f"{address}: the cluster wants its auth token and none was found here; copy the head's token to "
+            f"~/.ray/auth_token or set RAY_AUTH_TOKEN ({_GET_TOKEN})"
+        ) from None
+    except ConnectionError:
+        raise ClusterError(
+            f"{address}: no Ray dashboard answered; give the head's dashboard address (http://HEAD:8265) "
+            "with --address or RAY_ADDRESS"
+        ) from None
+    except RuntimeError as err:
+        text = str(err)
+        if job_id is not None and "404" in text:
+            raise ClusterError(f"{address}: no job {job_id!r} on this cluster") from None
+        raise ClusterError(f"{address}: {text.strip().splitlines()[0] if text.strip() else err!r}") from None
+
+
+@contextlib.contextmanager
+def _without(names: Sequence[str]) -> Iterator[None]:
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+class Jobs:
+    """The Jobs API of one cluster, with its errors turned into ``ClusterError``."""
+
+    def __init__(self, address: str | None = None):
+        self.address = (address or default_address()).rstrip("/")
+        self._headers = auth_headers()
+        from ray.job_submission import JobSubmissionClient
+
+        with self._errors(), _without(_ADDRESS_VARS):
+            self._client: JobSubmissionClient = JobSubmissionClient(self.address, headers=self._headers)
+
+    def _errors(self, job_id: str | None = None):
+        return _translated(self.address, self._headers, job_id)
+
+    def submit(
+        self,
+        config: str | Path,
+        run_args: Sequence[str] = (),
+        *,
+        ship_project: bool = True,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Submit ``python -m search.cli run CONFIG --address auto RUN_ARGS``; returns the job's submission id.
+
+        The driver joins the cluster it runs on (``--address auto``) instead of starting a Ray of its own.
+        """
+        config = Path(config)
+        with tempfile.TemporaryDirectory(prefix="peft-search-job-") as staging:
+            shutil.copy(config, Path(staging) / config.name)
+            with self._errors():
+                return self._client.submit_job(
+                    entrypoint=entrypoint(config.name, run_args),
+                    runtime_env=runtime_env(staging, ship_project=ship_project),
+                    metadata=metadata,
+                )
+
+    def info(self, job_id: str) -> JobDetails:
+        with self._errors(job_id):
+            return self._client.get_job_info(job_id)
+
+    def logs(self, job_id: str) -> str:
+        with self._errors(job_id):
+            return self._client.get_job_logs(job_id)
+
+    def stop(self, job_id: str) -> bool:
+        """Ask the job to stop; False when it had already ended."""
+        with self._errors(job_id):
+            return self._client.stop_job(job_id)
+
+    def follow(self, job_id: str, write: Callable[[str], object]) -> str:
+        """Stream the job's logs to ``write`` until it ends (``tail_job_logs``); returns its final status."""
+        self.info(job_id)  # an unknown id fails here with a clear message, not inside the websocket
+
+        async def tail() -> None:
+            async for chunk in self._client.tail_job_logs(job_id):
+                write(chunk)
+
+        with self._errors(job_id):
+            asyncio.run(tail())
+        return str(self.info(job_id).status)
+
+
+def entrypoint(config_name: str, run_args: Sequence[str] = ()) -> str:
+    """The job's shell command: this project's own CLI, run from the job's working directory on the cluster."""
+    return shlex.join(["python", "-m", "search.cli", "run", config_name, "--address", "auto", *run_args])
+
+
+def package_dirs() -> list[str]:
+    """The directories of this project's packages as imported here (a checkout or an installed copy)."""
+    dirs = []
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ClusterError(
+                f"package {name!r} not found here; install peft-search or run from its checkout"
+            )
+        dirs.append(next(iter(spec.submodule_search_locations)))
+    return dirs
+
+
+def runtime_env(staging: str | Path, *, ship_project: bool = True) -> dict:
+    """The job's runtime environment: the config's staging directory, plus this project's packages if shipped."""
+    env: dict = {"working_dir": str(staging), "excludes": ["__pycache__", "*.pyc"]}
+    if ship_project:
+        env["py_modules"] = package_dirs()
+    return env
