@@ -40,7 +40,8 @@ def prepare(cfg: SearchConfig) -> Prepared:
     from transformers import AutoTokenizer
 
     from search import data as data_mod
-    from search.modeling import inspect_model
+    from search.candidates import check_candidates
+    from search.modeling import meta_model, model_facts
     from search.training import total_steps
 
     model_path = cfg.model.resolved_path()
@@ -49,6 +50,10 @@ def prepare(cfg: SearchConfig) -> Prepared:
     ):
         raise ConfigError(
             f"model.name_or_path: no directory at {model_path}; give a model directory or a hub id"
+        )
+    if Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path: {model_path} has no config.json; give a Hugging Face model directory"
         )
     try:
         records = data_mod.load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
@@ -78,10 +83,18 @@ def prepare(cfg: SearchConfig) -> Prepared:
         raise ConfigError(str(err)) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
-        facts = inspect_model(model_path, cfg.model.task, max(len(splits.label_names), 2), cfg.model.revision)
-    except OSError as err:
-        raise ConfigError(f"model.name_or_path: cannot load {cfg.model.name_or_path!r} ({err})") from None
-    tokenized = data_mod.tokenize(splits, tokenizer, cfg.model.task, cfg.training.max_seq_length)
+        base = meta_model(model_path, cfg.model.task, max(len(splits.label_names), 2), cfg.model.revision)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"model.name_or_path: cannot load {cfg.model.name_or_path!r} ({first})") from None
+    facts = model_facts(base)
+    check_candidates(
+        cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
+    )
+    try:
+        tokenized = data_mod.tokenize(splits, tokenizer, cfg.model.task, cfg.training.max_seq_length)
+    except data_mod.DatasetError as err:
+        raise ConfigError(str(err)) from None
     steps = total_steps(
         len(tokenized.train),
         cfg.training.batch_size,
@@ -99,6 +112,11 @@ def space_context(cfg: SearchConfig, facts, steps: int) -> spaces.SpaceContext:
     from spaces.targets import norm_suffixes
 
     target_sets, mlp_targets = spaces.resolve_target_sets(facts.linear_modules)
+    if not target_sets and cfg.space.methods:
+        raise ConfigError(
+            f"space.targets: {cfg.model.name_or_path} has no nn.Linear layers to target (GPT-2's are Conv1D); "
+            "search only space.candidates with explicit target_modules (space.methods: [])"
+        )
     missing = [t for t in cfg.space.targets if t not in target_sets]
     if missing:
         raise ConfigError(
@@ -173,12 +191,26 @@ def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | 
 
 
 def check_search_dir(search_dir: Path) -> None:
-    """Never overwrite an earlier search."""
-    if (search_dir / CONFIG_FILE).exists():
+    """Never overwrite an earlier search, nor take over a directory of other files; fail before Ray starts."""
+    import os
+
+    for parent in [search_dir, *search_dir.parents]:
+        if parent.exists():
+            break
+    if not parent.is_dir():
+        raise ConfigError(f"results_dir: {parent} is not a directory; pass another --results-dir")
+    if parent == search_dir and (search_dir / CONFIG_FILE).exists():
         raise ConfigError(
-            f"results_dir: {search_dir} already holds a search; choose another `name` or `results_dir`, "
-            "or move the old results away"
+            f"results_dir: {search_dir} already holds a search; pass --name NEW or --results-dir DIR to start "
+            "another, or move the old results away"
         )
+    if parent == search_dir and any(search_dir.iterdir()):
+        raise ConfigError(
+            f"results_dir: {search_dir} holds other files and is not a peft-search results directory; "
+            "pass --name NEW or --results-dir DIR"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"results_dir: cannot write to {parent}; pass another --results-dir")
 
 
 def write_inputs(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> None:

@@ -152,14 +152,16 @@ CANDIDATES = [
         "name": "breaks",
         "peft_config": {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "num_virtual_tokens": 80},
     },
-    # PEFT refuses a target that matches nothing: recorded as infeasible, not as a crash.
+    # Only the task head, which PEFT trains whole (modules_to_save) and so never adapts: PEFT refuses it at
+    # injection and the trial is recorded as infeasible, not as a crash. (A name that matches no module at all is
+    # a config error caught before Ray starts; see tests/search/test_bad_input.py.)
     {
         "name": "no-such-layer",
         "peft_config": {
             "peft_type": "LORA",
             "task_type": "SEQ_CLS",
             "r": 2,
-            "target_modules": ["nonexistent"],
+            "target_modules": ["classifier"],
         },
     },
 ]

@@ -1,0 +1,106 @@
+"""Checking explicit candidates against PEFT and the model before anything runs.
+
+A misspelt key, an unknown PEFT type or a ``target_modules`` entry that matches no module is a mistake in the
+config, reported at once with the field to fix; it must not surface minutes later as an ``infeasible`` trial.
+What only injection can tell (PEFT refusing a layer type, a budget) stays a trial's outcome.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from search.config import CandidateSpec, ConfigError
+
+_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+
+
+def check_candidates(
+    candidates: Sequence[CandidateSpec], module_names: Sequence[str], num_layers: int, task: str
+) -> None:
+    """Raise ``ConfigError`` for the first candidate PEFT cannot build or whose targets miss this model.
+
+    Args:
+        candidates: ``space.candidates`` of the config.
+        module_names: every module name of the model (``named_modules()`` of the meta-device model).
+        num_layers: its number of transformer blocks (``layers_to_transform`` indexes them).
+        task: ``model.task``.
+    """
+    for i, candidate in enumerate(candidates):
+        field = f"space.candidates[{i}].peft_config"
+        config = _peft_config(candidate.peft_config, field)
+        task_type = candidate.peft_config.get("task_type")
+        if task_type is not None and task_type != _TASK_TYPES[task]:
+            raise ConfigError(
+                f"{field}.task_type: {task_type!r} does not fit model.task {task}; use {_TASK_TYPES[task]}"
+            )
+        targets = getattr(config, "target_modules", None)
+        if targets and not (isinstance(targets, str) and targets.lower() == "all-linear"):
+            _check_targets(targets, module_names, f"{field}.target_modules")
+        layers = candidate.peft_config.get("layers_to_transform")
+        if layers is not None:
+            indices = [layers] if isinstance(layers, int) else list(layers)
+            outside = [n for n in indices if not isinstance(n, int) or not 0 <= n < num_layers]
+            if outside:
+                raise ConfigError(
+                    f"{field}.layers_to_transform: {outside} outside this model's layers 0..{num_layers - 1}; "
+                    "fix the indices"
+                )
+
+
+def _peft_config(peft_config: dict[str, Any], field: str):
+    """PEFT's own config object, or the reason PEFT gives for refusing it, as a config error."""
+    from peft import get_peft_config
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    peft_type = peft_config["peft_type"]
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        known = ", ".join(sorted(str(getattr(t, "value", t)) for t in PEFT_TYPE_TO_CONFIG_MAPPING))
+        raise ConfigError(f"{field}.peft_type: unknown PEFT type {peft_type!r}; choose from {known}")
+    try:
+        return get_peft_config(dict(peft_config))
+    except TypeError as err:
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+        if unexpected:
+            raise ConfigError(
+                f"{field}.{unexpected.group(1)}: unknown key for {peft_type}; remove it or check its spelling"
+            ) from None
+        raise ConfigError(f"{field}: PEFT refuses it ({_first_line(err)}); fix the config") from None
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{field}: PEFT refuses it ({_first_line(err)}); fix the config") from None
+
+
+def _check_targets(targets: str | Sequence[str], module_names: Sequence[str], field: str) -> None:
+    """PEFT's matching rules: a string is a regex matched against the whole module name; a list entry matches a
+    module whose name is the entry or ends with ``.entry``."""
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as err:
+            raise ConfigError(f"{field}: {targets!r} is not a valid regular expression ({err})") from None
+        if not any(pattern.fullmatch(name) for name in module_names):
+            raise ConfigError(
+                f"{field}: regex {targets!r} matches no module of this model; {_examples(module_names)}"
+            )
+        return
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in module_names)]
+    if missing:
+        raise ConfigError(
+            f"{field}: {sorted(missing)} match no module of this model; {_examples(module_names)}"
+        )
+
+
+def _examples(module_names: Sequence[str]) -> str:
+    """A few real module-name endings to copy from (the last part of each name, most common first)."""
+    leaves: dict[str, int] = {}
+    for name in module_names:
+        leaf = name.rsplit(".", 1)[-1]
+        if name and not leaf.isdigit():
+            leaves[leaf] = leaves.get(leaf, 0) + 1
+    common = sorted(leaves, key=lambda k: -leaves[k])[:12]
+    return f"module names end in e.g. {', '.join(common)}"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
