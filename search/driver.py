@@ -216,8 +216,11 @@ def check_search_dir(search_dir: Path) -> None:
 def write_inputs(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> None:
     import pandas as pd
 
+    from search.redact import redact
+
     search_dir.mkdir(parents=True, exist_ok=True)
-    (search_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    config = redact(cfg.model_dump(mode="json"))  # credentials never reach the results directory
+    (search_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     data_dir = search_dir / "data"
     data_dir.mkdir(exist_ok=True)
     pd.DataFrame(prep.splits.train).to_parquet(data_dir / "train.parquet", index=False)
@@ -229,13 +232,15 @@ def run_facts(
 ) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
+    from search.redact import redact
+
     versions = {}
     for pkg in ("peft-search", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
-    return {
+    facts = {
         "name": cfg.name,
         "model": cfg.model.name_or_path,
         "model_type": prep.facts.model_type,
@@ -255,6 +260,7 @@ def run_facts(
         "versions": versions,
         "target_sets": dict(prep.space_context.target_sets),
     }
+    return redact(facts)
 
 
 def trial_name(trial) -> str:
