@@ -253,6 +253,13 @@ class TrainingSettings(_Strict):
     """Compute dtype of unquantized weights and of 4-bit matmuls; bf16 wants a GPU."""
     gradient_checkpointing: bool = False
 
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"write a range [low, high], e.g. [1.0e-4, 5.0e-3] (got {value!r})")
+        return value
+
     @field_validator("learning_rate")
     @classmethod
     def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -356,6 +363,7 @@ def _loc_part(part: str | int) -> str:
 def _format(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = "".join(_loc_part(p) for p in first["loc"]).lstrip(".")
+    loc = f"config{loc}" if loc.startswith("[") else loc  # an odd top-level key
     msg = first["msg"].removeprefix("Value error, ")
     if not loc:  # whole-config checks name their own field
         return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"

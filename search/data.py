@@ -151,6 +151,11 @@ def split_classification(
     label_names = sorted({str(r[label]) for r in records})
     if len(label_names) < 2:
         raise DatasetError(f"dataset.label_column: {label!r} has fewer than 2 classes")
+    if len(label_names) > len(records) // 2:
+        raise DatasetError(
+            f"dataset.label_column: {label!r} has {len(label_names)} distinct values in {len(records)} rows, "
+            "too many for classes; set it to the column holding the class labels"
+        )
     by_class: dict[str, list[dict[str, Any]]] = {n: [] for n in label_names}
     for r in records:
         by_class[str(r[label])].append({"text": str(r[text]), "label": label_names.index(str(r[label]))})

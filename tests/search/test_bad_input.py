@@ -164,6 +164,11 @@ CASES: dict[str, Any] = {
         "training.learning_rate[1]",
         "finite",
     ),
+    "learning-rate-not-a-range": (
+        lambda t, m, d: base_config(m, d, t / "out", training={"learning_rate": [0.001]}),
+        "training.learning_rate",
+        "[low, high]",
+    ),
     "empty-ranks": (
         lambda t, m, d: base_config(m, d, t / "out", space={"ranks": []}),
         "space.ranks",
@@ -266,6 +271,13 @@ CASES: dict[str, Any] = {
         lambda t, m, d: base_config(m, d, t / "out", dataset={"label_column": "topic"}),
         "dataset.label_column",
         "'topic' not found",
+    ),
+    "label-column-holds-text": (
+        lambda t, m, d: base_config(
+            m, d, t / "out", dataset={"label_column": "text", "text_column": "label"}
+        ),
+        "dataset.label_column",
+        "too many for classes",
     ),
     "too-few-per-class": (
         lambda t, m, d: base_config(m, d, t / "out", dataset={"train_per_class": 40}),
