@@ -35,13 +35,14 @@ def check_candidates(
             raise ConfigError(
                 f"{field}.task_type: {task_type!r} does not fit model.task {task}; use {_TASK_TYPES[task]}"
             )
-        targets = getattr(config, "target_modules", None)
-        if targets and not (isinstance(targets, str) and targets.lower() == "all-linear"):
+        # None leaves PEFT to pick its default targets for the architecture; 'all-linear' is PEFT's shorthand.
+        targets = candidate.peft_config.get("target_modules") if hasattr(config, "target_modules") else None
+        if targets is not None and not (isinstance(targets, str) and targets.lower() == "all-linear"):
             _check_targets(targets, module_names, f"{field}.target_modules")
         layers = candidate.peft_config.get("layers_to_transform")
         if layers is not None:
-            indices = [layers] if isinstance(layers, int) else list(layers)
-            outside = [n for n in indices if not isinstance(n, int) or not 0 <= n < num_layers]
+            indices = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+            outside = [n for n in indices if type(n) is not int or not 0 <= n < num_layers]
             if outside:
                 raise ConfigError(
                     f"{field}.layers_to_transform: {outside} outside this model's layers 0..{num_layers - 1}; "
@@ -71,9 +72,16 @@ def _peft_config(peft_config: dict[str, Any], field: str):
         raise ConfigError(f"{field}: PEFT refuses it ({_first_line(err)}); fix the config") from None
 
 
-def _check_targets(targets: str | Sequence[str], module_names: Sequence[str], field: str) -> None:
+def _check_targets(targets: Any, module_names: Sequence[str], field: str) -> None:
     """PEFT's matching rules: a string is a regex matched against the whole module name; a list entry matches a
     module whose name is the entry or ends with ``.entry``."""
+    if not isinstance(targets, str) and not (
+        isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) and t for t in targets)
+    ):
+        raise ConfigError(
+            f"{field}: write a list of module names, a regex string or all-linear (got {targets!r}); "
+            f"{_examples(module_names)}"
+        )
     if isinstance(targets, str):
         try:
             pattern = re.compile(targets)

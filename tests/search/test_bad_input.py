@@ -225,6 +225,37 @@ CASES: dict[str, Any] = {
         "space.candidates[0].peft_config.target_modules",
         "no module of this model",
     ),
+    "candidate-targets-not-names": (
+        lambda t, m, d: base_config(
+            m,
+            d,
+            t / "out",
+            space={"candidates": [{"name": "c", "peft_config": {"peft_type": "LORA", "target_modules": 5}}]},
+        ),
+        "space.candidates[0].peft_config.target_modules",
+        "list of module names",
+    ),
+    "candidate-layers-outside-model": (
+        lambda t, m, d: base_config(
+            m,
+            d,
+            t / "out",
+            space={
+                "candidates": [
+                    {
+                        "name": "c",
+                        "peft_config": {
+                            "peft_type": "LORA",
+                            "target_modules": ["query"],
+                            "layers_to_transform": [7],
+                        },
+                    }
+                ]
+            },
+        ),
+        "space.candidates[0].peft_config.layers_to_transform",
+        "layers 0..1",
+    ),
     "model-path-missing": (
         lambda t, m, d: base_config(str(t / "no-model"), d, t / "out"),
         "model.name_or_path",

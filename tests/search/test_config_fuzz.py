@@ -276,3 +276,66 @@ def test_run_validates_before_ray_and_writes_nothing(data, tiny_bert, classifica
             assert err.startswith("peft-search: error: ") and err.count("\n") == 1, repr(err)
             assert FIELD.match(err.removeprefix("peft-search: error: ")), err
         assert not out.exists(), "a results directory was written before Ray started"
+
+
+_PEFT_KEYS = [
+    "task_type",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+    "modules_to_save",
+    "feedforward_modules",
+    "use_dora",
+    "use_rslora",
+    "init_lora_weights",
+    "bias",
+    "rank_pattern",
+    "num_virtual_tokens",
+    "encoder_hidden_size",
+    "init_r",
+    "total_step",
+]
+peft_configs = st.fixed_dictionaries(
+    {
+        "peft_type": st.sampled_from(
+            ["LORA", "ADALORA", "IA3", "BEFT", "LOHA", "VERA", "PROMPT_TUNING", "OFT", "x"]
+        )
+    },
+    optional={
+        key: st.one_of(
+            junk,
+            st.lists(st.sampled_from(["query", "value", "dense", "output.dense", "q_proj", "classifier"])),
+            st.sampled_from(["all-linear", ".*query", "(", "SEQ_CLS", "CAUSAL_LM"]),
+        )
+        for key in _PEFT_KEYS
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def bert_modules(tiny_bert):
+    from search.modeling import meta_model, model_facts
+
+    model = meta_model(tiny_bert, "sequence-classification", 3)
+    return [n for n, _ in model.named_modules()], model_facts(model).num_layers
+
+
+@FAST
+@given(peft_config=peft_configs)
+def test_candidate_checks_accept_or_refuse_cleanly(peft_config, bert_modules):
+    """Whatever a candidate's peft_config holds, PEFT's own config classes included, the check ends in a
+    ConfigError naming the candidate's field, or lets it through; never another exception."""
+    from search.candidates import check_candidates
+    from search.config import CandidateSpec
+
+    names, num_layers = bert_modules
+    candidate = CandidateSpec(name="c", peft_config=peft_config)
+    try:
+        check_candidates([candidate], names, num_layers, "sequence-classification")
+    except ConfigError as err:
+        assert_clean(err)
+        assert str(err).startswith("space.candidates[0].peft_config"), str(err)
