@@ -84,6 +84,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# Infeasible configs complete in Optuna with this cost on every minimised metric (search.infeasible.WORST_COST),
+# for the sampler's sake; they say nothing about what drives a trained adapter's metrics.
+_INFEASIBLE_COST = 2.0**50
+
+
 def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dict[str, float]], str, int]:
     """Optuna's parameter importances per objective, over the sampled trials (explicit candidates have no
     sampled parameters)."""
@@ -93,7 +98,9 @@ def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dic
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = optuna.load_study(study_name=facts["name"], storage=f"sqlite:///{search_dir / 'optuna.db'}")
         sampled = [
-            t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "method" in t.params
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and "method" in t.params and max(t.values) < _INFEASIBLE_COST
         ]
         if len(sampled) < 3:
             return (

@@ -11,6 +11,7 @@ import pandas as pd
 from ray import tune
 
 from reports.table import TRIALS_FILE
+from search.infeasible import INFEASIBLE_KEY
 
 _METRICS = (
     "accuracy",
@@ -83,6 +84,17 @@ class TrialTable(tune.Callback):
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        infeasible = (trial.last_result or {}).get(INFEASIBLE_KEY)
+        if infeasible:
+            # Completed for the sampler's sake only (search.infeasible): a config that cannot run.
+            row = self._record(trial, "infeasible", str(infeasible))
+            if self.echo:
+                print(
+                    f"[peft-search] trial {len(self._done())}/{self.num_trials} infeasible: {row['method']} "
+                    f"({row['quantization']}): {infeasible}",
+                    flush=True,
+                )
+            return
         row = self._record(trial, "complete")
         if self.echo:
             print(

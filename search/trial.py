@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.infeasible import penalty_result
 from search.modeling import InfeasibleTrialError
 from search.training import train_loop_per_worker
 
@@ -40,9 +41,10 @@ def trial_driver(config: dict[str, Any], *, settings: dict[str, Any], data) -> N
         trainer.fit()
     except ray.train.TrainingFailedError as err:
         cause = _worker_cause(err)
-        if isinstance(cause, InfeasibleTrialError):
-            raise InfeasibleTrialError(str(cause)) from None
-        raise
+        if not isinstance(cause, InfeasibleTrialError):
+            raise
+        # Completes with the worst outcome so the sampler learns to avoid it (see search.infeasible).
+        ray.tune.report(penalty_result(str(cause)))
 
 
 def _worker_resources(settings: dict[str, Any]) -> dict[str, float]:

@@ -11,6 +11,7 @@ import yaml
 
 from search.config import ConfigError
 from search.driver import run_search
+from search.infeasible import WORST_COST
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,10 @@ def test_optuna_storage_holds_the_study(finished):
     cfg, search_dir = finished
     study = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{search_dir / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
-    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    # The infeasible candidate completes with the worst outcome (search.infeasible), so TPE learns from it.
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    worst = [t for t in study.trials if t.state.name == "COMPLETE" and t.values[1] == WORST_COST]
+    assert len(worst) == 1 and worst[0].values == [0.0, WORST_COST, WORST_COST]
     assert all(len(t.values) == 3 for t in study.trials if t.state.name == "COMPLETE")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
 
