@@ -20,10 +20,13 @@ def _run(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else default_config_path()
     cfg = load_config(path, overrides)
     from search.driver import run_search
+    from search.redact import redact_text
 
     print(
-        f"[peft-search] search {cfg.name!r}: {cfg.search.num_trials} trials of {cfg.model.name_or_path} "
-        f"on {cfg.dataset.source}; results in {cfg.search_dir()}",
+        redact_text(
+            f"[peft-search] search {cfg.name!r}: {cfg.search.num_trials} trials of {cfg.model.name_or_path} "
+            f"on {cfg.dataset.source}; results in {cfg.search_dir()}"
+        ),
         flush=True,
     )
     search_dir = run_search(cfg, address=args.address, num_cpus=args.num_cpus)
@@ -251,14 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cluster.runtime import ClusterError
     from search.config import ConfigError
+    from search.redact import redact_text
 
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        print(f"peft-search: error: {err}", file=sys.stderr)
+        print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
         return 2
     except ClusterError as err:
-        print(f"peft-search: error: {err}", file=sys.stderr)
+        print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
         return 1
 
 

@@ -177,6 +177,7 @@ def plan_search(
     """One row per explicit candidate and per sampled config: counts, adapter size and memory estimate."""
     import optuna
 
+    from search.candidates import check_candidates
     from search.config import ConfigError
     from search.driver import space_context, space_spec
     from search.modeling import model_facts
@@ -189,10 +190,14 @@ def plan_search(
     try:
         base = meta_model(path, cfg.model.task, labels, cfg.model.revision)
         facts = model_facts(base)
-    except OSError as err:
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(
-            f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({err})"
+            f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({first})"
         ) from None
+    check_candidates(
+        cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
+    )
     ctx = space_context(cfg, facts, cfg.training.max_steps or 100)
     spec = space_spec(cfg)
     todo: list[dict[str, Any]] = [

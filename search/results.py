@@ -12,6 +12,7 @@ from ray import tune
 
 from reports.table import TRIALS_FILE
 from search.infeasible import INFEASIBLE_KEY
+from search.redact import redact_text
 
 _METRICS = (
     "accuracy",
@@ -48,7 +49,8 @@ def classify_error(error: BaseException | None) -> tuple[str, str]:
     message = lines[-1] if lines else type(root).__name__
     if not message.startswith(type(root).__name__) and ":" not in message[:40]:
         message = f"{type(root).__name__}: {message}"
-    return ("infeasible" if infeasible else "failed"), message[:500]
+    # Error text can quote a config value or an environment variable: never a credential in the table.
+    return ("infeasible" if infeasible else "failed"), redact_text(message)[:500]
 
 
 def _trial_error(trial) -> BaseException | None:

@@ -197,3 +197,23 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
         [sys.executable, "-m", "search.cli", "plan", str(cfg)], capture_output=True, text=True
     )
     assert table.returncode == 0 and "mine" in table.stdout and "est. peak" in table.stdout
+
+
+def test_plan_refuses_a_candidate_peft_cannot_build(tiny_bert, classification_csv, tmp_path, capsys):
+    from search.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    bad = {"name": "bad", "peft_config": {"peft_type": "NOPE", "task_type": "SEQ_CLS"}}
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "model": {"name_or_path": tiny_bert},
+                "dataset": {"source": classification_csv},
+                "space": {"methods": ["lora"], "candidates": [bad]},
+            }
+        )
+    )
+    assert main(["plan", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "space.candidates[0].peft_config" in err

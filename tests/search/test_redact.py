@@ -100,7 +100,6 @@ def test_errors_never_print_credentials(planted_env, tmp_path, capsys, tiny_bert
             assert secret not in err
 
 
-@pytest.mark.xfail(strict=True, reason="search/cli.py _run prints name_or_path and dataset.source unredacted")
 def test_the_start_line_never_prints_credentials(planted_env, tmp_path, capsys, tiny_bert, monkeypatch):
     import cluster
 
