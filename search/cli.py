@@ -17,8 +17,14 @@ def _run(args: argparse.Namespace) -> int:
         overrides["results_dir"] = args.results_dir
     if args.name is not None:
         overrides["name"] = args.name
-    path = Path(args.config) if args.config else default_config_path()
-    cfg = load_config(path, overrides)
+    if getattr(args, "results_dir_to_resume", None):
+        from search.resume import load_saved_config
+
+        cfg = load_saved_config(args.results_dir_to_resume)
+    else:
+        path = Path(args.config) if args.config else default_config_path()
+        cfg = load_config(path, overrides)
+    resume = bool(getattr(args, "resume", False) or getattr(args, "results_dir_to_resume", None))
     from search.driver import run_search
     from search.redact import redact_text
 
@@ -29,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    search_dir = run_search(cfg, address=args.address, num_cpus=args.num_cpus)
+    search_dir = run_search(cfg, address=args.address, num_cpus=args.num_cpus, resume=resume)
     from reports import load_trials, summary_table
 
     trials = load_trials(search_dir)
@@ -185,7 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", help="override results_dir")
     run.add_argument("--name", help="override the search name")
     run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish this search after its driver died: finished trials are kept, running ones restart",
+    )
     run.set_defaults(func=_run)
+    resume = sub.add_parser("resume", help="finish the search in RESULTS_DIR/NAME after its driver died")
+    resume.add_argument("results_dir_to_resume", metavar="results_dir", help="the search's results directory")
+    resume.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
+    resume.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    resume.set_defaults(func=_run, num_trials=None, results_dir=None, name=None, config=None)
     plan = sub.add_parser(
         "plan",
         help="exact parameter counts, adapter size and a memory estimate per candidate, without weights",

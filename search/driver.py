@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -269,19 +270,29 @@ def trial_name(trial) -> str:
 
 
 def run_search(
-    cfg: SearchConfig, *, address: str | None = None, num_cpus: int | None = None, echo: bool = True
+    cfg: SearchConfig,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    echo: bool = True,
+    resume: bool = False,
 ):
-    """Run the whole search; returns the results table (a pandas DataFrame)."""
+    """Run the whole search (or, with ``resume``, finish one whose driver died); returns its directory."""
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from cluster import connect, plan_concurrency
+    from search import resume as resuming
+    from search.redact import redact
     from search.results import TrialTable
     from search.trial import trial_driver
 
     search_dir = cfg.search_dir()
-    check_search_dir(search_dir)
+    if resume:
+        resuming.check_resumable(redact(cfg.model_dump(mode="json")), search_dir)
+    else:
+        check_search_dir(search_dir)
     t0 = time.time()
     prep = prepare(cfg)
     resources = connect(address, num_cpus=num_cpus)
@@ -293,9 +304,17 @@ def run_search(
         gpus_per_worker=r.gpus_per_worker,
         requested=cfg.search.max_concurrent,
     )
-    write_inputs(cfg, prep, search_dir)
+    restore = resume and resuming.can_restore(search_dir)
+    if not restore:
+        write_inputs(cfg, prep, search_dir)
     facts = run_facts(cfg, prep, resources, concurrency)
+    if restore:
+        earlier = json.loads((search_dir / RUN_FILE).read_text())
+        facts["resumed"] = [*earlier.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
     (search_dir / RUN_FILE).write_text(json.dumps(facts, indent=2))
+    # Tune saves its experiment state (trials, searcher) at every step rather than every ~10 s, so a driver
+    # killed just after a trial finished does not run it again on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(
@@ -323,7 +342,35 @@ def run_search(
         tune.with_parameters(trial_driver, settings=trial_settings(cfg, prep, search_dir), data=prep.data),
         _DRIVER_RESOURCES,
     )
-    tuner = tune.Tuner(
+    if restore:
+        # The trials, the searcher (with its Optuna study) and the callbacks come back from Tune's state.
+        tuner = tune.Tuner.restore(
+            str(search_dir / resuming.TUNE_DIR),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        tuner = _new_tuner(trainable, searcher, concurrency, table, cfg, search_dir)
+    tuner.fit()
+    stale = resuming.close_stale_trials(storage, cfg.name)
+    if stale and echo:
+        print(f"[peft-search] closed {stale} Optuna trial(s) a dead driver had left running", flush=True)
+    facts["wall_time_s"] = time.time() - t0
+    (search_dir / RUN_FILE).write_text(json.dumps(facts, indent=2))
+    if not restore:
+        table.write()  # a restored search's table is the one Tune restored with its callbacks
+    from reports.html import write_report
+
+    write_report(search_dir)
+    return search_dir
+
+
+def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, search_dir: Path):
+    from ray import tune
+
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -340,11 +387,3 @@ def run_search(
             verbose=0,
         ),
     )
-    tuner.fit()
-    facts["wall_time_s"] = time.time() - t0
-    (search_dir / RUN_FILE).write_text(json.dumps(facts, indent=2))
-    table.write()
-    from reports.html import write_report
-
-    write_report(search_dir)
-    return search_dir

@@ -67,6 +67,10 @@ def _trial_error(trial) -> BaseException | None:
     return None
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 class TrialTable(tune.Callback):
     """A Tune callback that records every trial's config, status, metrics and adapter path."""
 
@@ -75,6 +79,15 @@ class TrialTable(tune.Callback):
         self.rows: dict[str, dict[str, Any]] = {}
         self.num_trials = num_trials
         self.echo = echo
+
+    def setup(self, **info):
+        """Keep the rows of an earlier run of this search (a resumed one): its finished trials stay in the table."""
+        if self.path.exists() and not self.rows:
+            earlier = pd.read_parquet(self.path)
+            self.rows = {
+                row["trial_id"]: {k: v for k, v in row.items() if not _missing(v)}
+                for row in earlier.to_dict("records")
+            }
 
     def on_trial_start(self, iteration, trials, trial, **info):
         row = self._record(trial, "running")

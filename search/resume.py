@@ -1,0 +1,91 @@
+"""Resuming a search whose driver died (SIGKILL, reboot, lost head node): Ray Tune's own experiment state
+restores the trials and the Optuna searcher; this module checks that the directory holds *this* search and
+tidies the Optuna study afterwards.
+
+What survives a kill: finished trials (Tune's experiment state, the trials table, the Optuna storage) are kept and
+never run again; trials that were running restart (from their last checkpoint when they have one); the searcher
+continues from its saved state, so the search ends with the number of trials it was asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.config import ConfigError
+
+CONFIG_FILE = "config.yaml"
+TUNE_DIR = "tune"
+
+
+def can_restore(search_dir: Path) -> bool:
+    """Whether Ray Tune saved an experiment state there (it does once the first trial is launched)."""
+    from ray import tune
+
+    return (search_dir / TUNE_DIR).is_dir() and tune.Tuner.can_restore(str(search_dir / TUNE_DIR))
+
+
+def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
+    """Refuse to resume anything but the same search: ``config`` is the (redacted) dump ``run`` would write."""
+    saved_file = search_dir / CONFIG_FILE
+    if not saved_file.exists():
+        raise ConfigError(
+            f"results_dir: no search to resume at {search_dir}; drop --resume to start it, or pass the results "
+            "directory of the search to resume"
+        )
+    saved = yaml.safe_load(saved_file.read_text())
+    # The directory is the search's identity: results_dir and name only say where it lives.
+    changed = [f for f in _differences(saved, config) if f not in ("results_dir", "name")]
+    if changed:
+        raise ConfigError(
+            f"{changed[0]}: differs from the search saved in {search_dir} ({len(changed)} field(s) changed: "
+            f"{', '.join(changed[:4])}); resume with the saved config (peft-search resume {search_dir}) or "
+            "start a new search with --name NEW"
+        )
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if a == b else [prefix or "config"]
+
+
+def load_saved_config(search_dir: str | Path):
+    """The config a results directory was started with, pointed at that directory wherever it now lives."""
+    from search.config import parse_config
+
+    search_dir = Path(search_dir).expanduser().resolve()
+    path = search_dir / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"RESULTS_DIR: {search_dir} holds no peft-search search ({CONFIG_FILE} missing)")
+    raw = yaml.safe_load(path.read_text())
+    raw["results_dir"], raw["name"] = str(search_dir.parent), search_dir.name
+    return parse_config(raw)
+
+
+STALE_ATTR = "peft_search.stale"
+
+
+def close_stale_trials(storage, study_name: str) -> int:
+    """Close the Optuna trials a dead driver left RUNNING; returns how many.
+
+    Such a trial was asked after Tune's last saved state, so Tune never knew it: the resumed searcher asks again
+    (the sampler's restored state makes it the same config) and the old record stays behind. Optuna cannot delete
+    a trial, so it is marked FAIL with the reason in its user attributes; called once the resumed search has
+    finished, when nothing can still be running.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        optuna.trial.Trial(study, t._trial_id).set_user_attr(
+            STALE_ATTR, "asked by a driver that died before Ray Tune saved it; asked again on resume"
+        )
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
