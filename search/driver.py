@@ -19,8 +19,6 @@ from search.data import Splits, TokenizedSplits
 CONFIG_FILE = "config.yaml"
 OPTUNA_FILE = "optuna.db"
 RUN_FILE = "run.json"
-# The trial function only launches a Ray Train run; it holds no CPU so the workers get the cores.
-_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}
 
 
 @dataclass
@@ -154,6 +152,8 @@ def space_spec(cfg: SearchConfig) -> spaces.SpaceSpec:
 
 def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[str, Any]:
     """The flat settings every trial receives (builders take flat arguments, not the config object)."""
+    from search.faults import faults_from_env
+
     t, r = cfg.training, cfg.resources
     return {
         "model_path": prep.model_path,
@@ -175,6 +175,7 @@ def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[
         "cpus_per_worker": r.cpus_per_worker,
         "gpus_per_worker": r.gpus_per_worker,
         "storage_path": str(search_dir / "train"),
+        "faults": faults_from_env(),  # chaos tests only (search.faults); empty normally
     }
 
 
@@ -286,7 +287,7 @@ def run_search(
     from search import resume as resuming
     from search.redact import redact
     from search.results import TrialTable
-    from search.trial import trial_driver
+    from search.trial import trial_driver, trial_resources
 
     search_dir = cfg.search_dir()
     if resume:
@@ -338,9 +339,9 @@ def run_search(
         storage=storage,
     )
     table = TrialTable(search_dir, cfg.search.num_trials, echo=echo)
+    settings = trial_settings(cfg, prep, search_dir)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, settings=trial_settings(cfg, prep, search_dir), data=prep.data),
-        _DRIVER_RESOURCES,
+        tune.with_parameters(trial_driver, settings=settings, data=prep.data), trial_resources(settings)
     )
     if restore:
         # The trials, the searcher (with its Optuna study) and the callbacks come back from Tune's state.
@@ -378,6 +379,8 @@ def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, 
             max_concurrent_trials=concurrency,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
+            # One actor serves trial after trial: torch, transformers and PEFT are imported once per actor.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name="tune",

@@ -6,6 +6,7 @@ Knows nothing of Optuna or Tune: it receives a plain config and reports metrics 
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from search import faults
 from search.data import TokenizedSplits
 from search.metrics import PeakMemory, release_accelerator_memory
 from search.modeling import InfeasibleTrialError, inject_adapter, load_base_model
@@ -82,6 +84,49 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         adapter_dir.cleanup()
 
 
+def train_single_worker(
+    trial: dict[str, Any], settings: dict[str, Any], data: TokenizedSplits, trial_id: str
+) -> dict[str, Any]:
+    """A one-worker trial in the calling process (the Tune trial's actor, which holds the worker's resources).
+
+    The adapter goes where Ray Train would have put it, and its path travels in the metrics as ``checkpoint_path``,
+    the key Ray's ``TuneReportCallback`` uses, so the results table reads both paths alike. The actor may be reused
+    for the next trial: memory freed here goes back to the OS so that trial's peak starts from a clean baseline.
+    """
+    _quiet_libraries()
+    gpus = settings["gpus_per_worker"]
+    # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs; on CPU, torch uses exactly the cores the trial holds.
+    device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+    torch.set_num_threads(max(1, int(settings["cpus_per_worker"])))
+    try:
+        metrics, adapter_dir = run_trial(trial, settings, data, device=device)
+    finally:
+        _return_freed_memory()
+    assert adapter_dir is not None  # rank 0 always saves
+    with adapter_dir:
+        target = Path(settings["storage_path"]) / f"train-{trial_id}" / "checkpoint_000000"
+        if target.exists():  # a trial restarted by a resumed search
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(adapter_dir.name, target)
+    return {**metrics, "checkpoint_path": str(target)}
+
+
+def _return_freed_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it otherwise), so a reused actor's resident set shrinks."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc
+
+
 def run_trial(
     trial: dict[str, Any],
     settings: dict[str, Any],
@@ -113,6 +158,7 @@ def run_trial(
     model = inject_adapter(base, trial["peft_config"])
     trainable, total = model.get_nb_trainable_parameters()
     load_s = time.perf_counter() - t0
+    faults.inject(settings.get("faults"), trial.get("candidate"), device)
 
     train_model = model
     if world_size > 1:
