@@ -6,6 +6,7 @@ Knows nothing of Optuna or Tune: it receives a plain config and reports metrics 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -93,6 +94,7 @@ def train_single_worker(
     the key Ray's ``TuneReportCallback`` uses, so the results table reads both paths alike. The actor may be reused
     for the next trial: memory freed here goes back to the OS so that trial's peak starts from a clean baseline.
     """
+    started_at, t0 = time.time(), time.perf_counter()
     _quiet_libraries()
     gpus = settings["gpus_per_worker"]
     # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs; on CPU, torch uses exactly the cores the trial holds.
@@ -103,17 +105,26 @@ def train_single_worker(
     finally:
         _return_freed_memory()
     assert adapter_dir is not None  # rank 0 always saves
+    t1 = time.perf_counter()
     with adapter_dir:
         target = Path(settings["storage_path"]) / f"train-{trial_id}" / "checkpoint_000000"
         if target.exists():  # a trial restarted by a resumed search
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(adapter_dir.name, target)
-    return {**metrics, "checkpoint_path": str(target)}
+    # Where the trial's time went, for benchmarks/overhead.py (Tune's result.json keeps every reported key).
+    timing = {
+        "trial_started_at": started_at,
+        "trial_total_s": time.perf_counter() - t0,
+        "save_time_s": time.perf_counter() - t1,
+        "worker_pid": os.getpid(),
+    }
+    return {**metrics, **timing, "checkpoint_path": str(target)}
 
 
 def _return_freed_memory() -> None:
     """Give freed heap back to the OS (glibc keeps it otherwise), so a reused actor's resident set shrinks."""
+    import contextlib
     import ctypes
     import ctypes.util
     import gc
@@ -121,10 +132,8 @@ def _return_freed_memory() -> None:
     gc.collect()
     name = ctypes.util.find_library("c")
     if name:
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
             ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass  # not glibc
 
 
 def run_trial(

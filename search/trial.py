@@ -1,6 +1,9 @@
-"""One Tune trial = one Ray Train run (the Train V2 pattern): the Tune function builds a ``TorchTrainer``.
+"""One Tune trial: trained in place when it has one worker, as a Ray Train run when it has several.
 
-Going through Ray Train even for one worker means a trial can span several workers (DDP) unchanged.
+A multi-worker trial is a Ray Train ``TorchTrainer`` (the Train V2 pattern: the Tune function builds it). A
+single-worker trial runs inside the Tune trial's own actor, which holds the worker's CPUs and GPUs: no trainer,
+controller or worker actors to start per trial, and with ``reuse_actors`` the imports happen once per actor. Both
+paths report the same metrics and save the adapter to the same place (``train/train-TRIAL/checkpoint_000000``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ def trial_driver(config: dict[str, Any], *, settings: dict[str, Any], data) -> N
 
     trial = {k: config[k] for k in ("candidate", "method", "quantization", "peft_config", "learning_rate")}
     trial_id = ray.tune.get_context().get_trial_id()
+    if settings["num_workers"] == 1:
+        _train_in_place(trial, settings, data, trial_id)
+        return
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"trial": trial, "settings": settings, "data": data},
@@ -45,6 +51,30 @@ def trial_driver(config: dict[str, Any], *, settings: dict[str, Any], data) -> N
             raise
         # Completes with the worst outcome so the sampler learns to avoid it (see search.infeasible).
         ray.tune.report(penalty_result(str(cause)))
+
+
+def trial_resources(settings: dict[str, Any]) -> dict[str, float]:
+    """What the Tune trial itself holds: the worker's share when it trains in place, next to nothing otherwise.
+
+    A multi-worker trial's function only launches the Ray Train run, so it holds no CPU and the workers get them.
+    """
+    if settings["num_workers"] == 1:
+        return _worker_resources(settings)
+    return {"CPU": 0, "memory": 64 * 1024**2}
+
+
+def _train_in_place(trial: dict[str, Any], settings: dict[str, Any], data, trial_id: str) -> None:
+    """Run the trial in this (Tune) actor and report its metrics and adapter path to Tune."""
+    import ray.tune
+
+    from search.training import train_single_worker
+
+    try:
+        metrics = train_single_worker(trial, settings, data, trial_id)
+    except InfeasibleTrialError as err:
+        ray.tune.report(penalty_result(str(err)))
+        return
+    ray.tune.report(metrics)
 
 
 def _worker_resources(settings: dict[str, Any]) -> dict[str, float]:
