@@ -245,6 +245,7 @@ class TrainingSettings(_Strict):
     learning_rate: tuple[float, float] = (1e-4, 5e-3)
     """Range sampled log-uniformly per trial (explicit candidates may fix theirs)."""
     batch_size: int = Field(16, ge=1)
+    """Rows per optimizer step in total; with several workers each trains on ``batch_size / num_workers`` of them."""
     max_seq_length: int = Field(128, ge=8)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -281,6 +282,10 @@ class Resources(_Strict):
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
     """Fractions share a GPU between trials."""
+    max_failures: int = Field(0, ge=0)
+    """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
+    it failed. A restarted trial trains from scratch (trials keep no mid-training checkpoint), on any node with room.
+    A config that fails by itself fails every time, so leave this at 0 on a single machine."""
 
 
 _UNITS = {
@@ -346,6 +351,16 @@ class SearchConfig(_Strict):
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: each metric at most once, got {metrics}")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits_across_workers(self) -> SearchConfig:
+        n, batch = self.resources.num_workers, self.training.batch_size
+        if batch % n:
+            raise ValueError(
+                f"training.batch_size: {batch} rows do not split evenly across resources.num_workers {n}; "
+                f"use a multiple of {n}"
+            )
         return self
 
     def search_dir(self) -> Path:

@@ -386,7 +386,7 @@ def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, 
             name="tune",
             storage_path=str(search_dir),
             callbacks=[table],
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
             verbose=0,
         ),
     )

@@ -47,7 +47,7 @@ def total_steps(
     n_train: int, batch_size: int, world_size: int, max_steps: int | None, epochs: float | None
 ) -> int:
     if epochs is not None:
-        return max(1, math.ceil(epochs * math.ceil(n_train / (batch_size * world_size))))
+        return max(1, math.ceil(epochs * math.ceil(n_train / batch_size)))  # batch_size is global
     return int(max_steps or 1)
 
 
@@ -207,10 +207,18 @@ def run_trial(
         "adapter_bytes": adapter_bytes,
         "world_size": world_size,
         "device": str(device.type),
+        "node_id": _node_id(),
     }
     del model, base, train_model
     release_accelerator_memory()
     return metrics, adapter_dir
+
+
+def _node_id() -> str | None:
+    """The Ray node this trial ran on (rank 0's for several workers): which machine, on a cluster."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _import_training_libraries(task: str, quantization: str) -> None:
@@ -261,14 +269,15 @@ def _train(
     params = [p for p in train_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=trial["learning_rate"], weight_decay=settings["weight_decay"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * settings["warmup_ratio"]), steps)
-    shard = data.train[rank::world_size] if world_size > 1 else data.train
+    # ``batch_size`` is the global batch: every rank draws the same batches (same seed) and trains on its slice of
+    # each, so DDP's averaged gradient is the one-worker gradient and the result does not depend on num_workers.
     generator = torch.Generator().manual_seed(settings["seed"])
     loader = DataLoader(
-        shard,
+        data.train,
         batch_size=settings["batch_size"],
         shuffle=True,
-        drop_last=len(shard) > settings["batch_size"],
-        collate_fn=lambda rows: pad_batch(rows, data.pad_token_id),
+        drop_last=len(data.train) > settings["batch_size"],
+        collate_fn=lambda rows: pad_batch(rows[rank::world_size], data.pad_token_id),
         generator=generator,
     )
     adaptive = trial["peft_config"]["peft_type"].upper() == "ADALORA"
