@@ -1,0 +1,1 @@
+"""Scripts that measure speed and search quality and write JSON under ``benchmarks/results/``; never run as tests."""

@@ -1,0 +1,171 @@
+"""Training throughput of one trial's loop (``search.training``) against a plain ``transformers.Trainer`` + PEFT.
+
+    python -m benchmarks.throughput                     # MiniLM on BBC News, LoRA r=8 on query/value, 30 steps
+    python -m benchmarks.throughput --steps 60 --repeats 3
+
+Both train the same model, the same tokenized split, the same LoRA config, batch size, learning-rate schedule and
+number of steps, in this one process with the same torch threads; the runs alternate (ours, Trainer, ours, ...)
+so drift in the machine's load hits both. Samples/s is steps x batch size over the training loop's own time
+(ours: ``train_time_s``; the Trainer: from ``on_train_begin`` to ``on_train_end``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import machine, table, write_result
+
+LORA = {
+    "peft_type": "LORA",
+    "task_type": "SEQ_CLS",
+    "r": 8,
+    "lora_alpha": 16,
+    "target_modules": ["query", "value"],
+}
+
+
+def _ours(prep, settings: dict[str, Any], lr: float) -> float:
+    import torch
+
+    from search.training import run_trial
+
+    trial = {
+        "candidate": "bench",
+        "method": "lora",
+        "quantization": "none",
+        "peft_config": LORA,
+        "learning_rate": lr,
+    }
+    metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
+    return metrics["samples_per_s"]
+
+
+def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
+    from peft import get_peft_config, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.begin = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.end = time.perf_counter()
+
+    path = settings["model_path"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=prep.data.num_labels, ignore_mismatched_sizes=True
+    )
+    model = get_peft_model(base, get_peft_config(dict(LORA)))
+    rows = [
+        {"input_ids": r["input_ids"], "attention_mask": [1] * len(r["input_ids"]), "labels": r["label"]}
+        for r in prep.data.train
+    ]
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=settings["batch_size"],
+            max_steps=settings["max_steps"],
+            learning_rate=lr,
+            warmup_steps=int(settings["max_steps"] * settings["warmup_ratio"]),  # as search.training
+            lr_scheduler_type="linear",
+            weight_decay=settings["weight_decay"],
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=settings["seed"],
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=rows,
+            data_collator=DataCollatorWithPadding(AutoTokenizer.from_pretrained(path)),
+            callbacks=[clock],
+        )
+        trainer.train()
+    return settings["max_steps"] * settings["batch_size"] / (clock.end - clock.begin)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from search.config import load_config
+    from search.driver import prepare, trial_settings
+    from search.training import _quiet_libraries
+
+    _quiet_libraries()
+    torch.set_num_threads(args.threads)
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides["training.max_steps"] = args.steps
+    cfg = load_config(args.config, overrides)
+    prep = prepare(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = trial_settings(cfg, prep, Path(tmp))
+    runs: dict[str, list[float]] = {"search.training": [], "transformers.Trainer": []}
+    for _ in range(args.repeats):
+        runs["search.training"].append(_ours(prep, settings, args.learning_rate))
+        runs["transformers.Trainer"].append(_trainer(prep, settings, args.learning_rate))
+    rows = [
+        {"loop": name, "median_samples_per_s": statistics.median(v), "runs": [round(x, 2) for x in v]}
+        for name, v in runs.items()
+    ]
+    ratio = rows[0]["median_samples_per_s"] / rows[1]["median_samples_per_s"]
+    return {
+        "benchmark": "throughput",
+        "config": str(args.config),
+        "overrides": overrides,
+        "model": cfg.model.name_or_path,
+        "dataset": cfg.dataset.source,
+        "train_examples": len(prep.data.train),
+        "batch_size": cfg.training.batch_size,
+        "max_seq_length": cfg.training.max_seq_length,
+        "steps": args.steps,
+        "peft_config": LORA,
+        "threads": args.threads,
+        "machine": machine(),
+        "loops": rows,
+        "ours_over_trainer": ratio,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from search.config import default_config_path
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(default_config_path()))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the trial's cpus_per_worker)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (dotted keys)")
+    parser.add_argument("--out-dir", default=None)
+    args = parser.parse_args(argv)
+    result = run(args)
+    path = write_result("throughput", result, args.out_dir)
+    print(table(result["loops"], ["loop", "median_samples_per_s", "runs"]))
+    print(f"search.training / Trainer = {result['ours_over_trainer']:.3f}; written to {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

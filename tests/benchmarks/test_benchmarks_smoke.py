@@ -1,0 +1,72 @@
+"""Each benchmark at a tiny size (tiny BERT, a few steps), so the scripts cannot rot; not a measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny(tiny_bert, classification_csv) -> list[str]:
+    sets = {
+        "model.name_or_path": tiny_bert,
+        "dataset.source": classification_csv,
+        "dataset.train_per_class": 8,
+        "dataset.eval_size": 12,
+        "space.methods": "[lora, ia3]",
+        "space.quantization": "[none]",
+        "space.candidates": "[]",
+        "space.ranks": "[2, 4]",
+        "training.batch_size": 4,
+        "training.eval_batch_size": 8,
+        "training.max_seq_length": 24,
+    }
+    return [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+
+
+def test_overhead(ray_local, tiny_bert, classification_csv, tmp_path):
+    from benchmarks import overhead
+
+    overhead.main(
+        ["--trials", "2", "--short-steps", "2", "--long-steps", "4", "--out-dir", str(tmp_path)]
+        + _tiny(tiny_bert, classification_csv)
+    )
+    result = json.loads((tmp_path / "overhead.json").read_text())
+    assert [s["size"] for s in result["sizes"]] == ["short", "long"]
+    for size in result["sizes"]:
+        assert size["trials"] == size["complete"] == 2
+        assert size["wall_s"] > size["useful_s"] > 0
+        assert 0 < size["overhead_fraction"] < 1 and size["overhead_per_trial_s"] > 0
+        # One reused actor trains both trials in place.
+        assert size["actor_processes"] == 1
+        for key in ("mean_load_s", "mean_setup_in_trial_s", "mean_save_s", "between_trials_s"):
+            assert size[key] >= 0
+    assert result["machine"]["cpu_count"] >= 1
+
+
+def test_throughput(tiny_bert, classification_csv, tmp_path):
+    from benchmarks import throughput
+
+    throughput.main(
+        ["--steps", "3", "--repeats", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+        + _tiny(tiny_bert, classification_csv)
+    )
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert [r["loop"] for r in result["loops"]] == ["search.training", "transformers.Trainer"]
+    assert all(r["median_samples_per_s"] > 0 for r in result["loops"])
+    assert result["ours_over_trainer"] > 0 and result["steps"] == 3
+
+
+def test_search_efficiency(tiny_bert, classification_csv, tmp_path):
+    from benchmarks import search_efficiency
+
+    search_efficiency.main(
+        ["--trials", "6", "--seeds", "2", "--out-dir", str(tmp_path)] + _tiny(tiny_bert, classification_csv)
+    )
+    result = json.loads((tmp_path / "search_efficiency.json").read_text())
+    summary = {s["sampler"]: s for s in result["synthetic"]["summary"]}
+    assert set(summary) == {"tpe", "random"}
+    assert all(0 < s["mean_hv"] <= 1 and s["runs"] == 2 for s in summary.values())
+    assert len(result["synthetic"]["runs"]) == 4 and "bbc" not in result
