@@ -69,10 +69,22 @@ def plan_concurrency(
     gpus_per_worker: float,
     requested: int | None = None,
 ) -> int:
-    """Trials at once: what the cluster's CPUs and GPUs allow for this trial shape, unless set explicitly."""
+    """Trials at once: what the cluster's CPUs and GPUs allow for this trial shape, unless set explicitly.
+
+    Fractions count as Ray counts them (in units of 1/10,000): ``gpus_per_worker: 0.1`` fits 10 trials on a GPU,
+    where plain float division (``1 // 0.1 == 9``) would find 9.
+    """
     if requested is not None:
         return requested
-    limits = [resources.get("CPU", os.cpu_count() or 1) // (num_workers * cpus_per_worker)]
+    limits = [_fits(resources.get("CPU", os.cpu_count() or 1), num_workers * cpus_per_worker)]
     if gpus_per_worker > 0:
-        limits.append(resources.get("GPU", 0) // (num_workers * gpus_per_worker))
-    return max(1, int(min(limits)))
+        limits.append(_fits(resources.get("GPU", 0), num_workers * gpus_per_worker))
+    return max(1, min(limits))
+
+
+_RESOURCE_UNITS = 10_000  # Ray's resource granularity (ray._raylet.RESOURCE_UNIT_SCALING)
+
+
+def _fits(total: float, per_trial: float) -> int:
+    """How many ``per_trial`` shares fit in ``total``, in Ray's fixed-point units."""
+    return round(total * _RESOURCE_UNITS) // max(1, round(per_trial * _RESOURCE_UNITS))

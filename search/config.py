@@ -281,11 +281,23 @@ class Resources(_Strict):
     """Ray Train workers per trial (DDP when more than one)."""
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
-    """Fractions share a GPU between trials."""
+    """Fractions share a GPU between trials (``0.5``: two trials on each GPU, each seeing that one device); more
+    than one GPU per worker is a whole number."""
     max_failures: int = Field(0, ge=0)
     """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
     it failed. A restarted trial trains from scratch (trials keep no mid-training checkpoint), on any node with room.
     A config that fails by itself fails every time, so leave this at 0 on a single machine."""
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpu_share(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(
+                f"a worker holds a fraction of one GPU or whole GPUs, not {value}; use e.g. 0.5 or 2"
+            )
+        if 0 < value < 1e-4:
+            raise ValueError(f"Ray counts GPUs in steps of 0.0001, not {value}")
+        return value
 
 
 _UNITS = {
