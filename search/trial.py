@@ -40,7 +40,9 @@ def trial_driver(config: dict[str, Any], *, settings: dict[str, Any], data) -> N
             name=f"train-{trial_id}",
             storage_path=settings["storage_path"],
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # No retries in Ray Train, a lost node included (which it otherwise retries without limit, as a
+            # preemption): Tune restarts the whole trial up to resources.max_failures times, as for one worker.
+            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=0),
         ),
     )
     try:

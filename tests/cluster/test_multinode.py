@@ -52,23 +52,25 @@ def cluster():
 
 
 def _start_driver(address: str, model: str, data: str, **overrides) -> subprocess.Popen:
+    """The search's driver in its own process; its output (Ray's worker logs included) goes to ``driver.log``."""
     args = {"address": address, "model": model, "data": data, "overrides": overrides}
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(args)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = Path(overrides["results_dir"]) / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(args)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+    driver.log = log  # type: ignore[attr-defined]
+    return driver
 
 
 def _finish(driver: subprocess.Popen, timeout: float = 240) -> str:
     try:
-        out, _ = driver.communicate(timeout=timeout)
+        driver.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         driver.kill()
-        out, _ = driver.communicate()
-        pytest.fail(f"the search did not finish in {timeout}s:\n{out[-4000:]}")
+        driver.wait()
+        pytest.fail(f"the search did not finish in {timeout}s:\n{driver.log.read_text()[-4000:]}")
+    out = driver.log.read_text()
     assert driver.returncode == 0, out[-4000:]
     return out
 
@@ -112,27 +114,52 @@ def test_search_spreads_over_nodes_into_one_results_dir(cluster, tiny_bert, clas
     assert set(nodes.values()) == {a.node_id, b.node_id}
 
 
-def _wait_running(search_dir: Path, driver: subprocess.Popen, timeout: float = 120) -> str:
+def _wait_running(search_dir: Path, driver: subprocess.Popen, node, marker: str, timeout: float = 120) -> str:
+    """The trial recorded running, once it is training on ``node``.
+
+    The trial being "running" in the table is not enough for a Ray Train trial: while its workers start, a lost
+    node only makes Ray Train start them elsewhere (a startup failure, retried), with nothing lost. So for one
+    worker: a process of the trial's Tune actor (``ImplicitFunc``) runs on the node; for several: the workers have
+    logged that DDP wrapped the model, i.e. the process group is up and training begins.
+    """
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert driver.poll() is None, driver.communicate()[0][-4000:]
+        assert driver.poll() is None, driver.log.read_text()[-4000:]
         with contextlib.suppress(FileNotFoundError, OSError, ValueError):
             trials = pd.read_parquet(search_dir / "trials.parquet")
             running = trials[trials["status"] == "running"]
-            if len(running):
+            started = marker in driver.log.read_text()
+            with contextlib.suppress(psutil.Error):
+                started |= any(marker in " ".join(p.cmdline()) for p in raylet.children(recursive=True))
+            if len(running) and started:
                 return running["trial_id"].iloc[0]
-        time.sleep(0.2)
-    pytest.fail("no trial started")
+        time.sleep(0.1)
+    pytest.fail(f"no trial got to {marker!r} on the node")
 
 
-@pytest.mark.parametrize("max_failures", [1, 0], ids=["retries-on", "retries-off"])
-def test_losing_a_node_mid_trial(cluster, tiny_bert, classification_csv, tmp_path, max_failures):
+def _failures(search_dir: Path) -> dict[str, int]:
+    """How often Tune restarted each trial (its saved experiment state)."""
+    (state,) = (search_dir / "tune").glob("experiment_state-*.json")
+    pairs = json.loads(state.read_text())["trial_data"]
+    return {json.loads(t)["trial_id"]: json.loads(meta)["num_failures"] for t, meta in pairs}
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "max_failures"),
+    [(1, 1), (1, 0), (2, 1)],
+    ids=["retries-on", "retries-off", "ddp-retries-on"],
+)
+def test_losing_a_node_mid_trial(cluster, tiny_bert, classification_csv, tmp_path, num_workers, max_failures):
     """The only worker node dies while the first trial runs there; a fresh node joins after it.
 
     With ``resources.max_failures: 1`` Tune restarts the trial (from scratch) on the new node and it completes; with
-    0 it is recorded failed with the node's loss as its error, and the search goes on to the next trial.
+    0 it is recorded failed with the node's loss as its error, and the search goes on to the next trial. A 2-worker
+    trial (Ray Train, whose own ``FailureConfig`` allows no retries) fails its Train run when its workers' node dies, and
+    Tune restarts the whole trial the same way.
     """
-    doomed = cluster.add_node(**NODE)
+    node = {**NODE, "num_cpus": num_workers}
+    doomed = cluster.add_node(**node)
     search_dir = tmp_path / "lose-node"
     driver = _start_driver(
         cluster.address,
@@ -141,24 +168,29 @@ def test_losing_a_node_mid_trial(cluster, tiny_bert, classification_csv, tmp_pat
         name="lose-node",
         results_dir=str(tmp_path),
         space={"methods": ["lora"]},
-        search={"num_trials": 2, "seed": 0, "max_concurrent": 1},
+        # Without retries a second trial shows that the search goes on.
+        search={"num_trials": 1 if max_failures else 2, "seed": 0, "max_concurrent": 1},
         training={"max_steps": 200},
-        resources={"cpus_per_worker": 1, "max_failures": max_failures},
+        resources={"num_workers": num_workers, "cpus_per_worker": 1, "max_failures": max_failures},
     )
-    first = _wait_running(search_dir, driver)
+    # A one-worker trial trains in its Tune actor (ImplicitFunc); a two-worker one in Ray Train workers.
+    marker = "Wrapping provided model in DistributedDataParallel" if num_workers > 1 else "ImplicitFunc"
+    first = _wait_running(search_dir, driver, doomed, marker)
     cluster.remove_node(doomed, allow_graceful=False)
-    spare = cluster.add_node(**NODE)
+    spare = cluster.add_node(**node)
     out = _finish(driver)
 
     trials = pd.read_parquet(search_dir / "trials.parquet").set_index("trial_id")
-    assert len(trials) == 2, out[-4000:]
-    second = next(t for t in trials.index if t != first)
     nodes = _node_ids(search_dir)
-    assert trials.loc[second, "status"] == "complete" and nodes[second] == spare.node_id
     if max_failures:
+        assert len(trials) == 1, out[-4000:]
         assert trials.loc[first, "status"] == "complete", trials.loc[first, "error"]
         assert nodes[first] == spare.node_id
+        assert _failures(search_dir) == {first: 1}  # restarted once, by Tune
     else:
+        assert len(trials) == 2, out[-4000:]
+        second = next(t for t in trials.index if t != first)
+        assert trials.loc[second, "status"] == "complete" and nodes[second] == spare.node_id
         assert trials.loc[first, "status"] == "failed"
         # Ray's word for the loss, e.g. "ActorUnavailableError: The actor ... is unavailable: ... Socket closed".
         error = trials.loc[first, "error"]
