@@ -1,0 +1,137 @@
+"""Estimated against measured peak memory, per candidate, each trained in a fresh process (as a worker is).
+
+    python -m benchmarks.memory_estimate                       # the default search's candidates + samples
+    python -m benchmarks.memory_estimate --samples 0 --env MALLOC_MMAP_THRESHOLD_=131072
+
+Writes benchmarks/results/memory_estimate.json and prints a table. On CPU the measurement is the worker's peak
+resident set (``cpu_rss``); on a GPU, the allocator's peak (``gpu_allocated``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _one(job: Path) -> None:
+    """Child process: train one candidate with the search's own trial code and print its metrics as JSON."""
+    import torch
+
+    from search.training import _quiet_libraries, run_trial
+
+    settings, data, trial = pickle.loads(job.read_bytes())
+    _quiet_libraries()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics, adapter_dir = run_trial(trial, settings, data, device=device)
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
+    print("RESULT " + json.dumps(metrics))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="search config (default: the bundled BBC News search)")
+    parser.add_argument(
+        "--samples", type=int, default=4, help="configs sampled from the space besides candidates"
+    )
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the trial processes")
+    parser.add_argument("--out", default=str(RESULTS / "memory_estimate.json"))
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._one:
+        _one(Path(args._one))
+        return 0
+
+    import optuna
+
+    from search.config import default_config_path, load_config
+    from search.driver import prepare, trial_settings
+    from spaces.sampling import DefineByRun, SpaceSpec
+
+    cfg = load_config(args.config or default_config_path())
+    prep = prepare(cfg)
+    settings = trial_settings(cfg, prep, Path(tempfile.mkdtemp()))
+    trials = [
+        {
+            "candidate": c.name,
+            "method": c.name,
+            "quantization": c.quantization,
+            "peft_config": dict(c.peft_config),
+            "learning_rate": c.learning_rate or cfg.training.learning_rate[0],
+        }
+        for c in prep.space_spec.candidates
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.search.seed))
+    spec = prep.space_spec
+    space = DefineByRun(SpaceSpec(spec.methods, spec.quantization, spec.learning_rate), prep.space_context)
+    trials += [space(study.ask()) for _ in range(args.samples)]
+    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, trial in enumerate(trials):
+            job = Path(tmp) / f"job{i}.pkl"
+            job.write_bytes(pickle.dumps((settings, prep.data, trial)))
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.memory_estimate", "--_one", str(job)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                rows.append(
+                    {
+                        "method": trial["method"],
+                        "quantization": trial["quantization"],
+                        "error": out.stderr[-300:],
+                    }
+                )
+                continue
+            m = json.loads(line[7:])
+            rows.append(
+                {
+                    "method": trial["method"],
+                    "quantization": trial["quantization"],
+                    "peft_config": trial["peft_config"],
+                    "measured_bytes": m["peak_memory_bytes"],
+                    "estimated_bytes": m["est_peak_memory_bytes"],
+                    "kind": m["peak_memory_kind"],
+                    "error_pct": 100 * (m["est_peak_memory_bytes"] / m["peak_memory_bytes"] - 1),
+                    "train_time_s": m["train_time_s"],
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{r['method']:<26}{r['quantization']:<6} measured {r['measured_bytes'] / 2**20:8.1f} MiB  "
+                f"estimated {r['estimated_bytes'] / 2**20:8.1f} MiB  error {r['error_pct']:+6.1f}%  "
+                f"train {r['train_time_s']:.1f}s",
+                flush=True,
+            )
+    errors = [abs(r["error_pct"]) for r in rows if "error_pct" in r]
+    summary = {
+        "command": " ".join(
+            ["python -m benchmarks.memory_estimate", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "env": args.env,
+        "rows": rows,
+        "mean_abs_error_pct": sum(errors) / len(errors) if errors else None,
+        "max_abs_error_pct": max(errors) if errors else None,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(
+        f"mean |error| {summary['mean_abs_error_pct']:.1f}%, max {summary['max_abs_error_pct']:.1f}%  -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
