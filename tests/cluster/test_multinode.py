@@ -155,8 +155,8 @@ def test_losing_a_node_mid_trial(cluster, tiny_bert, classification_csv, tmp_pat
 
     With ``resources.max_failures: 1`` Tune restarts the trial (from scratch) on the new node and it completes; with
     0 it is recorded failed with the node's loss as its error, and the search goes on to the next trial. A 2-worker
-    trial (Ray Train, whose own ``FailureConfig`` allows no retries) fails its Train run when its workers' node dies, and
-    Tune restarts the whole trial the same way.
+    trial (Ray Train, whose own ``FailureConfig`` allows no retries) fails its Train run when its workers' node
+    dies, and Tune restarts the whole trial the same way.
     """
     node = {**NODE, "num_cpus": num_workers}
     doomed = cluster.add_node(**node)
