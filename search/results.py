@@ -31,6 +31,7 @@ _METRICS = (
     "adapter_bytes",
     "world_size",
     "device",
+    "node_id",
 )
 
 
