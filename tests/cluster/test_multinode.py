@@ -33,9 +33,12 @@ run_search(tiny_config(args.pop("model"), args.pop("data"), **args.pop("override
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
+    # A worker group restarted after a lost node may wait for a new node on a busy 2-core machine longer than
+    # Ray Train's default 60 s; the nodes' processes inherit this environment.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "240")
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     c = Cluster(
         initialize_head=True,
@@ -63,7 +66,7 @@ def _start_driver(address: str, model: str, data: str, **overrides) -> subproces
     return driver
 
 
-def _finish(driver: subprocess.Popen, timeout: float = 240) -> str:
+def _finish(driver: subprocess.Popen, timeout: float = 480) -> str:
     try:
         driver.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
