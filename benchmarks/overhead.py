@@ -82,7 +82,7 @@ def breakdown(search_dir: Path, started: float, ended: float, concurrency: int) 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cluster import connect, plan_concurrency, shutdown
+    from cluster import connect, shutdown
     from search.config import load_config
     from search.driver import prepare, run_search
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     ours = not ray.is_initialized()  # a Ray someone else started is left running
     t0 = time.perf_counter()
-    resources = connect(num_cpus=args.num_cpus)
+    connect(num_cpus=args.num_cpus)
     ray_start_s = time.perf_counter() - t0
     sizes = [("short", args.short_steps)] + ([("long", args.long_steps)] if args.long_steps else [])
     rows = []
@@ -110,18 +110,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             prepare(cfg)  # timed apart; the search prepares again
             prepare_s = time.perf_counter() - t
-            r = cfg.resources
-            concurrency = plan_concurrency(
-                resources,
-                num_workers=r.num_workers,
-                cpus_per_worker=r.cpus_per_worker,
-                gpus_per_worker=r.gpus_per_worker,
-                requested=cfg.search.max_concurrent,
-            )
             started = time.time()
             search_dir = run_search(cfg, echo=args.echo)
             ended = time.time()
             row = {"size": label, "max_steps": steps, "prepare_s": prepare_s}
+            # The concurrency the search itself planned, from its run facts.
+            concurrency = json.loads((Path(search_dir) / "run.json").read_text())["concurrency"]
             row.update(breakdown(Path(search_dir), started, ended, concurrency))
             rows.append(row)
     if ours:

@@ -20,6 +20,7 @@ import yaml
 
 from search.cli import main
 from search.resume import STALE_ATTR
+from tests.conftest import CANDIDATES
 
 pytestmark = pytest.mark.slow
 
@@ -36,18 +37,7 @@ def config_file(tiny_bert, classification_csv, tmp_path_factory):
         "space": {
             "methods": ["lora", "ia3"],
             "ranks": [2, 4],
-            "candidates": [
-                {
-                    "name": "lora-qv",
-                    "learning_rate": 0.01,
-                    "peft_config": {
-                        "peft_type": "LORA",
-                        "task_type": "SEQ_CLS",
-                        "r": 2,
-                        "target_modules": ["query", "value"],
-                    },
-                }
-            ],
+            "candidates": [c for c in CANDIDATES if c["name"] == "lora-qv"],
         },
         "search": {"num_trials": NUM_TRIALS, "seed": 0, "max_concurrent": 1},
         "training": {"max_steps": 3, "batch_size": 4, "max_seq_length": 24, "eval_batch_size": 8},
