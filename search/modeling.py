@@ -105,17 +105,64 @@ def load_base_model(
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = {"": device}
     model = _auto_class(task).from_pretrained(path, **kwargs)
+    if task == "sequence-classification":
+        _fit_head(model, num_labels)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if qconfig is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        if device.type == "cpu":
+            _unpacked_narrow_layers(model)
     else:
         model.to(device)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
     return model
+
+
+def _unpacked_narrow_layers(model: nn.Module) -> None:
+    """Keep 4-bit layers narrower than a quantization block off bitsandbytes' AVX512-BF16 CPU inference path.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight at its first no-grad forward, one block of
+    ``blocksize`` inputs per row; a layer with fewer (or a non-multiple of) inputs fails there with a shape error,
+    so evaluation would fail where training worked. Those layers use its generic CPU path instead.
+    """
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if (
+            state is not None
+            and hasattr(module, "support_avx512bf16_for_cpu")
+            and state.shape[1] % state.blocksize
+        ):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _fit_head(model: nn.Module, num_labels: int) -> None:
+    """Give the classification head ``num_labels`` outputs where loading kept the checkpoint's.
+
+    transformers up to 5.22 does so when a quantized model is loaded with ``ignore_mismatched_sizes``: the head
+    (left unquantized) keeps the checkpoint's weight of another size, and the first loss fails on a shape error.
+    The head is new for this task either way, so it is initialised afresh, as transformers would have done.
+    """
+    for name in SKIP_QUANTIZATION[:2]:  # "classifier", "score"
+        head = getattr(model, name, None)
+        if head is None:
+            continue
+        linear = head if isinstance(head, nn.Linear) else getattr(head, "out_proj", None)
+        if not isinstance(linear, nn.Linear) or linear.weight.shape[0] == num_labels:
+            return
+        w = linear.weight
+        fresh = nn.Linear(
+            w.shape[1], num_labels, bias=linear.bias is not None, device=w.device, dtype=w.dtype
+        )
+        model._init_weights(fresh)
+        if head is linear:
+            setattr(model, name, fresh)
+        else:
+            head.out_proj = fresh
+        return
 
 
 def inject_adapter(model: nn.Module, peft_config: dict[str, Any]):

@@ -67,3 +67,38 @@ def test_qlora_on_cuda(seq_cls):
     metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cuda"))
     adapter_dir.cleanup()
     assert metrics["peak_memory_kind"] == "gpu_allocated" and metrics["peak_memory_bytes"] > 0
+
+
+def test_a_head_loaded_at_the_checkpoints_size_is_refitted(seq_cls):
+    """transformers <= 5.22 keeps the checkpoint's 2-way head when a quantized model is loaded for 3 labels."""
+    from torch import nn
+
+    from search.modeling import _fit_head
+
+    prep, settings = seq_cls
+    model = load_base_model(
+        settings["model_path"], settings["task"], num_labels=3, quantization="nf4", device=torch.device("cpu")
+    )
+    model.classifier = nn.Linear(model.classifier.in_features, 2)  # what those versions leave
+    _fit_head(model, 3)
+    assert model.classifier.weight.shape == (3, model.classifier.in_features)
+    batch = {"input_ids": torch.tensor([[2, 5, 6]]), "labels": torch.tensor([2])}
+    assert model(**batch).logits.shape == (1, 3)
+
+
+def test_narrow_4bit_layers_stay_off_the_packed_cpu_path(seq_cls):
+    """bitsandbytes' AVX512-BF16 inference repacking fails on layers narrower than a block (64): evaluation of
+    this tiny model would fail on such CPUs, so those layers keep the generic path; wide ones keep theirs."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    _, settings = seq_cls
+    model = load_base_model(
+        settings["model_path"], settings["task"], num_labels=3, quantization="nf4", device=torch.device("cpu")
+    )
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert layers
+    for m in layers:
+        narrow = m.weight.quant_state.shape[1] % m.weight.quant_state.blocksize != 0
+        assert m.support_avx512bf16_for_cpu == (has_avx512bf16() and not narrow), m
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[2, 5, 6]])).logits.shape == (1, 3)
