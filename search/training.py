@@ -21,6 +21,9 @@ from search.data import TokenizedSplits
 from search.metrics import PeakMemory, release_accelerator_memory
 from search.modeling import InfeasibleTrialError, inject_adapter, load_base_model
 
+FINITE_CHECK_EVERY = 16
+"""Training steps between host reads of the on-device non-finite-loss flag."""
+
 
 def pad_batch(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Dynamic padding to the longest row of the batch (right-padded; labels padded with -100)."""
@@ -279,18 +282,24 @@ def _train(
         drop_last=len(data.train) > settings["batch_size"],
         collate_fn=lambda rows: pad_batch(rows[rank::world_size], data.pad_token_id),
         generator=generator,
+        pin_memory=device.type == "cuda",  # so the copies to the GPU below do not block
     )
     adaptive = trial["peft_config"]["peft_type"].upper() == "ADALORA"
     train_model.train()
     step, samples, tokens = 0, 0, 0
+    # Reading the loss on the host would stall the GPU every step: the check stays on the device and is read
+    # every FINITE_CHECK_EVERY steps (and after the last), so a diverged trial still fails, a few steps later.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     while step < steps:
         for batch in loader:
             tokens += int(batch["attention_mask"].sum())
             samples += batch["input_ids"].shape[0]
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss = train_model(**batch).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+            nonfinite |= ~torch.isfinite(loss.detach())
+            checkpoint = (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 >= steps
+            if checkpoint and nonfinite.item():
+                raise FloatingPointError(f"training loss became non-finite by step {step + 1}")
             loss.backward()
             optimizer.step()
             if adaptive:

@@ -117,3 +117,15 @@ def test_causal_lm_open_answers_are_generated(causal, qa_jsonl, monkeypatch):
     metrics, adapter_dir = run_trial(trial, settings, open_data, device=torch.device("cpu"))
     adapter_dir.cleanup()
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["eval_loss"] > 0
+
+
+def test_diverged_loss_fails_the_trial_without_a_per_step_sync(seq_cls):
+    """The non-finite-loss check lives on the device and is read every few steps: a diverged trial still fails."""
+    from search.training import FINITE_CHECK_EVERY
+
+    prep, settings = seq_cls
+    trial = {**sample_trial(prep, "lora"), "learning_rate": 1e30}
+    steps = FINITE_CHECK_EVERY + 3
+    with pytest.raises(FloatingPointError, match=r"non-finite by step (\d+)") as err:
+        run_trial(trial, {**settings, "max_steps": steps}, prep.data, device=torch.device("cpu"))
+    assert int(err.value.args[0].rsplit(" ", 1)[1]) in (FINITE_CHECK_EVERY, steps)
