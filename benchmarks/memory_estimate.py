@@ -36,27 +36,14 @@ def _one(job: Path) -> None:
     print("RESULT " + json.dumps(metrics))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", help="search config (default: the bundled BBC News search)")
-    parser.add_argument(
-        "--samples", type=int, default=4, help="configs sampled from the space besides candidates"
-    )
-    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the trial processes")
-    parser.add_argument("--out", default=str(RESULTS / "memory_estimate.json"))
-    parser.add_argument("--_one", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args._one:
-        _one(Path(args._one))
-        return 0
-
+def measure(cfg, *, samples: int = 0, env: dict[str, str] | None = None) -> list[dict]:
+    """Train the config's candidates (and ``samples`` configs sampled from its space), each in a fresh process with
+    the search's own trial code; one row per trial: measured and estimated peak memory, and the trial's speed."""
     import optuna
 
-    from search.config import default_config_path, load_config
     from search.driver import prepare, trial_settings
     from spaces.sampling import DefineByRun, SpaceSpec
 
-    cfg = load_config(args.config or default_config_path())
     prep = prepare(cfg)
     settings = trial_settings(cfg, prep, Path(tempfile.mkdtemp()))
     trials = [
@@ -72,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.search.seed))
     spec = prep.space_spec
     space = DefineByRun(SpaceSpec(spec.methods, spec.quantization, spec.learning_rate), prep.space_context)
-    trials += [space(study.ask()) for _ in range(args.samples)]
-    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
+    trials += [space(study.ask()) for _ in range(samples)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, trial in enumerate(trials):
@@ -94,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                         "error": out.stderr[-300:],
                     }
                 )
+                print(
+                    f"{trial['method']:<26}{trial['quantization']:<6} failed: {out.stderr[-300:]}", flush=True
+                )
                 continue
             m = json.loads(line[7:])
             rows.append(
@@ -106,15 +95,43 @@ def main(argv: list[str] | None = None) -> int:
                     "kind": m["peak_memory_kind"],
                     "error_pct": 100 * (m["est_peak_memory_bytes"] / m["peak_memory_bytes"] - 1),
                     "train_time_s": m["train_time_s"],
+                    "train_steps": m["train_steps"],
+                    "samples_per_s": m["samples_per_s"],
+                    "tokens_per_s": m["tokens_per_s"],
+                    "trainable_params": m["trainable_params"],
+                    "total_params": m["total_params"],
+                    "device": m["device"],
                 }
             )
             r = rows[-1]
             print(
                 f"{r['method']:<26}{r['quantization']:<6} measured {r['measured_bytes'] / 2**20:8.1f} MiB  "
                 f"estimated {r['estimated_bytes'] / 2**20:8.1f} MiB  error {r['error_pct']:+6.1f}%  "
-                f"train {r['train_time_s']:.1f}s",
+                f"train {r['train_time_s']:.1f}s  {r['tokens_per_s']:,.0f} tokens/s",
                 flush=True,
             )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="search config (default: the bundled BBC News search)")
+    parser.add_argument(
+        "--samples", type=int, default=4, help="configs sampled from the space besides candidates"
+    )
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the trial processes")
+    parser.add_argument("--out", default=str(RESULTS / "memory_estimate.json"))
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._one:
+        _one(Path(args._one))
+        return 0
+
+    from search.config import default_config_path, load_config
+
+    cfg = load_config(args.config or default_config_path())
+    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
+    rows = measure(cfg, samples=args.samples, env=env)
     errors = [abs(r["error_pct"]) for r in rows if "error_pct" in r]
     summary = {
         "command": " ".join(

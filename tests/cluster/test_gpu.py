@@ -99,6 +99,10 @@ def test_qlora_trial_on_cuda_reports_gpu_peak(ray_local, small_bert, classificat
     )
     trial = trials.iloc[0]
     assert trial["status"] == "complete", trial["error"]
+    print(
+        f"\nqlora nf4 on {torch.cuda.get_device_name(0)}: peak {trial['peak_memory_bytes']:,} B "
+        f"(estimated {trial['est_peak_memory_bytes']:,} B), {trial['tokens_per_s']:,.0f} tokens/s"
+    )
     assert trial["quantization"] == "nf4" and trial["device"] == "cuda"
     assert trial["peak_memory_kind"] == "gpu_allocated"
     # The allocator's peak over the trial: at least the 4-bit weights and the adapter, far below a whole GPU.
@@ -128,6 +132,10 @@ def test_two_trials_share_one_gpu_at_once(ray_local, small_bert, classification_
         search={"num_trials": 2},  # no max_concurrent: planned from the 2 CPUs and the GPU share
         training={"max_steps": 400},
         resources={"cpus_per_worker": 1, "gpus_per_worker": 0.5},
+    )
+    print(
+        "\n"
+        + trials[["candidate", "status", "device", "peak_memory_bytes", "est_peak_memory_bytes"]].to_string()
     )
     assert json.loads((search_dir / "run.json").read_text())["concurrency"] == 2
     assert (trials["status"] == "complete").all(), trials["error"].tolist()
@@ -192,6 +200,9 @@ def test_each_trial_sees_only_its_gpu_and_frees_it(ray_local, small_bert, classi
 
     results = ray.get([probe.remote(trial, settings, prep.data) for _ in range(2)])
     for r in results:
+        print(
+            f"\nCUDA_VISIBLE_DEVICES={r['visible']} peak {r['peak']:,} B, left {r['after'] - r['baseline']:,} B"
+        )
         assert r["visible"] is not None and r["visible"].split(",") == r["assigned"], r
         assert len(r["assigned"]) == 1 and r["device_count"] == 1, r
         assert r["placed"] == {"cuda:0"} and r["layer"] == "Linear4bit", r
