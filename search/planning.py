@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from search.memtrace import quantized_linear_names, step_peak_bytes
 from search.modeling import SKIP_QUANTIZATION, InfeasibleTrialError, inject_adapter, meta_model
 from spaces import method_for_peft_type
 
@@ -40,7 +41,9 @@ class Plan:
     weight_bytes: int
     adapter_state_bytes: int
     activation_bytes: int
+    """The training step's own peak: traced on the meta device, or from a formula where tracing fails."""
     runtime_bytes: int
+    traced: bool = True
 
     @property
     def est_peak_memory_bytes(self) -> int:
@@ -68,17 +71,19 @@ def safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 def _weight_bytes(model: nn.Module, quantization: str, dtype_bytes: int) -> int:
-    """Base-model memory at a quantization level: bitsandbytes layers for linear weights, the rest unchanged."""
+    """Base-model memory at a quantization level: bitsandbytes layers for linear weights, the rest unchanged
+    (in fp32 beside quantized layers, as PEFT's ``prepare_model_for_kbit_training`` leaves them)."""
     total = 0
     quantized: set[int] = set()
     if quantization != "none":
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and not any(s in name.split(".") for s in SKIP_QUANTIZATION):
-                w = module.weight
-                quantized.add(id(w))
-                total += math.ceil(w.numel() * _QUANT_BYTES[quantization])
-                if quantization == "int8":
-                    total += 4 * w.shape[0]
+        for name in quantized_linear_names(model, SKIP_QUANTIZATION):
+            w = model.get_submodule(name).weight
+            quantized.add(id(w))
+            total += math.ceil(w.numel() * _QUANT_BYTES[quantization])
+            if quantization == "int8":
+                total += 4 * w.shape[0]
+        # PEFT's prepare_model_for_kbit_training upcasts every weight that is not quantized to fp32.
+        dtype_bytes = 4
     seen: set[int] = set()
     for p in model.parameters():
         if id(p) in seen or id(p) in quantized:
@@ -115,6 +120,7 @@ def plan_candidate(
     precision: str = "fp32",
     gradient_checkpointing: bool = False,
     runtime_bytes: int = 0,
+    device: str = "cuda",
 ) -> Plan:
     """Inject the adapter into a copy of a meta-device ``base`` and account for its cost.
 
@@ -130,27 +136,48 @@ def plan_candidate(
     # `ranknum` trainable). Not BOFT, which fills its permutation matrices element by element, nor the prompt
     # learning methods, whose small encoder and token ids PEFT runs to save the prompt embeddings.
     real = peft_config["peft_type"].upper() == "BOFT" or get_peft_config(dict(peft_config)).is_prompt_learning
-    with contextlib.nullcontext() if real else torch.device("meta"):
-        peft_model = inject_adapter(copy.deepcopy(base), peft_config)
+
+    def inject(model: nn.Module) -> nn.Module:
+        with contextlib.nullcontext() if real else torch.device("meta"):
+            return inject_adapter(model, peft_config)
+
+    peft_model = inject(copy.deepcopy(base))
     if hasattr(peft_model, "prompt_encoder"):
         # PEFT moved the encoder beside the meta base: give it real, uninitialised memory again.
         peft_model.prompt_encoder.to_empty(device="cpu")
     trainable, total = peft_model.get_nb_trainable_parameters()
     state = get_peft_model_state_dict(peft_model)
-    # Trainable adapter weights in fp32, their gradients, and AdamW's two moments.
-    adapter_state = trainable * 4 * 4
     causal = peft_config.get("task_type") == "CAUSAL_LM"
-    activations = _activation_bytes(
-        base.config, batch_size, seq_len, dtype_bytes, gradient_checkpointing, causal
-    )
+    try:
+        # One training step traced on the meta device: activations, their gradients, the adapter's gradients.
+        step = step_peak_bytes(
+            base,
+            inject,
+            task="causal-lm" if causal else "sequence-classification",
+            quantization=quantization,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            precision=precision,
+            gradient_checkpointing=gradient_checkpointing,
+            skip=SKIP_QUANTIZATION,
+            device=device,
+        )
+        # Trainable adapter weights in fp32 and AdamW's two moments (the gradients are in the traced step).
+        adapter_state, traced = trainable * 4 * 3, True
+    except Exception:  # a model whose forward pass cannot run on meta tensors (data-dependent code)
+        step = _activation_bytes(
+            base.config, batch_size, seq_len, dtype_bytes, gradient_checkpointing, causal
+        )
+        adapter_state, traced = trainable * 4 * 4, False
     return Plan(
         trainable_params=int(trainable),
         total_params=int(total),
         adapter_bytes=safetensors_bytes(state),
         weight_bytes=weights,
         adapter_state_bytes=adapter_state,
-        activation_bytes=activations,
+        activation_bytes=step,
         runtime_bytes=runtime_bytes,
+        traced=traced,
     )
 
 
@@ -234,6 +261,7 @@ def plan_search(
                 precision=cfg.training.precision,
                 gradient_checkpointing=cfg.training.gradient_checkpointing,
                 runtime_bytes=runtime,
+                device="cuda" if gpu else "cpu",
             )
         except InfeasibleTrialError as err:
             rows.append({**row, "error": str(err)})
@@ -253,10 +281,11 @@ def plan_search(
                 "est_breakdown": {
                     "weights": p.weight_bytes,
                     "adapter_grads_optimizer": p.adapter_state_bytes,
-                    "activations": p.activation_bytes,
+                    "training_step": p.activation_bytes,
                     "runtime": p.runtime_bytes,
                 },
                 "memory_kind": "gpu_allocated" if gpu else "cpu_rss",
+                "step_estimate": "traced" if p.traced else "formula",
                 "over_budget": over,
             }
         )

@@ -152,7 +152,9 @@ def run_trial(
     _import_training_libraries(settings["task"], trial["quantization"])
     peak = PeakMemory(device)
     peak.start()
-    estimate = plan_trial(trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes())
+    estimate = plan_trial(
+        trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
+    )
     check_budget(estimate, settings)
     torch.manual_seed(settings["seed"])
     t0 = time.perf_counter()
@@ -233,7 +235,13 @@ def _import_training_libraries(task: str, quantization: str) -> None:
         import bitsandbytes  # noqa: F401
 
 
-def plan_trial(trial: dict[str, Any], settings: dict[str, Any], num_labels: int, runtime_bytes: int = 0):
+def plan_trial(
+    trial: dict[str, Any],
+    settings: dict[str, Any],
+    num_labels: int,
+    runtime_bytes: int = 0,
+    device: str = "cpu",
+):
     """The trial's cost from the model's config alone (meta device), before any weights are loaded."""
     from search.planning import meta_model, plan_candidate
 
@@ -247,6 +255,7 @@ def plan_trial(trial: dict[str, Any], settings: dict[str, Any], num_labels: int,
         precision=settings["precision"],
         gradient_checkpointing=settings["gradient_checkpointing"],
         runtime_bytes=runtime_bytes,
+        device=device,
     )
 
 
