@@ -70,3 +70,24 @@ def test_search_efficiency(tiny_bert, classification_csv, tmp_path):
     assert set(summary) == {"tpe", "random"}
     assert all(0 < s["mean_hv"] <= 1 and s["runs"] == 2 for s in summary.values())
     assert len(result["synthetic"]["runs"]) == 4 and "bbc" not in result
+
+
+def test_llama_throughput_and_memory_estimate(tmp_path):
+    """Tiny Llama from config, three candidates (LoRA twice, QLoRA) each trained in a fresh process through
+    ``benchmarks.memory_estimate.measure``: tokens/s, model FLOPs and the memory estimate's error per row."""
+    from benchmarks import llama_throughput
+
+    llama_throughput.main(
+        ["--size", "tiny", "--steps", "2", "--seq-len", "24", "--batch-size", "2", "--train-size", "8"]
+        + ["--eval-size", "2", "--candidates", "3", "--out-dir", str(tmp_path)]
+    )
+    result = json.loads((tmp_path / "llama_throughput.json").read_text())
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == ["lora-r8-qv", "lora-r16-all", "qlora-r8-qv"]
+    for r in rows:
+        assert "error" not in r, r["error"]
+        assert r["tokens_per_s"] > 0 and r["train_steps"] == 2 and r["kind"] == "cpu_rss"
+        assert r["measured_bytes"] > 0 and r["estimated_bytes"] > 0
+        assert r["model_flops_per_token"] > 6 * r["trainable_params"]
+        assert r["mfu"] is None  # no GPU, no peak to divide by
+    assert rows[1]["trainable_params"] > rows[0]["trainable_params"]
