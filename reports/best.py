@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,16 @@ def best_command(
     max_memory: float | None = None,
     min_accuracy: float | None = None,
     export_dir: str | Path | None = None,
+    fetch_adapter: Callable[[str], Path] | None = None,
 ) -> tuple[Choice, str]:
+    """``fetch_adapter`` maps a trial's ``adapter_path`` to a local directory (for results on an object store)."""
     trials = load_trials(search_dir)
     choice = choose_best(trials, max_params=max_params, max_memory=max_memory, min_accuracy=min_accuracy)
     text = describe(choice)
     if choice.trial is not None and export_dir is not None:
-        out = export(search_dir, choice.trial, export_dir)
+        trial = choice.trial
+        if fetch_adapter is not None:
+            trial = {**trial, "adapter_path": str(fetch_adapter(trial["adapter_path"]))}
+        out = export(search_dir, trial, export_dir)
         text += f"\nExported to {out} (adapter_config.json, adapter_model.safetensors, reproduce.yaml, trial.json)"
     return choice, text

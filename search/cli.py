@@ -25,13 +25,17 @@ def _run(args: argparse.Namespace) -> int:
         path = Path(args.config) if args.config else default_config_path()
         cfg = load_config(path, overrides)
     resume = bool(getattr(args, "resume", False) or getattr(args, "results_dir_to_resume", None))
+    from search import storage
     from search.driver import run_search
     from search.redact import redact_text
+
+    uri = cfg.results_uri()
+    where = cfg.search_dir() if uri is None else f"{storage.redacted(uri)} (staged in {cfg.search_dir()})"
 
     print(
         redact_text(
             f"[peft-search] search {cfg.name!r}: {cfg.search.num_trials} trials of {cfg.model.name_or_path} "
-            f"on {cfg.dataset.source}; results in {cfg.search_dir()}"
+            f"on {cfg.dataset.source}; results in {where}"
         ),
         flush=True,
     )
@@ -42,11 +46,10 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(summary_table(trials))
     done = trials["status"].eq("complete").sum()
-    print(f"\n[peft-search] {done}/{len(trials)} trials complete. Results: {search_dir}")
-    print(f"[peft-search]   report: {search_dir / 'report.html'}")
-    print(
-        f"[peft-search]   trials table: {search_dir / 'trials.parquet'}   Optuna storage: {search_dir / 'optuna.db'}"
-    )
+    home = search_dir if uri is None else storage.redacted(uri)
+    print(f"\n[peft-search] {done}/{len(trials)} trials complete. Results: {home}")
+    print(f"[peft-search]   report: {home}/report.html")
+    print(f"[peft-search]   trials table: {home}/trials.parquet   Optuna storage: {home}/optuna.db")
     return 0
 
 
@@ -62,36 +65,67 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
+    """A results directory to read: itself, or for an object-store URI a fresh local copy of its files."""
+    from search import storage
+
+    if not storage.is_uri(results_dir):
+        return results_dir, None
+    local = storage.staging_dir(results_dir)
+    if local.exists():
+        import shutil
+
+        shutil.rmtree(local)
+    return storage.download(results_dir, local), results_dir
+
+
 def _best(args: argparse.Namespace) -> int:
     from reports.best import best_command
+    from search import storage
     from search.config import ConfigError, parse_bytes
 
     try:
         max_memory = parse_bytes(args.max_memory) if args.max_memory is not None else None
     except ValueError as err:
         raise ConfigError(f"--max-memory: {err}") from None
+    local, uri = _fetched(args.results_dir)
+    fetch = None
+    if uri is not None:
+        # The adapter is a checkpoint Tune wrote to the store: fetched next to the local copy first.
+        def fetch(adapter_path: str) -> Path:
+            return storage.fetch_adapter(
+                adapter_path, uri, Path(local) / "adapters" / Path(adapter_path).name
+            )
+
     choice, text = best_command(
-        args.results_dir,
+        local,
         max_params=args.max_params,
         max_memory=max_memory,
         min_accuracy=args.min_accuracy,
         export_dir=args.export,
+        fetch_adapter=fetch,
     )
     print(text)
     return 0 if choice.trial is not None else 1
 
 
 def _report(args: argparse.Namespace) -> int:
-    from reports.html import write_report
+    from reports.html import REPORT_FILE, write_report
+    from search import storage
 
-    print(f"[peft-search] report: {write_report(args.results_dir, args.output)}")
+    local, uri = _fetched(args.results_dir)
+    path = write_report(local, args.output)
+    if uri is not None and args.output is None:
+        storage.upload(Path(local), uri, [REPORT_FILE])
+        path = f"{storage.redacted(uri)}/{REPORT_FILE}"
+    print(f"[peft-search] report: {path}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     from reports import load_trials, summary_table
 
-    print(summary_table(load_trials(args.results_dir)))
+    print(summary_table(load_trials(_fetched(args.results_dir)[0])))
     return 0
 
 
@@ -125,7 +159,7 @@ def _submit(args: argparse.Namespace) -> int:
     print(job_id, flush=True)
     note = f"[peft-search] submitted search {cfg.name!r} to {jobs.address}"
     print(f"{note}; follow it with `peft-search logs {job_id} --follow`", file=sys.stderr)
-    if not Path(cfg.results_dir).expanduser().is_absolute():
+    if cfg.results_uri() is None and not Path(cfg.results_dir).expanduser().is_absolute():
         print(
             f"[peft-search] note: results_dir {cfg.results_dir!r} is relative, so the results land in the job's "
             "working directory on the head; pass --results-dir on shared storage to keep them",

@@ -355,8 +355,24 @@ class SearchConfig(_Strict):
 
     @field_validator("results_dir")
     @classmethod
-    def _local(cls, value: str) -> str:
-        return _local_path(value, "a local directory")
+    def _local_or_store(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        from search.storage import SCHEMES
+
+        if "://" not in value:
+            return _local_path(value, "a local directory or an object-store URI")
+        parts = urlsplit(value)
+        if parts.scheme not in SCHEMES:
+            raise ValueError(
+                f"{parts.scheme}:// is not an object store pyarrow opens here; give a local directory (a network "
+                f"file system's mount too) or one of {', '.join(s + '://' for s in SCHEMES)}"
+            )
+        if "@" in parts.netloc:
+            raise ValueError("credentials in the URI; give them in the environment (AWS_*, GOOGLE_*, ...)")
+        if not parts.netloc:
+            raise ValueError(f"{value!r} names no bucket; write {parts.scheme}://BUCKET/PATH")
+        return value
 
     @model_validator(mode="after")
     def _unique_objectives(self) -> SearchConfig:
@@ -376,7 +392,19 @@ class SearchConfig(_Strict):
         return self
 
     def search_dir(self) -> Path:
+        """Where the driver writes: the results directory, or a local staging copy of a remote one."""
+        from search import storage
+
+        uri = self.results_uri()
+        if uri is not None:
+            return storage.staging_dir(uri)
         return Path(self.results_dir).expanduser().resolve() / self.name
+
+    def results_uri(self) -> str | None:
+        """The search's directory on an object store (``results_dir`` is a URI), else None."""
+        from search import storage
+
+        return storage.join(self.results_dir, self.name) if storage.is_uri(self.results_dir) else None
 
 
 def _loc_part(part: str | int) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 import spaces
+from search import storage as remote
 from search.config import ConfigError, SearchConfig
 from search.data import Splits, TokenizedSplits
 
@@ -286,10 +287,12 @@ def run_search(
     from cluster import connect, plan_concurrency
     from search import resume as resuming
     from search.redact import redact
-    from search.results import TrialTable
+    from search.results import TRIALS_FILE, TrialTable
     from search.trial import trial_driver, trial_resources
 
-    search_dir = cfg.search_dir()
+    search_dir, uri = cfg.search_dir(), cfg.results_uri()
+    if uri is not None:
+        _stage(uri, search_dir, resume)
     if resume:
         resuming.check_resumable(redact(cfg.model_dump(mode="json")), search_dir)
     else:
@@ -305,7 +308,8 @@ def run_search(
         gpus_per_worker=r.gpus_per_worker,
         requested=cfg.search.max_concurrent,
     )
-    restore = resume and resuming.can_restore(search_dir)
+    tune_path = remote.join(uri, resuming.TUNE_DIR) if uri else str(search_dir / resuming.TUNE_DIR)
+    restore = resume and resuming.can_restore(tune_path)
     if not restore:
         write_inputs(cfg, prep, search_dir)
     facts = run_facts(cfg, prep, resources, concurrency)
@@ -338,22 +342,29 @@ def run_search(
         study_name=cfg.name,
         storage=storage,
     )
-    table = TrialTable(search_dir, cfg.search.num_trials, echo=echo)
+    mirror = None
+    if uri is not None:
+        # The driver's files follow every trial to the object store (Tune writes its own there directly).
+        mirror = remote.Mirror(search_dir, uri, [TRIALS_FILE, OPTUNA_FILE, RUN_FILE])
+        remote.upload(search_dir, uri)
+    table = TrialTable(search_dir, cfg.search.num_trials, echo=echo, on_write=mirror)
     settings = trial_settings(cfg, prep, search_dir)
+    if uri is not None:
+        settings["storage_path"] = remote.join(uri, remote.TRAIN_DIR)
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, settings=settings, data=prep.data), trial_resources(settings)
     )
     if restore:
         # The trials, the searcher (with its Optuna study) and the callbacks come back from Tune's state.
         tuner = tune.Tuner.restore(
-            str(search_dir / resuming.TUNE_DIR),
+            tune_path,
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
         )
     else:
-        tuner = _new_tuner(trainable, searcher, concurrency, table, cfg, search_dir)
+        tuner = _new_tuner(trainable, searcher, concurrency, table, cfg, uri or str(search_dir))
     tuner.fit()
     stale = resuming.close_stale_trials(storage, cfg.name)
     if stale and echo:
@@ -365,10 +376,29 @@ def run_search(
     from reports.html import write_report
 
     write_report(search_dir)
+    if uri is not None:
+        remote.upload(search_dir, uri)
     return search_dir
 
 
-def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, search_dir: Path):
+def _stage(uri: str, staging: Path, resume: bool) -> None:
+    """The local staging copy of a search on an object store: fresh for a new search (refused if the store
+    already holds one there), the store's files for a resumed one."""
+    import shutil
+
+    held = remote.exists(uri, CONFIG_FILE)
+    if not resume and held:
+        raise ConfigError(
+            f"results_dir: {remote.redacted(uri)} already holds a search; pass --name NEW or --results-dir URI to start "
+            "another, or `peft-search resume` to finish that one"
+        )
+    if staging.exists():
+        shutil.rmtree(staging)  # only ever a copy: the store is the search's home
+    if resume and held:
+        remote.download(uri, staging)
+
+
+def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, storage_path: str):
     from ray import tune
 
     return tune.Tuner(
@@ -384,7 +414,7 @@ def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, 
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str(search_dir),
+            storage_path=storage_path,
             callbacks=[table],
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
             verbose=0,

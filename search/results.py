@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,14 @@ def _missing(value: Any) -> bool:
 class TrialTable(tune.Callback):
     """A Tune callback that records every trial's config, status, metrics and adapter path."""
 
-    def __init__(self, search_dir: Path, num_trials: int, echo: bool = True):
+    def __init__(
+        self, search_dir: Path, num_trials: int, echo: bool = True, on_write: Callable[[], None] | None = None
+    ):
         self.path = Path(search_dir) / TRIALS_FILE
         self.rows: dict[str, dict[str, Any]] = {}
         self.num_trials = num_trials
         self.echo = echo
+        self.on_write = on_write  # e.g. mirroring the table to an object store
 
     def setup(self, **info):
         """Keep the rows of an earlier run of this search (a resumed one): its finished trials stay in the table."""
@@ -160,3 +164,5 @@ class TrialTable(tune.Callback):
         tmp = self.path.with_suffix(".tmp")
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, self.path)
+        if self.on_write is not None:
+            self.on_write()

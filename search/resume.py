@@ -20,11 +20,14 @@ CONFIG_FILE = "config.yaml"
 TUNE_DIR = "tune"
 
 
-def can_restore(search_dir: Path) -> bool:
-    """Whether Ray Tune saved an experiment state there (it does once the first trial is launched)."""
+def can_restore(tune_path: str | Path) -> bool:
+    """Whether Ray Tune saved an experiment state at ``tune_path`` (a local directory or a URI; it does once the
+    first trial is launched)."""
     from ray import tune
 
-    return (search_dir / TUNE_DIR).is_dir() and tune.Tuner.can_restore(str(search_dir / TUNE_DIR))
+    if "://" not in str(tune_path) and not Path(tune_path).is_dir():
+        return False
+    return tune.Tuner.can_restore(str(tune_path))
 
 
 def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
@@ -59,6 +62,19 @@ def load_saved_config(search_dir: str | Path):
     """The config a results directory was started with, pointed at that directory wherever it now lives."""
     from search.config import parse_config
 
+    if "://" in str(search_dir):  # on an object store: RESULTS_URI/NAME
+        from search import storage
+
+        uri = str(search_dir)
+        if not storage.exists(uri, CONFIG_FILE):
+            raise ConfigError(f"RESULTS_DIR: {storage.redacted(uri)} holds no peft-search search")
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_stream(f"{path}/{CONFIG_FILE}") as f:
+            raw = yaml.safe_load(f.read().decode())
+        parent, _, name = storage.join(uri).partition("?")[0].rpartition("/")
+        query = storage.join(uri).partition("?")[2]
+        raw["results_dir"], raw["name"] = parent + (f"?{query}" if query else ""), name
+        return parse_config(raw)
     search_dir = Path(search_dir).expanduser().resolve()
     path = search_dir / CONFIG_FILE
     if not path.exists():

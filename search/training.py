@@ -110,11 +110,18 @@ def train_single_worker(
     assert adapter_dir is not None  # rank 0 always saves
     t1 = time.perf_counter()
     with adapter_dir:
-        target = Path(settings["storage_path"]) / f"train-{trial_id}" / "checkpoint_000000"
-        if target.exists():  # a trial restarted by a resumed search
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(adapter_dir.name, target)
+        if "://" in settings["storage_path"]:  # an object store: a path inside its filesystem, as Ray Train's
+            from search import storage
+
+            target = storage.put_dir(
+                adapter_dir.name, settings["storage_path"], f"train-{trial_id}/checkpoint_000000"
+            )
+        else:
+            target = Path(settings["storage_path"]) / f"train-{trial_id}" / "checkpoint_000000"
+            if target.exists():  # a trial restarted by a resumed search
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(adapter_dir.name, target)
     # Where the trial's time went, for benchmarks/overhead.py (Tune's result.json keeps every reported key).
     timing = {
         "trial_started_at": started_at,

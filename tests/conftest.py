@@ -9,6 +9,16 @@ from pathlib import Path
 
 import pytest
 
+# Object-store tests run against a local S3 stand-in (moto); Ray's workers inherit these from the first test on.
+# Real credentials a developer has set win; no lookups of cloud instance metadata.
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}.items():
+    os.environ.setdefault(_key, _value)
+
 WORDS = {
     "sport": ["goal", "match", "team", "coach", "league", "score"],
     "tech": ["chip", "software", "phone", "network", "code", "robot"],

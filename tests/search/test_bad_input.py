@@ -344,10 +344,10 @@ CASES: dict[str, Any] = {
         "results_dir",
         "not a directory",
     ),
-    "results-dir-is-a-remote-uri": (
-        lambda t, m, d: base_config(m, d, "s3://bucket/results"),
+    "results-dir-is-not-an-object-store": (
+        lambda t, m, d: base_config(m, d, "ftp://host/results"),
         "results_dir",
-        "local directory",
+        "object store",
     ),
 }
 
