@@ -26,7 +26,7 @@ from tests.conftest import CANDIDATES
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "search" / "configs").glob("*.yaml"))
 FIELD = re.compile(
-    r"^(config|[a-z_]+)(\.[A-Za-z_][A-Za-z0-9_-]*|\[(\d+|'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\")\])*: \S"
+    r"^(config|[A-Za-z_][A-Za-z0-9_-]*)(\.[A-Za-z_][A-Za-z0-9_-]*|\[(\d+|'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\")\])*: \S"
 )
 """A message starts with the field it is about: ``space.candidates[0].peft_config.r: ...`` or ``config: ...``."""
 
