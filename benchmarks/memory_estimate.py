@@ -127,10 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         _one(Path(args._one))
         return 0
 
+    from cluster import allocator_preload
     from search.config import default_config_path, load_config
 
     cfg = load_config(args.config or default_config_path())
-    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
+    # As a search's workers would run: with the allocator the config asks for (unless --env says otherwise).
+    preload = allocator_preload(cfg.resources.cpu_allocator) if cfg.resources.gpus_per_worker == 0 else None
+    env = {
+        **os.environ,
+        **({"LD_PRELOAD": preload} if preload else {}),
+        **dict(e.split("=", 1) for e in args.env),
+    }
     rows = measure(cfg, samples=args.samples, env=env)
     errors = [abs(r["error_pct"]) for r in rows if "error_pct" in r]
     summary = {

@@ -15,6 +15,7 @@ def connect(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     object_store_memory: int | None = None,
+    env_vars: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Start a local Ray instance (no ``address``) or connect to a running cluster; returns its resources.
 
@@ -26,7 +27,7 @@ def connect(
     if ray.is_initialized():
         return ray.cluster_resources()
     # No tokenizer thread pools fighting Ray for cores in the workers.
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    env = {"TOKENIZERS_PARALLELISM": "false", **(env_vars or {})}
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     try:
         if address is None:
@@ -52,6 +53,23 @@ def connect(
             ) from None
         raise
     return ray.cluster_resources()
+
+
+def allocator_preload(choice: str) -> str | None:
+    """The library to preload into trial processes for ``resources.cpu_allocator``, or None for the system's."""
+    import ctypes.util
+
+    from search.config import ConfigError
+
+    if choice == "system":
+        return None
+    found = ctypes.util.find_library("jemalloc")  # e.g. "libjemalloc.so.2", which the dynamic loader finds
+    if found is None and choice == "jemalloc":
+        raise ConfigError(
+            "resources.cpu_allocator: jemalloc is not installed on this machine; install it (apt install "
+            "libjemalloc2) or set cpu_allocator: auto or system"
+        )
+    return found
 
 
 def shutdown() -> None:

@@ -287,6 +287,10 @@ class Resources(_Strict):
     """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
     it failed. A restarted trial trains from scratch (trials keep no mid-training checkpoint), on any node with room.
     A config that fails by itself fails every time, so leave this at 0 on a single machine."""
+    cpu_allocator: Literal["auto", "jemalloc", "system"] = "auto"
+    """The heap allocator of CPU trials' processes. ``auto``: jemalloc where the driver's machine has it
+    (Debian/Ubuntu: ``libjemalloc2``), as PyTorch's own CPU launcher does; it keeps peak resident memory 20-35 %
+    lower than glibc's at about the same speed. ``jemalloc`` insists on it; ``system`` leaves the C library's."""
 
     @field_validator("gpus_per_worker")
     @classmethod

@@ -284,7 +284,7 @@ def run_search(
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from cluster import connect, plan_concurrency
+    from cluster import allocator_preload, connect, plan_concurrency
     from search import resume as resuming
     from search.redact import redact
     from search.results import TRIALS_FILE, TrialTable
@@ -297,9 +297,11 @@ def run_search(
         resuming.check_resumable(redact(cfg.model_dump(mode="json")), search_dir)
     else:
         check_search_dir(search_dir)
+    # CPU trials' heap allocator: preloaded into every worker Ray starts for this search (GPU trials keep theirs).
+    preload = allocator_preload(cfg.resources.cpu_allocator) if cfg.resources.gpus_per_worker == 0 else None
     t0 = time.time()
     prep = prepare(cfg)
-    resources = connect(address, num_cpus=num_cpus)
+    resources = connect(address, num_cpus=num_cpus, env_vars={"LD_PRELOAD": preload} if preload else None)
     r = cfg.resources
     concurrency = plan_concurrency(
         resources,

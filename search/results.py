@@ -33,6 +33,7 @@ _METRICS = (
     "world_size",
     "device",
     "node_id",
+    "cpu_allocator",
 )
 
 

@@ -220,10 +220,20 @@ def run_trial(
         "world_size": world_size,
         "device": str(device.type),
         "node_id": _node_id(),
+        "cpu_allocator": heap_allocator(),
     }
     del model, base, train_model
     release_accelerator_memory()
     return metrics, adapter_dir
+
+
+def heap_allocator() -> str:
+    """The heap allocator this process runs with: "jemalloc" when it is loaded, else "system"."""
+    try:
+        maps = Path(f"/proc/{os.getpid()}/maps").read_text()
+    except OSError:
+        return "system"
+    return "jemalloc" if "libjemalloc" in maps else "system"
 
 
 def _node_id() -> str | None:

@@ -1,0 +1,43 @@
+"""The heap allocator of CPU trials (``resources.cpu_allocator``): which library is preloaded, and what a trial
+process reports it runs with."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster import allocator_preload
+from search.config import ConfigError
+
+JEMALLOC = ctypes.util.find_library("jemalloc")
+
+
+def test_system_preloads_nothing_and_auto_follows_the_machine():
+    assert allocator_preload("system") is None
+    assert allocator_preload("auto") == JEMALLOC
+
+
+def test_asking_for_jemalloc_without_it_names_the_field_and_the_fix(monkeypatch):
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert allocator_preload("auto") is None
+    with pytest.raises(ConfigError, match=r"^resources\.cpu_allocator: .*apt install libjemalloc2"):
+        allocator_preload("jemalloc")
+
+
+def _reported(env: dict[str, str]) -> str:
+    code = "from search.training import heap_allocator; print(heap_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_a_process_reports_the_allocator_it_runs_with():
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    assert _reported(env) == "system"
+    if JEMALLOC is None:
+        pytest.skip("jemalloc is not installed here (CI installs libjemalloc2)")
+    assert _reported({**env, "LD_PRELOAD": JEMALLOC}) == "jemalloc"
