@@ -71,11 +71,10 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
 
     if not storage.is_uri(results_dir):
         return results_dir, None
-    local = storage.staging_dir(results_dir)
-    if local.exists():
-        import shutil
+    import tempfile
 
-        shutil.rmtree(local)
+    # Not the driver's staging copy: a search may be running from it on this machine.
+    local = Path(tempfile.mkdtemp(prefix="peft-search-read-")) / storage.staging_dir(results_dir).name
     return storage.download(results_dir, local), results_dir
 
 
