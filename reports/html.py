@@ -89,6 +89,30 @@ def _fmt(value: Any) -> str:
 _INFEASIBLE_COST = 2.0**50
 
 
+def _trial_counts(trials: pd.DataFrame) -> str:
+    """``12 (9 complete, 2 stopped, 1 failed)``."""
+    if "status" not in trials or trials.empty:
+        return str(len(trials))
+    counts = trials["status"].value_counts()
+    order = ["complete", *sorted(set(counts.index) - {"complete"})]
+    return f"{len(trials)} (" + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in order) + ")"
+
+
+def _early_stopping_fact(facts: dict, trials: pd.DataFrame) -> str:
+    """The rule and its rungs, and the training time the stopped trials did not spend."""
+    es = facts.get("early_stopping") or {}
+    if es.get("rule", "none") == "none":
+        return "none"
+    line = f"{es['rule']} (rungs at steps {es.get('rungs')}, reduction factor {es.get('reduction_factor')})"
+    if "stopped_at_step" in trials and "status" in trials:
+        stopped = trials[trials["status"] == "stopped"]
+        steps = facts.get("train_steps")
+        if len(stopped) and steps:
+            saved = float((1 - stopped["stopped_at_step"].astype(float) / steps).sum())
+            line += f"; {len(stopped)} stopped, {saved:.1f} trials' worth of training steps saved"
+    return line
+
+
 def _importances(search_dir: Path, facts: dict[str, Any]) -> tuple[dict[str, dict[str, float]], str, int]:
     """Optuna's parameter importances per objective, over the sampled trials (explicit candidates have no
     sampled parameters)."""
@@ -181,7 +205,8 @@ def build_report(search_dir: str | Path) -> str:
         "labels": ", ".join(map(str, facts.get("label_names", []))),
         "objectives": ", ".join(f"{o['metric']} ({o['mode']})" for o in facts.get("objectives", [])),
         "sampler": facts.get("sampler"),
-        "trials": f"{len(trials)} ({len(complete)} complete)",
+        "trials": _trial_counts(trials),
+        "early stopping": _early_stopping_fact(facts, trials),
         "concurrency": facts.get("concurrency"),
         "hardware": json.dumps(facts.get("cluster_resources", {})),
         "platform": facts.get("platform"),
@@ -227,6 +252,7 @@ table.data th, table.data td, table.facts th, table.facts td {{ border: 1px soli
 table.data th {{ background: #f3f3f3; cursor: pointer; position: sticky; top: 0; }}
 td.cfg {{ font-family: monospace; font-size: 0.75rem; max-width: 40rem; word-break: break-all; }}
 tr.status-failed {{ background: #fde8e8; }} tr.status-infeasible {{ background: #fff4d6; }}
+tr.status-stopped {{ background: #eef2f7; }}
 .chart {{ margin: 1rem 0; }} #picker label {{ margin-right: 1rem; }} #choice {{ font-family: monospace; white-space: pre-wrap; }}
 </style>
 <script>{plotlyjs}</script>

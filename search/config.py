@@ -228,6 +228,29 @@ def _default_objectives() -> list[Objective]:
     ]
 
 
+class EarlyStopping(_Strict):
+    """Stop clearly hopeless trials part-way: asynchronous successive halving (ASHA) ranked on every objective.
+
+    At each rung (``grace_steps``, then ``grace_steps x reduction_factor``, ... training steps) a trial is evaluated
+    on the first ``eval_size`` held-out rows and stopped when another trial at that rung dominates it (at least as
+    good on every objective, better on one) and it falls outside the best ``1 / reduction_factor`` of the rung by
+    Pareto rank. A trial on the rung's front is never stopped, so cheap, less accurate configs stay in the search.
+    """
+
+    rule: Literal["none", "asha"] = "none"
+    grace_steps: int | None = Field(None, ge=1)
+    """The first rung, in training steps; ``steps / reduction_factor`` when unset."""
+    reduction_factor: float = Field(3.0, gt=1)
+    """Rungs are this factor apart, and about ``1 / reduction_factor`` of the dominated trials go on at each."""
+    eval_size: int = Field(100, ge=1)
+    """Held-out rows evaluated at each rung (the final evaluation uses the whole held-out split)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"rule": value} if isinstance(value, str) else value
+
+
 class SearchSettings(_Strict):
     num_trials: int = Field(10, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
@@ -236,6 +259,8 @@ class SearchSettings(_Strict):
     n_startup_trials: int | None = Field(None, ge=0)
     """Random trials before TPE starts modelling (Optuna's default, 10, when unset)."""
     seed: int = 0
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    """``asha`` (or a mapping: rule, grace_steps, reduction_factor, eval_size) stops dominated trials at rungs."""
 
 
 class TrainingSettings(_Strict):
@@ -253,6 +278,9 @@ class TrainingSettings(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype of unquantized weights and of 4-bit matmuls; bf16 wants a GPU."""
     gradient_checkpointing: bool = False
+    train_sampling_strategy: Literal["random", "group_by_length"] = "random"
+    """As ``transformers.TrainingArguments``: ``group_by_length`` batches rows of similar length together
+    (transformers' ``LengthGroupedSampler``), so dynamic padding pads less."""
 
     @field_validator("learning_rate", mode="before")
     @classmethod
@@ -383,6 +411,15 @@ class SearchConfig(_Strict):
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: each metric at most once, got {metrics}")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_in_place(self) -> SearchConfig:
+        if self.search.early_stopping.rule != "none" and self.resources.num_workers > 1:
+            raise ValueError(
+                "search.early_stopping: rungs are reported by one-worker trials only; set resources.num_workers 1 "
+                "or search.early_stopping: none"
+            )
         return self
 
     @model_validator(mode="after")

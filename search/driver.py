@@ -33,6 +33,8 @@ class Prepared:
     space_context: spaces.SpaceContext
     space_spec: spaces.SpaceSpec
     steps: int
+    rungs: list[int]
+    """Training steps at which trials are evaluated part-way for early stopping (empty: none)."""
 
 
 def prepare(cfg: SearchConfig) -> Prepared:
@@ -104,7 +106,23 @@ def prepare(cfg: SearchConfig) -> Prepared:
     )
     ctx = space_context(cfg, facts, steps)
     spec = space_spec(cfg)
-    return Prepared(model_path, facts, splits, tokenized, ctx, spec, steps)
+    return Prepared(model_path, facts, splits, tokenized, ctx, spec, steps, early_stopping_rungs(cfg, steps))
+
+
+def early_stopping_rungs(cfg: SearchConfig, steps: int) -> list[int]:
+    """The rung steps of ``search.early_stopping``; an error when none falls inside a trial's training."""
+    from search.rungs import rung_steps
+
+    es = cfg.search.early_stopping
+    if es.rule == "none":
+        return []
+    rungs = rung_steps(steps, es.grace_steps, es.reduction_factor)
+    if not rungs:
+        raise ConfigError(
+            f"search.early_stopping.grace_steps: {es.grace_steps} is not below the trials' {steps} training "
+            f"steps; lower it (or leave it unset for steps / reduction_factor)"
+        )
+    return rungs
 
 
 def space_context(cfg: SearchConfig, facts, steps: int) -> spaces.SpaceContext:
@@ -162,6 +180,7 @@ def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[
         "task": cfg.model.task,
         "precision": t.precision,
         "gradient_checkpointing": t.gradient_checkpointing,
+        "train_sampling_strategy": t.train_sampling_strategy,
         "batch_size": t.batch_size,
         "eval_batch_size": t.eval_batch_size,
         "max_steps": prep.steps,
@@ -175,6 +194,8 @@ def trial_settings(cfg: SearchConfig, prep: Prepared, search_dir: Path) -> dict[
         "num_workers": r.num_workers,
         "cpus_per_worker": r.cpus_per_worker,
         "gpus_per_worker": r.gpus_per_worker,
+        "rungs": list(prep.rungs),
+        "rung_eval_size": cfg.search.early_stopping.eval_size,
         "storage_path": str(search_dir / "train"),
         "faults": faults_from_env(),  # chaos tests only (search.faults); empty normally
     }
@@ -256,6 +277,7 @@ def run_facts(
         "objectives": [o.model_dump() for o in cfg.objectives],
         "sampler": cfg.search.sampler,
         "num_trials": cfg.search.num_trials,
+        "early_stopping": {**cfg.search.early_stopping.model_dump(), "rungs": list(prep.rungs)},
         "concurrency": concurrency,
         "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
         "platform": platform.platform(),
@@ -282,10 +304,10 @@ def run_search(
     """Run the whole search (or, with ``resume``, finish one whose driver died); returns its directory."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from cluster import allocator_preload, connect, plan_concurrency
     from search import resume as resuming
+    from search.early_stopping import StoppingOptunaSearch
     from search.redact import redact
     from search.results import TRIALS_FILE, TrialTable
     from search.trial import trial_driver, trial_resources
@@ -336,7 +358,7 @@ def run_search(
         load_if_exists=True,
     )
     spaces.enqueue_candidates(study, prep.space_spec)
-    searcher = OptunaSearch(
+    searcher = StoppingOptunaSearch(
         space=spaces.define_space(prep.space_spec, prep.space_context),
         metric=[o.metric for o in cfg.objectives],
         mode=[o.mode for o in cfg.objectives],
@@ -409,6 +431,7 @@ def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, 
             search_alg=searcher,
             num_samples=cfg.search.num_trials,
             max_concurrent_trials=concurrency,
+            scheduler=_scheduler(cfg),
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
             # One actor serves trial after trial: torch, transformers and PEFT are imported once per actor.
@@ -422,3 +445,15 @@ def _new_tuner(trainable, searcher, concurrency: int, table, cfg: SearchConfig, 
             verbose=0,
         ),
     )
+
+
+def _scheduler(cfg: SearchConfig):
+    """Tune's trial scheduler: first come, first served, or early stopping over all objectives at once."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.early_stopping import ParetoASHA
+
+    es = cfg.search.early_stopping
+    if es.rule == "none":
+        return FIFOScheduler()
+    return ParetoASHA([(o.metric, o.mode) for o in cfg.objectives], es.reduction_factor)

@@ -14,6 +14,7 @@ from ray import tune
 from reports.table import TRIALS_FILE
 from search.infeasible import INFEASIBLE_KEY
 from search.redact import redact_text
+from search.rungs import RUNG_KEY
 
 _METRICS = (
     "accuracy",
@@ -25,6 +26,8 @@ _METRICS = (
     "est_peak_memory_bytes",
     "train_time_s",
     "eval_time_s",
+    "rung_eval_time_s",
+    "eval_rows",
     "load_time_s",
     "train_steps",
     "samples_per_s",
@@ -116,6 +119,22 @@ class TrialTable(tune.Callback):
                     flush=True,
                 )
             return
+        rung = (trial.last_result or {}).get(RUNG_KEY)
+        if rung is not None:
+            # Ended by the early-stopping scheduler at a rung: its metrics are part-way, so it stays off the fronts.
+            result = trial.last_result
+            note = (
+                f"stopped early at step {rung}: dominated there (accuracy {result.get('accuracy', float('nan')):.3f} "
+                f"on {result.get('eval_rows')} held-out rows)"
+            )
+            row = self._record(trial, "stopped", note)
+            if self.echo:
+                print(
+                    f"[peft-search] trial {len(self._done())}/{self.num_trials} stopped: {row['method']} "
+                    f"({row['quantization']}) {note}",
+                    flush=True,
+                )
+            return
         row = self._record(trial, "complete")
         if self.echo:
             print(
@@ -154,8 +173,10 @@ class TrialTable(tune.Callback):
             "wall_time_s": result.get("time_total_s"),
             "adapter_path": result.get("checkpoint_path") if status == "complete" else None,
         }
-        if status == "complete":
+        if status in ("complete", "stopped"):
             row.update({k: result.get(k) for k in _METRICS})
+        if status == "stopped":
+            row["stopped_at_step"] = result.get(RUNG_KEY)
         self.rows[trial.trial_id] = row
         self.write()
         return row

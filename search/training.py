@@ -5,11 +5,13 @@ Knows nothing of Optuna or Tune: it receives a plain config and reports metrics 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from search import faults
 from search.data import TokenizedSplits
 from search.metrics import PeakMemory, release_accelerator_memory
 from search.modeling import InfeasibleTrialError, inject_adapter, load_base_model
+from search.rungs import RUNG_KEY
 
 FINITE_CHECK_EVERY = 16
 """Training steps between host reads of the on-device non-finite-loss flag."""
@@ -103,10 +106,22 @@ def train_single_worker(
     # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs; on CPU, torch uses exactly the cores the trial holds.
     device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
     torch.set_num_threads(max(1, int(settings["cpus_per_worker"])))
+    on_rung = None
+    if settings.get("rungs"):
+        import ray.tune
+
+        # Blocks until Tune has the result; when the scheduler stops the trial, Tune ends this thread here.
+        on_rung = ray.tune.report
+    stopped = False
     try:
-        metrics, adapter_dir = run_trial(trial, settings, data, device=device)
+        metrics, adapter_dir = run_trial(trial, settings, data, device=device, on_rung=on_rung)
+    except SystemExit:  # stopped at a rung: Tune's report ends the thread so
+        stopped = True  # (leaving this block drops the traceback, and the model with its frames)
     finally:
         _return_freed_memory()
+    if stopped:
+        release_accelerator_memory()
+        raise SystemExit(0)
     assert adapter_dir is not None  # rank 0 always saves
     t1 = time.perf_counter()
     with adapter_dir:
@@ -154,8 +169,14 @@ def run_trial(
     device: torch.device,
     world_size: int = 1,
     rank: int = 0,
+    on_rung: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory | None]:
-    """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter."""
+    """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter.
+
+    With ``on_rung``, at each of ``settings["rungs"]`` (training steps) the adapter is evaluated on the first
+    ``settings["rung_eval_size"]`` held-out rows and ``on_rung`` gets a part-way result (``RUNG_KEY`` set) with
+    every metric an objective may name, so a scheduler can compare trials there and stop this one.
+    """
     _import_training_libraries(settings["task"], trial["quantization"])
     peak = PeakMemory(device)
     peak.start()
@@ -189,9 +210,48 @@ def run_trial(
     steps = total_steps(
         len(data.train), settings["batch_size"], world_size, settings["max_steps"], settings["epochs"]
     )
+    rung_s = 0.0  # rung evaluations and their reports: not training time
     t1 = time.perf_counter()
-    samples, tokens = _train(train_model, model, data, trial, settings, steps, device, world_size, rank)
-    train_s = time.perf_counter() - t1
+
+    def at_rung(step: int, samples: int, tokens: int) -> None:
+        nonlocal rung_s
+        t = time.perf_counter()
+        trained_s = t - t1 - rung_s
+        partial = evaluate(
+            model,
+            dataclasses.replace(data, eval=data.eval[: settings["rung_eval_size"]]),
+            settings["task"],
+            settings["eval_batch_size"],
+            device,
+        )
+        train_model.train()
+        assert on_rung is not None
+        on_rung(
+            {
+                **partial,
+                RUNG_KEY: step,
+                "trainable_params": int(trainable),
+                "total_params": int(total),
+                "peak_memory_bytes": peak.peak_bytes(),
+                "est_peak_memory_bytes": estimate.est_peak_memory_bytes,
+                "peak_memory_kind": peak.kind,
+                "adapter_bytes": estimate.adapter_bytes,
+                "train_time_s": trained_s,
+                "train_steps": step,
+                "rung_eval_time_s": rung_s + time.perf_counter() - t,
+                "eval_rows": len(data.eval[: settings["rung_eval_size"]]),
+                "samples_per_s": samples * world_size / trained_s if trained_s > 0 else 0.0,
+                "tokens_per_s": tokens * world_size / trained_s if trained_s > 0 else 0.0,
+                "load_time_s": load_s,
+            }
+        )
+        rung_s += time.perf_counter() - t
+
+    rungs = [r for r in settings.get("rungs") or () if r < steps] if on_rung is not None else []
+    samples, tokens = _train(
+        train_model, model, data, trial, settings, steps, device, world_size, rank, rungs, at_rung
+    )
+    train_s = time.perf_counter() - t1 - rung_s
 
     t2 = time.perf_counter()
     evaluation = evaluate(model, data, settings["task"], settings["eval_batch_size"], device)
@@ -212,6 +272,8 @@ def run_trial(
         "peak_memory_kind": peak.kind,
         "train_time_s": train_s,
         "eval_time_s": eval_s,
+        "rung_eval_time_s": rung_s,
+        "eval_rows": len(data.eval),
         "load_time_s": load_s,
         "train_steps": steps,
         "samples_per_s": samples * world_size / train_s if train_s > 0 else 0.0,
@@ -290,26 +352,52 @@ def check_budget(plan, settings: dict[str, Any]) -> None:
         )
 
 
+def train_loader(data, settings: dict[str, Any], device: torch.device, world_size: int = 1, rank: int = 0):
+    """The training batches, padded to each batch's longest row.
+
+    ``batch_size`` is the global batch: every rank draws the same batches (same seed) and trains on its slice of
+    each, so DDP's averaged gradient is the one-worker gradient and the result does not depend on num_workers.
+    ``train_sampling_strategy: group_by_length`` draws them with transformers' own ``LengthGroupedSampler`` (as the
+    Trainer does): rows of similar length share a batch, so less of each batch is padding.
+    """
+    generator = torch.Generator().manual_seed(settings["seed"])
+    sampler = None
+    if settings.get("train_sampling_strategy", "random") == "group_by_length":
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        lengths = [len(r["input_ids"]) for r in data.train]
+        sampler = LengthGroupedSampler(settings["batch_size"], lengths=lengths, generator=generator)
+    return DataLoader(
+        data.train,
+        batch_size=settings["batch_size"],
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(data.train) > settings["batch_size"],
+        collate_fn=lambda rows: pad_batch(rows[rank::world_size], data.pad_token_id),
+        generator=generator,
+        pin_memory=device.type == "cuda",  # so the copies to the GPU below do not block
+    )
+
+
 def _train(
-    train_model, peft_model, data, trial, settings, steps, device, world_size, rank
+    train_model,
+    peft_model,
+    data,
+    trial,
+    settings,
+    steps,
+    device,
+    world_size,
+    rank,
+    rungs=(),
+    at_rung: Callable[[int, int, int], None] | None = None,
 ) -> tuple[int, int]:
     from transformers import get_linear_schedule_with_warmup
 
     params = [p for p in train_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=trial["learning_rate"], weight_decay=settings["weight_decay"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * settings["warmup_ratio"]), steps)
-    # ``batch_size`` is the global batch: every rank draws the same batches (same seed) and trains on its slice of
-    # each, so DDP's averaged gradient is the one-worker gradient and the result does not depend on num_workers.
-    generator = torch.Generator().manual_seed(settings["seed"])
-    loader = DataLoader(
-        data.train,
-        batch_size=settings["batch_size"],
-        shuffle=True,
-        drop_last=len(data.train) > settings["batch_size"],
-        collate_fn=lambda rows: pad_batch(rows[rank::world_size], data.pad_token_id),
-        generator=generator,
-        pin_memory=device.type == "cuda",  # so the copies to the GPU below do not block
-    )
+    loader = train_loader(data, settings, device, world_size, rank)
     adaptive = trial["peft_config"]["peft_type"].upper() == "ADALORA"
     train_model.train()
     step, samples, tokens = 0, 0, 0
@@ -335,6 +423,8 @@ def _train(
             step += 1
             if step >= steps:
                 break
+            if at_rung is not None and step in rungs:
+                at_rung(step, samples, tokens)
     return samples, tokens
 
 

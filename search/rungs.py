@@ -1,0 +1,60 @@
+"""Successive-halving rungs over several objectives: where trials are evaluated part-way, and which stop there.
+
+Pure: no Ray, no torch. ``search.early_stopping`` wires the rule into Ray Tune; ``search.training`` evaluates at
+the rung steps. A one-metric ASHA (Tune's ``ASHAScheduler``) would rank on accuracy alone and stop exactly the cheap,
+less accurate configs a Pareto front is made of (LN tuning or VeRA with 1/100 of LoRA's parameters). Here a trial
+is ranked by non-dominated sorting of all objectives, as in MO-ASHA (Schmucker et al., 2021), and a trial on its
+rung's front always goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from reports.fronts import pareto_mask
+
+RUNG_KEY = "rung_step"
+"""Set in a trial's intermediate (part-way) results only: the training step the rung evaluated at."""
+
+
+def rung_steps(steps: int, grace_steps: int | None, reduction_factor: float) -> list[int]:
+    """The rungs of a trial of ``steps`` training steps: grace, grace x rf, ... (below ``steps``, the full budget).
+
+    With no ``grace_steps``, the one rung at ``steps / reduction_factor``.
+    """
+    grace = grace_steps if grace_steps is not None else max(1, round(steps / reduction_factor))
+    rungs, at = [], float(grace)
+    while round(at) < steps:
+        if not rungs or round(at) > rungs[-1]:
+            rungs.append(round(at))
+        at *= reduction_factor
+    return rungs
+
+
+def pareto_ranks(points: np.ndarray) -> np.ndarray:
+    """Non-dominated sorting: 0 for the front, 1 for the front of what is left, ... (all objectives minimised)."""
+    ranks = np.full(len(points), -1)
+    left = np.arange(len(points))
+    rank = 0
+    while left.size:
+        front = pareto_mask(points[left])
+        ranks[left[front]] = rank
+        left = left[~front]
+        rank += 1
+    return ranks
+
+
+def should_stop(trial_id: str, recorded: Mapping[str, Sequence[float]], reduction_factor: float) -> bool:
+    """Whether ``trial_id`` stops at a rung whose trials (itself included) reached it with these objective vectors.
+
+    Vectors are in minimisation form. The trial stops when it is dominated and at least ``ceil(n / rf)`` of the
+    ``n`` trials lie in strictly better Pareto ranks: it is outside the best ``1 / rf`` of the rung.
+    """
+    ids = list(recorded)
+    ranks = pareto_ranks(np.asarray([recorded[i] for i in ids], dtype=float))
+    mine = ranks[ids.index(trial_id)]
+    keep = math.ceil(len(ids) / reduction_factor)
+    return bool(mine > 0 and int((ranks < mine).sum()) >= keep)

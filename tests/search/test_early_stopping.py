@@ -1,0 +1,160 @@
+"""Early stopping: the multi-objective rung rule, its Tune scheduler, and a real search that stops a trial."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from search.config import ConfigError
+from search.early_stopping import ParetoASHA
+from search.rungs import RUNG_KEY, pareto_ranks, rung_steps, should_stop
+from tests.helpers import tiny_config
+
+
+def test_rung_steps():
+    assert rung_steps(30, None, 3) == [10]
+    assert rung_steps(200, 10, 3) == [10, 30, 90]
+    assert rung_steps(100, 4, 2) == [4, 8, 16, 32, 64]
+    assert rung_steps(10, 10, 3) == [] and rung_steps(1, None, 3) == []
+
+
+def test_pareto_ranks_peel_fronts():
+    # (negated accuracy, params): a 2-point front, then one behind it, then the worst.
+    points = np.array([[-0.9, 100], [-0.5, 10], [-0.8, 200], [-0.4, 300]])
+    assert pareto_ranks(points).tolist() == [0, 0, 1, 2]
+
+
+def test_a_trial_on_the_rung_front_is_never_stopped():
+    # Five accurate, expensive trials and one cheap, poor one: the cheap one is on the front and goes on.
+    recorded = {f"big{i}": [-0.9 - i / 100, 1e6 + i] for i in range(5)}
+    recorded["cheap"] = [-0.3, 10.0]
+    assert not should_stop("cheap", recorded, 3)
+
+
+def test_dominated_trials_stop_outside_the_best_third():
+    recorded = {"a": [-0.9, 10.0], "b": [-0.8, 20.0], "c": [-0.7, 30.0], "d": [-0.6, 40.0]}
+    # keep = ceil(4 / 3) = 2: "b" has one trial in a better rank, so it goes on; "c" and "d" have two or more.
+    assert not should_stop("a", recorded, 3)
+    assert not should_stop("b", recorded, 3)
+    assert should_stop("c", recorded, 3) and should_stop("d", recorded, 3)
+    # With a gentler factor more go on: keep = ceil(4 / 1.5) = 3.
+    assert not should_stop("c", recorded, 1.5) and should_stop("d", recorded, 1.5)
+
+
+def test_scheduler_decides_on_rung_results_only():
+    sched = ParetoASHA([("accuracy", "max"), ("trainable_params", "min")], reduction_factor=3)
+    trial = SimpleNamespace
+    good, poor = trial(trial_id="good"), trial(trial_id="poor")
+    assert sched.on_trial_result(None, good, {RUNG_KEY: 5, "accuracy": 0.9, "trainable_params": 10}) == "CONTINUE"
+    # A final result (no rung) is never stopped, however poor.
+    assert sched.on_trial_result(None, poor, {"accuracy": 0.1, "trainable_params": 99}) == "CONTINUE"
+    assert sched.on_trial_result(None, poor, {RUNG_KEY: 5, "accuracy": 0.1, "trainable_params": 99}) == "STOP"
+    assert sched.stopped == {"poor": 5}
+    # Rungs are compared separately: at step 10 "poor" is alone.
+    assert sched.on_trial_result(None, poor, {RUNG_KEY: 10, "accuracy": 0.1, "trainable_params": 99}) == "CONTINUE"
+
+
+def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_csv, tmp_path):
+    from search.driver import prepare
+
+    with pytest.raises(ConfigError, match=r"^search.early_stopping: .*num_workers 1"):
+        from search.config import parse_config
+
+        parse_config(
+            {
+                "name": "x",
+                "model": {"name_or_path": tiny_bert},
+                "dataset": {"source": classification_csv},
+                "search": {"early_stopping": "asha"},
+                "resources": {"num_workers": 2},
+                "training": {"batch_size": 4},
+            }
+        )
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(tmp_path),
+        search={"early_stopping": {"rule": "asha", "grace_steps": 6}},
+        training={"max_steps": 6},
+    )
+    with pytest.raises(ConfigError, match=r"^search.early_stopping.grace_steps: 6 is not below the trials' 6"):
+        prepare(cfg)
+    assert not any(tmp_path.iterdir())
+
+
+def _lora(name: str, r: int) -> dict:
+    # A learning rate too small to move the weights: LoRA's B starts at zero, so both trials predict exactly as
+    # the base model does and tie on accuracy at the rung; the rank-4 one has more parameters and is dominated.
+    return {
+        "name": name,
+        "learning_rate": 1e-9,
+        "peft_config": {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": r, "target_modules": ["query", "value"]},
+    }
+
+
+@pytest.mark.slow
+def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv, tmp_path):
+    from search.driver import run_search
+
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(tmp_path),
+        space={
+            "methods": [],
+            "candidates": [
+                _lora("lora-r2", 2),
+                _lora("lora-r4", 4),
+                # Fewer parameters than either: never dominated, so it trains to the end in the same reused actor
+                # the stopped trial left.
+                {
+                    "name": "ia3",
+                    "learning_rate": 0.01,
+                    "peft_config": {
+                        "peft_type": "IA3",
+                        "task_type": "SEQ_CLS",
+                        "target_modules": ["key", "value"],
+                        "feedforward_modules": [],
+                    },
+                },
+            ],
+        },
+        objectives=[{"metric": "accuracy", "mode": "max"}, {"metric": "trainable_params", "mode": "min"}],
+        search={
+            "num_trials": 3,
+            "max_concurrent": 1,
+            "early_stopping": {"rule": "asha", "grace_steps": 3, "eval_size": 6},
+        },
+        training={"max_steps": 8},
+        resources={"cpus_per_worker": 1},
+    )
+    search_dir = run_search(cfg, echo=False)
+    trials = pd.read_parquet(search_dir / "trials.parquet").set_index("candidate")
+    assert trials.loc["lora-r2", "status"] == "complete" and trials.loc["ia3", "status"] == "complete"
+    stopped = trials.loc["lora-r4"]
+    assert stopped["status"] == "stopped", stopped["error"]
+    assert stopped["stopped_at_step"] == 3 and stopped["train_steps"] == 3
+    assert stopped["eval_rows"] == 6 and pd.isna(stopped["adapter_path"])
+    assert "stopped early at step 3" in stopped["error"]
+    assert stopped["trainable_params"] > trials.loc["lora-r2", "trainable_params"]
+    for name in ("lora-r2", "ia3"):  # trained to the end, evaluated at the rung and then on every held-out row
+        row = trials.loc[name]
+        assert row["train_steps"] == 8 and row["eval_rows"] == 12 and row["rung_eval_time_s"] > 0
+        assert row["adapter_path"]
+    # Optuna: the stopped trial is PRUNED (as its own pruners leave a trial), with where and how it stopped.
+    study = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{search_dir / 'optuna.db'}")
+    states = {t.number: t.state.name for t in study.trials}
+    assert sorted(states.values()) == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    assert pruned.user_attrs["peft_search.stopped_at_step"] == 3
+    assert pruned.user_attrs["peft_search.rung.trainable_params"] == stopped["trainable_params"]
+    assert all(t.state.name == "COMPLETE" for t in study.best_trials)
+    facts = json.loads((search_dir / "run.json").read_text())
+    assert facts["early_stopping"]["rule"] == "asha" and facts["early_stopping"]["rungs"] == [3]
+    page = (search_dir / "report.html").read_text()
+    assert "3 (2 complete, 1 stopped)" in page and "1 stopped, 0.6 trials&#x27; worth" in page
