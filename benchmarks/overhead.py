@@ -2,6 +2,7 @@
 
     python -m benchmarks.overhead                       # the default search (MiniLM on BBC News), 9 x 30 steps
     python -m benchmarks.overhead --long-steps 180      # also ~2-minute trials
+    python -m benchmarks.overhead --short-steps 0 --long-steps 180 --trials 5   # only those
     python -m benchmarks.overhead --set search.num_trials=4 --set model.name_or_path=/path/to/model
 
 ``useful`` is the sum of every trial's train + eval time divided by the concurrency; everything else is overhead:
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     connect(num_cpus=args.num_cpus)
     ray_start_s = time.perf_counter() - t0
-    sizes = [("short", args.short_steps)] + ([("long", args.long_steps)] if args.long_steps else [])
+    sizes = [("short", args.short_steps)] if args.short_steps else []
+    sizes += [("long", args.long_steps)] if args.long_steps else []
     rows = []
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         for label, steps in sizes:
@@ -138,7 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--trials", type=int, default=None, help="trials per search (the config's when unset)"
     )
-    parser.add_argument("--short-steps", type=int, default=30, help="training steps of the short trials")
+    parser.add_argument(
+        "--short-steps", type=int, default=30, help="training steps of the short trials (0: skip)"
+    )
     parser.add_argument(
         "--long-steps", type=int, default=0, help="training steps of the long trials (0: skip)"
     )

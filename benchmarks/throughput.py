@@ -2,10 +2,12 @@
 
     python -m benchmarks.throughput                     # MiniLM on BBC News, LoRA r=8 on query/value, 30 steps
     python -m benchmarks.throughput --steps 60 --repeats 3
+    python -m benchmarks.throughput --sampling group_by_length --set training.max_seq_length=256
 
 Both train the same model, the same tokenized split, the same LoRA config, batch size, learning-rate schedule and
-number of steps, in this one process with the same torch threads; the runs alternate (ours, Trainer, ours, ...)
-so drift in the machine's load hits both. Samples/s is steps x batch size over the training loop's own time
+number of steps and the same sampling of batches (``--sampling``: random, or ``group_by_length``, where both use
+transformers' ``LengthGroupedSampler``), in this one process with the same torch threads; the runs alternate
+(ours, Trainer, ours, ...) so drift in the machine's load hits both. Samples/s is steps x batch size over the training loop's own time
 (ours: ``train_time_s``; the Trainer: from ``on_train_begin`` to ``on_train_end``).
 """
 
@@ -94,6 +96,7 @@ def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
             dataloader_num_workers=0,
             disable_tqdm=True,
             seed=settings["seed"],
+            train_sampling_strategy=settings["train_sampling_strategy"],
         )
         trainer = Trainer(
             model=model,
@@ -104,6 +107,19 @@ def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
         )
         trainer.train()
     return settings["max_steps"] * settings["batch_size"] / (clock.end - clock.begin)
+
+
+def padding_fraction(prep, settings: dict[str, Any]) -> float:
+    """Share of the token slots in the trial's batches (one pass, as drawn) that are padding."""
+    import torch
+
+    from search.training import train_loader
+
+    real = slots = 0
+    for batch in train_loader(prep.data, settings, torch.device("cpu")):
+        real += int(batch["attention_mask"].sum())
+        slots += batch["attention_mask"].numel()
+    return 1 - real / slots if slots else 0.0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     overrides["training.max_steps"] = args.steps
+    overrides["training.train_sampling_strategy"] = args.sampling
     cfg = load_config(args.config, overrides)
     prep = prepare(cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": cfg.training.batch_size,
         "max_seq_length": cfg.training.max_seq_length,
         "steps": args.steps,
+        "sampling": args.sampling,
+        "padding_fraction": padding_fraction(prep, settings),
         "peft_config": LORA,
         "threads": args.threads,
         "machine": machine(),
@@ -157,13 +176,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the trial's cpus_per_worker)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--sampling", choices=["random", "group_by_length"], default="random", help="train_sampling_strategy"
+    )
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (dotted keys)")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     result = run(args)
     path = write_result("throughput", result, args.out_dir)
     print(table(result["loops"], ["loop", "median_samples_per_s", "runs"]))
-    print(f"search.training / Trainer = {result['ours_over_trainer']:.3f}; written to {path}")
+    print(
+        f"search.training / Trainer = {result['ours_over_trainer']:.3f} ({args.sampling}; "
+        f"{result['padding_fraction']:.1%} of the batches' token slots are padding); written to {path}"
+    )
     return result
 
 

@@ -56,7 +56,8 @@ def export(search_dir: str | Path, trial: Any, out_dir: str | Path) -> Path:
         ],
         "methods": [],
     }
-    config["search"] = {**config.get("search", {}), "num_trials": 1}
+    # One trial, trained to the end: rung evaluations would change nothing in it (tested), only cost time.
+    config["search"] = {**config.get("search", {}), "num_trials": 1, "early_stopping": {"rule": "none"}}
     (out / "reproduce.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     record = {k: (v.item() if hasattr(v, "item") else v) for k, v in trial.items()}
     (out / "trial.json").write_text(json.dumps(record, indent=2, default=str))

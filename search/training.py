@@ -284,7 +284,7 @@ def run_trial(
         "node_id": _node_id(),
         "cpu_allocator": heap_allocator(),
     }
-    del model, base, train_model
+    model = base = train_model = None  # free the weights before the next trial (the rung closure shares them)
     release_accelerator_memory()
     return metrics, adapter_dir
 

@@ -50,10 +50,12 @@ def test_throughput(tiny_bert, classification_csv, tmp_path):
     from benchmarks import throughput
 
     throughput.main(
-        ["--steps", "3", "--repeats", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+        ["--steps", "3", "--repeats", "1", "--threads", "1", "--sampling", "group_by_length"]
+        + ["--out-dir", str(tmp_path)]
         + _tiny(tiny_bert, classification_csv)
     )
     result = json.loads((tmp_path / "throughput.json").read_text())
+    assert result["sampling"] == "group_by_length" and 0 <= result["padding_fraction"] < 1
     assert [r["loop"] for r in result["loops"]] == ["search.training", "transformers.Trainer"]
     assert all(r["median_samples_per_s"] > 0 for r in result["loops"])
     assert result["ours_over_trainer"] > 0 and result["steps"] == 3
@@ -91,3 +93,24 @@ def test_llama_throughput_and_memory_estimate(tmp_path):
         assert r["model_flops_per_token"] > 6 * r["trainable_params"]
         assert r["mfu"] is None  # no GPU, no peak to divide by
     assert rows[1]["trainable_params"] > rows[0]["trainable_params"]
+
+
+def test_early_stopping(ray_local, tiny_bert, classification_csv, tmp_path):
+    from benchmarks import early_stopping
+
+    early_stopping.main(
+        ["--trials", "3", "--seeds", "1", "--out-dir", str(tmp_path)]
+        + _tiny(tiny_bert, classification_csv)
+        + ["--set", "training.max_steps=4", "--set", "search.early_stopping.grace_steps=2"]
+        + ["--set", "resources.cpus_per_worker=1", "--set", "search.max_concurrent=1"]
+    )
+    result = json.loads((tmp_path / "early_stopping.json").read_text())
+    rows = {r["early_stopping"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "asha"} and len(result["runs"]) == 2
+    plain = next(r for r in result["runs"] if r["rule"] == "none")
+    assert plain["stopped"] == 0 and plain["rung_eval_s"] == 0 and plain["steps_trained"] == 3 * 4
+    with_es = next(r for r in result["runs"] if r["rule"] == "asha")
+    assert with_es["rung_eval_s"] > 0  # every trial is evaluated at the rung
+    assert with_es["steps_trained"] + with_es["steps_saved"] == 3 * 4
+    assert all(r["compute_s"] > r["train_s"] > 0 for r in result["runs"])
+    assert 0 < rows["none"]["mean_hv"] <= 1

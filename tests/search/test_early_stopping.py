@@ -50,17 +50,34 @@ def test_scheduler_decides_on_rung_results_only():
     sched = ParetoASHA([("accuracy", "max"), ("trainable_params", "min")], reduction_factor=3)
     trial = SimpleNamespace
     good, poor = trial(trial_id="good"), trial(trial_id="poor")
-    assert sched.on_trial_result(None, good, {RUNG_KEY: 5, "accuracy": 0.9, "trainable_params": 10}) == "CONTINUE"
+    assert (
+        sched.on_trial_result(None, good, {RUNG_KEY: 5, "accuracy": 0.9, "trainable_params": 10})
+        == "CONTINUE"
+    )
     # A final result (no rung) is never stopped, however poor.
     assert sched.on_trial_result(None, poor, {"accuracy": 0.1, "trainable_params": 99}) == "CONTINUE"
     assert sched.on_trial_result(None, poor, {RUNG_KEY: 5, "accuracy": 0.1, "trainable_params": 99}) == "STOP"
     assert sched.stopped == {"poor": 5}
     # Rungs are compared separately: at step 10 "poor" is alone.
-    assert sched.on_trial_result(None, poor, {RUNG_KEY: 10, "accuracy": 0.1, "trainable_params": 99}) == "CONTINUE"
+    assert (
+        sched.on_trial_result(None, poor, {RUNG_KEY: 10, "accuracy": 0.1, "trainable_params": 99})
+        == "CONTINUE"
+    )
 
 
 def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_csv, tmp_path):
     from search.driver import prepare
+
+    shorthand = tiny_config(tiny_bert, classification_csv, search={"early_stopping": "asha"})
+    assert shorthand.search.early_stopping.rule == "asha" and shorthand.search.early_stopping.eval_size == 100
+    with pytest.raises(
+        ConfigError, match=r"^search.early_stopping.rule: .*'none' or 'asha' \(got 'hyperband'\)"
+    ):
+        tiny_config(tiny_bert, classification_csv, search={"early_stopping": "hyperband"})
+    with pytest.raises(ConfigError, match=r"^search.early_stopping.reduction_factor: "):
+        tiny_config(
+            tiny_bert, classification_csv, search={"early_stopping": {"rule": "asha", "reduction_factor": 1}}
+        )
 
     with pytest.raises(ConfigError, match=r"^search.early_stopping: .*num_workers 1"):
         from search.config import parse_config
@@ -82,7 +99,9 @@ def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_c
         search={"early_stopping": {"rule": "asha", "grace_steps": 6}},
         training={"max_steps": 6},
     )
-    with pytest.raises(ConfigError, match=r"^search.early_stopping.grace_steps: 6 is not below the trials' 6"):
+    with pytest.raises(
+        ConfigError, match=r"^search.early_stopping.grace_steps: 6 is not below the trials' 6"
+    ):
         prepare(cfg)
     assert not any(tmp_path.iterdir())
 
@@ -93,7 +112,12 @@ def _lora(name: str, r: int) -> dict:
     return {
         "name": name,
         "learning_rate": 1e-9,
-        "peft_config": {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": r, "target_modules": ["query", "value"]},
+        "peft_config": {
+            "peft_type": "LORA",
+            "task_type": "SEQ_CLS",
+            "r": r,
+            "target_modules": ["query", "value"],
+        },
     }
 
 
@@ -142,7 +166,10 @@ def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv
     assert stopped["eval_rows"] == 6 and pd.isna(stopped["adapter_path"])
     assert "stopped early at step 3" in stopped["error"]
     assert stopped["trainable_params"] > trials.loc["lora-r2", "trainable_params"]
-    for name in ("lora-r2", "ia3"):  # trained to the end, evaluated at the rung and then on every held-out row
+    for name in (
+        "lora-r2",
+        "ia3",
+    ):  # trained to the end, evaluated at the rung and then on every held-out row
         row = trials.loc[name]
         assert row["train_steps"] == 8 and row["eval_rows"] == 12 and row["rung_eval_time_s"] > 0
         assert row["adapter_path"]
@@ -158,3 +185,44 @@ def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv
     assert facts["early_stopping"]["rule"] == "asha" and facts["early_stopping"]["rungs"] == [3]
     page = (search_dir / "report.html").read_text()
     assert "3 (2 complete, 1 stopped)" in page and "1 stopped, 0.6 trials&#x27; worth" in page
+
+
+def test_rung_evaluations_leave_training_unchanged(tiny_bert, classification_csv, tmp_path):
+    """A trial evaluated at rungs trains exactly as one that is not: same loss path, same adapter weights."""
+    import torch
+
+    from search.training import run_trial
+    from tests.helpers import prepared
+
+    prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
+    settings = {**settings, "max_steps": 6, "rung_eval_size": 5, "cpus_per_worker": 1}
+    trial = {
+        "candidate": "lora",
+        "method": "lora",
+        "quantization": "none",
+        "learning_rate": 0.01,
+        "peft_config": {
+            "peft_type": "LORA",
+            "task_type": "SEQ_CLS",
+            "r": 2,
+            "target_modules": ["query", "value"],
+        },
+    }
+    weights, reports = [], []
+    for rungs in ([], [2, 4]):
+        metrics, adapter = run_trial(
+            trial, {**settings, "rungs": rungs}, prep.data, device=torch.device("cpu"), on_rung=reports.append
+        )
+        from safetensors.torch import load_file
+
+        weights.append((metrics, load_file(f"{adapter.name}/adapter_model.safetensors")))
+        adapter.cleanup()
+    (plain, w0), (rung, w1) = weights
+    assert [r[RUNG_KEY] for r in reports] == [2, 4] and all(r["eval_rows"] == 5 for r in reports)
+    assert all(r["trainable_params"] == plain["trainable_params"] for r in reports)
+    assert reports[0]["train_steps"] == 2 and 0 < reports[0]["train_time_s"] < reports[1]["train_time_s"]
+    assert plain["rung_eval_time_s"] == 0 and rung["rung_eval_time_s"] > 0
+    assert rung["accuracy"] == plain["accuracy"] and rung["eval_loss"] == pytest.approx(
+        plain["eval_loss"], abs=1e-6
+    )
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
