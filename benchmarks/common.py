@@ -46,3 +46,18 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def start_ray(config_path: str, overrides: dict[str, Any], num_cpus: int | None) -> bool:
+    """Start Ray once for several searches, with the workers' environment a search would give them (jemalloc on
+    CPU, ``resources.cpu_allocator``); a search that finds Ray running cannot set it. True when this started it."""
+    import ray
+
+    from cluster import connect, worker_env
+    from search.config import load_config
+
+    if ray.is_initialized():
+        return False  # someone else's Ray, left running
+    r = load_config(config_path, overrides).resources
+    connect(num_cpus=num_cpus, env_vars=worker_env(r.cpu_allocator, r.gpus_per_worker))
+    return True

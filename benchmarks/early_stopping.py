@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import machine, table, write_result
+from benchmarks.common import machine, start_ray, table, write_result
 from benchmarks.search_efficiency import score
 
 RULES = ("none", "asha")
@@ -76,22 +76,55 @@ def summarise(search_dir: Path, steps: int) -> dict[str, Any]:
             for r in stopped.itertuples()
         ],
         "best_accuracy": float(done["accuracy"].max()) if len(done) else None,
+        "cpu_allocators": sorted(set(trials.get("cpu_allocator", pd.Series(dtype=object)).dropna())),
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
+def _key(row) -> str:
+    return f"{row['peft_config']}|{row['quantization']}|{float(row['learning_rate']):.12g}"
 
-    from cluster import connect, shutdown
+
+def judge_stops(stopped_run, plain_run) -> list[dict[str, Any]]:
+    """Each trial early stopping stopped, next to the same config trained to the end in the search without it.
+
+    The explicit candidates and TPE's random start-up trials are the same configs in both searches of a seed, so
+    for those this says what stopping cost: the accuracy the config would have reached, and whether it would have
+    been on that search's front.
+    """
+    from reports.fronts import pareto_front
+
+    front = {_key(r) for _, r in pareto_front(plain_run).iterrows()}
+    plain = {_key(r): r for _, r in plain_run[plain_run["status"] == "complete"].iterrows()}
+    out = []
+    for _, r in stopped_run[stopped_run["status"] == "stopped"].iterrows():
+        twin = plain.get(_key(r))
+        out.append(
+            {
+                "method": r["method"],
+                "quantization": r["quantization"],
+                "stopped_at_step": int(r["stopped_at_step"]),
+                "rung_accuracy": float(r["accuracy"]),
+                "trainable_params": int(r["trainable_params"]),
+                "final_accuracy_unstopped": None if twin is None else float(twin["accuracy"]),
+                "on_front_unstopped": None if twin is None else _key(r) in front,
+            }
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    from cluster import shutdown
     from search.config import load_config
     from search.driver import run_search
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    ours = not ray.is_initialized()  # a Ray someone else started is left running
-    connect(num_cpus=args.num_cpus)
-    runs = []
+    ours = start_ray(args.config, overrides, args.num_cpus)
+    runs, stops = [], []
     with tempfile.TemporaryDirectory(prefix="early-stopping-") as tmp:
         for seed in range(args.seeds):
+            tables = {}
             for rule in RULES:
                 sets = (
                     {**overrides, "search.early_stopping.rule": rule} if rule != "none" else dict(overrides)
@@ -121,6 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         **summarise(search_dir, steps),
                     }
                 )
+                tables[rule] = pd.read_parquet(search_dir / "trials.parquet")
+            stops += [{"seed": seed, **s} for s in judge_stops(tables["asha"], tables["none"])]
     if ours:
         shutdown()
     summary, reference = score(runs)  # groups by "sampler", here the rule
@@ -154,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compute_saved_fraction": 1 - es["mean_compute_s"] / base["mean_compute_s"],
         "wall_saved_fraction": 1 - es["mean_wall_s"] / base["mean_wall_s"],
         "hv_ratio": es["mean_hv"] / base["mean_hv"] if base["mean_hv"] else None,
+        "stopped_vs_unstopped": stops,
         "runs": runs,
     }
 
@@ -184,6 +220,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean_best_accuracy",
     ]
     print(table(result["rows"], cols))
+    if result["stopped_vs_unstopped"]:
+        print("stopped trials, and the same config trained to the end without early stopping:")
+        print(
+            table(
+                result["stopped_vs_unstopped"],
+                [
+                    "seed",
+                    "method",
+                    "quantization",
+                    "stopped_at_step",
+                    "rung_accuracy",
+                    "trainable_params",
+                    "final_accuracy_unstopped",
+                    "on_front_unstopped",
+                ],
+            )
+        )
     print(
         f"compute saved {result['compute_saved_fraction']:.1%}, wall saved {result['wall_saved_fraction']:.1%}, "
         f"hypervolume ratio {result['hv_ratio']:.3f}; written to {path}"

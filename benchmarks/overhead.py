@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import machine, table, write_result
+from benchmarks.common import machine, start_ray, table, write_result
 
 
 def _last_results(search_dir: Path) -> list[dict[str, Any]]:
@@ -83,16 +83,13 @@ def breakdown(search_dir: Path, started: float, ended: float, concurrency: int) 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cluster import connect, shutdown
+    from cluster import shutdown
     from search.config import load_config
     from search.driver import prepare, run_search
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    import ray
-
-    ours = not ray.is_initialized()  # a Ray someone else started is left running
     t0 = time.perf_counter()
-    connect(num_cpus=args.num_cpus)
+    ours = start_ray(args.config, overrides, args.num_cpus)
     ray_start_s = time.perf_counter() - t0
     sizes = [("short", args.short_steps)] if args.short_steps else []
     sizes += [("long", args.long_steps)] if args.long_steps else []

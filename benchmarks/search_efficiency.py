@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.common import machine, table, write_result
+from benchmarks.common import machine, start_ray, table, write_result
 
 SAMPLERS = ("tpe", "random")
 _BASE_ACCURACY = {"lora": 0.90, "adalora": 0.89, "loha": 0.88, "lokr": 0.87, "vera": 0.82, "ia3": 0.83}
@@ -117,16 +117,14 @@ def run_synthetic(cfg, prep, samplers, seeds: int, trials: int) -> list[dict[str
 def run_bbc(args, samplers) -> list[dict[str, Any]]:
     """The real default search (BBC News, MiniLM) with each sampler and seed; points from its trials table."""
     import pandas as pd
-    import ray
 
-    from cluster import connect, shutdown
+    from cluster import shutdown
     from search.config import load_config
     from search.driver import run_search
 
-    ours = not ray.is_initialized()  # a Ray someone else started is left running
-    connect(num_cpus=args.num_cpus)
-    runs = []
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    ours = start_ray(args.config, overrides, args.num_cpus)
+    runs = []
     with tempfile.TemporaryDirectory(prefix="efficiency-") as tmp:
         for name in samplers:
             for seed in range(args.bbc_seeds):

@@ -72,6 +72,12 @@ def allocator_preload(choice: str) -> str | None:
     return found
 
 
+def worker_env(cpu_allocator: str, gpus_per_worker: float) -> dict[str, str] | None:
+    """Environment for the workers Ray starts: CPU trials' heap allocator preloaded (GPU trials keep theirs)."""
+    preload = allocator_preload(cpu_allocator) if gpus_per_worker == 0 else None
+    return {"LD_PRELOAD": preload} if preload else None
+
+
 def shutdown() -> None:
     import ray
 

@@ -305,7 +305,7 @@ def run_search(
     import optuna
     from ray import tune
 
-    from cluster import allocator_preload, connect, plan_concurrency
+    from cluster import connect, plan_concurrency, worker_env
     from search import resume as resuming
     from search.early_stopping import StoppingOptunaSearch
     from search.redact import redact
@@ -320,10 +320,10 @@ def run_search(
     else:
         check_search_dir(search_dir)
     # CPU trials' heap allocator: preloaded into every worker Ray starts for this search (GPU trials keep theirs).
-    preload = allocator_preload(cfg.resources.cpu_allocator) if cfg.resources.gpus_per_worker == 0 else None
+    env = worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)
     t0 = time.time()
     prep = prepare(cfg)
-    resources = connect(address, num_cpus=num_cpus, env_vars={"LD_PRELOAD": preload} if preload else None)
+    resources = connect(address, num_cpus=num_cpus, env_vars=env)
     r = cfg.resources
     concurrency = plan_concurrency(
         resources,
