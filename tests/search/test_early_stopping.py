@@ -13,6 +13,7 @@ import pytest
 from search.config import ConfigError
 from search.early_stopping import ParetoASHA
 from search.rungs import RUNG_KEY, pareto_ranks, rung_steps, should_stop
+from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config
 
 
@@ -196,17 +197,13 @@ def test_rung_evaluations_leave_training_unchanged(tiny_bert, classification_csv
 
     prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
     settings = {**settings, "max_steps": 6, "rung_eval_size": 5, "cpus_per_worker": 1}
+    lora = CANDIDATES[0]  # LoRA r=2 on query/value
     trial = {
-        "candidate": "lora",
+        "candidate": lora["name"],
         "method": "lora",
         "quantization": "none",
-        "learning_rate": 0.01,
-        "peft_config": {
-            "peft_type": "LORA",
-            "task_type": "SEQ_CLS",
-            "r": 2,
-            "target_modules": ["query", "value"],
-        },
+        "learning_rate": lora["learning_rate"],
+        "peft_config": lora["peft_config"],
     }
     weights, reports = [], []
     for rungs in ([], [2, 4]):
