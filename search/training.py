@@ -1,6 +1,8 @@
 """The trial's work on each Ray Train worker: load, inject, train, evaluate, save the adapter, report.
 
-Knows nothing of Optuna or Tune: it receives a plain config and reports metrics through ``ray.train.report``.
+Knows nothing of Optuna or of how trials are chosen and stopped: it receives a plain config and reports metrics
+(through ``ray.train.report`` on a Ray Train worker, ``ray.tune.report`` in a Tune actor, where early stopping's
+part-way results at rungs go too).
 """
 
 from __future__ import annotations
