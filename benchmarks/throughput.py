@@ -113,7 +113,7 @@ def padding_fraction(prep, settings: dict[str, Any]) -> float:
     """Share of the token slots in the trial's batches (one pass, as drawn) that are padding."""
     import torch
 
-    from search.training import train_loader
+    from search.batches import train_loader
 
     real = slots = 0
     for batch in train_loader(prep.data, settings, torch.device("cpu")):

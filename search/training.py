@@ -18,37 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from search import faults
+from search.batches import train_loader
 from search.data import TokenizedSplits
+from search.evaluation import evaluate
 from search.metrics import PeakMemory, release_accelerator_memory
 from search.modeling import InfeasibleTrialError, inject_adapter, load_base_model
 from search.rungs import RUNG_KEY
 
 FINITE_CHECK_EVERY = 16
 """Training steps between host reads of the on-device non-finite-loss flag."""
-
-
-def pad_batch(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Dynamic padding to the longest row of the batch (right-padded; labels padded with -100)."""
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    batch: dict[str, torch.Tensor] = {}
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        mask[i, :n] = 1
-    batch["input_ids"], batch["attention_mask"] = ids, mask
-    if rows and isinstance(rows[0].get("labels"), list):
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, r in enumerate(rows):
-            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
-        batch["labels"] = labels
-    elif rows and "label" in rows[0]:
-        batch["labels"] = torch.tensor([r["label"] for r in rows])
-    return batch
 
 
 def total_steps(
@@ -354,33 +334,6 @@ def check_budget(plan, settings: dict[str, Any]) -> None:
         )
 
 
-def train_loader(data, settings: dict[str, Any], device: torch.device, world_size: int = 1, rank: int = 0):
-    """The training batches, padded to each batch's longest row.
-
-    ``batch_size`` is the global batch: every rank draws the same batches (same seed) and trains on its slice of
-    each, so DDP's averaged gradient is the one-worker gradient and the result does not depend on num_workers.
-    ``train_sampling_strategy: group_by_length`` draws them with transformers' own ``LengthGroupedSampler`` (as the
-    Trainer does): rows of similar length share a batch, so less of each batch is padding.
-    """
-    generator = torch.Generator().manual_seed(settings["seed"])
-    sampler = None
-    if settings.get("train_sampling_strategy", "random") == "group_by_length":
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        lengths = [len(r["input_ids"]) for r in data.train]
-        sampler = LengthGroupedSampler(settings["batch_size"], lengths=lengths, generator=generator)
-    return DataLoader(
-        data.train,
-        batch_size=settings["batch_size"],
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=len(data.train) > settings["batch_size"],
-        collate_fn=lambda rows: pad_batch(rows[rank::world_size], data.pad_token_id),
-        generator=generator,
-        pin_memory=device.type == "cuda",  # so the copies to the GPU below do not block
-    )
-
-
 def _train(
     train_model,
     peft_model,
@@ -428,77 +381,3 @@ def _train(
             if at_rung is not None and step in rungs:
                 at_rung(step, samples, tokens)
     return samples, tokens
-
-
-@torch.no_grad()
-def evaluate(
-    model, data: TokenizedSplits, task: str, batch_size: int, device: torch.device
-) -> dict[str, float]:
-    """Held-out accuracy and loss.
-
-    Sequence classification: argmax of the logits. Causal LM: exact match of the answer, scored over the closed
-    answer set when there is one (the highest total log-likelihood wins), generated greedily otherwise; the loss
-    is on answer tokens only.
-    """
-    model.eval()
-    if task == "sequence-classification":
-        correct, loss_sum = 0, 0.0
-        for i in range(0, len(data.eval), batch_size):
-            batch = {
-                k: v.to(device)
-                for k, v in pad_batch(data.eval[i : i + batch_size], data.pad_token_id).items()
-            }
-            out = model(**batch)
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
-            loss_sum += float(out.loss) * batch["labels"].shape[0]
-        n = len(data.eval)
-        return {"accuracy": correct / n, "eval_loss": loss_sum / n}
-    return _evaluate_causal(model, data, batch_size, device)
-
-
-def _sequence_logprob(model, rows, pad_id, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each row's ``labels`` tokens, and the number of those tokens."""
-    batch = {k: v.to(device) for k, v in pad_batch(rows, pad_id).items()}
-    labels = batch.pop("labels")
-    # Prompt-learning adapters prepend virtual tokens to the logits: keep the positions of the real tokens.
-    logits = model(**batch).logits[:, -labels.shape[1] :][:, :-1].float()
-    target = labels[:, 1:]
-    logp = torch.log_softmax(logits, -1)
-    mask = target != -100
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-    return picked.sum(-1), mask.sum(-1)
-
-
-def _evaluate_causal(model, data: TokenizedSplits, batch_size: int, device: torch.device) -> dict[str, float]:
-    correct, nll, ntok = 0, 0.0, 0
-    for row in data.eval:
-        gold = {
-            "input_ids": row["input_ids"] + row["answer"],
-            "labels": [-100] * len(row["input_ids"]) + row["answer"],
-        }
-        lp, n = _sequence_logprob(model, [gold], data.pad_token_id, device)
-        nll -= float(lp.sum())
-        ntok += int(n.sum())
-        if data.answer_ids:
-            options = [
-                {"input_ids": row["input_ids"] + a, "labels": [-100] * len(row["input_ids"]) + a}
-                for a in data.answer_ids
-            ]
-            scores = []
-            for i in range(0, len(options), batch_size):
-                scores.append(
-                    _sequence_logprob(model, options[i : i + batch_size], data.pad_token_id, device)[0]
-                )
-            correct += int(int(torch.cat(scores).argmax()) == row["label"])
-        else:
-            prompt = torch.tensor([row["input_ids"]], device=device)
-            out = model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=len(row["answer"]),
-                do_sample=False,
-                pad_token_id=data.pad_token_id,
-            )
-            correct += int(out[0, prompt.shape[1] :].tolist() == row["answer"])
-    n = max(len(data.eval), 1)
-    return {"accuracy": correct / n, "eval_loss": nll / max(ntok, 1)}

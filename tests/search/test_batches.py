@@ -1,4 +1,4 @@
-"""Training batches: dynamic padding, and length grouping with transformers' own sampler."""
+"""Training batches (search.batches): dynamic padding, and length grouping with transformers' own sampler."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import torch
 
+from search.batches import train_loader
 from search.data import TokenizedSplits
-from search.training import train_loader
 
 
 def _data(n: int = 256, seed: int = 0) -> TokenizedSplits:

@@ -107,7 +107,7 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from search.data import Splits, tokenize
-    from search.training import evaluate
+    from search.evaluation import evaluate
 
     cfg, search_dir = finished
     out = subprocess.run(
