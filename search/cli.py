@@ -81,7 +81,8 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
 def _best(args: argparse.Namespace) -> int:
     from reports.best import best_command
     from search import storage
-    from search.config import ConfigError, parse_bytes
+    from search.config import ConfigError
+    from search.sizes import parse_bytes
 
     try:
         max_memory = parse_bytes(args.max_memory) if args.max_memory is not None else None

@@ -6,7 +6,6 @@ Errors name the field and the fix; nothing deeper re-checks what is validated he
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import spaces
 from search.redact import redact_text
+from search.sizes import parse_bytes
 
 Task = Literal["sequence-classification", "causal-lm"]
 Quantization = Literal["none", "int8", "nf4", "fp4"]
@@ -231,10 +231,9 @@ def _default_objectives() -> list[Objective]:
 class EarlyStopping(_Strict):
     """Stop clearly hopeless trials part-way: asynchronous successive halving (ASHA) ranked on every objective.
 
-    At each rung (``grace_steps``, then ``grace_steps x reduction_factor``, ... training steps) a trial is evaluated
-    on the first ``eval_size`` held-out rows and stopped when another trial at that rung dominates it (at least as
-    good on every objective, better on one) and it falls outside the best ``1 / reduction_factor`` of the rung by
-    Pareto rank. A trial on the rung's front is never stopped, so cheap, less accurate configs stay in the search.
+    At each rung (``grace_steps``, then x ``reduction_factor``, ...) a trial is evaluated on ``eval_size`` held-out
+    rows and stopped when a trial there dominates it and it falls outside the rung's best ``1 / reduction_factor``
+    by Pareto rank (``search.rungs``). A trial on the rung's front is never stopped: cheap configs stay in.
     """
 
     rule: Literal["none", "asha"] = "none"
@@ -330,32 +329,6 @@ class Resources(_Strict):
         if 0 < value < 1e-4:
             raise ValueError(f"Ray counts GPUs in steps of 0.0001, not {value}")
         return value
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_bytes(value: int | float | str) -> int:
-    """``8GB``, ``512MiB`` or a plain number of bytes."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return int(value)
-    if not isinstance(value, str):
-        raise ValueError(f"cannot read {value!r} as a size; write e.g. 8GB or 512MiB")
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read {value!r} as a size; write e.g. 8GB or 512MiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 class Budget(_Strict):
