@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PACKAGES = ("search", "spaces", "cluster", "reports")
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Ray's Jobs client lets these override the address it is given; an explicit --address must win.
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _GET_TOKEN = "`ray get-auth-token` on the head prints it"

@@ -56,16 +56,18 @@ def connect(
 
 
 def allocator_preload(choice: str) -> str | None:
-    """The library to preload into trial processes for ``resources.cpu_allocator``, or None for the system's."""
-    import ctypes.util
+    """The library to preload into trial processes for ``resources.cpu_allocator``, or None for the system's.
 
-    from search.config import ConfigError
+    Raises ``ValueError`` naming the setting when jemalloc is asked for and missing (the search reports it as a
+    config error before Ray starts).
+    """
+    import ctypes.util
 
     if choice == "system":
         return None
     found = ctypes.util.find_library("jemalloc")  # e.g. "libjemalloc.so.2", which the dynamic loader finds
     if found is None and choice == "jemalloc":
-        raise ConfigError(
+        raise ValueError(
             "resources.cpu_allocator: jemalloc is not installed on this machine; install it (apt install "
             "libjemalloc2) or set cpu_allocator: auto or system"
         )

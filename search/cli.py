@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from search.config import default_config_path, load_config
+    from search.settings.loading import default_config_path, load_config
 
     overrides = {}
     if args.num_trials is not None:
@@ -18,16 +18,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.name is not None:
         overrides["name"] = args.name
     if getattr(args, "results_dir_to_resume", None):
-        from search.resume import load_saved_config
+        from search.loop.resume import load_saved_config
 
         cfg = load_saved_config(args.results_dir_to_resume)
     else:
         path = Path(args.config) if args.config else default_config_path()
         cfg = load_config(path, overrides)
     resume = bool(getattr(args, "resume", False) or getattr(args, "results_dir_to_resume", None))
-    from search import storage
-    from search.driver import run_search
+    from search.loop.driver import run_search
     from search.redact import redact_text
+    from search.results import storage
 
     uri = cfg.results_uri()
     where = cfg.search_dir() if uri is None else f"{storage.redacted(uri)} (staged in {cfg.search_dir()})"
@@ -56,8 +56,8 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    from search.config import load_config
-    from search.planning import format_plan, plan_search
+    from search.plan.planning import format_plan, plan_search
+    from search.settings.loading import load_config
 
     cfg = load_config(args.config)
     rows = plan_search(cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed)
@@ -67,7 +67,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
     """A results directory to read: itself, or for an object-store URI a fresh local copy of its files."""
-    from search import storage
+    from search.results import storage
 
     if not storage.is_uri(results_dir):
         return results_dir, None
@@ -78,16 +78,37 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
     return storage.download(results_dir, local), results_dir
 
 
-def _best(args: argparse.Namespace) -> int:
-    from reports.best import best_command
-    from search import storage
-    from search.config import ConfigError
-    from search.sizes import parse_bytes
+def _limits(args: argparse.Namespace) -> list:
+    """``best``'s limits: the named flags, then every ``--limit METRIC<=VALUE``; bad input is a ConfigError."""
+    from reports.choice import Limit, parse_limit
+    from search.errors import ConfigError
+    from search.settings.sizes import parse_bytes
 
-    try:
-        max_memory = parse_bytes(args.max_memory) if args.max_memory is not None else None
-    except ValueError as err:
-        raise ConfigError(f"--max-memory: {err}") from None
+    limits = []
+    if args.max_params is not None:
+        limits.append(Limit("trainable_params", "<=", args.max_params))
+    if args.max_memory is not None:
+        try:
+            limits.append(Limit("peak_memory_bytes", "<=", float(parse_bytes(args.max_memory))))
+        except ValueError as err:
+            raise ConfigError(f"--max-memory: {err}") from None
+    if args.min_accuracy is not None:
+        limits.append(Limit("accuracy", ">=", args.min_accuracy))
+    for text in args.limit:
+        try:
+            limits.append(parse_limit(text, parse_bytes=parse_bytes))
+        except ValueError as err:
+            raise ConfigError(f"--limit: {err}") from None
+    return limits
+
+
+def _best(args: argparse.Namespace) -> int:
+    import json
+
+    from reports.best import best_command, choice_json, describe
+    from search.results import storage
+
+    limits = _limits(args)
     local, uri = _fetched(args.results_dir)
     fetch = None
     if uri is not None:
@@ -97,21 +118,27 @@ def _best(args: argparse.Namespace) -> int:
                 adapter_path, uri, Path(local) / "adapters" / Path(adapter_path).name
             )
 
-    choice, text = best_command(
-        local,
-        max_params=args.max_params,
-        max_memory=max_memory,
-        min_accuracy=args.min_accuracy,
-        export_dir=args.export,
-        fetch_adapter=fetch,
+    choice, objectives, exported = best_command(
+        local, limits=limits, export_dir=args.export, fetch_adapter=fetch
     )
-    print(text)
+    if args.format == "json":
+        out = choice_json(choice, objectives, limits)
+        if exported is not None:
+            out["export"] = str(exported)
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(describe(choice, objectives))
+        if exported is not None:
+            print(
+                f"Exported to {exported} (adapter_config.json, adapter_model.safetensors, reproduce.yaml, "
+                "trial.json)"
+            )
     return 0 if choice.trial is not None else 1
 
 
 def _report(args: argparse.Namespace) -> int:
     from reports.html import REPORT_FILE, write_report
-    from search import storage
+    from search.results import storage
 
     local, uri = _fetched(args.results_dir)
     path = write_report(local, args.output)
@@ -123,9 +150,16 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from reports import load_trials, summary_table
+    import json
 
-    print(summary_table(load_trials(_fetched(args.results_dir)[0])))
+    from reports.table import load_trials, summary_table, trial_records
+
+    trials = load_trials(_fetched(args.results_dir)[0])
+    print(
+        json.dumps(trial_records(trials), indent=2, default=str)
+        if args.format == "json"
+        else summary_table(trials)
+    )
     return 0
 
 
@@ -139,7 +173,7 @@ _RUN_OVERRIDES = (
 
 def _submit(args: argparse.Namespace) -> int:
     from cluster.jobs import Jobs
-    from search.config import default_config_path, load_config
+    from search.settings.loading import default_config_path, load_config
 
     path = Path(args.config) if args.config else default_config_path()
     given = [
@@ -247,11 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
     )
     plan.set_defaults(func=_plan)
-    best = sub.add_parser("best", help="the most accurate trial under a budget; --export writes its adapter")
+    best = sub.add_parser(
+        "best", help="the best trial by the search's objectives under limits; --export writes its adapter"
+    )
     best.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
     best.add_argument("--max-params", type=float, help="at most this many trainable parameters")
     best.add_argument("--max-memory", help="at most this peak memory, e.g. 8GB")
     best.add_argument("--min-accuracy", type=float, help="at least this held-out accuracy")
+    best.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="METRIC<=VALUE",
+        help="a limit on any metric, METRIC<=VALUE or METRIC>=VALUE (sizes for bytes: peak_memory_bytes<=8GB); "
+        "repeatable",
+    )
+    best.add_argument("--format", choices=["table", "json"], default="table")
     best.add_argument("--export", help="copy the adapter and a reproducing config into this new directory")
     best.set_defaults(func=_best)
     report = sub.add_parser("report", help="write the self-contained HTML report (also mid-search)")
@@ -260,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
     show = sub.add_parser("show", help="print the trials table of a results directory")
     show.add_argument("results_dir")
+    show.add_argument("--format", choices=["table", "json"], default="table")
     show.set_defaults(func=_show)
     address_help = (
         "the head's dashboard, e.g. http://HEAD:8265 "
@@ -303,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cluster.runtime import ClusterError
-    from search.config import ConfigError
+    from search.errors import ConfigError
     from search.redact import redact_text
 
     try:

@@ -31,7 +31,7 @@ from spaces.registry import (
     register,
     registered_methods,
 )
-from spaces.sampling import Candidate, SpaceSpec, define_space, enqueue_candidates
+from spaces.sampling import Candidate, DefineByRun, SpaceSpec, enqueue_candidates
 from spaces.targets import resolve_target_sets
 
 __all__ = [
@@ -39,10 +39,10 @@ __all__ = [
     "QUANTIZATION_LEVELS",
     "TARGET_CHOICES",
     "Candidate",
+    "DefineByRun",
     "MethodSpace",
     "SpaceContext",
     "SpaceSpec",
-    "define_space",
     "enqueue_candidates",
     "get_method",
     "method_for_peft_type",

@@ -7,7 +7,7 @@ family's own knobs. Parameter names are prefixed by family so Optuna sees a prop
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -79,11 +79,6 @@ class DefineByRun:
             "peft_config": peft_config,
             "learning_rate": trial.suggest_float("learning_rate", lo, hi, log=True),
         }
-
-
-def define_space(spec: SpaceSpec, ctx: SpaceContext) -> Callable[[optuna.Trial], dict[str, Any]]:
-    """Build the define-by-run function; it only samples, never does work."""
-    return DefineByRun(spec, ctx)
 
 
 def enqueue_candidates(study: optuna.Study, spec: SpaceSpec) -> None:

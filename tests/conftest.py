@@ -180,7 +180,7 @@ CANDIDATES = [
 @pytest.fixture(scope="session")
 def small_search(ray_local, tiny_bert, classification_csv, tmp_path_factory):
     """A real search on local Ray with tiny BERT: 5 trials, one failing on purpose, one infeasible."""
-    from search.driver import run_search
+    from search.loop.driver import run_search
     from tests.helpers import tiny_config
 
     results = tmp_path_factory.mktemp("results")

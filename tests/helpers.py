@@ -6,8 +6,9 @@ from typing import Any
 
 import optuna
 
-from search.config import parse_config
-from search.driver import Prepared, prepare, trial_settings
+from search.loop.prepare import Prepared, prepare
+from search.settings.loading import parse_config
+from search.settings.trial import TrialConfig, TrialSettings
 from spaces.sampling import DefineByRun, SpaceSpec
 
 
@@ -30,15 +31,15 @@ def tiny_config(model: str, data: str, task: str = "sequence-classification", **
     return parse_config(raw)
 
 
-def prepared(model: str, data: str, task: str, tmp_path) -> tuple[Prepared, dict[str, Any]]:
+def prepared(model: str, data: str, task: str, tmp_path) -> tuple[Prepared, TrialSettings]:
     cfg = tiny_config(model, data, task, results_dir=str(tmp_path))
     prep = prepare(cfg)
-    return prep, trial_settings(cfg, prep, tmp_path)
+    return prep, prep.settings
 
 
-def sample_trial(prep: Prepared, method: str, quantization: str = "none", **fixed: Any) -> dict[str, Any]:
+def sample_trial(prep: Prepared, method: str, quantization: str = "none", **fixed: Any) -> TrialConfig:
     """One trial config drawn from the real define-by-run space with some parameters pinned."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial({"method": method, **fixed})
     spec = SpaceSpec(methods=(method,), quantization=(quantization,), learning_rate=(1e-2, 1e-2))
-    return DefineByRun(spec, prep.space_context)(study.ask())
+    return TrialConfig.from_mapping(DefineByRun(spec, prep.space_context)(study.ask()))

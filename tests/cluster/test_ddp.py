@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.driver import run_search
+from search.loop.driver import run_search
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow

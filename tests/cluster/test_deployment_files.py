@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from search.cli import build_parser
-from search.config import parse_config
+from search.settings.loading import parse_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 REPO = CLUSTER.parent

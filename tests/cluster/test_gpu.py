@@ -6,6 +6,7 @@ plain arithmetic, tested here on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from cluster import plan_concurrency
-from search.config import ConfigError
+from search.errors import ConfigError
 from tests.helpers import prepared, sample_trial, tiny_config
 
 gpu = pytest.mark.gpu
@@ -77,7 +78,7 @@ def small_bert(tiny_bert, tmp_path_factory):
 
 
 def _search(model: str, data: str, results: Path, **overrides) -> tuple[Path, pd.DataFrame]:
-    from search.driver import run_search
+    from search.loop.driver import run_search
 
     cfg = tiny_config(model, data, results_dir=str(results), **overrides)
     search_dir = run_search(cfg, echo=False)
@@ -155,7 +156,7 @@ def test_each_trial_sees_only_its_gpu_and_frees_it(ray_local, small_bert, classi
     if ray.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("Ray sees no GPU")
     prep, settings = prepared(small_bert, classification_csv, "sequence-classification", tmp_path)
-    settings = {**settings, "gpus_per_worker": 0.5, "max_steps": 5}
+    settings = dataclasses.replace(settings.with_config(resources={"gpus_per_worker": 0.5}), steps=5)
     trial = sample_trial(prep, "lora", quantization="nf4")
 
     @ray.remote(num_cpus=1, num_gpus=0.5)
@@ -165,14 +166,14 @@ def test_each_trial_sees_only_its_gpu_and_frees_it(ray_local, small_bert, classi
         import ray
         import torch
 
-        from search.modeling import load_base_model
-        from search.training import run_trial
+        from search.inputs.modeling import load_base_model
+        from search.worker.training import run_trial
 
         device = torch.device("cuda", 0)  # the first (and only) device Ray leaves visible
         baseline = torch.cuda.memory_allocated(device)
         model = load_base_model(
-            settings["model_path"],
-            settings["task"],
+            settings.model_path,
+            settings.task,
             num_labels=data.num_labels,
             quantization="nf4",
             device=device,

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from cluster import allocator_preload
-from search.config import ConfigError
 
 JEMALLOC = ctypes.util.find_library("jemalloc")
 
@@ -24,12 +23,12 @@ def test_system_preloads_nothing_and_auto_follows_the_machine():
 def test_asking_for_jemalloc_without_it_names_the_field_and_the_fix(monkeypatch):
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     assert allocator_preload("auto") is None
-    with pytest.raises(ConfigError, match=r"^resources\.cpu_allocator: .*apt install libjemalloc2"):
+    with pytest.raises(ValueError, match=r"^resources\.cpu_allocator: .*apt install libjemalloc2"):
         allocator_preload("jemalloc")
 
 
 def _reported(env: dict[str, str]) -> str:
-    code = "from search.training import heap_allocator; print(heap_allocator())"
+    code = "from search.worker.training import heap_allocator; print(heap_allocator())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""Training batches (search.batches): dynamic padding, and length grouping with transformers' own sampler."""
+"""Training batches (search.worker.batches): dynamic padding, and length grouping with transformers' own sampler."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import torch
 
-from search.batches import train_loader
-from search.data import TokenizedSplits
+from search.inputs.data import TokenizedSplits
+from search.worker.batches import train_loader
 
 
 def _data(n: int = 256, seed: int = 0) -> TokenizedSplits:
@@ -16,8 +16,8 @@ def _data(n: int = 256, seed: int = 0) -> TokenizedSplits:
     return TokenizedSplits(train=rows, eval=[], pad_token_id=0, num_labels=3)
 
 
-def _settings(strategy: str) -> dict:
-    return {"batch_size": 8, "seed": 0, "train_sampling_strategy": strategy}
+def _loader(data, strategy: str):
+    return train_loader(data, 8, 0, strategy, torch.device("cpu"))
 
 
 def _padding(loader) -> float:
@@ -29,7 +29,7 @@ def _padding(loader) -> float:
 
 
 def test_batches_pad_to_their_longest_row():
-    for batch in train_loader(_data(), _settings("random"), torch.device("cpu")):
+    for batch in _loader(_data(), "random"):
         lengths = batch["attention_mask"].sum(-1)
         assert batch["input_ids"].shape[1] == int(lengths.max())
         assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
@@ -37,8 +37,8 @@ def test_batches_pad_to_their_longest_row():
 
 def test_group_by_length_pads_less_and_still_covers_every_row():
     data = _data()
-    random_pad = _padding(train_loader(data, _settings("random"), torch.device("cpu")))
-    grouped = train_loader(data, _settings("group_by_length"), torch.device("cpu"))
+    random_pad = _padding(_loader(data, "random"))
+    grouped = _loader(data, "group_by_length")
     grouped_pad = _padding(grouped)
     # Lengths 4..120 at random: about half of a random batch is padding; sorted megabatches leave a few percent.
     assert random_pad > 0.3 and grouped_pad < 0.1
@@ -51,9 +51,9 @@ def test_group_by_length_pads_less_and_still_covers_every_row():
 def test_sampling_is_seeded():
     data = _data()
     first = [
-        b["input_ids"].shape for b in train_loader(data, _settings("group_by_length"), torch.device("cpu"))
+        b["input_ids"].shape for b in _loader(data, "group_by_length")
     ]
     again = [
-        b["input_ids"].shape for b in train_loader(data, _settings("group_by_length"), torch.device("cpu"))
+        b["input_ids"].shape for b in _loader(data, "group_by_length")
     ]
     assert first == again

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search import cli
-from search.config import ConfigError, load_config
+from search.errors import ConfigError
+from search.settings.loading import load_config
 from tests.conftest import CANDIDATES
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "search" / "configs").glob("*.yaml"))
@@ -318,7 +319,7 @@ peft_configs = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def bert_modules(tiny_bert):
-    from search.modeling import meta_model, model_facts
+    from search.inputs.modeling import meta_model, model_facts
 
     model = meta_model(tiny_bert, "sequence-classification", 3)
     return [n for n, _ in model.named_modules()], model_facts(model).num_layers
@@ -329,8 +330,8 @@ def bert_modules(tiny_bert):
 def test_candidate_checks_accept_or_refuse_cleanly(peft_config, bert_modules):
     """Whatever a candidate's peft_config holds, PEFT's own config classes included, the check ends in a
     ConfigError naming the candidate's field, or lets it through; never another exception."""
-    from search.candidates import check_candidates
-    from search.config import CandidateSpec
+    from search.inputs.candidates import check_candidates
+    from search.settings.schema import CandidateSpec
 
     names, num_layers = bert_modules
     candidate = CandidateSpec(name="c", peft_config=peft_config)

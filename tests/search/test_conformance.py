@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from search.training import run_trial
+from search.worker.training import run_trial
 from spaces import registered_methods
 from tests.helpers import prepared, sample_trial
 
@@ -47,8 +48,8 @@ def _fresh_peft(model_path, task, num_labels, peft_config):
 def _check(setup, method, fixed):
     prep, settings = setup
     trial = sample_trial(prep, method, **fixed)
-    assert trial["method"] == method
-    assert trial["peft_config"]["peft_type"] == registered_methods()[method].peft_type
+    assert trial.method == method
+    assert trial.peft_config["peft_type"] == registered_methods()[method].peft_type
     metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
     try:
         assert metrics["train_steps"] == 1 and metrics["samples_per_s"] > 0
@@ -56,9 +57,7 @@ def _check(setup, method, fixed):
         assert metrics["peak_memory_kind"] == "cpu_rss" and metrics["peak_memory_bytes"] > 0
 
         # The recorded count is PEFT's own count for the same model and config.
-        fresh = _fresh_peft(
-            settings["model_path"], settings["task"], prep.data.num_labels, trial["peft_config"]
-        )
+        fresh = _fresh_peft(settings.model_path, settings.task, prep.data.num_labels, trial.peft_config)
         assert metrics["trainable_params"] == fresh.get_nb_trainable_parameters()[0]
         assert metrics["total_params"] == fresh.get_nb_trainable_parameters()[1]
 
@@ -82,13 +81,13 @@ def _check(setup, method, fixed):
 def test_sequence_classification(seq_cls, method, fixed):
     trial = _check(seq_cls, method, fixed)
     if fixed.get("lora.use_dora"):
-        assert trial["peft_config"]["use_dora"] is True
+        assert trial.peft_config["use_dora"] is True
     if fixed.get("lora.use_rslora"):
-        assert trial["peft_config"]["use_rslora"] is True
+        assert trial.peft_config["use_rslora"] is True
     if fixed.get("lora.layers") == "top-half":
-        assert trial["peft_config"]["layers_to_transform"] == [1]
+        assert trial.peft_config["layers_to_transform"] == [1]
     if fixed.get("lora.layers") == "every-other":
-        assert trial["peft_config"]["layers_to_transform"] == [0]
+        assert trial.peft_config["layers_to_transform"] == [0]
 
 
 @pytest.mark.parametrize(
@@ -102,12 +101,12 @@ def test_causal_lm_open_answers_are_generated(causal, qa_jsonl, monkeypatch):
     """Beyond the closed-set limit, accuracy compares greedily generated answers token for token."""
     from transformers import AutoTokenizer
 
-    import search.data as data_mod
-    from search.data import load_records, split_causal, tokenize
+    import search.inputs.data as data_mod
+    from search.inputs.data import load_records, split_causal, tokenize
 
     prep, settings = causal
     monkeypatch.setattr(data_mod, "MAX_CLOSED_ANSWERS", 1)
-    tok = AutoTokenizer.from_pretrained(settings["model_path"])
+    tok = AutoTokenizer.from_pretrained(settings.model_path)
     splits = split_causal(
         load_records(qa_jsonl), prompt="prompt", answer="answer", train_size=8, eval_size=6, seed=0
     )
@@ -121,11 +120,11 @@ def test_causal_lm_open_answers_are_generated(causal, qa_jsonl, monkeypatch):
 
 def test_diverged_loss_fails_the_trial_without_a_per_step_sync(seq_cls):
     """The non-finite-loss check lives on the device and is read every few steps: a diverged trial still fails."""
-    from search.training import FINITE_CHECK_EVERY
+    from search.worker.training import FINITE_CHECK_EVERY
 
     prep, settings = seq_cls
-    trial = {**sample_trial(prep, "lora"), "learning_rate": 1e30}
+    trial = dataclasses.replace(sample_trial(prep, "lora"), learning_rate=1e30)
     steps = FINITE_CHECK_EVERY + 3
     with pytest.raises(FloatingPointError, match=r"non-finite by step (\d+)") as err:
-        run_trial(trial, {**settings, "max_steps": steps}, prep.data, device=torch.device("cpu"))
+        run_trial(trial, dataclasses.replace(settings, steps=steps), prep.data, device=torch.device("cpu"))
     assert int(err.value.args[0].rsplit(" ", 1)[1]) in (FINITE_CHECK_EVERY, steps)

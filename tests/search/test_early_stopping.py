@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -10,9 +11,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.config import ConfigError
-from search.early_stopping import ParetoASHA
-from search.rungs import RUNG_KEY, pareto_ranks, rung_steps, should_stop
+from search.errors import ConfigError
+from search.loop.early_stopping import ParetoASHA
+from search.loop.rungs import pareto_ranks, rung_steps, should_stop
+from search.results.records import RUNG_KEY
 from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config
 
@@ -67,7 +69,7 @@ def test_scheduler_decides_on_rung_results_only():
 
 
 def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_csv, tmp_path):
-    from search.driver import prepare
+    from search.loop.driver import prepare
 
     shorthand = tiny_config(tiny_bert, classification_csv, search={"early_stopping": "asha"})
     assert shorthand.search.early_stopping.rule == "asha" and shorthand.search.early_stopping.eval_size == 100
@@ -81,7 +83,7 @@ def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_c
         )
 
     with pytest.raises(ConfigError, match=r"^search.early_stopping: .*num_workers 1"):
-        from search.config import parse_config
+        from search.settings.loading import parse_config
 
         parse_config(
             {
@@ -124,7 +126,7 @@ def _lora(name: str, r: int) -> dict:
 
 @pytest.mark.slow
 def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv, tmp_path):
-    from search.driver import run_search
+    from search.loop.driver import run_search
 
     cfg = tiny_config(
         tiny_bert,
@@ -162,7 +164,7 @@ def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv
     trials = pd.read_parquet(search_dir / "trials.parquet").set_index("candidate")
     assert trials.loc["lora-r2", "status"] == "complete" and trials.loc["ia3", "status"] == "complete"
     stopped = trials.loc["lora-r4"]
-    assert stopped["status"] == "stopped", stopped["error"]
+    assert stopped["status"] == "stopped_early", stopped["error"]
     assert stopped["stopped_at_step"] == 3 and stopped["train_steps"] == 3
     assert stopped["eval_rows"] == 6 and pd.isna(stopped["adapter_path"])
     assert "stopped early at step 3" in stopped["error"]
@@ -180,35 +182,40 @@ def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv
     assert sorted(states.values()) == ["COMPLETE", "COMPLETE", "PRUNED"]
     pruned = next(t for t in study.trials if t.state.name == "PRUNED")
     assert pruned.user_attrs["peft_search.stopped_at_step"] == 3
+    assert pruned.user_attrs["peft_search.status"] == "stopped_early"
+    assert pruned.number == stopped["optuna_trial"]  # the table links each row to its Optuna trial
+    assert sorted(trials["optuna_trial"]) == sorted(states)
     assert pruned.user_attrs["peft_search.rung.trainable_params"] == stopped["trainable_params"]
     assert all(t.state.name == "COMPLETE" for t in study.best_trials)
     facts = json.loads((search_dir / "run.json").read_text())
     assert facts["early_stopping"]["rule"] == "asha" and facts["early_stopping"]["rungs"] == [3]
     page = (search_dir / "report.html").read_text()
-    assert "3 (2 complete, 1 stopped)" in page and "1 stopped, 0.6 trials&#x27; worth" in page
+    assert "3 (2 complete, 1 stopped_early)" in page and "1 stopped early, 0.6 trials&#x27; worth" in page
 
 
 def test_rung_evaluations_leave_training_unchanged(tiny_bert, classification_csv, tmp_path):
     """A trial evaluated at rungs trains exactly as one that is not: same loss path, same adapter weights."""
     import torch
 
-    from search.training import run_trial
+    from search.settings.trial import TrialConfig
+    from search.worker.training import run_trial
     from tests.helpers import prepared
 
     prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
-    settings = {**settings, "max_steps": 6, "rung_eval_size": 5, "cpus_per_worker": 1}
+    settings = dataclasses.replace(
+        settings.with_config(search={"early_stopping": {"eval_size": 5}}, resources={"cpus_per_worker": 1}),
+        steps=6,
+    )
     lora = CANDIDATES[0]  # LoRA r=2 on query/value
-    trial = {
-        "candidate": lora["name"],
-        "method": "lora",
-        "quantization": "none",
-        "learning_rate": lora["learning_rate"],
-        "peft_config": lora["peft_config"],
-    }
+    trial = TrialConfig("lora", "none", lora["peft_config"], lora["learning_rate"], lora["name"])
     weights, reports = [], []
     for rungs in ([], [2, 4]):
         metrics, adapter = run_trial(
-            trial, {**settings, "rungs": rungs}, prep.data, device=torch.device("cpu"), on_rung=reports.append
+            trial,
+            dataclasses.replace(settings, rungs=tuple(rungs)),
+            prep.data,
+            device=torch.device("cpu"),
+            on_rung=reports.append,
         )
         from safetensors.torch import load_file
 

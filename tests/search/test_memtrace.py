@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from search.memtrace import LiveBytes, step_peak_bytes
-from search.modeling import SKIP_QUANTIZATION, inject_adapter, load_base_model, quantized_layer_types
+from search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, load_base_model, quantized_layer_types
+from search.plan.memtrace import LiveBytes, step_peak_bytes
 
 B, S = 4, 48
 

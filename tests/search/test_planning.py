@@ -14,9 +14,10 @@ import yaml
 from peft import get_peft_config, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from search.modeling import InfeasibleTrialError
-from search.planning import meta_model, plan_candidate
-from search.training import check_budget, run_trial
+from search.errors import InfeasibleTrialError
+from search.plan.planning import meta_model, plan_candidate
+from search.settings.schema import Budget
+from search.worker.training import check_budget, run_trial
 from tests.helpers import prepared, sample_trial
 
 T = ["query", "key", "value", "dense"]
@@ -124,9 +125,16 @@ def test_budget_makes_a_trial_infeasible_before_loading(tiny_bert, classificatio
     prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
     trial = sample_trial(prep, "lora")
     with pytest.raises(InfeasibleTrialError, match="budget.max_trainable_params"):
-        run_trial(trial, {**settings, "max_trainable_params": 10}, prep.data, device=torch.device("cpu"))
+        run_trial(
+            trial,
+            settings.with_config(budget={"max_trainable_params": 10}),
+            prep.data,
+            device=torch.device("cpu"),
+        )
     with pytest.raises(InfeasibleTrialError, match="budget.max_memory"):
-        run_trial(trial, {**settings, "max_memory": 1000}, prep.data, device=torch.device("cpu"))
+        run_trial(
+            trial, settings.with_config(budget={"max_memory": 1000}), prep.data, device=torch.device("cpu")
+        )
     metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
     adapter_dir.cleanup()
     assert metrics["est_peak_memory_bytes"] > 0
@@ -134,7 +142,7 @@ def test_budget_makes_a_trial_infeasible_before_loading(tiny_bert, classificatio
 
 
 def plan_bytes(prep, settings, trial):
-    from search.training import plan_trial
+    from search.worker.costs import plan_trial
 
     return plan_trial(trial, settings, prep.data.num_labels).adapter_bytes
 
@@ -148,7 +156,7 @@ def test_check_budget_passes_within_limits(tiny_bert):
         seq_len=16,
     )
     check_budget(
-        plan, {"max_trainable_params": plan.trainable_params, "max_memory": plan.est_peak_memory_bytes}
+        plan, Budget(max_trainable_params=plan.trainable_params, max_memory=plan.est_peak_memory_bytes)
     )
 
 

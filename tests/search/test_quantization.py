@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from search.modeling import inject_adapter, load_base_model, quantized_layer_types
-from search.training import run_trial
+from search.inputs.modeling import inject_adapter, load_base_model, quantized_layer_types
+from search.worker.training import run_trial
 from spaces import registered_methods
 from tests.helpers import prepared, sample_trial
 
@@ -22,7 +24,7 @@ def seq_cls(tiny_bert, classification_csv, tmp_path_factory):
 def test_quantized_layers_are_bitsandbytes(seq_cls, level):
     prep, settings = seq_cls
     model = load_base_model(
-        settings["model_path"], settings["task"], num_labels=3, quantization=level, device=torch.device("cpu")
+        settings.model_path, settings.task, num_labels=3, quantization=level, device=torch.device("cpu")
     )
     assert EXPECTED[level] in quantized_layer_types(model)
     query = model.bert.encoder.layer[0].attention.self.query
@@ -31,7 +33,7 @@ def test_quantized_layers_are_bitsandbytes(seq_cls, level):
         assert query.weight.quant_state.quant_type == level
     # The task head stays in full precision so PEFT can train it.
     assert type(model.classifier).__name__ == "Linear"
-    peft_model = inject_adapter(model, sample_trial(prep, "lora", **{"lora.layers": "all"})["peft_config"])
+    peft_model = inject_adapter(model, sample_trial(prep, "lora", **{"lora.layers": "all"}).peft_config)
     wrapped = peft_model.base_model.model.bert.encoder.layer[0].attention.self.query
     assert type(wrapped.base_layer).__name__ == EXPECTED[level]
 
@@ -41,7 +43,7 @@ def test_quantized_layers_are_bitsandbytes(seq_cls, level):
 def test_quantized_trial_trains(seq_cls, level, method):
     prep, settings = seq_cls
     trial = sample_trial(prep, method, quantization=level)
-    assert trial["quantization"] == level
+    assert trial.quantization == level
     metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
     adapter_dir.cleanup()
     assert metrics["train_steps"] == 1 and 0 <= metrics["accuracy"] <= 1
@@ -54,16 +56,14 @@ def test_infeasible_combinations_are_not_offered(seq_cls):
         assert registered_methods()[name].quantization == frozenset({"none", "int8"})
     # DoRA is withheld on 8-bit bases even when the sampler is pinned to ask for it.
     trial = sample_trial(prep, "lora", quantization="int8", **{"lora.use_dora": True})
-    assert trial["peft_config"]["use_dora"] is False
-    assert sample_trial(prep, "lora", quantization="nf4", **{"lora.use_dora": True})["peft_config"][
-        "use_dora"
-    ]
+    assert trial.peft_config["use_dora"] is False
+    assert sample_trial(prep, "lora", quantization="nf4", **{"lora.use_dora": True}).peft_config["use_dora"]
 
 
 @pytest.mark.gpu
 def test_qlora_on_cuda(seq_cls):
     prep, settings = seq_cls
-    trial = {**sample_trial(prep, "lora"), "quantization": "nf4"}
+    trial = dataclasses.replace(sample_trial(prep, "lora"), quantization="nf4")
     metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cuda"))
     adapter_dir.cleanup()
     assert metrics["peak_memory_kind"] == "gpu_allocated" and metrics["peak_memory_bytes"] > 0
@@ -73,11 +73,11 @@ def test_a_head_loaded_at_the_checkpoints_size_is_refitted(seq_cls):
     """transformers <= 5.22 keeps the checkpoint's 2-way head when a quantized model is loaded for 3 labels."""
     from torch import nn
 
-    from search.modeling import _fit_head
+    from search.inputs.modeling import _fit_head
 
     prep, settings = seq_cls
     model = load_base_model(
-        settings["model_path"], settings["task"], num_labels=3, quantization="nf4", device=torch.device("cpu")
+        settings.model_path, settings.task, num_labels=3, quantization="nf4", device=torch.device("cpu")
     )
     model.classifier = nn.Linear(model.classifier.in_features, 2)  # what those versions leave
     _fit_head(model, 3)
@@ -93,7 +93,7 @@ def test_narrow_4bit_layers_stay_off_the_packed_cpu_path(seq_cls):
 
     _, settings = seq_cls
     model = load_base_model(
-        settings["model_path"], settings["task"], num_labels=3, quantization="nf4", device=torch.device("cpu")
+        settings.model_path, settings.task, num_labels=3, quantization="nf4", device=torch.device("cpu")
     )
     layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
     assert layers

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from search import cli
-from search.driver import run_facts, write_inputs
+from search.loop.home import run_facts, write_inputs
 from search.redact import MASK, env_secrets, redact, redact_text
+from search.results.layout import ResultsDir
 from tests.helpers import prepared, tiny_config
 
 HF = "hf_" + "Ab3" * 12
@@ -59,7 +60,7 @@ def test_planted_secrets_never_reach_the_written_files(planted_env, tmp_path, ti
         }
     )
     search_dir = cfg.search_dir()
-    write_inputs(cfg, prep, search_dir)
+    write_inputs(cfg, prep, ResultsDir(search_dir))
     facts = run_facts(cfg, prep, {"CPU": 2.0}, 1)
     (search_dir / "run.json").write_text(json.dumps(facts))
     written = {p: p.read_bytes() for p in search_dir.rglob("*") if p.is_file()}

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.resume import STALE_ATTR
+from search.loop.resume import STALE_ATTR
 from tests.conftest import CANDIDATES
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,11 @@ import optuna
 import pytest
 import yaml
 
-from search.config import ConfigError
-from search.driver import run_search
-from search.infeasible import WORST_COST
+from search.errors import ConfigError
+from search.loop.driver import run_search
+from search.results.layout import ResultsDir
+from search.results.metrics import WORST_COST
+from search.results.records import STATUSES
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +46,30 @@ def test_every_trial_recorded_with_its_status(finished):
     assert (done["samples_per_s"] > 0).all() and (done["adapter_bytes"] > 0).all()
 
 
+def test_the_table_states_each_status_and_links_its_optuna_trial(finished):
+    """Statuses are explicit values, never inferred; every row names the Optuna trial that proposed it."""
+    cfg, search_dir = finished
+    results = ResultsDir(search_dir)
+    trials = results.read_trials()
+    assert set(trials["status"]) <= set(STATUSES) and "error" in trials
+    assert (trials.loc[trials["status"] == "complete", "error"] == "").all()
+    study = optuna.load_study(study_name=cfg.name, storage=results.optuna_url)
+    by_number = {t.number: t for t in study.trials}
+    assert sorted(trials["optuna_trial"].astype(int)) == sorted(by_number)
+    for row in trials.itertuples():
+        state = by_number[int(row.optuna_trial)].state.name
+        assert state == {"complete": "COMPLETE", "infeasible": "COMPLETE", "failed": "FAIL"}[row.status], row
+    infeasible = trials.loc[trials["status"] == "infeasible", "optuna_trial"].astype(int)
+    assert [by_number[n].user_attrs["peft_search.status"] for n in infeasible] == ["infeasible"]
+    # The typed record reads back every row as written.
+    assert [r.status for r in results.read_records()] == list(trials["status"])
+
+
 def test_optuna_storage_holds_the_study(finished):
     cfg, search_dir = finished
     study = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{search_dir / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
-    # The infeasible candidate completes with the worst outcome (search.infeasible), so TPE learns from it.
+    # The infeasible candidate completes with the worst outcome (search.worker.infeasible), so TPE learns from it.
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
     worst = [t for t in study.trials if t.state.name == "COMPLETE" and t.values[1] == WORST_COST]
     assert len(worst) == 1 and worst[0].values == [0.0, WORST_COST, WORST_COST]
@@ -106,8 +127,8 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from search.data import Splits, tokenize
-    from search.evaluation import evaluate
+    from search.inputs.data import Splits, tokenize
+    from search.worker.evaluation import evaluate
 
     cfg, search_dir = finished
     out = subprocess.run(

@@ -19,11 +19,10 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from search.config import ConfigError
+from search.errors import ConfigError
+from search.results.layout import TRAIN_DIR, TUNE_DIR
 
 SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
-TUNE_DIR = "tune"
-TRAIN_DIR = "train"  # the adapters (checkpoints), one directory per trial
 
 
 def is_uri(value: str | os.PathLike) -> bool:

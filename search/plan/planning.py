@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.memtrace import quantized_linear_names, step_peak_bytes
-from search.modeling import SKIP_QUANTIZATION, InfeasibleTrialError, inject_adapter, meta_model
+from search.errors import InfeasibleTrialError
+from search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model
+from search.plan.memtrace import quantized_linear_names, step_peak_bytes
 from spaces import method_for_peft_type
 
 _DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
@@ -204,10 +205,10 @@ def plan_search(
     """One row per explicit candidate and per sampled config: counts, adapter size and memory estimate."""
     import optuna
 
-    from search.candidates import check_candidates
-    from search.config import ConfigError
-    from search.driver import space_context, space_spec
-    from search.modeling import model_facts
+    from search.errors import ConfigError
+    from search.inputs.candidates import check_candidates
+    from search.inputs.modeling import model_facts
+    from search.settings.space import space_context, space_spec
     from spaces.sampling import DefineByRun, SpaceSpec
 
     path = cfg.model.resolved_path()
@@ -293,8 +294,8 @@ def plan_search(
 
 
 def _dataset_num_labels(cfg) -> int:
-    from search.config import ConfigError
-    from search.data import DatasetError, load_records
+    from search.errors import ConfigError
+    from search.inputs.data import DatasetError, load_records
 
     try:
         records = load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
@@ -308,7 +309,10 @@ def _dataset_num_labels(cfg) -> int:
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of a plan."""
-    from reports.table import human
+    from search.results.metrics import get_metric
+
+    def show(name: str, value) -> str:
+        return get_metric(name).format(value)
 
     header = f"{'candidate':<22}{'method':<14}{'quant':<6}{'trainable':>11}{'total':>9}{'adapter':>10}{'est. peak':>11}  notes"
     lines = [header, "-" * len(header)]
@@ -321,7 +325,8 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
         notes = ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else ""
         lines.append(
             f"{r['candidate'][:21]:<22}{r['method'][:13]:<14}{r['quantization']:<6}{r['trainable_params']:>11,}"
-            f"{human(r['total_params']):>9}{human(r['adapter_bytes'], 'B'):>10}{human(r['est_peak_memory_bytes'], 'B'):>11}  {notes}"
+            f"{show('total_params', r['total_params']):>9}{show('adapter_bytes', r['adapter_bytes']):>10}"
+            f"{show('est_peak_memory_bytes', r['est_peak_memory_bytes']):>11}  {notes}"
         )
     kinds = {r.get("memory_kind") for r in rows} - {None}
     if kinds == {"cpu_rss"}:

@@ -11,7 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from search.config import CandidateSpec, ConfigError
+from search.errors import ConfigError
+from search.settings.schema import CandidateSpec
 
 _TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 

@@ -29,27 +29,35 @@ def pad_batch(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor
     return batch
 
 
-def train_loader(data, settings: dict[str, Any], device: torch.device, world_size: int = 1, rank: int = 0):
+def train_loader(
+    data,
+    batch_size: int,
+    seed: int,
+    sampling: str,
+    device: torch.device,
+    world_size: int = 1,
+    rank: int = 0,
+):
     """The training batches, padded to each batch's longest row.
 
     ``batch_size`` is the global batch: every rank draws the same batches (same seed) and trains on its slice of
     each, so DDP's averaged gradient is the one-worker gradient and the result does not depend on num_workers.
-    ``train_sampling_strategy: group_by_length`` draws them with transformers' own ``LengthGroupedSampler`` (as the
+    ``sampling`` is ``training.train_sampling_strategy``: ``group_by_length`` draws them with transformers' own ``LengthGroupedSampler`` (as the
     Trainer does): rows of similar length share a batch, so less of each batch is padding.
     """
-    generator = torch.Generator().manual_seed(settings["seed"])
+    generator = torch.Generator().manual_seed(seed)
     sampler = None
-    if settings.get("train_sampling_strategy", "random") == "group_by_length":
+    if sampling == "group_by_length":
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         lengths = [len(r["input_ids"]) for r in data.train]
-        sampler = LengthGroupedSampler(settings["batch_size"], lengths=lengths, generator=generator)
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
     return DataLoader(
         data.train,
-        batch_size=settings["batch_size"],
+        batch_size=batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        drop_last=len(data.train) > settings["batch_size"],
+        drop_last=len(data.train) > batch_size,
         collate_fn=lambda rows: pad_batch(rows[rank::world_size], data.pad_token_id),
         generator=generator,
         pin_memory=device.type == "cuda",  # so the copies to the GPU below do not block

@@ -14,10 +14,8 @@ from typing import Any
 
 import yaml
 
-from search.config import ConfigError
-
-CONFIG_FILE = "config.yaml"
-TUNE_DIR = "tune"
+from search.errors import ConfigError
+from search.results.layout import CONFIG_FILE
 
 
 def can_restore(tune_path: str | Path) -> bool:
@@ -60,10 +58,10 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def load_saved_config(search_dir: str | Path):
     """The config a results directory was started with, pointed at that directory wherever it now lives."""
-    from search.config import parse_config
+    from search.settings.loading import parse_config
 
     if "://" in str(search_dir):  # on an object store: RESULTS_URI/NAME
-        from search import storage
+        from search.results import storage
 
         uri = str(search_dir)
         if not storage.exists(uri, CONFIG_FILE):
@@ -87,7 +85,7 @@ def load_saved_config(search_dir: str | Path):
 STALE_ATTR = "peft_search.stale"
 
 
-def close_stale_trials(storage, study_name: str) -> int:
+def close_stale_trials(storage: str, study_name: str) -> int:
     """Close the Optuna trials a dead driver left RUNNING; returns how many.
 
     Such a trial was asked after Tune's last saved state, so Tune never knew it: the resumed searcher asks again

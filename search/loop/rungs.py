@@ -1,6 +1,6 @@
 """Successive-halving rungs over several objectives: where trials are evaluated part-way, and which stop there.
 
-Pure: no Ray, no torch. ``search.early_stopping`` wires the rule into Ray Tune; ``search.training`` evaluates at
+Pure: no Ray, no torch. ``search.loop.early_stopping`` wires the rule into Ray Tune; ``search.worker.training`` evaluates at
 the rung steps. A one-metric ASHA (Tune's ``ASHAScheduler``) would rank on accuracy alone and stop exactly the cheap,
 less accurate configs a Pareto front is made of (LN tuning or VeRA with 1/100 of LoRA's parameters). Here a trial
 is ranked by non-dominated sorting of all objectives, as in MO-ASHA (Schmucker et al., 2021), and a trial on its
@@ -14,10 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from reports.fronts import pareto_mask
-
-RUNG_KEY = "rung_step"
-"""Set in a trial's intermediate (part-way) results only: the training step the rung evaluated at."""
+from search.results.pareto import pareto_ranks
 
 
 def rung_steps(steps: int, grace_steps: int | None, reduction_factor: float) -> list[int]:
@@ -32,19 +29,6 @@ def rung_steps(steps: int, grace_steps: int | None, reduction_factor: float) -> 
             rungs.append(round(at))
         at *= reduction_factor
     return rungs
-
-
-def pareto_ranks(points: np.ndarray) -> np.ndarray:
-    """Non-dominated sorting: 0 for the front, 1 for the front of what is left, ... (all objectives minimised)."""
-    ranks = np.full(len(points), -1)
-    left = np.arange(len(points))
-    rank = 0
-    while left.size:
-        front = pareto_mask(points[left])
-        ranks[left[front]] = rank
-        left = left[~front]
-        rank += 1
-    return ranks
 
 
 def should_stop(trial_id: str, recorded: Mapping[str, Sequence[float]], reduction_factor: float) -> bool:

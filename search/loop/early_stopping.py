@@ -1,8 +1,8 @@
-"""Early stopping in Ray Tune: the multi-objective ASHA rule of ``search.rungs`` as a Tune trial scheduler.
+"""Early stopping in Ray Tune: the multi-objective ASHA rule of ``search.loop.rungs`` as a Tune trial scheduler.
 
-Trials report a part-way result at each rung (``search.training``); the scheduler answers ``STOP`` for a trial
+Trials report a part-way result at each rung (``search.worker.training``); the scheduler answers ``STOP`` for a trial
 its rung's other trials dominate. Tune then ends the trial (its training thread exits at its next report) and
-tells the searcher: ``StoppingOptunaSearch`` records a stopped trial as PRUNED in the Optuna study, as Optuna's
+tells the searcher: ``search.loop.searcher`` records a stopped trial as PRUNED in the Optuna study, as Optuna's
 own pruners do, so ``study.best_trials`` holds fully trained trials only and TPE ranks stopped ones below them.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from search.rungs import RUNG_KEY, should_stop
+from search.loop.rungs import should_stop
+from search.results.records import RUNG_KEY
 
 
 class ParetoASHA(FIFOScheduler):
-    """Asynchronous successive halving over several objectives (``search.rungs.should_stop`` at every rung).
+    """Asynchronous successive halving over several objectives (``search.loop.rungs.should_stop`` at every rung).
 
     Args:
         objectives: ``(metric, mode)`` pairs, mode ``"max"`` or ``"min"``, as the search's objectives.
@@ -47,17 +47,3 @@ class ParetoASHA(FIFOScheduler):
     def debug_string(self) -> str:
         rungs = ", ".join(f"step {s}: {len(r)} trials" for s, r in sorted(self._rungs.items()))
         return f"ParetoASHA: {len(self.stopped)} stopped; rungs {rungs or 'none reached'}"
-
-
-class StoppingOptunaSearch(OptunaSearch):
-    """Ray's ``OptunaSearch``, except that a trial ended at a rung is PRUNED (not COMPLETE with part-way values)."""
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if result and result.get(RUNG_KEY) is not None and trial_id in self._ot_trials:
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("peft_search.stopped_at_step", int(result[RUNG_KEY]))
-            for metric in self.metric if isinstance(self.metric, list) else [self.metric]:
-                if result.get(metric) is not None:
-                    ot_trial.set_user_attr(f"peft_search.rung.{metric}", float(result[metric]))
-            result = None  # OptunaSearch tells a trial with no values and no error as PRUNED
-        super().on_trial_complete(trial_id, result=result, error=error)

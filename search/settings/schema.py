@@ -1,43 +1,23 @@
-"""The search config: one YAML file, parsed and validated once at load.
+"""The search config's schema: frozen, typed settings. A field's docstring is its help text.
 
-Errors name the field and the fix; nothing deeper re-checks what is validated here.
+Validated once, at load (``search.settings.loading``); nothing deeper re-checks what is validated here.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import spaces
-from search.redact import redact_text
-from search.sizes import parse_bytes
+from search.errors import ConfigError
+from search.results.metrics import get_metric, objective_metrics
+from search.settings.sizes import parse_bytes
 
 Task = Literal["sequence-classification", "causal-lm"]
 Quantization = Literal["none", "int8", "nf4", "fp4"]
-Metric = Literal[
-    "accuracy",
-    "eval_loss",
-    "trainable_params",
-    "peak_memory_bytes",
-    "train_time_s",
-    "adapter_bytes",
-    "samples_per_s",
-]
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run; the message is one line naming the field and the fix.
-
-    The message is made one line and scrubbed of credentials here, so no caller can print a token by accident.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(redact_text(str(message)).split()))
 
 
 class _Strict(BaseModel):
@@ -216,8 +196,24 @@ class SpaceConfig(_Strict):
 
 
 class Objective(_Strict):
-    metric: Metric
-    mode: Literal["max", "min"]
+    metric: str
+    """A metric of the registry (``search.results.metrics``) that may be an objective."""
+    mode: Literal["max", "min"] | None = None
+    """``max`` or ``min``; the metric's own direction when left out."""
+
+    @field_validator("metric")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        names = objective_metrics()
+        if value not in names:
+            raise ValueError(f"unknown objective metric {value!r}; choose from {', '.join(names)}")
+        return value
+
+    @model_validator(mode="after")
+    def _direction(self) -> Objective:
+        if self.mode is None:
+            object.__setattr__(self, "mode", get_metric(self.metric).direction)
+        return self
 
 
 def _default_objectives() -> list[Objective]:
@@ -233,7 +229,7 @@ class EarlyStopping(_Strict):
 
     At each rung (``grace_steps``, then x ``reduction_factor``, ...) a trial is evaluated on ``eval_size`` held-out
     rows and stopped when a trial there dominates it and it falls outside the rung's best ``1 / reduction_factor``
-    by Pareto rank (``search.rungs``). A trial on the rung's front is never stopped: cheap configs stay in.
+    by Pareto rank (``search.loop.rungs``). A trial on the rung's front is never stopped: cheap configs stay in.
     """
 
     rule: Literal["none", "asha"] = "none"
@@ -363,7 +359,7 @@ class SearchConfig(_Strict):
     def _local_or_store(cls, value: str) -> str:
         from urllib.parse import urlsplit
 
-        from search.storage import SCHEMES
+        from search.results.storage import SCHEMES
 
         if "://" not in value:
             return _local_path(value, "a local directory or an object-store URI")
@@ -407,7 +403,7 @@ class SearchConfig(_Strict):
 
     def search_dir(self) -> Path:
         """Where the driver writes: the results directory, or a local staging copy of a remote one."""
-        from search import storage
+        from search.results import storage
 
         uri = self.results_uri()
         if uri is not None:
@@ -416,85 +412,6 @@ class SearchConfig(_Strict):
 
     def results_uri(self) -> str | None:
         """The search's directory on an object store (``results_dir`` is a URI), else None."""
-        from search import storage
+        from search.results import storage
 
         return storage.join(self.results_dir, self.name) if storage.is_uri(self.results_dir) else None
-
-
-def _loc_part(part: str | int) -> str:
-    if isinstance(part, int):
-        return f"[{part}]"
-    if part == "[key]":  # pydantic's marker for "the key itself" inside a dict
-        return ""
-    return f".{part}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part) else f"[{part!r}]"
-
-
-def _format(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = "".join(_loc_part(p) for p in first["loc"]).lstrip(".")
-    loc = f"config{loc}" if loc.startswith("[") else loc  # an odd top-level key
-    msg = first["msg"].removeprefix("Value error, ")
-    if not loc:  # whole-config checks name their own field
-        return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling"
-    elif first["type"] == "missing":
-        msg = "required; add it"
-    elif first["type"] == "invalid_key":
-        msg = f"keys must be names, got {first.get('input')!r}"
-    elif first["type"] == "literal_error":
-        msg = f"{msg} (got {first.get('input')!r})"
-    return f"{loc}: {msg}"
-
-
-def parse_config(data: Any) -> SearchConfig:
-    if not isinstance(data, dict):
-        raise ConfigError("config: the YAML file must hold a mapping of keys (name, model, dataset, ...)")
-    try:
-        return SearchConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format(err)) from None
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
-    """Read, merge ``overrides`` (dotted keys) and validate a YAML search config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config: no file at {path}; pass the path of a YAML search config")
-    try:
-        # safe_load builds plain data only: a config is never code (``!!python/...`` tags are refused).
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config: {path} is not UTF-8 text; save it as UTF-8") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(_yaml_problem(path, err)) from None
-    if isinstance(data, dict):
-        for dotted, value in (overrides or {}).items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                if not isinstance(node.get(key), dict):
-                    if node.get(key) is not None:
-                        raise ConfigError(
-                            f"{dotted.rsplit('.', 1)[0]}: must be a mapping to take {dotted} (got {node[key]!r})"
-                        )
-                    node[key] = {}
-                node = node[key]
-            node[leaf] = value
-    return parse_config(data)
-
-
-def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    where = f" at line {mark.line + 1}" if mark else ""
-    problem = str(getattr(err, "problem", "") or "")
-    tag = re.search(r"constructor for the tag '([^']*)'", problem)
-    if tag:
-        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
-        return f"config: {path}{where}: YAML tag {name!r} is not allowed (a config is plain data); remove it"
-    detail = f" ({problem})" if problem else ""
-    return f"config: {path} is not valid YAML{where}{detail}; fix the syntax"
-
-
-def default_config_path() -> Path:
-    return Path(__file__).parent / "configs" / "bbcnews-minilm.yaml"

@@ -8,13 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from search.errors import InfeasibleTrialError
+
 _NORM_TYPES = ("LayerNorm", "RMSNorm")
 # Task heads stay in full precision: PEFT trains them (``modules_to_save``) and bitsandbytes cannot.
 SKIP_QUANTIZATION = ["classifier", "score", "pooler", "lm_head"]
-
-
-class InfeasibleTrialError(RuntimeError):
-    """The sampled config cannot run on this model (PEFT or bitsandbytes refuses it): not worth retrying."""
 
 
 @dataclass(frozen=True)
@@ -41,11 +39,6 @@ def meta_model(path: str, task: str, num_labels: int = 2, revision: str | None =
     config = AutoConfig.from_pretrained(path, revision=revision, num_labels=num_labels)
     with torch.device("meta"):
         return _auto_class(task).from_config(config)
-
-
-def inspect_model(path: str, task: str, num_labels: int = 2, revision: str | None = None) -> ModelFacts:
-    """What the search space needs to know about a model, without reading its weights."""
-    return model_facts(meta_model(path, task, num_labels, revision))
 
 
 def model_facts(model: nn.Module) -> ModelFacts:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from search.batches import pad_batch
-from search.data import TokenizedSplits
+from search.inputs.data import TokenizedSplits
+from search.worker.batches import pad_batch
 
 
 @torch.no_grad()

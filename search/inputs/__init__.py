@@ -1,0 +1,1 @@
+"""The model and the data a search runs on: loading, inspecting, splitting, tokenizing, injecting adapters."""

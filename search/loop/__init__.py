@@ -1,0 +1,1 @@
+"""The search loop: prepare once, launch Ray Tune with Optuna choosing trials, collect them, finish."""

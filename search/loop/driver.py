@@ -1,0 +1,123 @@
+"""The search driver, in four phases: prepare (before Ray starts), launch (Ray, the study, the Tuner), collect
+(Tune runs the trials; the trials table records them), finish (tidy the study, the run facts, the report)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from search.errors import ConfigError
+from search.loop.home import SearchHome, claim, record_run
+from search.loop.prepare import Prepared, prepare
+from search.settings.schema import SearchConfig
+
+
+def run_search(
+    cfg: SearchConfig,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    echo: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Run the whole search (or, with ``resume``, finish one whose driver died); returns its directory."""
+    t0 = time.time()
+    # Prepare: everything that can refuse the config, before Ray starts and before anything is written.
+    home = claim(cfg, resume)
+    env = _worker_env(cfg)
+    prep = prepare(cfg)
+    # Launch.
+    tuner, facts, table, restored = _launch(cfg, prep, home, address, num_cpus, env, resume, echo)
+    # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
+    tuner.fit()
+    # Finish.
+    _finish(cfg, home, facts, table, restored, echo, started=t0)
+    return home.results.path
+
+
+def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
+    """CPU trials' heap allocator, preloaded into every worker Ray starts for this search (GPU trials keep theirs)."""
+    from cluster import worker_env
+
+    try:
+        return worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _launch(
+    cfg: SearchConfig,
+    prep: Prepared,
+    home: SearchHome,
+    address: str | None,
+    num_cpus: int | None,
+    env: dict[str, str] | None,
+    resume: bool,
+    echo: bool,
+):
+    """Start or join Ray, record the run, and build the Tuner (new, or restored from Tune's saved state)."""
+    from ray import tune
+
+    from cluster import connect, plan_concurrency
+    from search.loop import tuning
+    from search.loop.resume import can_restore
+    from search.loop.table import TrialTable
+    from search.worker.trial import trial_driver, trial_resources
+
+    resources = connect(address, num_cpus=num_cpus, env_vars=env)
+    r = cfg.resources
+    concurrency = plan_concurrency(
+        resources,
+        num_workers=r.num_workers,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=r.gpus_per_worker,
+        requested=cfg.search.max_concurrent,
+    )
+    restored = resume and can_restore(home.tune_path)
+    facts = record_run(cfg, prep, home, resources, concurrency, restored)
+    # Tune saves its experiment state (trials, searcher) at every step rather than every ~10 s, so a driver
+    # killed just after a trial finished does not run it again on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url)
+    home.upload()
+    table = TrialTable(
+        home.results,
+        cfg.search.num_trials,
+        [o.metric for o in cfg.objectives],
+        echo=echo,
+        on_write=home.mirror(),
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, settings=prep.settings, data=prep.data),
+        trial_resources(prep.settings),
+    )
+    if restored:
+        tuner = tuning.restored_tuner(trainable, home.tune_path)
+    else:
+        tuner = tuning.new_tuner(trainable, searcher, concurrency, [table], cfg, home.storage_path)
+    return tuner, facts, table, restored
+
+
+def _finish(
+    cfg: SearchConfig,
+    home: SearchHome,
+    facts: dict[str, Any],
+    table,
+    restored: bool,
+    echo: bool,
+    started: float,
+) -> None:
+    """Close what a dead driver left in the study, record the wall time, write the table and the report."""
+    from reports.html import write_report
+    from search.loop.resume import close_stale_trials
+
+    stale = close_stale_trials(home.results.optuna_url, cfg.name)
+    if stale and echo:
+        print(f"[peft-search] closed {stale} Optuna trial(s) a dead driver had left running", flush=True)
+    home.results.write_facts({**facts, "wall_time_s": time.time() - started})
+    if not restored:
+        table.write()  # a restored search's table is the one Tune restored with its callbacks
+    write_report(home.results.path)
+    home.upload()

@@ -1,0 +1,154 @@
+"""Preparing a search, once, before Ray starts: the model and data checked against the config and tokenized, the
+space resolved against the model's modules, and the settings every trial receives. Bad input fails here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import spaces
+from search.errors import ConfigError
+from search.inputs.data import Splits, TokenizedSplits
+from search.inputs.modeling import ModelFacts
+from search.results.layout import TRAIN_DIR
+from search.settings.schema import SearchConfig
+from search.settings.space import space_context, space_spec
+from search.settings.trial import TrialSettings, total_steps
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything computed once per search before Ray starts."""
+
+    settings: TrialSettings
+    facts: ModelFacts
+    splits: Splits
+    data: TokenizedSplits
+    space_context: spaces.SpaceContext
+    space_spec: spaces.SpaceSpec
+
+    @property
+    def steps(self) -> int:
+        return self.settings.steps
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        return self.settings.rungs
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Validate the model and data against the config and tokenize once. Raises ``ConfigError`` early."""
+    from search.inputs.candidates import check_candidates
+    from search.inputs.modeling import model_facts
+    from search.worker.faults import faults_from_env
+
+    model_path = _model_path(cfg)
+    splits = _splits(cfg)
+    tokenizer, base = _tokenizer_and_meta_model(cfg, model_path, len(splits.label_names))
+    facts = model_facts(base)
+    check_candidates(
+        cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
+    )
+    data = _tokenized(cfg, splits, tokenizer)
+    t = cfg.training
+    steps = total_steps(len(data.train), t.batch_size, None if t.epochs else t.max_steps, t.epochs)
+    settings = TrialSettings(
+        config=cfg,
+        model_path=model_path,
+        steps=steps,
+        rungs=tuple(early_stopping_rungs(cfg, steps)),
+        adapters_path=adapters_path(cfg),
+        faults=faults_from_env(),  # chaos tests only (search.worker.faults); empty normally
+    )
+    return Prepared(settings, facts, splits, data, space_context(cfg, facts, steps), space_spec(cfg))
+
+
+def adapters_path(cfg: SearchConfig) -> str:
+    """Where trials save their adapters: ``train/`` in the search's directory, or on its object store."""
+    uri = cfg.results_uri()
+    if uri is not None:
+        from search.results import storage
+
+        return storage.join(uri, TRAIN_DIR)
+    return str(cfg.search_dir() / TRAIN_DIR)
+
+
+def early_stopping_rungs(cfg: SearchConfig, steps: int) -> list[int]:
+    """The rung steps of the ``search.early_stopping`` setting; an error when none falls inside a trial."""
+    from search.loop.rungs import rung_steps
+
+    es = cfg.search.early_stopping
+    if es.rule == "none":
+        return []
+    rungs = rung_steps(steps, es.grace_steps, es.reduction_factor)
+    if not rungs:
+        raise ConfigError(
+            f"search.early_stopping.grace_steps: {es.grace_steps} is not below the trials' {steps} training "
+            f"steps; lower it (or leave it unset for steps / reduction_factor)"
+        )
+    return rungs
+
+
+def _model_path(cfg: SearchConfig) -> str:
+    model_path = cfg.model.resolved_path()
+    if not Path(model_path).exists() and (
+        model_path.startswith((".", "/", "~")) or model_path.count("/") > 1
+    ):
+        raise ConfigError(
+            f"model.name_or_path: no directory at {model_path}; give a model directory or a hub id"
+        )
+    if Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path: {model_path} has no config.json; give a Hugging Face model directory"
+        )
+    return model_path
+
+
+def _splits(cfg: SearchConfig) -> Splits:
+    from search.inputs import data
+
+    d = cfg.dataset
+    try:
+        records = data.load_records(d.source, d.subset, d.split)
+        if cfg.model.task == "sequence-classification":
+            return data.split_classification(
+                records,
+                text=d.text_column,
+                label=d.label_column,
+                per_class=d.train_per_class,
+                eval_size=d.eval_size,
+                seed=d.seed,
+            )
+        return data.split_causal(
+            records,
+            prompt=d.prompt_column,
+            answer=d.answer_column,
+            train_size=d.train_size,
+            eval_size=d.eval_size,
+            seed=d.seed,
+        )
+    except data.DatasetError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _tokenizer_and_meta_model(cfg: SearchConfig, model_path: str, num_labels: int):
+    from transformers import AutoTokenizer
+
+    from search.inputs.modeling import meta_model
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
+        base = meta_model(model_path, cfg.model.task, max(num_labels, 2), cfg.model.revision)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"model.name_or_path: cannot load {cfg.model.name_or_path!r} ({first})") from None
+    return tokenizer, base
+
+
+def _tokenized(cfg: SearchConfig, splits: Splits, tokenizer) -> TokenizedSplits:
+    from search.inputs import data
+
+    try:
+        return data.tokenize(splits, tokenizer, cfg.model.task, cfg.training.max_seq_length)
+    except data.DatasetError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,132 @@
+"""The trials table as a Tune callback: one ``TrialResult`` per trial, rewritten as trials start and end so the
+table can be read mid-search."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ray import tune
+
+from search.redact import redact_text
+from search.results.layout import ResultsDir
+from search.results.metrics import get_metric
+from search.results.records import ERROR_KEY, STATUS_KEY, TrialResult, TrialStatus
+
+
+def classify_error(error: BaseException | None) -> tuple[TrialStatus, str]:
+    """``(status, one-line message)`` for a trial's error: ``infeasible`` when the config itself cannot run."""
+    if error is None:
+        return "failed", "trial stopped without a result"
+    seen: list[BaseException] = []
+    node: BaseException | None = error
+    while node is not None and node not in seen:
+        seen.append(node)
+        node = getattr(node, "cause", None) or node.__cause__
+    infeasible = any("InfeasibleTrialError" in {c.__name__ for c in type(e).__mro__} for e in seen)
+    root = seen[-1]
+    lines = [ln.strip() for ln in str(root).strip().splitlines() if ln.strip()]
+    message = lines[-1] if lines else type(root).__name__
+    if not message.startswith(type(root).__name__) and ":" not in message[:40]:
+        message = f"{type(root).__name__}: {message}"
+    # Error text can quote a config value or an environment variable: never a credential in the table.
+    return ("infeasible" if infeasible else "failed"), redact_text(message)[:500]
+
+
+def _trial_error(trial) -> BaseException | None:
+    """The trial's exception. At callback time Tune has written it to the trial's local staging directory only."""
+    import cloudpickle
+
+    path = trial.pickled_error_file
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    path = trial.error_file
+    if path and os.path.exists(path):
+        return RuntimeError(Path(path).read_text())
+    return None
+
+
+def ended_status(result: dict) -> tuple[TrialStatus, str]:
+    """A trial that ended with this last result: what the worker said (``STATUS_KEY``), or, when its last result
+    was a part-way one, stopped by the early-stopping scheduler."""
+    said = result.get(STATUS_KEY)
+    if said == "infeasible":
+        return "infeasible", redact_text(str(result.get(ERROR_KEY, "")))[:500]
+    if said == "running":  # its last report was a rung's: the scheduler ended it there
+        note = (
+            f"stopped early at step {result.get('rung_step')}: dominated there (accuracy "
+            f"{result.get('accuracy', float('nan')):.3f} on {result.get('eval_rows')} held-out rows)"
+        )
+        return "stopped_early", note
+    if said == "complete":
+        return "complete", ""
+    return "failed", f"trial ended without a final result (last reported status {said!r})"
+
+
+class TrialTable(tune.Callback):
+    """Records every trial (config, status, metrics, adapter path) in the results directory's trials table."""
+
+    def __init__(
+        self,
+        results: ResultsDir,
+        num_trials: int,
+        objectives: Sequence[str] = ("accuracy", "trainable_params", "train_time_s"),
+        echo: bool = True,
+        on_write: Callable[[], None] | None = None,
+    ):
+        self.results = results
+        self.shown = list(dict.fromkeys([*objectives, "train_time_s"]))
+        """Metrics printed as each trial completes: the search's objectives and its training time."""
+        self.records: dict[str, TrialResult] = {}
+        self.num_trials = num_trials
+        self.echo = echo
+        self.on_write = on_write  # e.g. mirroring the table to an object store
+
+    def setup(self, **info):
+        """Keep the rows of an earlier run of this search (a resumed one): its finished trials stay in the table."""
+        if self.results.trials_path.exists() and not self.records:
+            self.records = {r.trial_id: r for r in self.results.read_records()}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        record = self._record(trial, "running")
+        self._say(f"trial {trial.trial_id} started: {_what(record)} {record.peft_config}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status, note = ended_status(trial.last_result or {})
+        record = self._record(trial, status, note)
+        self._say(f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}{self._outcome(record)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        status, message = classify_error(_trial_error(trial))
+        record = self._record(trial, status, message)
+        self._say(f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}: {message}")
+
+    def _done(self) -> int:
+        return sum(r.status != "running" for r in self.records.values())
+
+    def _record(self, trial, status: TrialStatus, error: str = "") -> TrialResult:
+        record = TrialResult.from_report(trial.trial_id, status, trial.config, trial.last_result or {}, error)
+        self.records[record.trial_id] = record
+        self.write()
+        return record
+
+    def _outcome(self, record: TrialResult) -> str:
+        if record.status == "complete":
+            values = (f"{name}={get_metric(name).format(record.metrics.get(name))}" for name in self.shown)
+            return " " + " ".join(values)
+        return f": {record.error}" if record.error else ""
+
+    def _say(self, text: str) -> None:
+        if self.echo:
+            print(f"[peft-search] {text}", flush=True)
+
+    def write(self) -> None:
+        self.results.write_trials(self.records.values())
+        if self.on_write is not None:
+            self.on_write()
+
+
+def _what(record: TrialResult) -> str:
+    return f"{record.method} ({record.quantization})"

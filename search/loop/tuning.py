@@ -1,0 +1,100 @@
+"""Ray Tune's side of a search: the Optuna sampler and study, the searcher, the scheduler, and the Tuner."""
+
+from __future__ import annotations
+
+import spaces
+from search.loop.prepare import Prepared
+from search.settings.schema import SearchConfig
+
+
+def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | None = None):
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_trials // 3)))
+    # Grouped multivariate TPE models the conditional space (method -> its knobs) jointly; the constant liar
+    # keeps concurrent trials from piling onto the same point.
+    startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
+
+
+def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
+    """The Optuna study (created, or loaded when resuming) with the explicit candidates queued first, and the
+    Tune searcher that asks it."""
+    import optuna
+
+    from search.loop.searcher import PeftOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = cfg.search
+    sampler = make_sampler(s.sampler, s.seed, s.num_trials, s.n_startup_trials)
+    storage = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.name,
+        sampler=sampler,
+        directions=["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives],
+        load_if_exists=True,
+    )
+    spaces.enqueue_candidates(study, prep.space_spec)
+    return PeftOptunaSearch(
+        space=spaces.DefineByRun(prep.space_spec, prep.space_context),
+        metric=[o.metric for o in cfg.objectives],
+        mode=[o.mode for o in cfg.objectives],
+        sampler=sampler,
+        study_name=cfg.name,
+        storage=storage,
+    )
+
+
+def trial_name(trial) -> str:
+    """Short, stable trial names (the id only): the sampled config lives in the results table, not in paths."""
+    return f"trial-{trial.trial_id}"
+
+
+def new_tuner(trainable, searcher, concurrency: int, callbacks: list, cfg: SearchConfig, storage_path: str):
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=cfg.search.num_trials,
+            max_concurrent_trials=concurrency,
+            scheduler=scheduler(cfg),
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            # One actor serves trial after trial: torch, transformers and PEFT are imported once per actor.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=storage_path,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
+            verbose=0,
+        ),
+    )
+
+
+def restored_tuner(trainable, tune_path: str):
+    """The trials, the searcher (with its Optuna study) and the callbacks come back from Tune's saved state."""
+    from ray import tune
+
+    return tune.Tuner.restore(
+        tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+    )
+
+
+def scheduler(cfg: SearchConfig):
+    """Tune's trial scheduler: first come, first served, or early stopping over all objectives at once."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.loop.early_stopping import ParetoASHA
+
+    es = cfg.search.early_stopping
+    if es.rule == "none":
+        return FIFOScheduler()
+    return ParetoASHA([(o.metric, o.mode) for o in cfg.objectives], es.reduction_factor)

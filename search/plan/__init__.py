@@ -1,0 +1,1 @@
+"""Planning before spending: exact parameter counts, adapter size and a peak-memory estimate, without weights."""

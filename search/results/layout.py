@@ -1,0 +1,162 @@
+"""A search's results directory: the one place that knows its files, reads them and writes them.
+
+``docs/results.md`` is the user's reference to what is written here (every file, every column, its unit). The
+trials table carries its schema version in the Parquet metadata; tables written before the version existed (1)
+are read as the current one. Pure: no torch, no ray (the report reads through it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search.results.metrics import DEFAULT_OBJECTIVES, Objective
+from search.results.records import TrialResult
+
+SCHEMA_VERSION = 2
+SCHEMA_KEY = b"peft_search.schema"
+
+CONFIG_FILE = "config.yaml"
+OPTUNA_FILE = "optuna.db"
+RUN_FILE = "run.json"
+TRIALS_FILE = "trials.parquet"
+REPORT_FILE = "report.html"
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+DATA_DIR = "data"
+DRIVER_FILES = (TRIALS_FILE, OPTUNA_FILE, RUN_FILE)
+"""What the driver rewrites as trials finish (mirrored to an object store after every trial)."""
+
+_FIXED_COLUMNS = list(TrialResult("-", "running").to_row())
+
+
+class ResultsDir:
+    """The files of one search (``RESULTS_DIR/NAME``) on local disk (a staging copy, for an object store)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ResultsDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def trials_path(self) -> Path:
+        return self.path / TRIALS_FILE
+
+    @property
+    def tune_path(self) -> Path:
+        return self.path / TUNE_DIR
+
+    @property
+    def train_path(self) -> Path:
+        return self.path / TRAIN_DIR
+
+    @property
+    def optuna_url(self) -> str:
+        """The Optuna storage URL: ``optuna.load_study(study_name=NAME, storage=this)``."""
+        return f"sqlite:///{self.path / OPTUNA_FILE}"
+
+    def holds_search(self) -> bool:
+        return (self.path / CONFIG_FILE).exists()
+
+    # The config and the run facts.
+
+    def read_config(self) -> dict[str, Any]:
+        import yaml
+
+        return yaml.safe_load((self.path / CONFIG_FILE).read_text())
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        import yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+
+    def read_facts(self) -> dict[str, Any]:
+        """``run.json``; only the name when the search has not written it yet."""
+        path = self.path / RUN_FILE
+        return json.loads(path.read_text()) if path.exists() else {"name": self.name}
+
+    def write_facts(self, facts: dict[str, Any]) -> None:
+        _atomic_write(self.path / RUN_FILE, json.dumps(facts, indent=2))
+
+    def objectives(self) -> tuple[Objective, ...]:
+        """The search's own objectives (run facts, else the saved config), else the defaults."""
+        listed = self.read_facts().get("objectives")
+        if not listed and self.holds_search():
+            listed = self.read_config().get("objectives")
+        if not listed:
+            return DEFAULT_OBJECTIVES
+        return tuple(Objective(o["metric"], o["mode"]) for o in listed)
+
+    def write_splits(self, train: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> None:
+        data = self.path / DATA_DIR
+        data.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(train).to_parquet(data / "train.parquet", index=False)
+        pd.DataFrame(held_out).to_parquet(data / "eval.parquet", index=False)
+
+    # The trials table.
+
+    def read_trials(self) -> pd.DataFrame:
+        """One row per trial, at the current schema version."""
+        if not self.trials_path.is_file():
+            raise FileNotFoundError(f"{self.path}: no {TRIALS_FILE}; is this a peft-search results directory?")
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.trials_path)
+        version = int((table.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
+        if version > SCHEMA_VERSION:
+            raise FileNotFoundError(
+                f"{self.trials_path}: written by a newer peft-search (table schema {version}); upgrade peft-search"
+            )
+        return _upgrade(table.to_pandas(), version)
+
+    def read_records(self) -> list[TrialResult]:
+        return [TrialResult.from_row(r) for r in self.read_trials().to_dict("records")]
+
+    def write_trials(self, records: Iterable[TrialResult]) -> None:
+        """Rewrite the table atomically (readers never see half a file), with its schema version."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        frame = pd.DataFrame([r.to_row() for r in records], columns=None)
+        for column in _FIXED_COLUMNS:
+            if column not in frame:
+                frame[column] = None
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION).encode()}
+        )
+        tmp = self.trials_path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.trials_path)
+
+
+def _upgrade(frame: pd.DataFrame, version: int) -> pd.DataFrame:
+    """Read an older table as the current schema."""
+    if version < 2:
+        # 1: early-stopped trials were "stopped"; no Optuna trial number was recorded.
+        if "status" in frame:
+            frame["status"] = frame["status"].replace({"stopped": "stopped_early"})
+        for column in _FIXED_COLUMNS:
+            if column not in frame:
+                frame[column] = None
+    return frame
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,92 @@
+"""Loading a search config: one YAML file, parsed and validated once, with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from search.errors import ConfigError
+from search.settings.schema import SearchConfig
+
+
+def _loc_part(part: str | int) -> str:
+    if isinstance(part, int):
+        return f"[{part}]"
+    if part == "[key]":  # pydantic's marker for "the key itself" inside a dict
+        return ""
+    return f".{part}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part) else f"[{part!r}]"
+
+
+def _format(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = "".join(_loc_part(p) for p in first["loc"]).lstrip(".")
+    loc = f"config{loc}" if loc.startswith("[") else loc  # an odd top-level key
+    msg = first["msg"].removeprefix("Value error, ")
+    if not loc:  # whole-config checks name their own field
+        return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling"
+    elif first["type"] == "missing":
+        msg = "required; add it"
+    elif first["type"] == "invalid_key":
+        msg = f"keys must be names, got {first.get('input')!r}"
+    elif first["type"] == "literal_error":
+        msg = f"{msg} (got {first.get('input')!r})"
+    return f"{loc}: {msg}"
+
+
+def parse_config(data: Any) -> SearchConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config: the YAML file must hold a mapping of keys (name, model, dataset, ...)")
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Read, merge ``overrides`` (dotted keys) and validate a YAML search config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no file at {path}; pass the path of a YAML search config")
+    try:
+        # safe_load builds plain data only: a config is never code (``!!python/...`` tags are refused).
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_problem(path, err)) from None
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    if node.get(key) is not None:
+                        raise ConfigError(
+                            f"{dotted.rsplit('.', 1)[0]}: must be a mapping to take {dotted} (got {node[key]!r})"
+                        )
+                    node[key] = {}
+                node = node[key]
+            node[leaf] = value
+    return parse_config(data)
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = str(getattr(err, "problem", "") or "")
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return f"config: {path}{where}: YAML tag {name!r} is not allowed (a config is plain data); remove it"
+    detail = f" ({problem})" if problem else ""
+    return f"config: {path} is not valid YAML{where}{detail}; fix the syntax"
+
+
+def default_config_path() -> Path:
+    return Path(__file__).parent.parent / "configs" / "bbcnews-minilm.yaml"

@@ -1,0 +1,57 @@
+"""The trial process itself: quiet library logs, imports made before measuring, its allocator and Ray node."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def quiet_libraries() -> None:
+    """Keep worker logs to what matters: a new task head and weight-loading progress bars are expected."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+
+
+def import_training_libraries(quantization: str) -> None:
+    """Import what the trial will use before measuring its starting memory, so the baseline includes it."""
+    from peft import get_peft_model  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: F401
+
+    if quantization != "none":
+        import bitsandbytes  # noqa: F401
+
+
+def heap_allocator() -> str:
+    """The heap allocator this process runs with: "jemalloc" when it is loaded, else "system"."""
+    try:
+        maps = Path(f"/proc/{os.getpid()}/maps").read_text()
+    except OSError:
+        return "system"
+    return "jemalloc" if "libjemalloc" in maps else "system"
+
+
+def node_id() -> str | None:
+    """The Ray node this trial ran on (rank 0's for several workers): which machine, on a cluster."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def return_freed_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it otherwise), so a reused actor's resident set shrinks."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(name).malloc_trim(0)

@@ -1,0 +1,240 @@
+"""One trial's work, wherever it runs: plan, load and inject, train, evaluate, save the adapter.
+
+Knows nothing of Optuna or of how trials are chosen and stopped: it receives the search's settings and one sampled
+config and returns metrics keyed by the metric registry (``search.results.metrics``). Part-way results at early
+stopping's rungs go to an ``on_rung`` callback (``ray.tune.report`` in a Tune actor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.inputs.data import TokenizedSplits
+from search.inputs.modeling import inject_adapter, load_base_model
+from search.plan.planning import Plan
+from search.results.records import RUNG_KEY, STATUS_KEY
+from search.settings.trial import TrialConfig, TrialSettings
+from search.worker import faults
+from search.worker.batches import train_loader
+from search.worker.costs import check_budget, plan_trial
+from search.worker.environment import heap_allocator, import_training_libraries, node_id
+from search.worker.evaluation import evaluate
+from search.worker.memory import PeakMemory, release_accelerator_memory
+
+FINITE_CHECK_EVERY = 16
+"""Training steps between host reads of the on-device non-finite-loss flag."""
+
+OnRung = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass
+class _Costs:
+    """What a trial costs so far; shared by its rung results and its final result."""
+
+    trainable: int
+    total: int
+    plan: Plan
+    peak: PeakMemory
+    load_s: float
+    world_size: int
+
+    def metrics(self, *, trained_s: float, samples: int, tokens: int) -> dict[str, Any]:
+        return {
+            "trainable_params": self.trainable,
+            "total_params": self.total,
+            "peak_memory_bytes": self.peak.peak_bytes(),
+            "est_peak_memory_bytes": self.plan.est_peak_memory_bytes,
+            "peak_memory_kind": self.peak.kind,
+            "train_time_s": trained_s,
+            "load_time_s": self.load_s,
+            "samples_per_s": samples * self.world_size / trained_s if trained_s > 0 else 0.0,
+            "tokens_per_s": tokens * self.world_size / trained_s if trained_s > 0 else 0.0,
+        }
+
+
+def run_trial(
+    trial: TrialConfig,
+    settings: TrialSettings,
+    data: TokenizedSplits,
+    *,
+    device: torch.device,
+    world_size: int = 1,
+    rank: int = 0,
+    on_rung: OnRung | None = None,
+) -> tuple[dict[str, Any], tempfile.TemporaryDirectory | None]:
+    """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter.
+
+    With ``on_rung``, at each of ``settings.rungs`` the adapter is evaluated on the first ``rung_eval_size``
+    held-out rows and ``on_rung`` gets a part-way result (``RUNG_KEY`` set) with every metric an objective may
+    name, so a scheduler can compare trials there and stop this one. Raises ``InfeasibleTrialError`` for a config
+    PEFT refuses or the budget rules out.
+    """
+    # Plan: the cost from the config alone, before the weights; over budget is infeasible.
+    import_training_libraries(trial.quantization)
+    peak = PeakMemory(device)
+    peak.start()
+    plan = plan_trial(
+        trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
+    )
+    check_budget(plan, settings.budget)
+
+    # Load the base model at its quantization level and inject the adapter.
+    torch.manual_seed(settings.seed)
+    t0 = time.perf_counter()
+    model = _load(trial, settings, data, device)
+    trainable, total = model.get_nb_trainable_parameters()
+    costs = _Costs(int(trainable), int(total), plan, peak, time.perf_counter() - t0, world_size)
+    faults.inject(settings.faults, trial.candidate, device)
+
+    # Train, with part-way evaluations at the rungs.
+    train_model = model
+    if world_size > 1:
+        import ray.train.torch
+
+        train_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    t1 = time.perf_counter()
+    rung = _Rung(on_rung, model, train_model, data, settings, costs, device, t1) if on_rung else None
+    samples, tokens = _train(train_model, model, data, trial, settings, device, world_size, rank, rung)
+    train_s = time.perf_counter() - t1 - (rung.seconds if rung else 0.0)
+
+    # Evaluate on the whole held-out split, save the adapter (rank 0).
+    t2 = time.perf_counter()
+    evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
+    eval_s = time.perf_counter() - t2
+    adapter_dir, adapter_bytes = _save(model) if rank == 0 else (None, 0)
+    metrics = {
+        STATUS_KEY: "complete",
+        **evaluation,
+        **costs.metrics(trained_s=train_s, samples=samples, tokens=tokens),
+        "eval_time_s": eval_s,
+        "rung_eval_time_s": rung.seconds if rung else 0.0,
+        "eval_rows": len(data.eval),
+        "train_steps": settings.steps,
+        "adapter_bytes": adapter_bytes,
+        "world_size": world_size,
+        "device": str(device.type),
+        "node_id": node_id(),
+        "cpu_allocator": heap_allocator(),
+    }
+    model = train_model = rung = None  # free the weights before the next trial (the rung holds them too)
+    release_accelerator_memory()
+    return metrics, adapter_dir
+
+
+def _load(trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, device: torch.device):
+    t = settings.training
+    base = load_base_model(
+        settings.model_path,
+        settings.task,
+        num_labels=data.num_labels,
+        quantization=trial.quantization,
+        device=device,
+        precision=t.precision,
+        pad_token_id=data.pad_token_id,
+        revision=settings.revision,
+        gradient_checkpointing=t.gradient_checkpointing,
+    )
+    return inject_adapter(base, trial.peft_config)
+
+
+def _save(model) -> tuple[tempfile.TemporaryDirectory, int]:
+    """The adapter in a temporary directory, and the size of its weights file (what ships, what ``plan``
+    predicts)."""
+    adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
+    model.save_pretrained(adapter_dir.name)
+    return adapter_dir, (Path(adapter_dir.name) / "adapter_model.safetensors").stat().st_size
+
+
+class _Rung:
+    """Part-way evaluation at early stopping's rungs: on the first ``rung_eval_size`` held-out rows, reported
+    with every metric an objective may name. Its time is not training time."""
+
+    def __init__(
+        self, report: OnRung, model, train_model, data, settings: TrialSettings, costs, device, started
+    ):
+        self.report, self.model, self.train_model, self.started = report, model, train_model, started
+        self.data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
+        self.settings, self.costs, self.device = settings, costs, device
+        self.steps = {r for r in settings.rungs if r < settings.steps}
+        self.seconds = 0.0
+
+    def __call__(self, step: int, samples: int, tokens: int) -> None:
+        if step not in self.steps:
+            return
+        t = time.perf_counter()
+        s = self.settings
+        partial = evaluate(self.model, self.data, s.task, s.training.eval_batch_size, self.device)
+        self.train_model.train()
+        self.report(
+            {
+                STATUS_KEY: "running",
+                RUNG_KEY: step,
+                **partial,
+                **self.costs.metrics(
+                    trained_s=t - self.started - self.seconds, samples=samples, tokens=tokens
+                ),
+                "adapter_bytes": self.costs.plan.adapter_bytes,
+                "train_steps": step,
+                "rung_eval_time_s": self.seconds + time.perf_counter() - t,
+                "eval_rows": len(self.data.eval),
+            }
+        )
+        self.seconds += time.perf_counter() - t
+
+
+def _train(
+    train_model,
+    peft_model,
+    data: TokenizedSplits,
+    trial: TrialConfig,
+    settings: TrialSettings,
+    device: torch.device,
+    world_size: int,
+    rank: int,
+    rung: _Rung | None,
+) -> tuple[int, int]:
+    """The training loop: AdamW with linear warmup and decay, as the Trainer's defaults; samples and tokens seen."""
+    from transformers import get_linear_schedule_with_warmup
+
+    t, steps = settings.training, settings.steps
+    params = [p for p in train_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=trial.learning_rate, weight_decay=t.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * t.warmup_ratio), steps)
+    loader = train_loader(
+        data, t.batch_size, settings.seed, t.train_sampling_strategy, device, world_size=world_size, rank=rank
+    )
+    adaptive = trial.peft_config["peft_type"].upper() == "ADALORA"
+    train_model.train()
+    step, samples, tokens = 0, 0, 0
+    # Reading the loss on the host would stall the GPU every step: the check stays on the device and is read
+    # every FINITE_CHECK_EVERY steps (and after the last), so a diverged trial still fails, a few steps later.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    while step < steps:
+        for batch in loader:
+            tokens += int(batch["attention_mask"].sum())
+            samples += batch["input_ids"].shape[0]
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = train_model(**batch).loss
+            nonfinite |= ~torch.isfinite(loss.detach())
+            checkpoint = (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 >= steps
+            if checkpoint and nonfinite.item():
+                raise FloatingPointError(f"training loss became non-finite by step {step + 1}")
+            loss.backward()
+            optimizer.step()
+            if adaptive:
+                peft_model.base_model.update_and_allocate(step)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step >= steps:
+                break
+            if rung is not None:
+                rung(step, samples, tokens)
+    return samples, tokens

@@ -1,0 +1,190 @@
+"""One Tune trial: trained in place when it has one worker, as a Ray Train run when it has several.
+
+A multi-worker trial is a Ray Train ``TorchTrainer`` (the Train V2 pattern: the Tune function builds it). A
+single-worker trial runs inside the Tune trial's own actor, which holds the worker's CPUs and GPUs: no trainer,
+controller or worker actors to start per trial, and with ``reuse_actors`` the imports happen once per actor. Both
+paths report the same metrics and save the adapter to the same place (``train/train-TRIAL/checkpoint_000000``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.errors import InfeasibleTrialError
+from search.inputs.data import TokenizedSplits
+from search.settings.trial import TrialConfig, TrialSettings
+from search.worker.environment import quiet_libraries, return_freed_memory
+from search.worker.infeasible import penalty_result
+from search.worker.memory import release_accelerator_memory
+from search.worker.training import run_trial
+
+CHECKPOINT = "checkpoint_000000"
+
+
+def trial_driver(config: dict[str, Any], *, settings: TrialSettings, data: TokenizedSplits) -> None:
+    """Ray Tune function: train the sampled config and report its result (or why it cannot run) to Tune."""
+    import ray.tune
+
+    trial = TrialConfig.from_mapping(config)
+    trial_id = ray.tune.get_context().get_trial_id()
+    try:
+        if settings.resources.num_workers == 1:
+            result = train_in_place(trial, settings, data, trial_id)
+        else:
+            result = _train_distributed(trial, settings, data, trial_id)
+    except InfeasibleTrialError as err:
+        # Completes with the worst outcome so the sampler learns to avoid it (see search.worker.infeasible).
+        result = penalty_result(str(err))
+    if result is not None:
+        ray.tune.report(result)
+
+
+def trial_resources(settings: TrialSettings) -> dict[str, float]:
+    """What the Tune trial itself holds: the worker's share when it trains in place, next to nothing otherwise.
+
+    A multi-worker trial's function only launches the Ray Train run, so it holds no CPU and the workers get them.
+    """
+    if settings.resources.num_workers == 1:
+        return _worker_resources(settings)
+    return {"CPU": 0, "memory": 64 * 1024**2}
+
+
+def train_in_place(
+    trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, trial_id: str
+) -> dict[str, Any]:
+    """A one-worker trial in the calling process (the Tune trial's actor, which holds the worker's resources).
+
+    The adapter goes where Ray Train would have put it, and its path travels in the metrics as ``checkpoint_path``,
+    the key Ray's ``TuneReportCallback`` uses, so the results table reads both paths alike. The actor may be reused
+    for the next trial: memory freed here goes back to the OS so that trial's peak starts from a clean baseline.
+    """
+    started_at, t0 = time.time(), time.perf_counter()
+    quiet_libraries()
+    # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs; on CPU, torch uses exactly the cores the trial holds.
+    gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+    on_rung = None
+    if settings.rungs:
+        import ray.tune
+
+        # Blocks until Tune has the result; when the scheduler stops the trial, Tune ends this thread here.
+        on_rung = ray.tune.report
+    stopped = False
+    try:
+        metrics, adapter_dir = run_trial(trial, settings, data, device=device, on_rung=on_rung)
+    except SystemExit:  # stopped at a rung: Tune's report ends the thread so
+        stopped = True  # (leaving this block drops the traceback, and the model with its frames)
+    finally:
+        return_freed_memory()
+    if stopped:
+        release_accelerator_memory()
+        raise SystemExit(0)
+    assert adapter_dir is not None  # rank 0 always saves
+    t1 = time.perf_counter()
+    with adapter_dir:
+        target = _store_adapter(adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}")
+    # Where the trial's time went, for benchmarks/overhead.py (Tune's result.json keeps every reported key).
+    timing = {
+        "trial_started_at": started_at,
+        "trial_total_s": time.perf_counter() - t0,
+        "save_time_s": time.perf_counter() - t1,
+        "worker_pid": os.getpid(),
+    }
+    return {**metrics, **timing, "checkpoint_path": target}
+
+
+def _store_adapter(local: str, adapters_path: str, name: str) -> str:
+    """Copy the adapter to the search's adapters directory (or object store); its path there."""
+    if "://" in adapters_path:  # an object store: a path inside its filesystem, as Ray Train's
+        from search.results import storage
+
+        return storage.put_dir(local, adapters_path, name)
+    target = Path(adapters_path) / name
+    if target.exists():  # a trial restarted by a resumed search
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(local, target)
+    return str(target)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function (multi-worker trials)."""
+    import ray.train
+    import ray.train.torch
+
+    quiet_libraries()
+    ctx = ray.train.get_context()
+    metrics, adapter_dir = run_trial(
+        config["trial"],
+        config["settings"],
+        config["data"],
+        device=ray.train.torch.get_device(),
+        world_size=ctx.get_world_size(),
+        rank=ctx.get_world_rank(),
+    )
+    checkpoint = ray.train.Checkpoint.from_directory(adapter_dir.name) if adapter_dir is not None else None
+    ray.train.report(metrics, checkpoint=checkpoint)
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
+
+
+def _train_distributed(
+    trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, trial_id: str
+) -> dict[str, Any] | None:
+    """Launch the trial's Ray Train run; ``TuneReportCallback`` relays its report to Tune (so: None here)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = settings.resources
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"trial": trial, "settings": settings, "data": data},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.num_workers,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker=_worker_resources(settings),
+        ),
+        run_config=ray.train.RunConfig(
+            # Stable name (the trial id, no timestamp) so Ray can restore the run.
+            name=f"train-{trial_id}",
+            storage_path=settings.adapters_path,
+            callbacks=[TuneReportCallback()],
+            # No retries in Ray Train, a lost node included (which it otherwise retries without limit, as a
+            # preemption): Tune restarts the whole trial up to resources.max_failures times, as for one worker.
+            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=0),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        cause = _worker_cause(err)
+        if isinstance(cause, InfeasibleTrialError):
+            raise cause from None
+        raise
+    return None
+
+
+def _worker_resources(settings: TrialSettings) -> dict[str, float]:
+    r = settings.resources
+    resources = {"CPU": float(r.cpus_per_worker)}
+    if r.gpus_per_worker > 0:
+        resources["GPU"] = float(r.gpus_per_worker)
+    return resources
+
+
+def _worker_cause(err: BaseException) -> BaseException | None:
+    """The exception a worker raised, unwrapped from Ray's error types."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for failure in failures.values():
+        cause = getattr(failure, "cause", None) or failure
+        inner = getattr(cause, "as_instanceof_cause", None)
+        return cause if inner is None else cause.as_instanceof_cause()
+    return None

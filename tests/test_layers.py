@@ -1,0 +1,73 @@
+"""The rooms' import contracts (pyproject.toml, checked by import-linter): kept today, and broken by a cycle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("search", "spaces", "cluster", "reports")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    lint = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(lint), str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _copy(tmp_path: Path) -> Path:
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+def _add_import(path: Path, line: str) -> None:
+    text = path.read_text()
+    head, sep, rest = text.partition("from __future__ import annotations\n")
+    path.write_text(head + sep + line + "\n" + rest)
+
+
+def test_the_contracts_hold():
+    out = _lint(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "broken" in out.stdout and "0 broken" in out.stdout
+    # Every room is named in a contract.
+    for room in (
+        "search.loop",
+        "search.worker",
+        "search.plan",
+        "search.inputs",
+        "search.settings",
+        "search.results",
+    ):
+        assert room in (ROOT / "pyproject.toml").read_text()
+
+
+def test_an_upward_import_breaks_the_layers(tmp_path):
+    root = _copy(tmp_path)
+    _add_import(root / "search" / "results" / "metrics.py", "import search.loop.driver  # noqa")
+    out = _lint(root)
+    assert out.returncode != 0, out.stdout
+    assert "settings > results) BROKEN" in out.stdout  # the layers contract, among others
+    assert "search.results.metrics -> search.loop.driver" in out.stdout
+
+
+def test_a_cycle_inside_a_room_is_refused(tmp_path):
+    # driver -> prepare -> rungs already; rungs -> driver closes a cycle inside search.loop.
+    root = _copy(tmp_path)
+    _add_import(root / "search" / "loop" / "rungs.py", "import search.loop.driver  # noqa")
+    out = _lint(root)
+    assert out.returncode != 0, out.stdout
+    assert "no import cycles between the modules of any package BROKEN" in out.stdout
+    assert "No cycles are allowed in search.loop." in out.stdout and ".rungs -> .driver" in out.stdout
