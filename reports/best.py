@@ -1,35 +1,60 @@
-"""``peft-search best``: the trial to ship under a budget, and an export that PEFT loads and a search reproduces."""
+"""``peft-search best``: the trial to ship under limits, and an export that PEFT loads and a search reproduces."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reports.fronts import Choice, choose_best
-from reports.table import human, load_trials
+from reports.choice import Choice, Limit, choose_best, limits_json
+from reports.table import load_trials, record_json
+from search.results.layout import CONFIG_FILE
+from search.results.metrics import Objective, get_metric, metrics
 
 EXPORT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def describe(choice: Choice) -> str:
+def _metric_line(trial: Any, names: Sequence[str]) -> str:
+    parts = []
+    for name in names:
+        text = get_metric(name).format(trial.get(name))
+        if name == "peak_memory_bytes" and isinstance(trial.get("peak_memory_kind"), str):
+            text += f" ({trial['peak_memory_kind']})"
+        parts.append(f"{get_metric(name).label} {text}")
+    return "   ".join(parts)
+
+
+def describe(choice: Choice, objectives: Sequence[Objective]) -> str:
+    """The chosen trial for a terminal: its objectives, then its other summary metrics, its config, and why."""
     if choice.trial is None:
         return f"No trial chosen: {choice.reason}."
     t = choice.trial
+    names = [o.metric for o in objectives]
+    others = [m.name for m in metrics() if m.summary and m.name not in names and m.name in t.index]
+    lr = t.get("learning_rate")
     lines = [
         f"Best trial: {t['trial_id']} ({t['method']}, quantization {t['quantization']})",
-        f"  accuracy {t['accuracy']:.4f}   trainable params {int(t['trainable_params']):,}   "
-        f"peak memory {human(t['peak_memory_bytes'], 'B')} ({t.get('peak_memory_kind')})   "
-        f"adapter {human(t.get('adapter_bytes'), 'B')}",
-        f"  learning rate {t['learning_rate']:.3g}",
+        f"  {_metric_line(t, names)}",
+        *([f"  {_metric_line(t, others)}"] if others else []),
+        f"  learning rate {lr:.3g}" if isinstance(lr, float) and lr == lr else "  learning rate -",
         f"  PEFT config: {t['peft_config']}",
         f"  why: {choice.reason}",
     ]
     return "\n".join(lines)
+
+
+def choice_json(choice: Choice, objectives: Sequence[Objective], limits: Sequence[Limit]) -> dict[str, Any]:
+    """``best --format json``: the chosen trial's record (or null), why, and what it was chosen by."""
+    return {
+        "trial": None if choice.trial is None else record_json(choice.trial.to_dict()),
+        "reason": choice.reason,
+        "objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives],
+        "limits": limits_json(limits),
+    }
 
 
 def export(search_dir: str | Path, trial: Any, out_dir: str | Path) -> Path:
@@ -41,7 +66,7 @@ def export(search_dir: str | Path, trial: Any, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in EXPORT_FILES:
         shutil.copy2(source / name, out / name)
-    config = yaml.safe_load((search_dir / "config.yaml").read_text())
+    config = yaml.safe_load((search_dir / CONFIG_FILE).read_text())
     peft_config = json.loads(trial["peft_config"])
     config["name"] = f"{config['name']}-{trial['trial_id']}"
     config["space"] = {
@@ -59,13 +84,12 @@ def export(search_dir: str | Path, trial: Any, out_dir: str | Path) -> Path:
     # One trial, trained to the end: rung evaluations would change nothing in it (tested), only cost time.
     config["search"] = {**config.get("search", {}), "num_trials": 1, "early_stopping": {"rule": "none"}}
     (out / "reproduce.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    record = {k: (v.item() if hasattr(v, "item") else v) for k, v in trial.items()}
-    (out / "trial.json").write_text(json.dumps(record, indent=2, default=str))
+    (out / "trial.json").write_text(json.dumps(record_json(dict(trial)), indent=2, default=str))
     model = config["model"]["name_or_path"]
+    scores = _metric_line(trial, [m.name for m in metrics() if m.summary and m.name in trial])
     (out / "README.md").write_text(
         f"# Adapter from trial {trial['trial_id']}\n\n"
-        f"{trial['method']} on `{model}` (quantization {trial['quantization']}), held-out accuracy "
-        f"{trial['accuracy']:.4f}.\n\n"
+        f"{trial['method']} on `{model}` (quantization {trial['quantization']}): {scores}.\n\n"
         "Load it with PEFT:\n\n```python\nfrom peft import PeftModel\n"
         'model = PeftModel.from_pretrained(base_model, "' + str(out) + '")\n```\n\n'
         "Train it again with the same settings:\n\n```bash\npeft-search run "
@@ -78,20 +102,22 @@ def export(search_dir: str | Path, trial: Any, out_dir: str | Path) -> Path:
 def best_command(
     search_dir: str | Path,
     *,
-    max_params: float | None = None,
-    max_memory: float | None = None,
-    min_accuracy: float | None = None,
+    limits: Sequence[Limit] = (),
     export_dir: str | Path | None = None,
     fetch_adapter: Callable[[str], Path] | None = None,
-) -> tuple[Choice, str]:
-    """``fetch_adapter`` maps a trial's ``adapter_path`` to a local directory (for results on an object store)."""
+) -> tuple[Choice, tuple[Objective, ...], Path | None]:
+    """Choose by the search's own objectives; export the choice when asked.
+
+    ``fetch_adapter`` maps a trial's ``adapter_path`` to a local directory (for results on an object store).
+    Returns the choice, the objectives it was ranked by, and where it was exported (None when not).
+    """
     trials = load_trials(search_dir)
-    choice = choose_best(trials, max_params=max_params, max_memory=max_memory, min_accuracy=min_accuracy)
-    text = describe(choice)
+    objectives = trials.attrs["objectives"]
+    choice = choose_best(trials, objectives, limits)
+    out = None
     if choice.trial is not None and export_dir is not None:
-        trial = choice.trial
+        trial = choice.trial.to_dict()
         if fetch_adapter is not None:
             trial = {**trial, "adapter_path": str(fetch_adapter(trial["adapter_path"]))}
         out = export(search_dir, trial, export_dir)
-        text += f"\nExported to {out} (adapter_config.json, adapter_model.safetensors, reproduce.yaml, trial.json)"
-    return choice, text
+    return choice, objectives, out

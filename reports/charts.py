@@ -1,7 +1,12 @@
-"""Drawing: plotly figures built from the pure data in `reports.fronts`. No computation of fronts happens here."""
+"""Drawing: plotly figures of a ``reports.data.ReportData``. Nothing is computed here but what a figure shows.
+
+Axes, titles and hover text come from the metric registry (``Metric.axis_title``, ``log_scale``, ``format``), so
+a search over any objectives draws its own.
+"""
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Sequence
 
@@ -9,7 +14,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.fronts import Objective, completed, hypervolume_history, pareto_front
+from reports.data import Front2D, ReportData
+from search.results.metrics import Objective, get_metric, metrics
 
 _SYMBOLS = {"none": "circle", "int8": "square", "nf4": "diamond", "fp4": "triangle-up"}
 _PALETTE = [
@@ -29,63 +35,68 @@ _PALETTE = [
     "#843c39",
     "#7b4173",
 ]
-_LABELS = {
-    "accuracy": "held-out accuracy",
-    "trainable_params": "trainable parameters",
-    "peak_memory_bytes": "peak memory (bytes)",
-}
 
 
 def _colors(methods: Sequence[str]) -> dict[str, str]:
     return {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(sorted(set(methods)))}
 
 
-def _hover(df: pd.DataFrame) -> list[str]:
-    """Full PEFT config and metrics per point. Plotly renders hover text as markup: escape it."""
-    import html
+def shown_metrics(objectives: Sequence[Objective], columns: Sequence[str]) -> list[str]:
+    """The objectives, then the registry's summary metrics the table has: what hover text and the terminal show."""
+    names = [o.metric for o in objectives]
+    names += [m.name for m in metrics() if m.summary and m.name not in names and m.name in columns]
+    return names
 
+
+def hover_texts(df: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
+    """Per trial: its metrics as the registry formats them, and the full PEFT config. Plotly renders hover text as
+    markup, so it is escaped."""
+    names = shown_metrics(objectives, list(df.columns))
     out = []
     for _, r in df.iterrows():
-        cfg = json.dumps(json.loads(r["peft_config"]), indent=1) if isinstance(r["peft_config"], str) else ""
-        text = (
-            f"trial {r['trial_id']} · {r['method']} · {r['quantization']}\n"
-            f"accuracy {r['accuracy']:.4f}\ntrainable {int(r['trainable_params']):,}\n"
-            f"peak memory {float(r['peak_memory_bytes']) / 2**20:,.0f} MiB\nlr {float(r['learning_rate']):.3g}\n{cfg}"
-        )
-        out.append(html.escape(text).replace("\n", "<br>"))
-    return out
+        cfg = r.get("peft_config")
+        cfg = json.dumps(json.loads(cfg), indent=1) if isinstance(cfg, str) else ""
+        lines = [f"trial {r['trial_id']} · {r.get('method')} · {r.get('quantization')}"]
+        lines += [f"{get_metric(n).label} {get_metric(n).format(r.get(n))}" for n in names]
+        lr = r.get("learning_rate")
+        lines += [f"lr {float(lr):.3g}" if pd.notna(lr) else "lr -", cfg]
+        out.append(html.escape("\n".join(lines)).replace("\n", "<br>"))
+    return pd.Series(out, index=df.index, dtype=object)
 
 
-def pareto_scatter(trials: pd.DataFrame, x: str, log_x: bool = False) -> go.Figure:
-    """Accuracy against a cost: points coloured by method, marked by quantization; the front joined."""
-    objectives = (Objective("accuracy", "max"), Objective(x, "min"))
-    done = completed(trials, objectives)
-    colors = _colors(done["method"]) if not done.empty else {}
+def _axis(objective: Objective) -> dict:
+    spec = objective.spec
+    return {"title": spec.axis_title, "type": "log" if spec.log_scale else "linear"}
+
+
+def pareto_scatter(data: ReportData, pair: Front2D, hover: pd.Series) -> go.Figure:
+    """The first objective against another: points coloured by method, marked by quantization; the front joined."""
+    x, y = pair.x.metric, pair.y.metric
+    done = data.complete
+    colors = _colors(done["method"].astype(str)) if not done.empty else {}
     fig = go.Figure()
-    for (method, quant), group in done.groupby(["method", "quantization"]):
+    for (method, quant), group in done.groupby(["method", "quantization"], dropna=False):
         fig.add_trace(
             go.Scatter(
                 x=group[x],
-                y=group["accuracy"],
+                y=group[y],
                 mode="markers",
                 name=f"{method} · {quant}",
                 marker={
-                    "color": colors[method],
+                    "color": colors[str(method)],
                     "symbol": _SYMBOLS.get(quant, "circle"),
                     "size": 10,
                     "line": {"width": 1, "color": "#333"},
                 },
-                text=_hover(group),
+                text=hover.loc[group.index].tolist(),
                 hovertemplate="%{text}<extra></extra>",
             )
         )
-    front = pareto_front(trials, objectives)
-    if not front.empty:
-        ordered = front.sort_values(x)
+    if not pair.front.empty:
         fig.add_trace(
             go.Scatter(
-                x=ordered[x],
-                y=ordered["accuracy"],
+                x=pair.front[x],
+                y=pair.front[y],
                 mode="lines+markers",
                 name="Pareto front",
                 line={"color": "black", "dash": "dot", "shape": "hv"},
@@ -93,59 +104,66 @@ def pareto_scatter(trials: pd.DataFrame, x: str, log_x: bool = False) -> go.Figu
                 hoverinfo="skip",
             )
         )
+    ylabel = pair.y.spec.label
     fig.update_layout(
-        title=f"Accuracy vs {_LABELS.get(x, x)}",
-        xaxis_title=_LABELS.get(x, x),
-        yaxis_title="held-out accuracy",
-        xaxis_type="log" if log_x else "linear",
+        title=f"{ylabel[:1].upper() + ylabel[1:]} vs {pair.x.spec.label}",
+        xaxis=_axis(pair.x),
+        yaxis=_axis(pair.y),
         legend_title="method · quantization",
         height=480,
     )
     return fig
 
 
-def scatter_3d(trials: pd.DataFrame) -> go.Figure:
-    done = completed(trials)
-    colors = _colors(done["method"]) if not done.empty else {}
-    front_ids = set(pareto_front(trials)["trial_id"]) if not done.empty else set()
+def scatter_3d(data: ReportData, hover: pd.Series) -> go.Figure:
+    """Three objectives at once: the second and third as x and y, the first as z; the full front as diamonds."""
+    first, second, third = data.objectives
+    done = data.complete
+    colors = _colors(done["method"].astype(str)) if not done.empty else {}
+    front_ids = set(data.front["trial_id"])
     fig = go.Figure()
-    for method, group in done.groupby("method"):
+    for method, group in done.groupby("method", dropna=False):
+        on_front = [t in front_ids for t in group["trial_id"]]
         fig.add_trace(
             go.Scatter3d(
-                x=np.log10(group["trainable_params"].astype(float).clip(lower=1)),
-                y=group["peak_memory_bytes"].astype(float) / 2**20,
-                z=group["accuracy"],
+                x=group[second.metric],
+                y=group[third.metric],
+                z=group[first.metric],
                 mode="markers",
-                name=method,
+                name=str(method),
                 marker={
-                    "color": colors[method],
-                    "size": [9 if t in front_ids else 5 for t in group["trial_id"]],
-                    "symbol": ["diamond" if t in front_ids else "circle" for t in group["trial_id"]],
+                    "color": colors[str(method)],
+                    "size": [9 if f else 5 for f in on_front],
+                    "symbol": ["diamond" if f else "circle" for f in on_front],
                 },
-                text=_hover(group),
+                text=hover.loc[group.index].tolist(),
                 hovertemplate="%{text}<extra></extra>",
             )
         )
     fig.update_layout(
         title="Three objectives (Pareto-optimal trials drawn as larger diamonds)",
         height=560,
-        scene={
-            "xaxis_title": "log10 trainable params",
-            "yaxis_title": "peak memory (MiB)",
-            "zaxis_title": "accuracy",
-        },
+        scene={"xaxis": _axis(second), "yaxis": _axis(third), "zaxis": _axis(first)},
     )
     return fig
 
 
-def hypervolume_figure(trials: pd.DataFrame, reference: np.ndarray) -> go.Figure:
-    history = hypervolume_history(trials, reference=reference)
+def reference_caption(data: ReportData) -> str:
+    """The reference point in each metric's own units: ``held-out accuracy 0.0000, trainable parameters 330``."""
+    parts = [
+        f"{o.spec.label} {o.spec.format(0.0 - v if o.mode == 'max' else v)}"
+        for o, v in zip(data.objectives, data.reference, strict=True)
+    ]
+    return "reference point: " + ", ".join(parts)
+
+
+def hypervolume_figure(data: ReportData) -> go.Figure:
+    history = data.history
     fig = go.Figure(
         go.Scatter(
             x=history["completed_trials"], y=history["hypervolume"], mode="lines+markers", name="hypervolume"
         )
     )
-    ref = ", ".join(f"{v:.4g}" for v in reference)
     fig.update_layout(
         title="Search progress: hypervolume of the front",
         xaxis_title="completed trials",
@@ -153,7 +171,7 @@ def hypervolume_figure(trials: pd.DataFrame, reference: np.ndarray) -> go.Figure
         height=380,
         annotations=[
             {
-                "text": f"reference point (minimisation form: -accuracy, params, memory) = ({ref})",
+                "text": html.escape(reference_caption(data)),
                 "xref": "paper",
                 "yref": "paper",
                 "x": 0,
@@ -179,36 +197,46 @@ def importance_figure(importances: dict[str, dict[str, float]], n_trials: int) -
     return fig
 
 
-def parallel_coordinates(trials: pd.DataFrame) -> go.Figure:
-    done = completed(trials)
-    methods = sorted(set(done["method"])) if not done.empty else []
-    quants = [q for q in _SYMBOLS if not done.empty and q in set(done["quantization"])]
+def _categories(label: str, values: pd.Series) -> dict:
+    values = values.astype(str)
+    names = sorted(set(values))
+    return {
+        "label": label,
+        "values": [names.index(v) for v in values],
+        "tickvals": list(range(len(names))),
+        "ticktext": names,
+    }
+
+
+def parallel_coordinates(data: ReportData) -> go.Figure:
+    """Method, quantization and learning rate against every objective (log axes as log10), coloured by the first."""
+    done = data.complete
     dims = [
-        {
-            "label": "method",
-            "values": [methods.index(m) for m in done["method"]],
-            "tickvals": list(range(len(methods))),
-            "ticktext": methods,
-        },
-        {
-            "label": "quantization",
-            "values": [quants.index(q) for q in done["quantization"]],
-            "tickvals": list(range(len(quants))),
-            "ticktext": quants,
-        },
+        _categories("method", done["method"]),
+        _categories("quantization", done["quantization"]),
         {"label": "log10 learning rate", "values": np.log10(done["learning_rate"].astype(float))},
-        {
-            "label": "log10 trainable params",
-            "values": np.log10(done["trainable_params"].astype(float).clip(lower=1)),
-        },
-        {"label": "peak memory (MiB)", "values": done["peak_memory_bytes"].astype(float) / 2**20},
-        {"label": "accuracy", "values": done["accuracy"].astype(float)},
     ]
+    for o in data.objectives:
+        values = done[o.metric].astype(float)
+        if o.spec.log_scale:
+            dims.append({"label": f"log10 {o.spec.axis_title}", "values": np.log10(values.clip(lower=1e-12))})
+        else:
+            dims.append({"label": o.spec.axis_title, "values": values})
+    first = done[data.objectives[0].metric].astype(float)
     fig = go.Figure(
-        go.Parcoords(
-            line={"color": done["accuracy"].astype(float), "colorscale": "Viridis", "showscale": True},
-            dimensions=dims,
-        )
+        go.Parcoords(line={"color": first, "colorscale": "Viridis", "showscale": True}, dimensions=dims)
     )
     fig.update_layout(title="Parallel coordinates of complete trials", height=460)
     return fig
+
+
+def figures(data: ReportData) -> list[tuple[str, go.Figure]]:
+    """Every chart of the report, with its section id: a front per other objective, the 3-D view for three
+    objectives, search progress, parallel coordinates."""
+    hover = hover_texts(data.complete, data.objectives)
+    out = [(f"pareto-{pair.x.metric}", pareto_scatter(data, pair, hover)) for pair in data.fronts_2d]
+    if len(data.objectives) == 3:
+        out.append(("three-objectives", scatter_3d(data, hover)))
+    out.append(("hypervolume", hypervolume_figure(data)))
+    out.append(("parallel", parallel_coordinates(data)))
+    return out

@@ -1,24 +1,54 @@
-"""The trials table of a results directory, and its plain-text summary for the terminal."""
+"""The trials table of a results directory: its plain-text summary for the terminal, and its records as JSON.
+
+Columns come from the metric registry: the search's objectives, then the metrics marked ``summary``, each shown
+by ``Metric.format``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-TRIALS_FILE = "trials.parquet"
+from reports.choice import rank
+from reports.fronts import completed
+from search.results.layout import TRIALS_FILE, ResultsDir
+from search.results.metrics import DEFAULT_OBJECTIVES, Objective, get_metric, metrics
+from search.results.records import TrialResult
+
+__all__ = ["TRIALS_FILE", "estimate_error", "human", "load_trials", "summary_table", "trial_records"]
+
+_MEMORY, _ESTIMATE, _KIND = "peak_memory_bytes", "est_peak_memory_bytes", "peak_memory_kind"
+_KIND_MARKS = {
+    "cpu_rss": ("R", "peak resident memory of the CPU worker"),
+    "gpu_allocated": ("G", "GPU allocator peak"),
+}
+_CONFIG_KEYS = (
+    "r",
+    "init_r",
+    "num_virtual_tokens",
+    "target_modules",
+    "use_dora",
+    "use_rslora",
+    "layers_to_transform",
+)
 
 
 def load_trials(search_dir: str | Path) -> pd.DataFrame:
-    """One row per trial, as the search wrote it."""
-    path = Path(search_dir) / TRIALS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{search_dir}: no {TRIALS_FILE}; is this a peft-search results directory?")
-    return pd.read_parquet(path)
+    """One row per trial, at the current schema, carrying the search's objectives in ``attrs["objectives"]`` (so
+    ``summary_table`` of it follows them)."""
+    results = ResultsDir(search_dir)
+    trials = results.read_trials()
+    trials.attrs["objectives"] = results.objectives()
+    return trials
 
 
 def human(n: float | None, unit: str = "") -> str:
+    """``1.2M``: a count in thousands, millions, billions (``peft-search plan``'s table)."""
     if n is None or pd.isna(n):
         return "-"
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -29,59 +59,74 @@ def human(n: float | None, unit: str = "") -> str:
 
 def estimate_error(row) -> float | None:
     """Relative error of the planned peak memory against the measured one (positive: over-estimate)."""
-    est, measured = row.get("est_peak_memory_bytes"), row.get("peak_memory_bytes")
+    est, measured = row.get(_ESTIMATE), row.get(_MEMORY)
     if est is None or measured is None or pd.isna(est) or pd.isna(measured) or not measured:
         return None
     return float(est) / float(measured) - 1.0
 
 
-def _num(value, fmt: str) -> str:
-    return "-" if value is None or pd.isna(value) else format(value, fmt)
+def _brief(row) -> str:
+    """What a complete trial's config is in a few words; for any other trial, its error or note."""
+    if row.get("status") != "complete":
+        return str(row.get("error") or "")
+    cfg = json.loads(row["peft_config"]) if isinstance(row.get("peft_config"), str) else {}
+    return ", ".join(f"{k}={v}" for k, v in cfg.items() if k in _CONFIG_KEYS)
 
 
-def summary_table(trials: pd.DataFrame) -> str:
-    """Fixed-width table of trials, best accuracy first, failures last with their error."""
+def _ordered(trials: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """Complete trials ranked as ``best`` ranks them, then every other trial in table order."""
+    done = completed(trials, objectives)
+    return pd.concat([rank(done, objectives), trials.drop(done.index)])
+
+
+def summary_table(trials: pd.DataFrame, objectives: Sequence[Objective] | None = None) -> str:
+    """Fixed-width table of trials, best first, failures last with their error.
+
+    ``objectives`` default to those ``load_trials`` attached, else the default objectives.
+    """
     if trials.empty:
         return "(no trials)"
-    order = trials.assign(_done=trials["status"].eq("complete"))
-    if "accuracy" in order:
-        order = order.sort_values(["_done", "accuracy"], ascending=[False, False], na_position="last")
-    header = f"{'trial':<14}{'status':<11}{'method':<14}{'quant':<6}{'acc':>6}{'trainable':>11}{'peak mem':>10}{'est err':>8}{'train s':>9}  config"
-    lines = [header, "-" * len(header)]
-    for _, row in order.iterrows():
-        mem_kind = (
-            ""
-            if pd.isna(row.get("peak_memory_kind"))
-            else ("R" if row["peak_memory_kind"] == "cpu_rss" else "G")
+    objectives = tuple(objectives or trials.attrs.get("objectives") or DEFAULT_OBJECTIVES)
+    names = [o.metric for o in objectives]
+    names += [m.name for m in metrics() if m.summary and m.name not in names]
+    names = [n for n in names if n in trials]
+    rows = []
+    for _, row in _ordered(trials, objectives).iterrows():
+        cells = [
+            str(row["trial_id"]),
+            str(row["status"]),
+            str(row.get("method")),
+            str(row.get("quantization")),
+        ]
+        for name in names:
+            text = get_metric(name).format(row.get(name))
+            mark = _KIND_MARKS.get(row.get(_KIND), ("",))[0] if name == _MEMORY and text != "-" else ""
+            cells.append(f"{text} {mark}".rstrip())
+        error = estimate_error(row)
+        cells.append("-" if error is None else format(error, "+.0%"))
+        rows.append((cells, _brief(row)))
+    header = ["trial", "status", "method", "quant", *(get_metric(n).label for n in names), "est err"]
+    widths = [max(len(header[i]), *(len(c[i]) for c, _ in rows)) for i in range(len(header))]
+    left = 4  # trial, status, method, quant: text, left-aligned; numbers right-aligned
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
-        cfg = json.loads(row["peft_config"]) if isinstance(row.get("peft_config"), str) else {}
-        brief = ", ".join(
-            f"{k}={v}"
-            for k, v in cfg.items()
-            if k
-            in (
-                "r",
-                "init_r",
-                "num_virtual_tokens",
-                "target_modules",
-                "use_dora",
-                "use_rslora",
-                "layers_to_transform",
-            )
-        )
-        lines.append(
-            f"{str(row['trial_id'])[:13]:<14}{row['status']:<11}{str(row['method'])[:13]:<14}{str(row['quantization']):<6}"
-            f"{_num(row.get('accuracy'), '.3f'):>6}"
-            f"{human(row.get('trainable_params')):>11}{human(row.get('peak_memory_bytes'), 'B') + mem_kind:>10}"
-            f"{_num(estimate_error(row), '+.0%'):>8}"
-            f"{_num(row.get('train_time_s'), '.1f'):>9}  "
-            f"{row['error'] if row['status'] != 'complete' else brief}"
-        )
-    kinds = set(trials.get("peak_memory_kind", pd.Series(dtype=object)).dropna())
-    legend = {
-        "cpu_rss": "R = peak resident memory of the CPU worker",
-        "gpu_allocated": "G = GPU allocator peak",
-    }
-    if kinds:
-        lines.append("peak mem: " + "; ".join(legend.get(k, k) for k in sorted(kinds)))
+
+    head = line(header) + "  config"
+    lines = [head, "-" * len(head), *(f"{line(c)}  {brief}".rstrip() for c, brief in rows)]
+    kinds = sorted(set(trials.get(_KIND, pd.Series(dtype=object)).dropna()))
+    if kinds and _MEMORY in names:
+        marks = [f"{_KIND_MARKS[k][0]} = {_KIND_MARKS[k][1]}" if k in _KIND_MARKS else k for k in kinds]
+        lines.append(f"{get_metric(_MEMORY).label}: " + "; ".join(marks))
     return "\n".join(lines)
+
+
+def trial_records(trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each row as its typed record (``TrialResult``), JSON-ready: metrics keyed by the registry's names."""
+    return [record_json(row) for row in trials.to_dict("records")]
+
+
+def record_json(row: dict[str, Any]) -> dict[str, Any]:
+    return dataclasses.asdict(TrialResult.from_row(dict(row)))

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.fronts import choose_best
+from reports.choice import Limit, choose_best
 from reports.html import write_report
+from reports.table import load_trials
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
@@ -50,7 +51,7 @@ def page(small_search):
         tab.on("pageerror", lambda e: events["errors"].append(str(e)))
         tab.on("request", lambda r: events["requests"].append(r.url))
         tab.goto(report.as_uri())
-        tab.wait_for_selector("#pareto-params .main-svg")
+        tab.wait_for_selector("#pareto-trainable_params .main-svg")
         yield tab, events, search_dir
         browser.close()
 
@@ -66,7 +67,7 @@ def test_loads_offline_without_errors_and_renders_every_chart(page):
         assert chart.locator(".main-svg").count() > 0, chart.get_attribute("id")
     # The 2-D fronts draw real points: one marker per complete trial, plus the front's own markers.
     complete = (pd.read_parquet(search_dir / "trials.parquet")["status"] == "complete").sum()
-    assert tab.locator("#pareto-params .scatterlayer .point").count() >= complete
+    assert tab.locator("#pareto-trainable_params .scatterlayer .point").count() >= complete
     ARTIFACTS.mkdir(exist_ok=True)
     tab.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
@@ -76,15 +77,17 @@ def test_table_has_one_row_per_trial_and_filters(page):
     tab, _, search_dir = page
     trials = pd.read_parquet(search_dir / "trials.parquet")
     assert tab.locator("#trials tbody tr").count() == len(trials)
-    tab.click("#trials th:has-text('accuracy')")
-    tab.click("#trials th:has-text('accuracy')")  # second click: descending
+    heading = tab.locator("#trials th", has_text="held-out accuracy")
+    column = int(heading.get_attribute("data-col"))
+    heading.click()
+    heading.click()  # second click: descending
     best = trials[trials["status"] == "complete"]["accuracy"].max()
-    first_accuracy = tab.locator("#trials tbody tr").first.locator("td").nth(4).get_attribute("data-v")
+    first_accuracy = tab.locator("#trials tbody tr").first.locator("td").nth(column).get_attribute("data-v")
     assert float(first_accuracy) == pytest.approx(best)
     # Trials without an accuracy (failed, infeasible) sort last, whichever the direction.
-    missing = int((trials["status"] != "complete").sum())
+    missing = int(trials["accuracy"].isna().sum())
     last = [
-        tab.locator("#trials tbody tr").nth(-1 - i).locator("td").nth(4).get_attribute("data-v")
+        tab.locator("#trials tbody tr").nth(-1 - i).locator("td").nth(column).get_attribute("data-v")
         for i in range(missing)
     ]
     assert missing > 0 and last == [""] * missing
@@ -94,19 +97,30 @@ def test_table_has_one_row_per_trial_and_filters(page):
 
 
 def test_budget_picker_agrees_with_best(page):
+    """One input per objective (a max for minimised metrics, a min for maximised; bytes in MiB), ranked as
+    ``best`` ranks."""
     tab, _, search_dir = page
-    trials = pd.read_parquet(search_dir / "trials.parquet")
+    trials = load_trials(search_dir)
+    objectives = trials.attrs["objectives"]
+    assert [
+        tab.locator(f"#{'max' if o.mode == 'min' else 'min'}-{o.metric}").count() for o in objectives
+    ] == [1] * len(objectives)
     done = trials[trials["status"] == "complete"]
     limits = [
-        (None, None),
-        (float(done["trainable_params"].min()), None),
-        (None, float(done["peak_memory_bytes"].median()) / 2**20),
+        (None, None, None),
+        (float(done["trainable_params"].min()), None, None),
+        (None, float(done["peak_memory_bytes"].median()) / 2**20, None),
+        (None, None, float(done["accuracy"].median())),
     ]
-    for max_params, max_mib in limits:
-        tab.fill("#max-params", "" if max_params is None else str(max_params))
-        tab.fill("#max-memory", "" if max_mib is None else str(max_mib))
-        expected = choose_best(
-            trials, max_params=max_params, max_memory=None if max_mib is None else max_mib * 2**20
-        )
+    for max_params, max_mib, min_accuracy in limits:
+        tab.fill("#max-trainable_params", "" if max_params is None else str(max_params))
+        tab.fill("#max-peak_memory_bytes", "" if max_mib is None else str(max_mib))
+        tab.fill("#min-accuracy", "" if min_accuracy is None else str(min_accuracy))
+        given = [
+            Limit("trainable_params", "<=", max_params) if max_params is not None else None,
+            Limit("peak_memory_bytes", "<=", max_mib * 2**20) if max_mib is not None else None,
+            Limit("accuracy", ">=", min_accuracy) if min_accuracy is not None else None,
+        ]
+        expected = choose_best(trials, objectives, [g for g in given if g is not None])
         shown = tab.locator("#choice").get_attribute("data-trial")
         assert shown == ("" if expected.trial is None else expected.trial["trial_id"])

@@ -103,3 +103,19 @@ def test_importance_figure_names_its_trial_count():
     fig = importance_figure({"accuracy": {"learning_rate": 0.7, "method": 0.3}}, n_trials=6)
     assert "over 6 sampled trials" in fig.layout.title.text
     assert list(fig.data[0].y) == ["learning_rate", "method"] and list(fig.data[0].x) == [0.7, 0.3]
+
+
+def test_an_old_tables_stopped_trials_read_as_stopped_early(tmp_path):
+    """Tables written before the schema version called early-stopped trials "stopped": the page shows them as
+    ``stopped_early``, off the fronts, and counts the training steps they saved."""
+    search_dir = _results_dir(tmp_path, 20)
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    trials.loc[1, ["status", "stopped_at_step", "error"]] = ["stopped", 10, "stopped early at step 10"]
+    trials.to_parquet(search_dir / "trials.parquet")
+    facts = json.loads((search_dir / "run.json").read_text())
+    facts.update(early_stopping={"rule": "asha", "rungs": [10], "reduction_factor": 3}, train_steps=40)
+    (search_dir / "run.json").write_text(json.dumps(facts))
+    page = build_report(search_dir)
+    assert page.count('<tr class="status-stopped_early">') == 1 and 'status-stopped"' not in page
+    assert "1 stopped early, 0.8 trials&#x27; worth of training steps saved" in page
+    assert "t0001" not in page.split('id="picker-data">')[1].split("</script>")[0]

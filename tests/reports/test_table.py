@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from reports import load_trials, summary_table
+from search.results.metrics import Objective
 
 
 def _rows():
@@ -62,8 +63,51 @@ def test_best_first_failures_last_with_error():
     lines = summary_table(_rows()).splitlines()
     assert lines[2].startswith("c ") and lines[3].startswith("a ") and lines[4].startswith("b ")
     assert "IndexError: index out of range" in lines[4]
-    assert "r=8" in lines[3] and "2.0GBR" in lines[3] and "+10%" in lines[3]
-    assert lines[-1].startswith("peak mem: R = peak resident memory")
+    assert "r=8" in lines[3] and "1.9GiB R" in lines[3] and "+10%" in lines[3]
+    assert lines[-1].startswith("peak memory: R = peak resident memory")
+
+
+def test_columns_are_the_objectives_then_summary_metrics_formatted_by_the_registry():
+    header = summary_table(_rows()).splitlines()[0].split("  ")
+    headings = [h.strip() for h in header if h.strip()]
+    assert headings == [
+        "trial",
+        "status",
+        "method",
+        "quant",
+        "held-out accuracy",
+        "trainable parameters",
+        "peak memory",
+        "training time",
+        "est err",
+        "config",
+    ]
+    # Other objectives come first; summary metrics the table lacks are left out.
+    objectives = (Objective("train_time_s", "min"), Objective("accuracy", "max"))
+    lines = summary_table(_rows(), objectives).splitlines()
+    assert lines[0].split()[4:6] == ["training", "time"]
+    assert lines[2].startswith("c ") and "2.0s" in lines[2] and "0.9000" in lines[2]
+
+
+def test_load_trials_upgrades_old_tables_and_carries_the_objectives(tmp_path):
+    """A table written before the schema version: "stopped" reads as "stopped_early"; the search's objectives
+    travel with the frame, so the summary follows them."""
+    rows = _rows()
+    rows.loc[2, "status"] = "stopped"
+    rows.to_parquet(tmp_path / "trials.parquet")
+    (tmp_path / "run.json").write_text(
+        json.dumps({"objectives": [{"metric": "train_time_s", "mode": "min"}]})
+    )
+    trials = load_trials(tmp_path)
+    assert trials.loc[2, "status"] == "stopped_early"
+    assert trials.attrs["objectives"] == (Objective("train_time_s", "min"),)
+    lines = summary_table(trials).splitlines()
+    assert lines[0].split()[4:6] == ["training", "time"]
+    assert [line.split()[:2] for line in lines[2:5]] == [
+        ["a", "complete"],
+        ["b", "failed"],
+        ["c", "stopped_early"],
+    ]
 
 
 def test_empty_and_missing(tmp_path):
