@@ -54,7 +54,7 @@ def start_ray(config_path: str, overrides: dict[str, Any], num_cpus: int | None)
     import ray
 
     from cluster import connect, worker_env
-    from search.config import load_config
+    from search.settings.loading import load_config
 
     if ray.is_initialized():
         return False  # someone else's Ray, left running

@@ -16,7 +16,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,7 +30,7 @@ def compute_spent(trials) -> dict[str, float]:
     """Seconds the trials themselves spent, from the trials table (stopped trials: up to their rung)."""
     import pandas as pd
 
-    ran = trials[trials["status"].isin(["complete", "stopped"])]
+    ran = trials[trials["status"].isin(["complete", "stopped_early"])]
 
     def total(column: str) -> float:
         return (
@@ -47,12 +46,12 @@ def compute_spent(trials) -> dict[str, float]:
     }
 
 
-def summarise(search_dir: Path, steps: int) -> dict[str, Any]:
+def summarise(trials, steps: int) -> dict[str, Any]:
+    """One search's trials table, summarised: what ran, what early stopping saved, the front's points."""
     import pandas as pd
 
-    trials = pd.read_parquet(search_dir / "trials.parquet")
     done = trials[trials["status"] == "complete"]
-    stopped = trials[trials["status"] == "stopped"]
+    stopped = trials[trials["status"] == "stopped_early"]
     saved_steps = float((steps - stopped["stopped_at_step"].astype(float)).sum()) if len(stopped) else 0.0
     return {
         "trials": len(trials),
@@ -96,7 +95,7 @@ def judge_stops(stopped_run, plain_run) -> list[dict[str, Any]]:
     front = {_key(r) for _, r in pareto_front(plain_run).iterrows()}
     plain = {_key(r): r for _, r in plain_run[plain_run["status"] == "complete"].iterrows()}
     out = []
-    for _, r in stopped_run[stopped_run["status"] == "stopped"].iterrows():
+    for _, r in stopped_run[stopped_run["status"] == "stopped_early"].iterrows():
         twin = plain.get(_key(r))
         out.append(
             {
@@ -113,11 +112,10 @@ def judge_stops(stopped_run, plain_run) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import pandas as pd
-
     from cluster import shutdown
-    from search.config import load_config
-    from search.driver import run_search
+    from search.loop.driver import run_search
+    from search.results.layout import ResultsDir
+    from search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ours = start_ray(args.config, overrides, args.num_cpus)
@@ -142,19 +140,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     },
                 )
                 t0 = time.perf_counter()
-                search_dir = Path(run_search(cfg, echo=args.echo))
+                results = ResultsDir(run_search(cfg, echo=args.echo))
                 wall = time.perf_counter() - t0
-                steps = int(yaml.safe_load((search_dir / "config.yaml").read_text())["training"]["max_steps"])
+                steps = int(results.read_config()["training"]["max_steps"])
+                tables[rule] = results.read_trials()
                 runs.append(
                     {
                         "rule": rule,
                         "sampler": rule,
                         "seed": seed,
                         "wall_s": wall,
-                        **summarise(search_dir, steps),
+                        **summarise(tables[rule], steps),
                     }
                 )
-                tables[rule] = pd.read_parquet(search_dir / "trials.parquet")
             stops += [{"seed": seed, **s} for s in judge_stops(tables["asha"], tables["none"])]
     if ours:
         shutdown()
@@ -195,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.config import default_config_path
+    from search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

@@ -25,10 +25,11 @@ def _one(job: Path) -> None:
     """Child process: train one candidate with the search's own trial code and print its metrics as JSON."""
     import torch
 
-    from search.training import _quiet_libraries, run_trial
+    from search.worker.environment import quiet_libraries
+    from search.worker.training import run_trial
 
     settings, data, trial = pickle.loads(job.read_bytes())
-    _quiet_libraries()
+    quiet_libraries()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics, adapter_dir = run_trial(trial, settings, data, device=device)
     if adapter_dir is not None:
@@ -41,25 +42,26 @@ def measure(cfg, *, samples: int = 0, env: dict[str, str] | None = None) -> list
     the search's own trial code; one row per trial: measured and estimated peak memory, and the trial's speed."""
     import optuna
 
-    from search.driver import prepare, trial_settings
+    from search.loop.prepare import prepare
+    from search.settings.trial import TrialConfig
     from spaces.sampling import DefineByRun, SpaceSpec
 
     prep = prepare(cfg)
-    settings = trial_settings(cfg, prep, Path(tempfile.mkdtemp()))
+    settings = prep.settings
     trials = [
-        {
-            "candidate": c.name,
-            "method": c.name,
-            "quantization": c.quantization,
-            "peft_config": dict(c.peft_config),
-            "learning_rate": c.learning_rate or cfg.training.learning_rate[0],
-        }
+        TrialConfig(
+            method=c.name,  # the candidate's own name labels its row
+            quantization=c.quantization,
+            peft_config=dict(c.peft_config),
+            learning_rate=c.learning_rate or cfg.training.learning_rate[0],
+            candidate=c.name,
+        )
         for c in prep.space_spec.candidates
     ]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.search.seed))
     spec = prep.space_spec
     space = DefineByRun(SpaceSpec(spec.methods, spec.quantization, spec.learning_rate), prep.space_context)
-    trials += [space(study.ask()) for _ in range(samples)]
+    trials += [TrialConfig.from_mapping(space(study.ask())) for _ in range(samples)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, trial in enumerate(trials):
@@ -75,21 +77,19 @@ def measure(cfg, *, samples: int = 0, env: dict[str, str] | None = None) -> list
             if line is None:
                 rows.append(
                     {
-                        "method": trial["method"],
-                        "quantization": trial["quantization"],
+                        "method": trial.method,
+                        "quantization": trial.quantization,
                         "error": out.stderr[-300:],
                     }
                 )
-                print(
-                    f"{trial['method']:<26}{trial['quantization']:<6} failed: {out.stderr[-300:]}", flush=True
-                )
+                print(f"{trial.method:<26}{trial.quantization:<6} failed: {out.stderr[-300:]}", flush=True)
                 continue
             m = json.loads(line[7:])
             rows.append(
                 {
-                    "method": trial["method"],
-                    "quantization": trial["quantization"],
-                    "peft_config": trial["peft_config"],
+                    "method": trial.method,
+                    "quantization": trial.quantization,
+                    "peft_config": trial.peft_config,
                     "measured_bytes": m["peak_memory_bytes"],
                     "estimated_bytes": m["est_peak_memory_bytes"],
                     "kind": m["peak_memory_kind"],
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from cluster import allocator_preload
-    from search.config import default_config_path, load_config
+    from search.settings.loading import default_config_path, load_config
 
     cfg = load_config(args.config or default_config_path())
     # As a search's workers would run: with the allocator the config asks for (unless --env says otherwise).

@@ -19,29 +19,33 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from benchmarks.common import machine, start_ray, table, write_result
 
+if TYPE_CHECKING:
+    from search.results.layout import ResultsDir
 
-def _last_results(search_dir: Path) -> list[dict[str, Any]]:
-    results = []
-    for path in sorted((search_dir / "tune").glob("trial-*/result.json")):
+
+def _last_results(results: ResultsDir) -> list[dict[str, Any]]:
+    last = []
+    for path in sorted(results.tune_path.glob("trial-*/result.json")):
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         if lines:
-            results.append(json.loads(lines[-1]))
-    return results
+            last.append(json.loads(lines[-1]))
+    return last
 
 
 def breakdown(search_dir: Path, started: float, ended: float, concurrency: int) -> dict[str, Any]:
     """Where the wall time of one finished search went, from its trials' own timestamps."""
-    import pandas as pd
+    from search.results.layout import ResultsDir
 
-    trials = pd.read_parquet(search_dir / "trials.parquet")
+    results_dir = ResultsDir(search_dir)
+    trials = results_dir.read_trials()
     done = trials[trials["status"] == "complete"]
-    results = [r for r in _last_results(search_dir) if "train_time_s" in r]
+    results = [r for r in _last_results(results_dir) if "train_time_s" in r]
     wall = ended - started
     useful = float((done["train_time_s"] + done["eval_time_s"]).sum()) / concurrency
     n = len(trials)
@@ -84,8 +88,10 @@ def breakdown(search_dir: Path, started: float, ended: float, concurrency: int) 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from cluster import shutdown
-    from search.config import load_config
-    from search.driver import prepare, run_search
+    from search.loop.driver import run_search
+    from search.loop.prepare import prepare
+    from search.results.layout import ResultsDir
+    from search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     t0 = time.perf_counter()
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ended = time.time()
             row = {"size": label, "max_steps": steps, "prepare_s": prepare_s}
             # The concurrency the search itself planned, from its run facts.
-            concurrency = json.loads((Path(search_dir) / "run.json").read_text())["concurrency"]
+            concurrency = ResultsDir(search_dir).read_facts()["concurrency"]
             row.update(breakdown(Path(search_dir), started, ended, concurrency))
             rows.append(row)
     if ours:
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.config import default_config_path
+    from search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

@@ -9,7 +9,7 @@ quantization levels and candidates) sampled by pure Optuna; a config's trainable
 ``peft-search plan``'s exact counts and estimate on the meta-device model (no weights), and its accuracy is a
 smooth made-up function of method, learning rate, capacity and quantization plus seeded noise. Infeasible configs
 complete with the worst outcome, as in a real search. Every run of both samplers is scored against one reference
-point (accuracy 0, 1.1 x the worst cost seen), with ``reports.fronts.hypervolume``.
+point (accuracy 0, 1.1 x the worst cost seen), with ``search.results.pareto.hypervolume``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import random
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,15 +47,15 @@ class SyntheticObjective:
     """Scores a sampled config: (accuracy, trainable params, estimated peak memory); cached per config."""
 
     def __init__(self, cfg, prep):
-        from search.modeling import meta_model
+        from search.inputs.modeling import meta_model
 
         self.cfg = cfg
-        self.base = meta_model(prep.model_path, cfg.model.task, max(prep.data.num_labels, 2))
+        self.base = meta_model(prep.settings.model_path, cfg.model.task, max(prep.data.num_labels, 2))
         self.cache: dict[str, tuple[int, int] | None] = {}
 
     def cost(self, config: dict[str, Any]) -> tuple[int, int] | None:
-        from search.modeling import InfeasibleTrialError
-        from search.planning import plan_candidate
+        from search.errors import InfeasibleTrialError
+        from search.plan.planning import plan_candidate
 
         key = json.dumps([config["peft_config"], config["quantization"]], sort_keys=True)
         if key not in self.cache:
@@ -80,12 +79,12 @@ def run_synthetic(cfg, prep, samplers, seeds: int, trials: int) -> list[dict[str
     import optuna
 
     import spaces
-    from search.driver import make_sampler
-    from search.infeasible import WORST_COST
+    from search.loop.tuning import make_sampler
+    from search.results.metrics import WORST_COST
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = SyntheticObjective(cfg, prep)
-    space = spaces.define_space(prep.space_spec, prep.space_context)
+    space = spaces.DefineByRun(prep.space_spec, prep.space_context)
     runs = []
     for name in samplers:
         for seed in range(seeds):
@@ -116,11 +115,10 @@ def run_synthetic(cfg, prep, samplers, seeds: int, trials: int) -> list[dict[str
 
 def run_bbc(args, samplers) -> list[dict[str, Any]]:
     """The real default search (BBC News, MiniLM) with each sampler and seed; points from its trials table."""
-    import pandas as pd
-
     from cluster import shutdown
-    from search.config import load_config
-    from search.driver import run_search
+    from search.loop.driver import run_search
+    from search.results.layout import ResultsDir
+    from search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ours = start_ray(args.config, overrides, args.num_cpus)
@@ -141,7 +139,7 @@ def run_bbc(args, samplers) -> list[dict[str, Any]]:
                 )
                 t0 = time.perf_counter()
                 search_dir = run_search(cfg, echo=False)
-                trials = pd.read_parquet(Path(search_dir) / "trials.parquet")
+                trials = ResultsDir(search_dir).read_trials()
                 done = trials[trials["status"] == "complete"]
                 points = [
                     (float(r.accuracy), float(r.trainable_params), float(r.peak_memory_bytes))
@@ -157,7 +155,7 @@ def run_bbc(args, samplers) -> list[dict[str, Any]]:
 
 def score(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]]:
     """Hypervolume of each run's front against one reference point shared by all runs, summarised per sampler."""
-    from reports.fronts import hypervolume
+    from search.results.pareto import hypervolume
 
     feasible = [p for r in runs for p in r["points"] if p is not None]
     if not feasible:
@@ -186,8 +184,8 @@ def score(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from search.config import load_config
-    from search.driver import prepare
+    from search.loop.prepare import prepare
+    from search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(args.config, overrides)
@@ -221,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.config import default_config_path
+    from search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

@@ -1,4 +1,4 @@
-"""Training throughput of one trial's loop (``search.training``) against a plain ``transformers.Trainer`` + PEFT.
+"""Training throughput of one trial's loop (``search.worker.training``) against a plain ``transformers.Trainer`` + PEFT.
 
     python -m benchmarks.throughput                     # MiniLM on BBC News, LoRA r=8 on query/value, 30 steps
     python -m benchmarks.throughput --steps 60 --repeats 3
@@ -17,12 +17,14 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from benchmarks.common import machine, table, write_result
+
+if TYPE_CHECKING:
+    from search.settings.trial import TrialSettings
 
 LORA = {
     "peft_type": "LORA",
@@ -33,25 +35,22 @@ LORA = {
 }
 
 
-def _ours(prep, settings: dict[str, Any], lr: float) -> float:
+def _ours(prep, settings: TrialSettings, lr: float) -> float:
     import torch
 
-    from search.training import run_trial
+    from search.settings.trial import TrialConfig
+    from search.worker.training import run_trial
 
-    trial = {
-        "candidate": "bench",
-        "method": "lora",
-        "quantization": "none",
-        "peft_config": LORA,
-        "learning_rate": lr,
-    }
+    trial = TrialConfig(
+        method="lora", quantization="none", peft_config=dict(LORA), learning_rate=lr, candidate="bench"
+    )
     metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
     if adapter_dir is not None:
         adapter_dir.cleanup()
     return metrics["samples_per_s"]
 
 
-def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
+def _trainer(prep, settings: TrialSettings, lr: float) -> float:
     from peft import get_peft_config, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -69,7 +68,7 @@ def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
         def on_train_end(self, args, state, control, **kw):
             self.end = time.perf_counter()
 
-    path = settings["model_path"]
+    path, t = settings.model_path, settings.training
     base = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=prep.data.num_labels, ignore_mismatched_sizes=True
     )
@@ -82,12 +81,12 @@ def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp,
-            per_device_train_batch_size=settings["batch_size"],
-            max_steps=settings["max_steps"],
+            per_device_train_batch_size=t.batch_size,
+            max_steps=settings.steps,
             learning_rate=lr,
-            warmup_steps=int(settings["max_steps"] * settings["warmup_ratio"]),  # as search.training
+            warmup_steps=int(settings.steps * t.warmup_ratio),  # as search.worker.training
             lr_scheduler_type="linear",
-            weight_decay=settings["weight_decay"],
+            weight_decay=t.weight_decay,
             logging_strategy="no",
             save_strategy="no",
             eval_strategy="no",
@@ -95,8 +94,8 @@ def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
             use_cpu=True,
             dataloader_num_workers=0,
             disable_tqdm=True,
-            seed=settings["seed"],
-            train_sampling_strategy=settings["train_sampling_strategy"],
+            seed=settings.seed,
+            train_sampling_strategy=t.train_sampling_strategy,
         )
         trainer = Trainer(
             model=model,
@@ -106,17 +105,21 @@ def _trainer(prep, settings: dict[str, Any], lr: float) -> float:
             callbacks=[clock],
         )
         trainer.train()
-    return settings["max_steps"] * settings["batch_size"] / (clock.end - clock.begin)
+    return settings.steps * t.batch_size / (clock.end - clock.begin)
 
 
-def padding_fraction(prep, settings: dict[str, Any]) -> float:
+def padding_fraction(prep, settings: TrialSettings) -> float:
     """Share of the token slots in the trial's batches (one pass, as drawn) that are padding."""
     import torch
 
-    from search.batches import train_loader
+    from search.worker.batches import train_loader
 
+    t = settings.training
+    loader = train_loader(
+        prep.data, t.batch_size, settings.seed, t.train_sampling_strategy, torch.device("cpu")
+    )
     real = slots = 0
-    for batch in train_loader(prep.data, settings, torch.device("cpu")):
+    for batch in loader:
         real += int(batch["attention_mask"].sum())
         slots += batch["attention_mask"].numel()
     return 1 - real / slots if slots else 0.0
@@ -125,22 +128,21 @@ def padding_fraction(prep, settings: dict[str, Any]) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from search.config import load_config
-    from search.driver import prepare, trial_settings
-    from search.training import _quiet_libraries
+    from search.loop.prepare import prepare
+    from search.settings.loading import load_config
+    from search.worker.environment import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(args.threads)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     overrides["training.max_steps"] = args.steps
     overrides["training.train_sampling_strategy"] = args.sampling
     cfg = load_config(args.config, overrides)
     prep = prepare(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = trial_settings(cfg, prep, Path(tmp))
-    runs: dict[str, list[float]] = {"search.training": [], "transformers.Trainer": []}
+    settings = prep.settings
+    runs: dict[str, list[float]] = {"search.worker.training": [], "transformers.Trainer": []}
     for _ in range(args.repeats):
-        runs["search.training"].append(_ours(prep, settings, args.learning_rate))
+        runs["search.worker.training"].append(_ours(prep, settings, args.learning_rate))
         runs["transformers.Trainer"].append(_trainer(prep, settings, args.learning_rate))
     rows = [
         {"loop": name, "median_samples_per_s": statistics.median(v), "runs": [round(x, 2) for x in v]}
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.config import default_config_path
+    from search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = write_result("throughput", result, args.out_dir)
     print(table(result["loops"], ["loop", "median_samples_per_s", "runs"]))
     print(
-        f"search.training / Trainer = {result['ours_over_trainer']:.3f} ({args.sampling}; "
+        f"search.worker.training / Trainer = {result['ours_over_trainer']:.3f} ({args.sampling}; "
         f"{result['padding_fraction']:.1%} of the batches' token slots are padding); written to {path}"
     )
     return result

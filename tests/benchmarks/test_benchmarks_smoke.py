@@ -56,7 +56,7 @@ def test_throughput(tiny_bert, classification_csv, tmp_path):
     )
     result = json.loads((tmp_path / "throughput.json").read_text())
     assert result["sampling"] == "group_by_length" and 0 <= result["padding_fraction"] < 1
-    assert [r["loop"] for r in result["loops"]] == ["search.training", "transformers.Trainer"]
+    assert [r["loop"] for r in result["loops"]] == ["search.worker.training", "transformers.Trainer"]
     assert all(r["median_samples_per_s"] > 0 for r in result["loops"])
     assert result["ours_over_trainer"] > 0 and result["steps"] == 3
 
