@@ -10,10 +10,11 @@ from typing import Any
 
 import yaml
 
-from reports.choice import Choice, Limit, choose_best, limits_json
+from reports.choice import Choice, Limit, Tolerance, choose_best, limits_json
 from reports.table import load_trials, record_json
-from search.results.layout import CONFIG_FILE
+from search.results.layout import CONFIG_FILE, ResultsDir
 from search.results.metrics import Objective, get_metric, metrics
+from search.results.noise import TEST
 
 EXPORT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -28,8 +29,12 @@ def _metric_line(trial: Any, names: Sequence[str]) -> str:
     return "   ".join(parts)
 
 
+def _who(t: Any, objectives: Sequence[Objective]) -> str:
+    return f"trial {t['trial_id']} ({t['method']}, {t['quantization']}): {_metric_line(t, [o.metric for o in objectives])}"
+
+
 def describe(choice: Choice, objectives: Sequence[Objective]) -> str:
-    """The chosen trial for a terminal: its objectives, then its other summary metrics, its config, and why."""
+    """The pick for a terminal: the trial, the most accurate one and how sure their difference is, the rule."""
     if choice.trial is None:
         return f"No trial chosen: {choice.reason}."
     t = choice.trial
@@ -42,15 +47,34 @@ def describe(choice: Choice, objectives: Sequence[Objective]) -> str:
         *([f"  {_metric_line(t, others)}"] if others else []),
         f"  learning rate {lr:.3g}" if isinstance(lr, float) and lr == lr else "  learning rate -",
         f"  PEFT config: {t['peft_config']}",
-        f"  why: {choice.reason}",
     ]
+    top = choice.most_accurate
+    if top is not None and top["trial_id"] != t["trial_id"]:
+        sure = (
+            f"p = {choice.p_value:.3g} ({TEST} on the paired held-out rows): not significantly better"
+            if choice.p_value is not None
+            else "no paired test (no per-row predictions)"
+        )
+        lines.append(f"  best on the objectives alone: {_who(top, objectives)}; {sure}")
+        tied = [i for i in choice.indistinguishable if i not in (str(t["trial_id"]), str(top["trial_id"]))]
+        if tied:
+            lines.append(f"  also tied with it: {', '.join(tied)}")
+    elif len(choice.indistinguishable) > 1:
+        lines.append(f"  tied with it under the rule: {', '.join(choice.indistinguishable[1:])}")
+    lines.append(f"  why: {choice.reason}")
     return "\n".join(lines)
 
 
 def choice_json(choice: Choice, objectives: Sequence[Objective], limits: Sequence[Limit]) -> dict[str, Any]:
-    """``best --format json``: the chosen trial's record (or null), why, and what it was chosen by."""
+    """``best --format json``: the pick and the most accurate trial (typed records, or null), the p-value between
+    them, the trials that tie with the most accurate, the rule, and what it was chosen by."""
+    as_record = lambda t: None if t is None else record_json(t.to_dict())  # noqa: E731
     return {
-        "trial": None if choice.trial is None else record_json(choice.trial.to_dict()),
+        "pick": as_record(choice.trial),
+        "most_accurate": as_record(choice.most_accurate),
+        "p_value": choice.p_value,
+        "indistinguishable": list(choice.indistinguishable),
+        "rule": choice.rule,
         "reason": choice.reason,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives],
         "limits": limits_json(limits),
@@ -103,6 +127,8 @@ def best_command(
     search_dir: str | Path,
     *,
     limits: Sequence[Limit] = (),
+    tolerance: Tolerance = "auto",
+    prefer: str | None = None,
     export_dir: str | Path | None = None,
     fetch_adapter: Callable[[str], Path] | None = None,
 ) -> tuple[Choice, tuple[Objective, ...], Path | None]:
@@ -113,7 +139,8 @@ def best_command(
     """
     trials = load_trials(search_dir)
     objectives = trials.attrs["objectives"]
-    choice = choose_best(trials, objectives, limits)
+    correct = ResultsDir(search_dir).correct_by_trial()
+    choice = choose_best(trials, objectives, limits, tolerance=tolerance, prefer=prefer, correct=correct)
     out = None
     if choice.trial is not None and export_dir is not None:
         trial = choice.trial.to_dict()

@@ -48,6 +48,16 @@ def shown_metrics(objectives: Sequence[Objective], columns: Sequence[str]) -> li
     return names
 
 
+def interval_text(row, name: str) -> str:
+    """``0.8867 [0.845, 0.919]``: a value and, when it has one, its 95 % interval."""
+    metric = get_metric(name)
+    text = metric.format(row.get(name))
+    if metric.interval and all(pd.notna(row.get(b)) for b in metric.interval):
+        low, high = (metric.format(row.get(b)) for b in metric.interval)
+        text += f" [{low}, {high}]"
+    return text
+
+
 def hover_texts(df: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
     """Per trial: its metrics as the registry formats them, and the full PEFT config. Plotly renders hover text as
     markup, so it is escaped."""
@@ -57,11 +67,31 @@ def hover_texts(df: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
         cfg = r.get("peft_config")
         cfg = json.dumps(json.loads(cfg), indent=1) if isinstance(cfg, str) else ""
         lines = [f"trial {r['trial_id']} · {r.get('method')} · {r.get('quantization')}"]
-        lines += [f"{get_metric(n).label} {get_metric(n).format(r.get(n))}" for n in names]
+        if pd.notna(r.get("runs")) and r.get("runs", 1) > 1:
+            lines.append(f"mean of {int(r['runs'])} runs (seed repeats); interval over the runs")
+        lines += [f"{get_metric(n).label} {interval_text(r, n)}" for n in names]
         lr = r.get("learning_rate")
         lines += [f"lr {float(lr):.3g}" if pd.notna(lr) else "lr -", cfg]
         out.append(html.escape("\n".join(lines)).replace("\n", "<br>"))
     return pd.Series(out, index=df.index, dtype=object)
+
+
+def error_bars(df: pd.DataFrame, metric: str) -> dict | None:
+    """Plotly error bars for ``metric`` from its confidence interval's columns (``Metric.interval``), if any."""
+    bounds = get_metric(metric).interval
+    if bounds is None or not all(b in df for b in bounds) or df[list(bounds)].isna().all().all():
+        return None
+    low, high = (pd.to_numeric(df[b], errors="coerce").astype(float) for b in bounds)
+    value = df[metric].astype(float)
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (high - value).clip(lower=0).fillna(0).tolist(),
+        "arrayminus": (value - low).clip(lower=0).fillna(0).tolist(),
+        "thickness": 1,
+        "width": 3,
+        "color": "rgba(60,60,60,0.5)",
+    }
 
 
 def _axis(objective: Objective) -> dict:
@@ -88,6 +118,7 @@ def pareto_scatter(data: ReportData, pair: Front2D, hover: pd.Series) -> go.Figu
                     "size": 10,
                     "line": {"width": 1, "color": "#333"},
                 },
+                error_y=error_bars(group, y),
                 text=hover.loc[group.index].tolist(),
                 hovertemplate="%{text}<extra></extra>",
             )

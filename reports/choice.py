@@ -7,7 +7,7 @@ break ties in order, then the earlier trial id.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +15,7 @@ import pandas as pd
 
 from reports.fronts import completed
 from search.results.metrics import DEFAULT_OBJECTIVES, Metric, Objective, get_metric, metrics
+from search.results.noise import ALPHA, TEST, mcnemar_p
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def rank(done: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
     return ranked.drop(columns=list(keys))
 
 
-def _better(metric: Metric, mode: str, first: bool) -> str:
+def better(metric: Metric, mode: str, first: bool) -> str:
     if first:
         return ("highest " if mode == "max" else "lowest ") + metric.label
     if metric.unit == "count":
@@ -88,23 +89,71 @@ def _better(metric: Metric, mode: str, first: bool) -> str:
 
 def rule_text(objectives: Sequence[Objective]) -> tuple[str, str]:
     """``("highest held-out accuracy", "; ties broken by fewer trainable parameters, then lower peak memory")``."""
-    head = _better(objectives[0].spec, objectives[0].mode, first=True)
-    ties = [_better(o.spec, o.mode, first=False) for o in objectives[1:]]
+    head = better(objectives[0].spec, objectives[0].mode, first=True)
+    ties = [better(o.spec, o.mode, first=False) for o in objectives[1:]]
     return head, ("; ties broken by " + ", then ".join(ties) if ties else "")
+
+
+Tolerance = Literal["auto"] | float
+PREFER_ALIASES = {"params": "trainable_params", "memory": "peak_memory_bytes", "size": "adapter_bytes"}
 
 
 @dataclass(frozen=True)
 class Choice:
+    """The pick, the trial best on the objectives alone, and how sure the difference between them is."""
+
     trial: pd.Series | None
+    """The pick (None when no complete trial meets the limits)."""
     reason: str
+    most_accurate: pd.Series | None = None
+    """The best complete trial within the limits by the objectives alone (what ``--tolerance 0`` picks)."""
+    p_value: float | None = None
+    """The paired test's p-value between the pick and ``most_accurate`` (None when they are the same trial)."""
+    indistinguishable: tuple[str, ...] = ()
+    """The trials that tie with ``most_accurate`` under the rule (itself included), best first."""
+    rule: str = ""
+
+
+def parse_tolerance(text: str) -> Tolerance:
+    """``auto``, ``0`` or an accuracy margin such as ``0.01``; ``ValueError`` otherwise."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not auto, 0 or a margin such as 0.01") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"{text!r}: a margin is at least 0 and below 1 (a share of the held-out rows)")
+    return value
+
+
+def prefer_metric(prefer: str | None, objectives: Sequence[Objective]) -> str:
+    """What "cheapest" means among tied trials: ``--prefer`` (an alias or a metric), else the second objective,
+    else trainable parameters."""
+    if prefer:
+        name = PREFER_ALIASES.get(prefer, prefer)
+        get_metric(name)  # KeyError names the known ones
+        return name
+    return objectives[1].metric if len(objectives) > 1 else "trainable_params"
 
 
 def choose_best(
     trials: pd.DataFrame,
     objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
     limits: Sequence[Limit] = (),
+    *,
+    tolerance: Tolerance = 0,
+    prefer: str | None = None,
+    correct: Mapping[str, Sequence[bool]] | None = None,
+    alpha: float = ALPHA,
 ) -> Choice:
-    """The best complete trial within the limits, ranked by the objectives (``rank``)."""
+    """The trial to ship within the limits.
+
+    ``tolerance 0``: the best by the objectives (``rank``). A margin ``X``: of the trials whose first objective is
+    within ``X`` of the best one's, the cheapest by ``prefer``. ``auto``: of the trials the paired test cannot tell
+    from the best one at ``alpha`` (per-row correctness in ``correct``; the first objective is accuracy), the
+    cheapest by ``prefer``. ``auto`` without per-row predictions ranks as ``0`` and says so.
+    """
     done = completed(trials, objectives)
     n_done = len(done)
     for limit in limits:
@@ -113,5 +162,50 @@ def choose_best(
     if done.empty:
         return Choice(None, f"no complete trial meets {stated} ({n_done} complete trials in all)")
     head, ties = rule_text(objectives)
-    best = rank(done, objectives).iloc[0]
-    return Choice(best, f"{head} of {len(done)} complete trials meeting {stated} (of {n_done}){ties}")
+    ranked = rank(done, objectives)
+    top = ranked.iloc[0]
+    first = objectives[0]
+    cost = prefer_metric(prefer, objectives)
+    pool = f"{len(done)} complete trials meeting {stated}, of {n_done}"
+    correct = correct or {}
+    paired = first.metric == "accuracy" and str(top["trial_id"]) in correct
+    if tolerance == "auto" and not paired:
+        why = (
+            "no per-row held-out predictions"
+            if first.metric == "accuracy"
+            else f"the first objective is {first.metric}"
+        )
+        rule = f"tolerance auto fell back to 0 ({why}): the {head}{ties}, then the earlier trial id"
+        return Choice(top, f"{rule} ({pool})", top, None, (str(top["trial_id"]),), rule)
+    if tolerance == 0:
+        rule = f"tolerance 0: the {head}{ties}, then the earlier trial id"
+        return Choice(top, f"{rule} ({pool})", top, None, (str(top["trial_id"]),), rule)
+    if tolerance == "auto":
+        a = correct[str(top["trial_id"])]
+        tests = {t: mcnemar_p(a, correct[t]) for t in map(str, ranked["trial_id"]) if t in correct}
+        tied = ranked[[tests.get(str(t), 0.0) >= alpha for t in ranked["trial_id"]]]
+        n_rows = len(a)
+        rule = (
+            f"tolerance auto: of the trials within the limits, those the {TEST} on the {n_rows} paired held-out "
+            f"rows cannot tell from the most accurate (p >= {alpha:g}), the one with the {better(get_metric(cost), get_metric(cost).direction, False)}"
+        )
+    else:
+        sign = -1.0 if first.mode == "max" else 1.0
+        gap = (ranked[first.metric].astype(float) - float(top[first.metric])) * sign
+        tied = ranked[gap <= float(tolerance) + 1e-12]
+        tests = {}
+        rule = (
+            f"tolerance {float(tolerance):g}: of the trials within the limits whose {first.spec.label} is within "
+            f"{float(tolerance):g} of the best, the one with the {better(get_metric(cost), get_metric(cost).direction, False)}"
+        )
+    order = [Objective(cost, get_metric(cost).direction), *objectives]
+    pick = rank(tied, order).iloc[0]
+    same = pick["trial_id"] == top["trial_id"]
+    p = None if same else (tests.get(str(pick["trial_id"])) if tests else _p_or_none(correct, top, pick))
+    ids = tuple(str(t) for t in tied["trial_id"])
+    return Choice(pick, f"{rule} ({pool})", top, p, ids, rule)
+
+
+def _p_or_none(correct: Mapping[str, Sequence[bool]], a: pd.Series, b: pd.Series) -> float | None:
+    x, y = correct.get(str(a["trial_id"])), correct.get(str(b["trial_id"]))
+    return None if x is None or y is None else mcnemar_p(x, y)

@@ -6,7 +6,8 @@ pure (pandas and numpy), tested without plotly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ import pandas as pd
 from reports.fronts import as_minimization, completed, hypervolume_history, method_summary, reference_point
 from search.results.layout import ResultsDir
 from search.results.metrics import Objective
+from search.results.noise import pairwise_p
 from search.results.pareto import pareto_mask
+from search.results.repeats import fold_repeats
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,17 @@ class ReportData:
     """Hypervolume over the first k complete trials: columns ``completed_trials``, ``hypervolume``."""
     methods: pd.DataFrame
     """``reports.fronts.method_summary``."""
+    pvalues: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Paired test (``search.results.noise``) between every two complete trials with per-row held-out predictions."""
 
 
-def report_data(trials: pd.DataFrame, objectives: tuple[Objective, ...]) -> ReportData:
-    """Compute every front, the reference point, the hypervolume history and the per-method summary once."""
+def report_data(
+    trials: pd.DataFrame,
+    objectives: tuple[Objective, ...],
+    correct: Mapping[str, Sequence[bool]] | None = None,
+) -> ReportData:
+    """Compute every front, the reference point, the hypervolume history, the per-method summary and the paired
+    tests between complete trials (``correct``: per-row correctness by trial id) once."""
     done = completed(trials, objectives)
     points = as_minimization(done, objectives)
     front = done[pareto_mask(points)] if len(done) else done
@@ -67,10 +77,11 @@ def report_data(trials: pd.DataFrame, objectives: tuple[Objective, ...]) -> Repo
         reference=reference,
         history=hypervolume_history(points, reference),
         methods=method_summary(trials, done, objectives),
+        pvalues=pairwise_p(correct or {}, done["trial_id"].astype(str)) if len(done) else {},
     )
 
 
 def load_report_data(search_dir: str | Path) -> ReportData:
     """The data of a results directory's report, for the search's own objectives."""
     results = ResultsDir(search_dir)
-    return report_data(results.read_trials(), results.objectives())
+    return report_data(fold_repeats(results.read_trials()), results.objectives(), results.correct_by_trial())

@@ -32,10 +32,13 @@ __all__ = [
 
 
 def completed(trials: pd.DataFrame, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
-    """Complete trials whose objectives are all finite numbers: the only ones a front or ``best`` may hold."""
+    """Complete trials whose objectives are all finite numbers: the only ones a front or ``best`` may hold. A seed
+    repeat counts through its original (``search.results.repeats.fold_repeats``), never as a point of its own."""
     if trials.empty or "status" not in trials:
         return trials.iloc[0:0]
     done = trials[trials["status"] == COMPLETE]
+    if "repeat_of" in done:
+        done = done[done["repeat_of"].isna()]
     for o in objectives:
         if o.metric not in done:
             return done.iloc[0:0]

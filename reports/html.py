@@ -15,14 +15,16 @@ from typing import Any
 import pandas as pd
 
 from reports import charts
-from reports.choice import rule_text
+from reports.choice import better, prefer_metric, rule_text
 from reports.data import ReportData, report_data
 from reports.importance import Importances, importances
 from reports.page import PAGE
 from reports.table import estimate_error
 from search.results.layout import REPORT_FILE, ResultsDir
 from search.results.metrics import Objective, get_metric
+from search.results.noise import ALPHA, TEST
 from search.results.records import metric_columns
+from search.results.repeats import fold_repeats
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 
@@ -123,9 +125,16 @@ def picker(data: ReportData) -> tuple[str, dict[str, Any]]:
             f'<label>{html.escape(label)} <input id="{picker_id(o)}" type="number" min="0"{extra} step="any"></label>'
         )
         spec.append({"id": picker_id(o), "mode": o.mode, "scale": 2**20 if mib else 1})
+    cost = prefer_metric(None, data.objectives)
+    first = data.objectives[0]
+    inputs.append(
+        '<label>tolerance <select id="tolerance"><option value="auto" selected>auto</option>'
+        '<option value="0">0</option></select></label>'
+    )
     trials = [
         {
             "trial_id": str(r["trial_id"]),
+            "cost": float(r[cost]) if cost in r and pd.notna(r[cost]) else None,
             "method": str(r.get("method")),
             "quantization": str(r.get("quantization")),
             "values": [float(r[o.metric]) for o in data.objectives],
@@ -134,7 +143,30 @@ def picker(data: ReportData) -> tuple[str, dict[str, Any]]:
         }
         for r in data.complete.to_dict("records")
     ]
-    return "\n".join(inputs), {"objectives": spec, "trials": trials}
+    paired = first.metric == "accuracy" and bool(data.pvalues)
+    return "\n".join(inputs), {
+        "objectives": spec,
+        "trials": trials,
+        "pvalues": data.pvalues if paired else {},
+        "alpha": ALPHA,
+        "prefer_mode": get_metric(cost).direction,
+        "test": TEST,
+    }
+
+
+def picker_rule(data: ReportData) -> str:
+    """The picker's rule in words: ``best``'s, tolerance auto unless the page is set to 0."""
+    head, ties = rule_text(data.objectives)
+    cost = get_metric(prefer_metric(None, data.objectives))
+    cheapest = better(cost, cost.direction, False)
+    if data.objectives[0].metric == "accuracy" and data.pvalues:
+        auto = (
+            f"tolerance auto: of the trials within the limits, those the {TEST} on the paired held-out rows cannot "
+            f"tell from the most accurate (p &gt;= {ALPHA:g}), the one with the {cheapest}"
+        )
+    else:
+        auto = "tolerance auto falls back to 0 here (no per-row held-out predictions)"
+    return f"{auto}; tolerance 0: the {html.escape(head + ties)}, then the earlier trial id"
 
 
 def _trial_counts(trials: pd.DataFrame) -> str:
@@ -161,6 +193,18 @@ def _early_stopping_fact(facts: dict, trials: pd.DataFrame) -> str:
     return line
 
 
+def _repeats_fact(facts: dict, trials: pd.DataFrame) -> str:
+    """``top 3 x 3 seeds: 9 repeat runs; each repeated config shows its mean over its runs``."""
+    r = facts.get("repeats")
+    if not r:
+        return "none"
+    runs = int(trials["repeat_of"].notna().sum()) if "repeat_of" in trials else 0
+    return (
+        f"top {r['top']} x {r['seeds']} seeds: {runs} repeat runs; a repeated config's point is its mean over its "
+        "runs, its error bar the 95 % t-interval of that mean"
+    )
+
+
 def _names(objectives: Sequence[Objective]) -> str:
     labels = [o.spec.label for o in objectives]
     return " and ".join([", ".join(labels[:-1]), labels[-1]]) if len(labels) > 1 else labels[0]
@@ -179,6 +223,7 @@ def _facts(facts: dict[str, Any], data: ReportData) -> str:
         "sampler": facts.get("sampler"),
         "trials": _trial_counts(data.trials),
         "early stopping": _early_stopping_fact(facts, data.trials),
+        "seed repeats": _repeats_fact(facts, data.trials),
         "concurrency": facts.get("concurrency"),
         "hardware": json.dumps(facts.get("cluster_resources", {})),
         "platform": facts.get("platform"),
@@ -217,14 +262,13 @@ def render(data: ReportData, facts: dict[str, Any], importance: Importances | No
         for cid, fig in figures
     )
     inputs, picker_data = picker(data)
-    head, ties = rule_text(data.objectives)
     title = html.escape(f"peft-search report: {facts.get('name', '')}")
     return PAGE.format(
         title=title,
         plotlyjs=get_plotlyjs(),
         facts=_facts(facts, data),
         picker_inputs=inputs,
-        rule=html.escape(head + ties),
+        rule=picker_rule(data),
         front_count=len(data.front),
         objective_names=html.escape(_names(data.objectives)),
         charts=divs,
@@ -239,9 +283,9 @@ def render(data: ReportData, facts: dict[str, Any], importance: Importances | No
 def build_report(search_dir: str | Path) -> str:
     """The whole page as a string. Reads the results directory only; computes its data once."""
     results = ResultsDir(search_dir)
-    trials, objectives = results.read_trials(), results.objectives()
+    trials, objectives = fold_repeats(results.read_trials()), results.objectives()
     facts = {"name": results.name, **results.read_facts()}
-    data = report_data(trials, objectives)
+    data = report_data(trials, objectives, results.correct_by_trial())
     return render(data, facts, importances(results, trials, objectives))
 
 

@@ -27,7 +27,7 @@ tr.status-stopped_early {{ background: #eef2f7; }}
 <div id="picker">
 {picker_inputs}
 <p id="choice"></p>
-<p>Same rule as <code>peft-search best</code>: the {rule}, then the earlier trial id.</p>
+<p>Same rule as <code>peft-search best</code>: {rule}.</p>
 </div>
 <h2>Pareto fronts ({front_count} non-dominated trials over {objective_names})</h2>
 {charts}
@@ -59,11 +59,23 @@ or 1 % (any other metric) of the method's best first objective.</p>
     }});
     const out = document.getElementById("choice");
     if (!ok.length) {{ out.textContent = "No complete trial meets these limits."; out.dataset.trial = ""; return; }}
-    const t = ok[0];
+    // tolerance auto: the trials the paired test cannot tell from the best one, then the cheapest of them.
+    const top = ok[0], tests = picker.pvalues[top.trial_id];
+    let tied = [top];
+    if (document.getElementById("tolerance").value === "auto" && tests)
+      tied = ok.filter((t) => (tests[t.trial_id] ?? 0) >= picker.alpha);
+    const sign = picker.prefer_mode === "max" ? -1 : 1;
+    const t = tied.slice().sort((a, b) => ((a.cost ?? Infinity) - (b.cost ?? Infinity)) * sign ||
+      ok.indexOf(a) - ok.indexOf(b))[0];
     out.dataset.trial = t.trial_id;
-    out.textContent = "Best: trial " + t.trial_id + " (" + t.method + ", " + t.quantization + ")  " + t.text +
-      "\\n" + t.peft_config;
+    out.dataset.top = top.trial_id;
+    let text = "Pick: trial " + t.trial_id + " (" + t.method + ", " + t.quantization + ")  " + t.text;
+    if (t !== top) text += "\\nBest on the objectives alone: trial " + top.trial_id + "  " + top.text +
+      "\\n  p = " + tests[t.trial_id].toPrecision(3) + " (" + picker.test + "): not significantly better; " +
+      tied.length + " trials tie with it";
+    out.textContent = text + "\\n" + t.peft_config;
   }}
+  document.getElementById("tolerance").addEventListener("change", choose);
   objectives.forEach((o) => document.getElementById(o.id).addEventListener("input", choose));
   choose();
   const table = document.getElementById("trials");

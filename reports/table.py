@@ -19,6 +19,7 @@ from reports.fronts import completed
 from search.results.layout import TRIALS_FILE, ResultsDir
 from search.results.metrics import DEFAULT_OBJECTIVES, Objective, get_metric, metrics
 from search.results.records import TrialResult
+from search.results.repeats import fold_repeats
 
 __all__ = ["TRIALS_FILE", "estimate_error", "human", "load_trials", "summary_table", "trial_records"]
 
@@ -42,7 +43,7 @@ def load_trials(search_dir: str | Path) -> pd.DataFrame:
     """One row per trial, at the current schema, carrying the search's objectives in ``attrs["objectives"]`` (so
     ``summary_table`` of it follows them)."""
     results = ResultsDir(search_dir)
-    trials = results.read_trials()
+    trials = fold_repeats(results.read_trials())
     trials.attrs["objectives"] = results.objectives()
     return trials
 
@@ -90,6 +91,7 @@ def summary_table(trials: pd.DataFrame, objectives: Sequence[Objective] | None =
     names = [o.metric for o in objectives]
     names += [m.name for m in metrics() if m.summary and m.name not in names]
     names = [n for n in names if n in trials]
+    repeated = "runs" in trials and bool((trials["runs"].fillna(1) > 1).any())
     rows = []
     for _, row in _ordered(trials, objectives).iterrows():
         cells = [
@@ -99,13 +101,18 @@ def summary_table(trials: pd.DataFrame, objectives: Sequence[Objective] | None =
             str(row.get("quantization")),
         ]
         for name in names:
-            text = get_metric(name).format(row.get(name))
+            text = get_metric(name).format(row.get(name)) + _half_width(row, name)
             mark = _KIND_MARKS.get(row.get(_KIND), ("",))[0] if name == _MEMORY and text != "-" else ""
             cells.append(f"{text} {mark}".rstrip())
         error = estimate_error(row)
         cells.append("-" if error is None else format(error, "+.0%"))
+        if repeated:
+            runs = row.get("runs")
+            cells.append(str(int(runs)) if pd.notna(runs) else "-")
         rows.append((cells, _brief(row)))
     header = ["trial", "status", "method", "quant", *(get_metric(n).label for n in names), "est err"]
+    if repeated:
+        header.append("runs")
     widths = [max(len(header[i]), *(len(c[i]) for c, _ in rows)) for i in range(len(header))]
     left = 4  # trial, status, method, quant: text, left-aligned; numbers right-aligned
 
@@ -121,6 +128,14 @@ def summary_table(trials: pd.DataFrame, objectives: Sequence[Objective] | None =
         marks = [f"{_KIND_MARKS[k][0]} = {_KIND_MARKS[k][1]}" if k in _KIND_MARKS else k for k in kinds]
         lines.append(f"{get_metric(_MEMORY).label}: " + "; ".join(marks))
     return "\n".join(lines)
+
+
+def _half_width(row, name: str) -> str:
+    """`` ±0.036``: half the width of the metric's 95 % interval, when it has one."""
+    bounds = get_metric(name).interval
+    if not bounds or not all(b in row and pd.notna(row.get(b)) for b in bounds):
+        return ""
+    return f" ±{(float(row[bounds[1]]) - float(row[bounds[0]])) / 2:.3f}"
 
 
 def trial_records(trials: pd.DataFrame) -> list[dict[str, Any]]:

@@ -56,12 +56,17 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    from search.plan.planning import format_plan, plan_search
+    from search.plan.planning import format_plan, plan_search, resolution_note
     from search.settings.loading import load_config
 
     cfg = load_config(args.config)
     rows = plan_search(cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed)
-    print(json.dumps(rows, indent=2) if args.format == "json" else format_plan(rows))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        print(resolution_note(cfg.dataset.eval_size), file=sys.stderr)  # stdout stays machine-readable
+    else:
+        print(format_plan(rows))
+        print(resolution_note(cfg.dataset.eval_size))
     return 0
 
 
@@ -102,6 +107,24 @@ def _limits(args: argparse.Namespace) -> list:
     return limits
 
 
+def _tolerance(args: argparse.Namespace) -> tuple:
+    """``--tolerance`` and ``--prefer``, checked before anything is read."""
+    from reports.choice import PREFER_ALIASES, parse_tolerance
+    from search.errors import ConfigError
+    from search.results.metrics import get_metric
+
+    try:
+        tolerance = parse_tolerance(args.tolerance)
+    except ValueError as err:
+        raise ConfigError(f"--tolerance: {err}") from None
+    if args.prefer is not None:
+        try:
+            get_metric(PREFER_ALIASES.get(args.prefer, args.prefer))
+        except KeyError as err:
+            raise ConfigError(f"--prefer: {err.args[0]}; or params, memory, size") from None
+    return tolerance, args.prefer
+
+
 def _best(args: argparse.Namespace) -> int:
     import json
 
@@ -109,6 +132,7 @@ def _best(args: argparse.Namespace) -> int:
     from search.results import storage
 
     limits = _limits(args)
+    tolerance, prefer = _tolerance(args)
     local, uri = _fetched(args.results_dir)
     fetch = None
     if uri is not None:
@@ -119,7 +143,7 @@ def _best(args: argparse.Namespace) -> int:
             )
 
     choice, objectives, exported = best_command(
-        local, limits=limits, export_dir=args.export, fetch_adapter=fetch
+        local, limits=limits, tolerance=tolerance, prefer=prefer, export_dir=args.export, fetch_adapter=fetch
     )
     if args.format == "json":
         out = choice_json(choice, objectives, limits)
@@ -295,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METRIC<=VALUE",
         help="a limit on any metric, METRIC<=VALUE or METRIC>=VALUE (sizes for bytes: peak_memory_bytes<=8GB); "
         "repeatable",
+    )
+    best.add_argument(
+        "--tolerance",
+        default="auto",
+        help="auto (default): among the trials not significantly less accurate than the most accurate one (exact "
+        "McNemar test on the paired held-out rows, alpha 0.05), the cheapest; 0: the most accurate; a number: "
+        "an explicit accuracy margin",
+    )
+    best.add_argument(
+        "--prefer",
+        help="what cheapest means among tied trials: params, memory, size or a metric name (default: the "
+        "second objective)",
     )
     best.add_argument("--format", choices=["table", "json"], default="table")
     best.add_argument("--export", help="copy the adapter and a reproducing config into this new directory")

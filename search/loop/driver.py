@@ -29,11 +29,16 @@ def run_search(
     env = _worker_env(cfg)
     prep = prepare(cfg)
     # Launch.
-    tuner, facts, table, restored = _launch(cfg, prep, home, address, num_cpus, env, resume, echo)
+    tuner, facts, table, restored, concurrency = _launch(
+        cfg, prep, home, address, num_cpus, env, resume, echo
+    )
     # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
     tuner.fit()
+    if cfg.search.repeats is not None:
+        # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
+        repeat_front(cfg, prep, home, table, concurrency)
     # Finish.
-    _finish(cfg, home, facts, table, restored, echo, started=t0)
+    _finish(cfg, home, facts, table, restored and cfg.search.repeats is None, echo, started=t0)
     return home.results.path
 
 
@@ -97,7 +102,50 @@ def _launch(
         tuner = tuning.restored_tuner(trainable, home.tune_path)
     else:
         tuner = tuning.new_tuner(trainable, searcher, concurrency, [table], cfg, home.storage_path)
-    return tuner, facts, table, restored
+    return tuner, facts, table, restored, concurrency
+
+
+def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, concurrency: int) -> int:
+    """Train the front's best configs again with new seeds as ordinary trials linked to their original (the
+    repeats a resumed search already ran are not run again); returns how many ran."""
+    import dataclasses
+
+    from ray import tune
+
+    from search.loop.tuning import fixed_configs, trial_name
+    from search.results.repeats import to_repeat
+    from search.worker.trial import trial_driver, trial_resources
+
+    r = cfg.search.repeats
+    assert r is not None
+    table.setup()  # a restored search's rows: Tune restored its own copy of this callback
+    configs = to_repeat(home.results.read_records(), cfg.objectives, r.top, r.seeds, cfg.search.seed)
+    if not configs:
+        return 0
+    table.num_trials = len(table.records) + len(configs)
+    settings = dataclasses.replace(prep.settings, rungs=())  # repeats train to the end: no rung evaluations
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, settings=settings, data=prep.data), trial_resources(settings)
+    )
+    tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=fixed_configs(configs),
+            num_samples=len(configs),
+            max_concurrent_trials=concurrency,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="tune-repeats",
+            storage_path=home.storage_path,
+            callbacks=[table],
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
+            verbose=0,
+        ),
+    ).fit()
+    return len(configs)
 
 
 def _finish(

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from search.loop.rungs import should_stop
+from search.loop.rungs import should_stop, standard_error
+from search.results.metrics import get_metric
 from search.results.records import RUNG_KEY
 
 
@@ -22,13 +23,21 @@ class ParetoASHA(FIFOScheduler):
     Args:
         objectives: ``(metric, mode)`` pairs, mode ``"max"`` or ``"min"``, as the search's objectives.
         reduction_factor: about ``1 / reduction_factor`` of a rung's dominated trials go on.
+        noise_margin: a trial dominates another on a share measured on the rung's held-out rows (a metric with a
+            confidence interval: accuracy) only by more than this many standard errors of the difference; 0
+            compares the values as they are.
     """
 
-    def __init__(self, objectives: Sequence[tuple[str, str]], reduction_factor: float):
+    def __init__(
+        self, objectives: Sequence[tuple[str, str]], reduction_factor: float, noise_margin: float = 0.0
+    ):
         super().__init__()
         self._objectives = list(objectives)
         self._reduction_factor = reduction_factor
+        self._margin = noise_margin
+        self._noisy = [get_metric(m).interval is not None for m, _ in self._objectives]
         self._rungs: dict[int, dict[str, list[float]]] = {}
+        self._noise: dict[int, dict[str, list[float]]] = {}
         self.stopped: dict[str, int] = {}
         """Trial id -> the rung step it was stopped at."""
 
@@ -39,7 +48,13 @@ class ParetoASHA(FIFOScheduler):
         point = [float(result[m]) * (-1.0 if mode == "max" else 1.0) for m, mode in self._objectives]
         recorded = self._rungs.setdefault(int(step), {})
         recorded[trial.trial_id] = point
-        if should_stop(trial.trial_id, recorded, self._reduction_factor):
+        noise = self._noise.setdefault(int(step), {})
+        rows = result.get("eval_rows")
+        noise[trial.trial_id] = [
+            standard_error(float(result[m]), rows) if noisy else 0.0
+            for (m, _), noisy in zip(self._objectives, self._noisy, strict=True)
+        ]
+        if should_stop(trial.trial_id, recorded, self._reduction_factor, noise, self._margin):
             self.stopped[trial.trial_id] = int(step)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

@@ -128,6 +128,7 @@ def run_facts(
         "sampler": cfg.search.sampler,
         "num_trials": cfg.search.num_trials,
         "early_stopping": {**cfg.search.early_stopping.model_dump(), "rungs": list(prep.rungs)},
+        "repeats": cfg.search.repeats.model_dump() if cfg.search.repeats else None,
         "concurrency": concurrency,
         "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
         "platform": platform.platform(),

@@ -12,7 +12,7 @@ from ray import tune
 from search.redact import redact_text
 from search.results.layout import ResultsDir
 from search.results.metrics import get_metric
-from search.results.records import ERROR_KEY, STATUS_KEY, TrialResult, TrialStatus
+from search.results.records import ERROR_KEY, PREDICTIONS_KEY, STATUS_KEY, TrialResult, TrialStatus
 
 
 def classify_error(error: BaseException | None) -> tuple[TrialStatus, str]:
@@ -80,6 +80,8 @@ class TrialTable(tune.Callback):
         self.shown = list(dict.fromkeys([*objectives, "train_time_s"]))
         """Metrics printed as each trial completes: the search's objectives and its training time."""
         self.records: dict[str, TrialResult] = {}
+        self.predictions: dict[str, dict[str, list[int]]] = {}
+        """Trial id -> its held-out rows (``PREDICTIONS_KEY``), for complete trials."""
         self.num_trials = num_trials
         self.echo = echo
         self.on_write = on_write  # e.g. mirroring the table to an object store
@@ -88,6 +90,12 @@ class TrialTable(tune.Callback):
         """Keep the rows of an earlier run of this search (a resumed one): its finished trials stay in the table."""
         if self.results.trials_path.exists() and not self.records:
             self.records = {r.trial_id: r for r in self.results.read_records()}
+            frame = self.results.read_predictions()
+            for trial_id, group in frame.groupby("trial_id"):
+                group = group.sort_values("row")
+                self.predictions[str(trial_id)] = {
+                    c: group[c].astype(int).tolist() for c in ("label", "prediction", "correct")
+                }
 
     def on_trial_start(self, iteration, trials, trial, **info):
         record = self._record(trial, "running")
@@ -95,6 +103,9 @@ class TrialTable(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         status, note = ended_status(trial.last_result or {})
+        rows = (trial.last_result or {}).get(PREDICTIONS_KEY)
+        if status == "complete" and rows:
+            self.predictions[trial.trial_id] = rows
         record = self._record(trial, status, note)
         self._say(f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}{self._outcome(record)}")
 
@@ -124,6 +135,7 @@ class TrialTable(tune.Callback):
 
     def write(self) -> None:
         self.results.write_trials(self.records.values())
+        self.results.write_predictions(self.predictions)
         if self.on_write is not None:
             self.on_write()
 

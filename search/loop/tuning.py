@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import spaces
 from search.loop.prepare import Prepared
 from search.settings.schema import SearchConfig
@@ -38,6 +40,10 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
         directions=["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives],
         load_if_exists=True,
     )
+    # The study describes itself: plain `optuna.load_study` shows which value is which metric.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in cfg.objectives])
     spaces.enqueue_candidates(study, prep.space_spec)
     return PeftOptunaSearch(
         space=spaces.DefineByRun(prep.space_spec, prep.space_context),
@@ -97,4 +103,22 @@ def scheduler(cfg: SearchConfig):
     es = cfg.search.early_stopping
     if es.rule == "none":
         return FIFOScheduler()
-    return ParetoASHA([(o.metric, o.mode) for o in cfg.objectives], es.reduction_factor)
+    return ParetoASHA([(o.metric, o.mode) for o in cfg.objectives], es.reduction_factor, es.noise_margin)
+
+
+def fixed_configs(configs: list[dict]):
+    """A Tune searcher that proposes exactly these configs, in order, then finishes (the seed repeats)."""
+    from ray.tune.search import Searcher
+
+    class FixedConfigs(Searcher):
+        def __init__(self, configs: list[dict]) -> None:
+            super().__init__()
+            self._left = [dict(c) for c in configs]
+
+        def suggest(self, trial_id: str) -> dict | None:
+            return self._left.pop(0) if self._left else Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            pass
+
+    return FixedConfigs(configs)

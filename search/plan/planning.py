@@ -336,3 +336,28 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
     elif kinds:
         lines.append("est. peak: GPU allocator peak over the trial")
     return "\n".join(lines)
+
+
+RESOLVE_WARN = 0.03
+"""``plan`` warns when the held-out split cannot tell apart two trials this far apart in accuracy."""
+
+
+def resolution_note(eval_size: int, accuracy: float = 0.85) -> str:
+    """What ``dataset.eval_size`` held-out rows can tell apart: the smallest resolvable accuracy difference (95 %),
+    with a warning and the rows needed when it is over ``RESOLVE_WARN``."""
+    from search.results.noise import resolvable_difference
+
+    gap = resolvable_difference(eval_size, accuracy)
+    note = (
+        f"held-out rows: {eval_size} (dataset.eval_size); two trials near {accuracy:.0%} accuracy are told apart "
+        f"only when they differ by {gap * 100:.1f} points or more (95 %)"
+    )
+    if gap > RESOLVE_WARN:
+        need = next(
+            n for n in range(eval_size, 10**7, 50) if resolvable_difference(n, accuracy) <= RESOLVE_WARN
+        )
+        note += (
+            f"\nwarning: differences under {gap * 100:.1f} points are noise here; about {need} held-out rows "
+            f"resolve {RESOLVE_WARN * 100:.0f} points (raise dataset.eval_size if the dataset has them)"
+        )
+    return note

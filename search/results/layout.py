@@ -25,11 +25,12 @@ CONFIG_FILE = "config.yaml"
 OPTUNA_FILE = "optuna.db"
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.parquet"
+PREDICTIONS_FILE = "predictions.parquet"
 REPORT_FILE = "report.html"
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
 DATA_DIR = "data"
-DRIVER_FILES = (TRIALS_FILE, OPTUNA_FILE, RUN_FILE)
+DRIVER_FILES = (TRIALS_FILE, PREDICTIONS_FILE, OPTUNA_FILE, RUN_FILE)
 """What the driver rewrites as trials finish (mirrored to an object store after every trial)."""
 
 _FIXED_COLUMNS = list(TrialResult("-", "running").to_row())
@@ -112,7 +113,9 @@ class ResultsDir:
     def read_trials(self) -> pd.DataFrame:
         """One row per trial, at the current schema version."""
         if not self.trials_path.is_file():
-            raise FileNotFoundError(f"{self.path}: no {TRIALS_FILE}; is this a peft-search results directory?")
+            raise FileNotFoundError(
+                f"{self.path}: no {TRIALS_FILE}; is this a peft-search results directory?"
+            )
         import pyarrow.parquet as pq
 
         table = pq.read_table(self.trials_path)
@@ -142,6 +145,49 @@ class ResultsDir:
         tmp = self.trials_path.with_suffix(".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, self.trials_path)
+
+    # Per-row held-out predictions: every complete trial on the same rows, so trials compare row by row.
+
+    def read_predictions(self) -> pd.DataFrame:
+        """Long format: ``trial_id``, ``row`` (index into ``data/eval.parquet``), ``label``, ``prediction``,
+        ``correct``; empty when the search recorded none."""
+        path = self.path / PREDICTIONS_FILE
+        if not path.is_file():
+            return _predictions_frame({})
+        return pd.read_parquet(path)
+
+    def correct_by_trial(self) -> dict[str, list[bool]]:
+        """Trial id -> whether each held-out row was right, in row order."""
+        frame = self.read_predictions().sort_values(["trial_id", "row"], kind="stable")
+        return {str(t): group["correct"].astype(bool).tolist() for t, group in frame.groupby("trial_id")}
+
+    def write_predictions(self, rows: dict[str, dict[str, list[int]]]) -> None:
+        """Rewrite the predictions of these trials (trial id -> ``label``/``prediction``/``correct`` lists)."""
+        tmp = self.path / (PREDICTIONS_FILE + ".tmp")
+        _predictions_frame(rows).to_parquet(tmp, index=False)
+        os.replace(tmp, self.path / PREDICTIONS_FILE)
+
+
+PREDICTION_COLUMNS = ("trial_id", "row", "label", "prediction", "correct")
+
+
+def _predictions_frame(rows: dict[str, dict[str, list[int]]]) -> pd.DataFrame:
+    frames = [
+        pd.DataFrame(
+            {
+                "trial_id": trial_id,
+                "row": range(len(r["correct"])),
+                "label": r.get("label") or [-1] * len(r["correct"]),
+                "prediction": r.get("prediction") or [-1] * len(r["correct"]),
+                "correct": [bool(c) for c in r["correct"]],
+            }
+        )
+        for trial_id, r in rows.items()
+    ]
+    if not frames:
+        return pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.astype({"row": "int32", "label": "int32", "prediction": "int32", "correct": "bool"})
 
 
 def _upgrade(frame: pd.DataFrame, version: int) -> pd.DataFrame:

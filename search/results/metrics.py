@@ -34,6 +34,7 @@ class Metric:
         objective: whether a search may optimise it (``objectives[].metric``).
         summary: shown in the terminal table (``peft-search show``) besides the search's objectives.
         log_scale: axes of it are drawn on a log scale (counts over orders of magnitude).
+        interval: the metrics holding its confidence interval's low and high ends, if it has one.
     """
 
     name: str
@@ -44,6 +45,7 @@ class Metric:
     objective: bool = False
     summary: bool = False
     log_scale: bool = False
+    interval: tuple[str, str] | None = None
 
     def format(self, value: float | int | None) -> str:
         """``0.9133``, ``1.2M``, ``812.4MiB``, ``31.2s``, ``98.1/s``; ``-`` for a missing value."""
@@ -108,7 +110,9 @@ def register_metric(metric: Metric) -> Metric:
     if metric.name in _REGISTRY:
         raise ValueError(f"metric {metric.name!r} is already registered")
     if not metric.name.isidentifier():
-        raise ValueError(f"metric names are identifiers (a table column, a config value), not {metric.name!r}")
+        raise ValueError(
+            f"metric names are identifiers (a table column, a config value), not {metric.name!r}"
+        )
     _REGISTRY[metric.name] = metric
     return metric
 
@@ -136,30 +140,118 @@ def objective_metrics() -> list[str]:
 
 
 for _metric in (
-    Metric("accuracy", "fraction", "max", "held-out accuracy",
-           "share of held-out rows classified (or answered) correctly", objective=True, summary=True),
-    Metric("eval_loss", "ratio", "min", "held-out loss", "mean cross-entropy on the held-out rows", objective=True),
-    Metric("trainable_params", "count", "min", "trainable parameters",
-           "parameters the adapter trains (PEFT's own count)", objective=True, summary=True, log_scale=True),
-    Metric("total_params", "count", "min", "total parameters",
-           "parameters of the adapted model, frozen ones included (PEFT's own count)", log_scale=True),
-    Metric("peak_memory_bytes", "bytes", "min", "peak memory",
-           "peak training memory of the trial; its kind is in peak_memory_kind", objective=True, summary=True),
-    Metric("est_peak_memory_bytes", "bytes", "min", "estimated peak memory",
-           "the peak memory `peft-search plan` estimated before training"),
-    Metric("adapter_bytes", "bytes", "min", "adapter size",
-           "size of adapter_model.safetensors, what ships", objective=True),
-    Metric("train_time_s", "seconds", "min", "training time",
-           "seconds spent training (rung evaluations excluded)", objective=True, summary=True),
-    Metric("samples_per_s", "per_second", "max", "training samples/s",
-           "training rows per second over all workers", objective=True),
-    Metric("tokens_per_s", "per_second", "max", "training tokens/s",
-           "non-padding training tokens per second over all workers"),
+    Metric(
+        "accuracy",
+        "fraction",
+        "max",
+        "held-out accuracy",
+        "share of held-out rows classified (or answered) correctly",
+        objective=True,
+        summary=True,
+        interval=("accuracy_ci_low", "accuracy_ci_high"),
+    ),
+    Metric(
+        "accuracy_ci_low",
+        "fraction",
+        "max",
+        "accuracy 95% CI low",
+        "lower end of the 95 % Wilson score interval of the held-out accuracy (statsmodels proportion_confint)",
+    ),
+    Metric(
+        "accuracy_ci_high",
+        "fraction",
+        "max",
+        "accuracy 95% CI high",
+        "upper end of the 95 % Wilson score interval of the held-out accuracy (statsmodels proportion_confint)",
+    ),
+    Metric(
+        "eval_loss",
+        "ratio",
+        "min",
+        "held-out loss",
+        "mean cross-entropy on the held-out rows",
+        objective=True,
+    ),
+    Metric(
+        "trainable_params",
+        "count",
+        "min",
+        "trainable parameters",
+        "parameters the adapter trains (PEFT's own count)",
+        objective=True,
+        summary=True,
+        log_scale=True,
+    ),
+    Metric(
+        "total_params",
+        "count",
+        "min",
+        "total parameters",
+        "parameters of the adapted model, frozen ones included (PEFT's own count)",
+        log_scale=True,
+    ),
+    Metric(
+        "peak_memory_bytes",
+        "bytes",
+        "min",
+        "peak memory",
+        "peak training memory of the trial; its kind is in peak_memory_kind",
+        objective=True,
+        summary=True,
+    ),
+    Metric(
+        "est_peak_memory_bytes",
+        "bytes",
+        "min",
+        "estimated peak memory",
+        "the peak memory `peft-search plan` estimated before training",
+    ),
+    Metric(
+        "adapter_bytes",
+        "bytes",
+        "min",
+        "adapter size",
+        "size of adapter_model.safetensors, what ships",
+        objective=True,
+    ),
+    Metric(
+        "train_time_s",
+        "seconds",
+        "min",
+        "training time",
+        "seconds spent training (rung evaluations excluded)",
+        objective=True,
+        summary=True,
+    ),
+    Metric(
+        "samples_per_s",
+        "per_second",
+        "max",
+        "training samples/s",
+        "training rows per second over all workers",
+        objective=True,
+    ),
+    Metric(
+        "tokens_per_s",
+        "per_second",
+        "max",
+        "training tokens/s",
+        "non-padding training tokens per second over all workers",
+    ),
     Metric("eval_time_s", "seconds", "min", "evaluation time", "seconds of the final held-out evaluation"),
-    Metric("rung_eval_time_s", "seconds", "min", "rung evaluation time",
-           "seconds of part-way evaluations for early stopping"),
-    Metric("load_time_s", "seconds", "min", "load time", "seconds to load the base model and inject the adapter"),
-    Metric("eval_rows", "count", "max", "held-out rows", "held-out rows the accuracy and loss were measured on"),
+    Metric(
+        "rung_eval_time_s",
+        "seconds",
+        "min",
+        "rung evaluation time",
+        "seconds of part-way evaluations for early stopping",
+    ),
+    Metric(
+        "load_time_s", "seconds", "min", "load time", "seconds to load the base model and inject the adapter"
+    ),
+    Metric(
+        "eval_rows", "count", "max", "held-out rows", "held-out rows the accuracy and loss were measured on"
+    ),
     Metric("train_steps", "count", "min", "training steps", "optimizer steps trained"),
     Metric("world_size", "count", "min", "workers", "Ray Train workers the trial trained on"),
 ):

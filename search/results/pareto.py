@@ -18,13 +18,36 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
     return mask
 
 
-def pareto_ranks(points: np.ndarray) -> np.ndarray:
-    """Non-dominated sorting: 0 for the front, 1 for the front of what is left, ... (all objectives minimised)."""
-    ranks = np.full(len(points), -1)
-    left = np.arange(len(points))
+def dominance(points: np.ndarray, noise: np.ndarray | None = None, margin: float = 0.0) -> np.ndarray:
+    """``D[i, j]``: row ``i`` dominates row ``j`` (all objectives minimised).
+
+    With ``noise`` (a standard error per row and objective, 0 where a value is exact) and ``margin`` > 0, ``i``
+    dominates ``j`` only where it is better on every noisy objective by more than ``margin`` standard errors of
+    the difference (``sqrt(se_i^2 + se_j^2)``), no worse on every exact one, and strictly better on one: a tie
+    within noise is no domination.
+    """
+    pts = np.asarray(points, dtype=float)
+    le = np.all(pts[:, None, :] <= pts[None, :, :], axis=2)
+    lt = np.any(pts[:, None, :] < pts[None, :, :], axis=2)
+    if noise is None or margin <= 0:
+        return le & lt
+    se = np.asarray(noise, dtype=float)
+    noisy = np.any(se > 0, axis=0)
+    gap = pts[None, :, :] - pts[:, None, :]  # how much better i is than j, per objective
+    threshold = margin * np.sqrt(se[:, None, :] ** 2 + se[None, :, :] ** 2)
+    clear = np.all(np.where(noisy, gap > threshold, gap >= 0), axis=2)
+    return clear & lt
+
+
+def pareto_ranks(points: np.ndarray, noise: np.ndarray | None = None, margin: float = 0.0) -> np.ndarray:
+    """Non-dominated sorting: 0 for the front, 1 for the front of what is left, ... (all objectives minimised;
+    ``noise`` and ``margin`` as in ``dominance``)."""
+    dominates = dominance(points, noise, margin)
+    ranks = np.full(len(dominates), -1)
+    left = np.arange(len(dominates))
     rank = 0
     while left.size:
-        front = pareto_mask(points[left])
+        front = ~dominates[np.ix_(left, left)].any(axis=0)
         ranks[left[front]] = rank
         left = left[~front]
         rank += 1

@@ -23,7 +23,11 @@ part-way (rung) result."""
 ERROR_KEY = "trial_error"
 RUNG_KEY = "rung_step"
 """Set in a part-way result only: the training step a rung evaluated at (early stopping)."""
+PREDICTIONS_KEY = "heldout_rows"
+"""In a complete trial's result: per held-out row, its label, the prediction and whether it was right (lists)."""
 OPTUNA_TRIAL_KEY = "optuna_trial"
+REPEAT_OF_KEY = "repeat_of"
+"""In a seed repeat's config: the trial id of the original it trains again."""
 """In a trial's config: the number of the Optuna trial that proposed it."""
 
 INFO_FIELDS: tuple[str, ...] = ("peak_memory_kind", "device", "node_id", "cpu_allocator")
@@ -54,6 +58,10 @@ class TrialResult:
     wall_time_s: float | None = None
     """Seconds from the trial's start to its last result (Tune's ``time_total_s``)."""
     adapter_path: str | None = None
+    repeat_of: str | None = None
+    """A seed repeat (``search.repeats``): the trial whose config it trains again."""
+    seed: int | None = None
+    """A seed repeat's training seed (the search's own seed otherwise)."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -81,11 +89,15 @@ class TrialResult:
             candidate=config.get("candidate"),
             optuna_trial=config.get(OPTUNA_TRIAL_KEY),
             error=error,
-            metrics={m.name: float(result[m.name]) for m in metrics() if _present(result.get(m.name))} if keep else {},
+            metrics={m.name: float(result[m.name]) for m in metrics() if _present(result.get(m.name))}
+            if keep
+            else {},
             info={k: str(result[k]) for k in INFO_FIELDS if keep and _present(result.get(k))},
             stopped_at_step=int(result[RUNG_KEY]) if status == "stopped_early" else None,
             wall_time_s=result.get("time_total_s"),
             adapter_path=result.get("checkpoint_path") if status == "complete" else None,
+            repeat_of=config.get(REPEAT_OF_KEY),
+            seed=config.get("seed"),
         )
 
     def to_row(self) -> dict[str, Any]:
@@ -104,6 +116,8 @@ class TrialResult:
             "stopped_at_step": self.stopped_at_step,
             "wall_time_s": self.wall_time_s,
             "adapter_path": self.adapter_path,
+            "repeat_of": self.repeat_of,
+            "seed": self.seed,
             **self.metrics,
             **self.info,
         }
@@ -126,6 +140,8 @@ class TrialResult:
             stopped_at_step=_int(row.get("stopped_at_step")),
             wall_time_s=_value(row.get("wall_time_s")),
             adapter_path=_value(row.get("adapter_path")),
+            repeat_of=_value(row.get("repeat_of")),
+            seed=_int(row.get("seed")),
         )
 
 
@@ -151,6 +167,8 @@ __all__ = [
     "ERROR_KEY",
     "INFO_FIELDS",
     "OPTUNA_TRIAL_KEY",
+    "PREDICTIONS_KEY",
+    "REPEAT_OF_KEY",
     "RUNG_KEY",
     "STATUSES",
     "STATUS_KEY",

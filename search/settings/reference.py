@@ -44,7 +44,9 @@ def _sections(model: type[BaseModel], path: str):
     yield path, model
     for name, field in model.model_fields.items():
         for sub in _models(field.annotation):
-            yield from _sections(sub, f"{path}.{name}".lstrip(".") + ("[]" if _is_list(field.annotation) else ""))
+            yield from _sections(
+                sub, f"{path}.{name}".lstrip(".") + ("[]" if _is_list(field.annotation) else "")
+            )
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:

@@ -261,11 +261,25 @@ class EarlyStopping(_Strict):
     """Rungs are this factor apart, and about ``1 / reduction_factor`` of the dominated trials go on at each."""
     eval_size: int = Field(100, ge=1)
     """Held-out rows evaluated at each rung (the final evaluation uses the whole held-out split)."""
+    noise_margin: float = Field(2.0, ge=0)
+    """At a rung, a trial dominates another on accuracy (measured on ``eval_size`` rows) only by more than this
+    many standard errors of the difference; a tie within noise stops nothing. 0 compares the values as they are."""
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"rule": value} if isinstance(value, str) else value
+
+
+class Repeats(_Strict):
+    """After the search, train the front's best configs again with new seeds (training seed and data order), as
+    ordinary trials linked to their original; tables, ``best`` and the report then use each config's mean over its
+    runs and the interval of that mean."""
+
+    top: int = Field(3, ge=1)
+    """How many configs of the final Pareto front to repeat, best first by the first objective."""
+    seeds: int = Field(3, ge=1)
+    """New seeds per config (each config then has ``seeds + 1`` runs)."""
 
 
 class SearchSettings(_Strict):
@@ -281,6 +295,8 @@ class SearchSettings(_Strict):
     """Seed of the sampler and of every trial's training."""
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     """``asha`` (or a mapping: rule, grace_steps, reduction_factor, eval_size) stops dominated trials at rungs."""
+    repeats: Repeats | None = None
+    """Opt-in seed repeats of the front's best configs, e.g. ``{top: 3, seeds: 3}`` (off when unset)."""
 
 
 class TrainingSettings(_Strict):

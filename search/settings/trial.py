@@ -80,6 +80,8 @@ class TrialConfig:
     """In PEFT's ``adapter_config.json`` shape: ``peft.get_peft_config(peft_config)`` builds it."""
     learning_rate: float
     candidate: str = "sampled"
+    seed: int | None = None
+    """The training seed (weights' initialisation, data order) when it is not the search's: a seed repeat."""
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -90,6 +92,7 @@ class TrialConfig:
             peft_config=dict(config["peft_config"]),
             learning_rate=float(config["learning_rate"]),
             candidate=config.get("candidate") or "sampled",
+            seed=config.get("seed"),
         )
 
 

@@ -19,7 +19,7 @@ import torch
 from search.inputs.data import TokenizedSplits
 from search.inputs.modeling import inject_adapter, load_base_model
 from search.plan.planning import Plan
-from search.results.records import RUNG_KEY, STATUS_KEY
+from search.results.records import PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from search.settings.trial import TrialConfig, TrialSettings
 from search.worker import faults
 from search.worker.batches import train_loader
@@ -86,7 +86,8 @@ def run_trial(
     check_budget(plan, settings.budget)
 
     # Load the base model at its quantization level and inject the adapter.
-    torch.manual_seed(settings.seed)
+    seed = settings.seed if trial.seed is None else trial.seed
+    torch.manual_seed(seed)
     t0 = time.perf_counter()
     model = _load(trial, settings, data, device)
     trainable, total = model.get_nb_trainable_parameters()
@@ -101,7 +102,7 @@ def run_trial(
         train_model = ray.train.torch.prepare_model(model, move_to_device=False)
     t1 = time.perf_counter()
     rung = _Rung(on_rung, model, train_model, data, settings, costs, device, t1) if on_rung else None
-    samples, tokens = _train(train_model, model, data, trial, settings, device, world_size, rank, rung)
+    samples, tokens = _train(train_model, model, data, trial, settings, seed, device, world_size, rank, rung)
     train_s = time.perf_counter() - t1 - (rung.seconds if rung else 0.0)
 
     # Evaluate on the whole held-out split, save the adapter (rank 0).
@@ -111,7 +112,8 @@ def run_trial(
     adapter_dir, adapter_bytes = _save(model) if rank == 0 else (None, 0)
     metrics = {
         STATUS_KEY: "complete",
-        **evaluation,
+        **evaluation.metrics(),
+        PREDICTIONS_KEY: evaluation.rows(),
         **costs.metrics(trained_s=train_s, samples=samples, tokens=tokens),
         "eval_time_s": eval_s,
         "rung_eval_time_s": rung.seconds if rung else 0.0,
@@ -176,7 +178,7 @@ class _Rung:
             {
                 STATUS_KEY: "running",
                 RUNG_KEY: step,
-                **partial,
+                **partial.metrics(),
                 **self.costs.metrics(
                     trained_s=t - self.started - self.seconds, samples=samples, tokens=tokens
                 ),
@@ -195,6 +197,7 @@ def _train(
     data: TokenizedSplits,
     trial: TrialConfig,
     settings: TrialSettings,
+    seed: int,
     device: torch.device,
     world_size: int,
     rank: int,
@@ -208,7 +211,7 @@ def _train(
     optimizer = torch.optim.AdamW(params, lr=trial.learning_rate, weight_decay=t.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * t.warmup_ratio), steps)
     loader = train_loader(
-        data, t.batch_size, settings.seed, t.train_sampling_strategy, device, world_size=world_size, rank=rank
+        data, t.batch_size, seed, t.train_sampling_strategy, device, world_size=world_size, rank=rank
     )
     adaptive = trial.peft_config["peft_type"].upper() == "ADALORA"
     train_model.train()

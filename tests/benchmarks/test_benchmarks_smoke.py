@@ -114,3 +114,23 @@ def test_early_stopping(ray_local, tiny_bert, classification_csv, tmp_path):
     assert with_es["steps_trained"] + with_es["steps_saved"] == 3 * 4
     assert all(r["compute_s"] > r["train_s"] > 0 for r in result["runs"])
     assert 0 < rows["none"]["mean_hv"] <= 1
+
+
+def test_pick_stability(ray_local, tiny_bert, classification_csv, tmp_path):
+    from benchmarks import pick_stability
+
+    pick_stability.main(
+        ["--seeds", "2", "--top", "3", "--out-dir", str(tmp_path)]
+        + _tiny(tiny_bert, classification_csv)
+        + ["--set", "training.max_steps=2", "--set", "search.num_trials=3"]
+        + ["--set", "resources.cpus_per_worker=1", "--set", "search.max_concurrent=1"]
+    )
+    result = json.loads((tmp_path / "pick_stability.json").read_text())
+    assert result["configs"] and all(c["runs"] == 3 for c in result["configs"])  # the original + 2 seeds
+    assert {s["rule"] for s in result["summary"]} == {"--tolerance 0", "--tolerance auto"}
+    for s in result["summary"]:
+        assert s["worlds"] == 3 and 0 < s["same_pick_share"] <= 1 and s["distinct_picks"] >= 1
+    # tolerance 0 picks the most accurate run of each world; auto never picks a more accurate one.
+    by_world = {(p["seed"], p["rule"]): p for p in result["picks"]}
+    for seed in {p["seed"] for p in result["picks"]}:
+        assert by_world[(seed, "auto")]["accuracy"] <= by_world[(seed, "0")]["accuracy"]

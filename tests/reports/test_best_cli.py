@@ -30,7 +30,10 @@ def test_best_table_names_the_trial_and_why(search, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["Best", "trial:", "t0"]
     assert "held-out accuracy 0.9000   trainable parameters 5.0k   peak memory 3.0GiB (cpu_rss)" in lines[1]
-    assert lines[-1].startswith("  why: highest held-out accuracy of 3 complete trials meeting no limits")
+    assert lines[-1].startswith(
+        "  why: tolerance auto fell back to 0 (no per-row held-out predictions): the highest"
+    )
+    assert lines[-1].endswith("(3 complete trials meeting no limits, of 3)")
 
 
 @pytest.mark.parametrize(
@@ -49,13 +52,13 @@ def test_best_table_names_the_trial_and_why(search, capsys):
 def test_limits_from_flags_and_limit(search, capsys, flags, expected, limits):
     assert main(["best", str(search), "--format", "json", *flags]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["trial"]["trial_id"] == expected and out["limits"] == limits
+    assert out["pick"]["trial_id"] == expected and out["limits"] == limits
 
 
 def test_nothing_within_the_limits_exits_1_with_a_null_trial(search, capsys):
     assert main(["best", str(search), "--format", "json", "--min-accuracy", "0.95"]) == 1
     out = json.loads(capsys.readouterr().out)
-    assert out["trial"] is None and "no complete trial meets accuracy >= 0.95" in out["reason"]
+    assert out["pick"] is None and "no complete trial meets accuracy >= 0.95" in out["reason"]
     assert main(["best", str(search), "--limit", "accuracy>=0.95"]) == 1
     assert capsys.readouterr().out.startswith("No trial chosen: no complete trial meets accuracy >= 0.95")
 
@@ -63,7 +66,7 @@ def test_nothing_within_the_limits_exits_1_with_a_null_trial(search, capsys):
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        (["--limit", "acc>=0.9"], "--limit: unknown metric 'acc'; choose from accuracy, eval_loss,"),
+        (["--limit", "acc>=0.9"], "--limit: unknown metric 'acc'; choose from accuracy, accuracy_ci_low,"),
         (["--limit", "accuracy=0.9"], "--limit: 'accuracy=0.9' is not METRIC<=VALUE or METRIC>=VALUE"),
         (["--limit", "peak_memory_bytes<=lots"], "--limit: peak_memory_bytes: 'lots' is not a number"),
         (["--max-memory", "lots"], "--max-memory:"),

@@ -171,7 +171,7 @@ def test_choose_best_ranks_by_the_searchs_objectives():
     choice = choose_best(trials, objectives)
     assert choice.trial["trial_id"] == "t2"
     assert (
-        choice.reason.startswith("lowest held-out loss of 4 complete trials")
+        choice.reason.startswith("tolerance 0: the lowest held-out loss; ties broken by lower training time")
         and "lower training time" in choice.reason
     )
     limited = choose_best(trials, objectives, [Limit("accuracy", ">=", 0.5)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from reports.choice import Limit, choose_best
 from reports.html import write_report
 from reports.table import load_trials
+from search.results.layout import ResultsDir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
@@ -68,6 +70,8 @@ def test_loads_offline_without_errors_and_renders_every_chart(page):
     # The 2-D fronts draw real points: one marker per complete trial, plus the front's own markers.
     complete = (pd.read_parquet(search_dir / "trials.parquet")["status"] == "complete").sum()
     assert tab.locator("#pareto-trainable_params .scatterlayer .point").count() >= complete
+    # Each accuracy carries its 95 % interval as an error bar (drawn by plotly: one per complete trial).
+    assert tab.locator("#pareto-trainable_params .errorbar .yerror").count() == complete
     ARTIFACTS.mkdir(exist_ok=True)
     tab.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
@@ -112,7 +116,10 @@ def test_budget_picker_agrees_with_best(page):
         (None, float(done["peak_memory_bytes"].median()) / 2**20, None),
         (None, None, float(done["accuracy"].median())),
     ]
-    for max_params, max_mib, min_accuracy in limits:
+    correct = ResultsDir(search_dir).correct_by_trial()
+    assert correct  # the page's default rule is tolerance auto, on these per-row predictions
+    for (max_params, max_mib, min_accuracy), tolerance in itertools.product(limits, ["auto", "0"]):
+        tab.select_option("#tolerance", tolerance)
         tab.fill("#max-trainable_params", "" if max_params is None else str(max_params))
         tab.fill("#max-peak_memory_bytes", "" if max_mib is None else str(max_mib))
         tab.fill("#min-accuracy", "" if min_accuracy is None else str(min_accuracy))
@@ -121,6 +128,12 @@ def test_budget_picker_agrees_with_best(page):
             Limit("peak_memory_bytes", "<=", max_mib * 2**20) if max_mib is not None else None,
             Limit("accuracy", ">=", min_accuracy) if min_accuracy is not None else None,
         ]
-        expected = choose_best(trials, objectives, [g for g in given if g is not None])
+        expected = choose_best(
+            trials,
+            objectives,
+            [g for g in given if g is not None],
+            tolerance="auto" if tolerance == "auto" else 0,
+            correct=correct,
+        )
         shown = tab.locator("#choice").get_attribute("data-trial")
         assert shown == ("" if expected.trial is None else expected.trial["trial_id"])

@@ -66,12 +66,17 @@ def test_best_json_ranks_by_the_toy_metric(toy_search, capsys):
         {"metric": "toy_score", "mode": "max"},
         {"metric": "trainable_params", "mode": "min"},
     ]
-    assert out["trial"]["trial_id"] == "t2" and out["trial"]["metrics"]["toy_score"] == 41.0
-    assert out["reason"].startswith("highest toy score of 3 complete trials") and out["limits"] == {}
+    assert out["pick"]["trial_id"] == "t2" and out["pick"]["metrics"]["toy_score"] == 41.0
+    assert (
+        out["rule"].startswith(
+            "tolerance auto fell back to 0 (the first objective is toy_score): the highest toy score"
+        )
+        and out["limits"] == {}
+    )
 
     assert main(["best", str(toy_search), "--format", "json", "--limit", "toy_score<=20"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["trial"]["trial_id"] == "t0" and out["limits"] == {"toy_score": {"max": 20.0}}
+    assert out["pick"]["trial_id"] == "t0" and out["limits"] == {"toy_score": {"max": 20.0}}
 
 
 def test_report_shows_the_toy_metric(toy_search):

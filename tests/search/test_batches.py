@@ -50,10 +50,6 @@ def test_group_by_length_pads_less_and_still_covers_every_row():
 
 def test_sampling_is_seeded():
     data = _data()
-    first = [
-        b["input_ids"].shape for b in _loader(data, "group_by_length")
-    ]
-    again = [
-        b["input_ids"].shape for b in _loader(data, "group_by_length")
-    ]
+    first = [b["input_ids"].shape for b in _loader(data, "group_by_length")]
+    again = [b["input_ids"].shape for b in _loader(data, "group_by_length")]
     assert first == again

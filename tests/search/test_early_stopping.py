@@ -13,7 +13,7 @@ import pytest
 
 from search.errors import ConfigError
 from search.loop.early_stopping import ParetoASHA
-from search.loop.rungs import pareto_ranks, rung_steps, should_stop
+from search.loop.rungs import pareto_ranks, rung_steps, should_stop, standard_error
 from search.results.records import RUNG_KEY
 from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config
@@ -47,6 +47,24 @@ def test_dominated_trials_stop_outside_the_best_third():
     assert should_stop("c", recorded, 3) and should_stop("d", recorded, 3)
     # With a gentler factor more go on: keep = ceil(4 / 1.5) = 3.
     assert not should_stop("c", recorded, 1.5) and should_stop("d", recorded, 1.5)
+
+
+def test_a_tie_within_the_rungs_noise_is_no_domination():
+    # Accuracy on 100 rows: 0.62 against 0.61 is a tie (standard error of the difference ~0.07); the cheaper
+    # trial no longer stops the other. 0.90 against 0.61 is far beyond two standard errors: it still does.
+    recorded = {"lora": [-0.61, 150_000.0], "bitfit": [-0.62, 23_000.0], "x": [-0.60, 160_000.0]}
+    se = {t: [standard_error(-v[0], 100), 0.0] for t, v in recorded.items()}
+    assert should_stop("x", recorded, 3)  # exact comparison: bitfit and lora both dominate it
+    assert not should_stop("x", recorded, 3, se, margin=2.0)
+    assert not should_stop("lora", recorded, 3, se, margin=2.0)
+    clear = {**recorded, "lora": [-0.90, 150_000.0], "x": [-0.40, 160_000.0]}
+    se = {t: [standard_error(-v[0], 100), 0.0] for t, v in clear.items()}
+    assert should_stop("x", clear, 3, se, margin=2.0)  # 0.90 vs 0.40 on 100 rows: clearly dominated
+    sched = ParetoASHA([("accuracy", "max"), ("trainable_params", "min")], 3, noise_margin=2.0)
+    trial = SimpleNamespace
+    for name, acc, params in (("a", 0.62, 23_000), ("b", 0.61, 150_000), ("c", 0.60, 160_000)):
+        result = {RUNG_KEY: 5, "accuracy": acc, "trainable_params": params, "eval_rows": 100}
+        assert sched.on_trial_result(None, trial(trial_id=name), result) == "CONTINUE"
 
 
 def test_scheduler_decides_on_rung_results_only():
@@ -155,7 +173,8 @@ def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv
         search={
             "num_trials": 3,
             "max_concurrent": 1,
-            "early_stopping": {"rule": "asha", "grace_steps": 3, "eval_size": 6},
+            # 6 rows cannot tell anything apart: compare the rung's values as they are (the mechanics under test).
+            "early_stopping": {"rule": "asha", "grace_steps": 3, "eval_size": 6, "noise_margin": 0},
         },
         training={"max_steps": 8},
         resources={"cpus_per_worker": 1},

@@ -49,6 +49,7 @@ def test_the_study_optimises_the_configured_objectives(loss_and_time):
     ]
     study = optuna.load_study(study_name=cfg.name, storage=results.optuna_url)
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["eval_loss", "train_time_s"]
     trials = results.read_trials().set_index("optuna_trial")
     for t in study.trials:
         assert t.values == pytest.approx(
@@ -70,5 +71,5 @@ def test_best_ranks_by_loss_first(loss_and_time, capsys):
     assert main(["best", str(search_dir), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     trials = ResultsDir(search_dir).read_trials()
-    assert out["trial"]["trial_id"] == trials.loc[trials["eval_loss"].idxmin(), "trial_id"]
+    assert out["pick"]["trial_id"] == trials.loc[trials["eval_loss"].idxmin(), "trial_id"]
     assert [o["metric"] for o in out["objectives"]] == ["eval_loss", "train_time_s"]

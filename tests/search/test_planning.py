@@ -205,6 +205,10 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
         [sys.executable, "-m", "search.cli", "plan", str(cfg)], capture_output=True, text=True
     )
     assert table.returncode == 0 and "mine" in table.stdout and "est. peak" in table.stdout
+    # The held-out split's resolution: 500 rows (the default eval_size) tell apart 4.4 points, over 3: a warning.
+    assert "held-out rows: 500 (dataset.eval_size)" in table.stdout and "differ by 4.4 points" in table.stdout
+    assert "warning: differences under 4.4 points are noise here" in table.stdout
+    assert "held-out rows: 500" in out.stderr  # JSON stays machine-readable on stdout
 
 
 def test_plan_refuses_a_candidate_peft_cannot_build(tiny_bert, classification_csv, tmp_path, capsys):

@@ -140,6 +140,8 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
             str(search_dir),
             "--max-params",
             "1e6",
+            "--tolerance",
+            "0",
             "--export",
             str(tmp_path / "export"),
         ],
@@ -170,7 +172,8 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
     )
     model = PeftModel.from_pretrained(base, str(export))
     result = evaluate(model, data, "sequence-classification", 8, torch.device("cpu"))
-    assert result["accuracy"] == pytest.approx(chosen["accuracy"])
+    assert result.accuracy == pytest.approx(chosen["accuracy"])
+    assert result.metrics()["accuracy_ci_low"] == pytest.approx(chosen["accuracy_ci_low"])
 
     # The same limits on an impossible budget: nothing chosen, exit 1, nothing exported.
     none = subprocess.run(
