@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ours = start_ray(args.config, overrides, args.num_cpus)
     with tempfile.TemporaryDirectory(prefix="pick-stability-") as tmp:
+        tmp = args.results_dir or tmp  # --results-dir keeps the search (its report) for a look
         cfg = load_config(
             args.config,
             {
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--num-cpus", type=int)
     parser.add_argument("--echo", action="store_true")
+    parser.add_argument("--results-dir", help="keep the search here (default: a temporary directory)")
     parser.add_argument("--out-dir", help="directory for the JSON result (default benchmarks/results)")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
