@@ -112,7 +112,7 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
 
     from ray import tune
 
-    from search.loop.tuning import fixed_configs, trial_name
+    from search.loop.tuning import FixedConfigs, trial_name
     from search.results.repeats import to_repeat
     from search.worker.trial import trial_driver, trial_resources
 
@@ -130,7 +130,7 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
     tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=fixed_configs(configs),
+            search_alg=FixedConfigs(configs),
             num_samples=len(configs),
             max_concurrent_trials=concurrency,
             trial_name_creator=trial_name,

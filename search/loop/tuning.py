@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
+
+from ray.tune.search import Searcher
 
 import spaces
 from search.loop.prepare import Prepared
@@ -106,19 +109,23 @@ def scheduler(cfg: SearchConfig):
     return ParetoASHA([(o.metric, o.mode) for o in cfg.objectives], es.reduction_factor, es.noise_margin)
 
 
-def fixed_configs(configs: list[dict]):
+class FixedConfigs(Searcher):
     """A Tune searcher that proposes exactly these configs, in order, then finishes (the seed repeats)."""
-    from ray.tune.search import Searcher
 
-    class FixedConfigs(Searcher):
-        def __init__(self, configs: list[dict]) -> None:
-            super().__init__()
-            self._left = [dict(c) for c in configs]
+    def __init__(self, configs: list[dict]) -> None:
+        super().__init__()
+        self._left = [dict(c) for c in configs]
 
-        def suggest(self, trial_id: str) -> dict | None:
-            return self._left.pop(0) if self._left else Searcher.FINISHED
+    def suggest(self, trial_id: str) -> dict | None:
+        return self._left.pop(0) if self._left else Searcher.FINISHED
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            pass
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
 
-    return FixedConfigs(configs)
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self._left, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self._left = pickle.load(f)
