@@ -13,24 +13,21 @@ from reports.table import load_trials, summary_table
 from search.cli import main
 from search.results.layout import ResultsDir
 from search.results.metrics import DEFAULT_OBJECTIVES
-from search.results.records import TrialResult
 from search.results.repeats import fold_repeats, to_repeat
+from tests.reports.builders import record
 
 
 def _rec(trial_id, accuracy, params, repeat_of=None, seed=None, status="complete"):
-    return TrialResult(
-        trial_id=trial_id,
-        status=status,
-        method="lora",
-        quantization="none",
-        learning_rate=1e-3,
-        peft_config={"peft_type": "LORA", "r": 4},
-        candidate="sampled",
-        metrics={"accuracy": accuracy, "trainable_params": params, "peak_memory_bytes": 1e9}
-        if status == "complete"
-        else {},
+    return record(
+        trial_id,
+        status,
         repeat_of=repeat_of,
         seed=seed,
+        **(
+            {"accuracy": accuracy, "trainable_params": params, "peak_memory_bytes": 1e9}
+            if status == "complete"
+            else {}
+        ),
     )
 
 
@@ -44,7 +41,8 @@ def test_the_front_best_configs_are_repeated_once_each_seed():
     configs = to_repeat(records, DEFAULT_OBJECTIVES, top=2, seeds=2, base_seed=0)
     # c is dominated by a; of the front (a, b), a is the more accurate, then b.
     assert [(c["repeat_of"], c["seed"]) for c in configs] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
-    assert configs[0]["peft_config"] == {"peft_type": "LORA", "r": 4} and configs[0]["learning_rate"] == 1e-3
+    assert configs[0]["peft_config"] == {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 8}
+    assert configs[0]["learning_rate"] == 1e-3
     # A resumed search does not run a repeat again.
     done = [*records, _rec("a1", 0.9, 5000, repeat_of="a", seed=1)]
     assert len(to_repeat(done, DEFAULT_OBJECTIVES, top=2, seeds=2, base_seed=0)) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,24 +14,15 @@ from search.results.layout import SCHEMA_KEY, SCHEMA_VERSION, ResultsDir
 from search.results.metrics import Metric, get_metric, metrics, objective_metrics, register_metric
 from search.results.records import INFO_FIELDS, TrialResult
 from tests.helpers import tiny_config
+from tests.reports.builders import record
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 
 
 def _record(trial_id: str, status: str, **metrics: float) -> TrialResult:
-    return TrialResult(
-        trial_id=trial_id,
-        status=status,
-        method="lora",
-        quantization="none",
-        learning_rate=1e-3,
-        peft_config={"peft_type": "LORA", "r": 4},
-        candidate="sampled",
-        optuna_trial=int(trial_id[-1]),
-        error="" if status == "complete" else "why",
-        metrics=dict(metrics),
-        info={"peak_memory_kind": "cpu_rss"} if metrics else {},
-        adapter_path="/x" if status == "complete" else None,
+    # builders.record, with a failed trial's error as "why".
+    return dataclasses.replace(
+        record(trial_id, status, **metrics), error="" if status == "complete" else "why"
     )
 
 
