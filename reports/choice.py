@@ -87,6 +87,13 @@ def better(metric: Metric, mode: str, first: bool) -> str:
     return ("higher " if mode == "max" else "lower ") + metric.label
 
 
+def cheapest(metric: Metric) -> str:
+    """``fewest trainable parameters``, ``lowest peak memory``, ``highest training samples/s``."""
+    if metric.direction == "max":
+        return f"highest {metric.label}"
+    return ("fewest " if metric.unit == "count" else "lowest ") + metric.label
+
+
 def rule_text(objectives: Sequence[Objective]) -> tuple[str, str]:
     """``("highest held-out accuracy", "; ties broken by fewer trainable parameters, then lower peak memory")``."""
     head = better(objectives[0].spec, objectives[0].mode, first=True)
@@ -187,7 +194,7 @@ def choose_best(
         n_rows = len(a)
         rule = (
             f"tolerance auto: of the trials within the limits, those the {TEST} on the {n_rows} paired held-out "
-            f"rows cannot tell from the most accurate (p >= {alpha:g}), the one with the {better(get_metric(cost), get_metric(cost).direction, False)}"
+            f"rows cannot tell from the most accurate (p >= {alpha:g}), the one with the {cheapest(get_metric(cost))}"
         )
     else:
         sign = -1.0 if first.mode == "max" else 1.0
@@ -196,7 +203,7 @@ def choose_best(
         tests = {}
         rule = (
             f"tolerance {float(tolerance):g}: of the trials within the limits whose {first.spec.label} is within "
-            f"{float(tolerance):g} of the best, the one with the {better(get_metric(cost), get_metric(cost).direction, False)}"
+            f"{float(tolerance):g} of the best, the one with the {cheapest(get_metric(cost))}"
         )
     order = [Objective(cost, get_metric(cost).direction), *objectives]
     pick = rank(tied, order).iloc[0]

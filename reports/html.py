@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from reports import charts
-from reports.choice import better, prefer_metric, rule_text
+from reports.choice import cheapest, prefer_metric, rule_text
 from reports.data import ReportData, report_data
 from reports.importance import Importances, importances
 from reports.page import PAGE
@@ -158,11 +158,10 @@ def picker_rule(data: ReportData) -> str:
     """The picker's rule in words: ``best``'s, tolerance auto unless the page is set to 0."""
     head, ties = rule_text(data.objectives)
     cost = get_metric(prefer_metric(None, data.objectives))
-    cheapest = better(cost, cost.direction, False)
     if data.objectives[0].metric == "accuracy" and data.pvalues:
         auto = (
             f"tolerance auto: of the trials within the limits, those the {TEST} on the paired held-out rows cannot "
-            f"tell from the most accurate (p &gt;= {ALPHA:g}), the one with the {cheapest}"
+            f"tell from the most accurate (p &gt;= {ALPHA:g}), the one with the {cheapest(cost)}"
         )
     else:
         auto = "tolerance auto falls back to 0 here (no per-row held-out predictions)"
