@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +115,25 @@ def load_base_model(
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
     return model
+
+
+@contextlib.contextmanager
+def generic_4bit_cpu_path(model: nn.Module) -> Iterator[None]:
+    """Evaluate part-way through training without bitsandbytes' AVX512-BF16 CPU inference repacking.
+
+    bitsandbytes (0.50) repacks a 4-bit weight for its CPU inference kernel at the first no-grad forward in eval
+    mode and never unpacks it when training resumes: the next training forward takes the inference kernel and
+    fails (an in-place bias add on a tensor autograd tracks). Early stopping evaluates at rungs and trains on, so
+    its evaluations keep the generic path; the final evaluation, after the last step, may repack.
+    """
+    layers = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.support_avx512bf16_for_cpu = True
 
 
 def _unpacked_narrow_layers(model: nn.Module) -> None:

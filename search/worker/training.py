@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from search.inputs.data import TokenizedSplits
-from search.inputs.modeling import inject_adapter, load_base_model
+from search.inputs.modeling import generic_4bit_cpu_path, inject_adapter, load_base_model
 from search.plan.planning import Plan
 from search.results.records import PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from search.settings.trial import TrialConfig, TrialSettings
@@ -172,7 +172,8 @@ class _Rung:
             return
         t = time.perf_counter()
         s = self.settings
-        partial = evaluate(self.model, self.data, s.task, s.training.eval_batch_size, self.device)
+        with generic_4bit_cpu_path(self.model):  # training resumes after this evaluation
+            partial = evaluate(self.model, self.data, s.task, s.training.eval_batch_size, self.device)
         self.train_model.train()
         self.report(
             {

@@ -249,3 +249,28 @@ def test_rung_evaluations_leave_training_unchanged(tiny_bert, classification_csv
         plain["eval_loss"], abs=1e-6
     )
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_a_4bit_trial_trains_on_after_a_rung_evaluation(tiny_bert, classification_csv, tmp_path):
+    """bitsandbytes repacks 4-bit weights for its CPU inference kernel at a no-grad evaluation (on AVX512-BF16 CPUs)
+    and would train on with that kernel, which fails: rung evaluations keep the generic path."""
+    import torch
+
+    from search.settings.trial import TrialConfig
+    from search.worker.training import run_trial
+    from tests.helpers import prepared
+
+    prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
+    # 64 inputs per row, a whole 4-bit block: the layers bitsandbytes repacks where the CPU has AVX512-BF16.
+    wide = {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 2, "target_modules": ["intermediate.dense"]}
+    settings = dataclasses.replace(settings.with_config(search={"early_stopping": {"eval_size": 5}}), steps=4)
+    reports = []
+    metrics, adapter = run_trial(
+        TrialConfig("lora", "nf4", wide, 1e-3),
+        dataclasses.replace(settings, rungs=(1, 2)),
+        prep.data,
+        device=torch.device("cpu"),
+        on_rung=reports.append,
+    )
+    adapter.cleanup()
+    assert [r[RUNG_KEY] for r in reports] == [1, 2] and metrics["train_steps"] == 4
