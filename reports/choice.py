@@ -71,6 +71,8 @@ def limits_json(limits: Iterable[Limit]) -> dict[str, dict[str, float]]:
 
 def rank(done: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
     """Best first: by each objective in turn, then trial id."""
+    if done.empty:
+        return done
     keys = {
         f"_k{i}": done[o.metric].astype(float) * (-1.0 if o.mode == "max" else 1.0)
         for i, o in enumerate(objectives)

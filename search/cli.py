@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -396,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as err:
         print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`peft-search show DIR | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

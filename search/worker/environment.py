@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
 
+class _DropPrefix(logging.Filter):
+    """Drops one library log message by its start, leaving that logger's other messages alone."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+# LLM.int8 computes in fp16, so a CPU trial's fp32 inputs are always cast: bitsandbytes logs it at every step.
+_INT8_CAST = _DropPrefix("MatMul8bitLt: inputs will be cast")
+
+
 def quiet_libraries() -> None:
-    """Keep worker logs to what matters: a new task head and weight-loading progress bars are expected."""
+    """Keep worker logs to what matters, by message, in the trial's process only: a new task head, weight-loading
+    progress bars and the int8 cast are expected."""
     import warnings
 
     import transformers
@@ -16,7 +33,10 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST)  # once: addFilter dedupes
+    # PEFT warns of zero-sized LoRA tensors as unsharded ZeRO-3/FSDP weights; trials never shard (DDP at most), and
+    # AdaLoRA saves a layer whose every rank it pruned as exactly such a tensor.
+    warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
 
 
 def import_training_libraries(quantization: str) -> None:

@@ -55,3 +55,35 @@ def test_missing_dataset_file_fails_before_ray(tmp_path, tiny_bert):
     assert out.returncode == 2 and "dataset.source: no file at" in out.stderr
     assert "Ray" not in out.stdout + out.stderr.replace("dataset", "")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
+    """`peft-search show DIR | head`: no traceback when the pipe closes early."""
+    from search.results.layout import ResultsDir
+    from tests.reports.builders import record
+
+    ResultsDir(tmp_path).write_trials(
+        [record(f"t{i}", accuracy=0.5, trainable_params=10) for i in range(3000)]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "show", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.readline()  # the header, then the reader goes away
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_show_and_best_read_a_search_whose_every_trial_failed(tmp_path):
+    from search.results.layout import ResultsDir
+    from tests.reports.builders import record
+
+    ResultsDir(tmp_path).write_trials([record("t0", status="failed"), record("t1", status="infeasible")])
+    shown = _cli("show", str(tmp_path))
+    assert shown.returncode == 0 and "RuntimeError: boom" in shown.stdout, shown.stderr
+    best = _cli("best", str(tmp_path))
+    assert best.returncode == 1 and best.stdout.startswith(
+        "No trial chosen: no complete trial meets no limits"
+    )
