@@ -112,7 +112,7 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
 
     from ray import tune
 
-    from search.loop.tuning import FixedConfigs, trial_name
+    from search.loop.tuning import FixedConfigs, new_tuner
     from search.results.repeats import to_repeat
     from search.worker.trial import trial_driver, trial_resources
 
@@ -127,24 +127,18 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, settings=settings, data=prep.data), trial_resources(settings)
     )
-    tune.Tuner(
+    repeats = new_tuner(
         trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=FixedConfigs(configs),
-            num_samples=len(configs),
-            max_concurrent_trials=concurrency,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name="tune-repeats",
-            storage_path=home.storage_path,
-            callbacks=[table],
-            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
-            verbose=0,
-        ),
-    ).fit()
+        FixedConfigs(configs),
+        concurrency,
+        [table],
+        cfg,
+        home.storage_path,
+        name="tune-repeats",
+        num_samples=len(configs),
+        stopping=False,
+    )
+    repeats.fit()
     return len(configs)
 
 

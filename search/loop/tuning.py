@@ -63,23 +63,37 @@ def trial_name(trial) -> str:
     return f"trial-{trial.trial_id}"
 
 
-def new_tuner(trainable, searcher, concurrency: int, callbacks: list, cfg: SearchConfig, storage_path: str):
+def new_tuner(
+    trainable,
+    searcher,
+    concurrency: int,
+    callbacks: list,
+    cfg: SearchConfig,
+    storage_path: str,
+    *,
+    name: str = "tune",
+    num_samples: int | None = None,
+    stopping: bool = True,
+):
+    """The search's Tuner (``name`` "tune"), or another run of trials beside it (the seed repeats: their own
+    ``name``, ``num_samples``, and no early stopping)."""
     from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=cfg.search.num_trials,
+            num_samples=num_samples or cfg.search.num_trials,
             max_concurrent_trials=concurrency,
-            scheduler=scheduler(cfg),
+            scheduler=scheduler(cfg) if stopping else FIFOScheduler(),
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
             # One actor serves trial after trial: torch, transformers and PEFT are imported once per actor.
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=name,
             storage_path=storage_path,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
