@@ -96,6 +96,15 @@ def cheapest(metric: Metric) -> str:
     return ("fewest " if metric.unit == "count" else "lowest ") + metric.label
 
 
+def auto_rule(cost: Metric, alpha: float = ALPHA, n_rows: int | None = None) -> str:
+    """``best``'s and the picker's words for ``--tolerance auto``."""
+    rows = f"the {n_rows} paired held-out rows" if n_rows else "the paired held-out rows"
+    return (
+        f"tolerance auto: of the trials within the limits, those the {TEST} on {rows} cannot tell from the most "
+        f"accurate (p >= {alpha:g}), the one with the {cheapest(cost)}"
+    )
+
+
 def rule_text(objectives: Sequence[Objective]) -> tuple[str, str]:
     """``("highest held-out accuracy", "; ties broken by fewer trainable parameters, then lower peak memory")``."""
     head = better(objectives[0].spec, objectives[0].mode, first=True)
@@ -193,11 +202,7 @@ def choose_best(
         a = correct[str(top["trial_id"])]
         tests = {t: mcnemar_p(a, correct[t]) for t in map(str, ranked["trial_id"]) if t in correct}
         tied = ranked[[tests.get(str(t), 0.0) >= alpha for t in ranked["trial_id"]]]
-        n_rows = len(a)
-        rule = (
-            f"tolerance auto: of the trials within the limits, those the {TEST} on the {n_rows} paired held-out "
-            f"rows cannot tell from the most accurate (p >= {alpha:g}), the one with the {cheapest(get_metric(cost))}"
-        )
+        rule = auto_rule(get_metric(cost), alpha, len(a))
     else:
         sign = -1.0 if first.mode == "max" else 1.0
         gap = (ranked[first.metric].astype(float) - float(top[first.metric])) * sign

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from reports import charts
-from reports.choice import cheapest, prefer_metric, rule_text
+from reports.choice import auto_rule, prefer_metric, rule_text
 from reports.data import ReportData, report_data
 from reports.importance import Importances, importances
 from reports.page import PAGE
@@ -159,10 +159,7 @@ def picker_rule(data: ReportData) -> str:
     head, ties = rule_text(data.objectives)
     cost = get_metric(prefer_metric(None, data.objectives))
     if data.objectives[0].metric == "accuracy" and data.pvalues:
-        auto = (
-            f"tolerance auto: of the trials within the limits, those the {TEST} on the paired held-out rows cannot "
-            f"tell from the most accurate (p &gt;= {ALPHA:g}), the one with the {cheapest(cost)}"
-        )
+        auto = html.escape(auto_rule(cost, ALPHA))
     else:
         auto = "tolerance auto falls back to 0 here (no per-row held-out predictions)"
     return f"{auto}; tolerance 0: the {html.escape(head + ties)}, then the earlier trial id"

@@ -16,12 +16,12 @@ import pandas as pd
 
 from reports.choice import rank
 from reports.fronts import completed
-from search.results.layout import TRIALS_FILE, ResultsDir
+from search.results.layout import ResultsDir
 from search.results.metrics import DEFAULT_OBJECTIVES, Objective, get_metric, metrics
 from search.results.records import TrialResult
 from search.results.repeats import fold_repeats
 
-__all__ = ["TRIALS_FILE", "estimate_error", "human", "load_trials", "summary_table", "trial_records"]
+__all__ = ["estimate_error", "load_trials", "summary_table", "trial_records"]
 
 _MEMORY, _ESTIMATE, _KIND = "peak_memory_bytes", "est_peak_memory_bytes", "peak_memory_kind"
 _KIND_MARKS = {
@@ -46,16 +46,6 @@ def load_trials(search_dir: str | Path) -> pd.DataFrame:
     trials = fold_repeats(results.read_trials())
     trials.attrs["objectives"] = results.objectives()
     return trials
-
-
-def human(n: float | None, unit: str = "") -> str:
-    """``1.2M``: a count in thousands, millions, billions (``peft-search plan``'s table)."""
-    if n is None or pd.isna(n):
-        return "-"
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"
 
 
 def estimate_error(row) -> float | None:

@@ -106,6 +106,7 @@ class TrialTable(tune.Callback):
         rows = (trial.last_result or {}).get(PREDICTIONS_KEY)
         if status == "complete" and rows:
             self.predictions[trial.trial_id] = rows
+            self.results.write_predictions(self.predictions)  # only when a trial adds its rows
         record = self._record(trial, status, note)
         self._say(f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}{self._outcome(record)}")
 
@@ -135,7 +136,6 @@ class TrialTable(tune.Callback):
 
     def write(self) -> None:
         self.results.write_trials(self.records.values())
-        self.results.write_predictions(self.predictions)
         if self.on_write is not None:
             self.on_write()
 

@@ -49,9 +49,6 @@ class ResultsDir:
     def name(self) -> str:
         return self.path.name
 
-    def file(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def trials_path(self) -> Path:
         return self.path / TRIALS_FILE
