@@ -80,7 +80,12 @@ def build(args: argparse.Namespace) -> list[dict[str, Any]]:
             t0 = time.time()
             run_search(cfg, echo=False, resume=resume)
             runs.append(
-                {"chunk": chunk, "seconds": round(time.time() - t0, 1), "machine": machine(), "resumed": resume}
+                {
+                    "chunk": chunk,
+                    "seconds": round(time.time() - t0, 1),
+                    "machine": machine(),
+                    "resumed": resume,
+                }
             )
             print(f"chunk {chunk}: done in {time.time() - t0:.0f} s", flush=True)
     finally:
@@ -101,13 +106,28 @@ def study_params(search_dir: Path) -> dict[int, dict[str, Any]]:
     return {t.number: dict(t.params) for t in study.get_trials(deepcopy=False)}
 
 
+def space_meta(config: dict[str, Any]) -> dict[str, Any]:
+    """The space the table samples, as plain data (``benchmarks.sampler_replay.load_space`` rebuilds it): the
+    first chunk's config (its candidates included) resolved against the model, as a search resolves it."""
+    import dataclasses
+
+    from search.loop.prepare import prepare
+    from search.settings.loading import parse_config
+
+    prep = prepare(parse_config({**config, "search": {**config["search"], "warm_start": None}}))
+    return {
+        "spec": dataclasses.asdict(prep.space_spec),
+        "context": dataclasses.asdict(prep.space_context),
+    }
+
+
 def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
     """One table (and its predictions) from every finished chunk."""
     from search.results.layout import ResultsDir
     from search.results.records import OPTUNA_TRIAL_KEY
 
     work = Path(args.work)
-    rows, predictions, chunks = [], [], []
+    rows, predictions, chunks, config = [], [], [], None
     for chunk in range(args.chunks):
         search_dir = work / f"table-{chunk}"
         if not finished(search_dir, args.trials):
@@ -116,7 +136,7 @@ def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
         params = study_params(search_dir)
         trials = rd.read_trials()
         trials = trials[trials["status"].isin(["complete", "infeasible", "failed"])]
-        config = rd.read_config()
+        config = config or rd.read_config()  # the first chunk's: it holds the candidates
         for row in trials.to_dict("records"):
             number = row.get(OPTUNA_TRIAL_KEY)
             key = f"{chunk}/{row['trial_id']}"
@@ -124,7 +144,9 @@ def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
                 {
                     "key": key,
                     "chunk": chunk,
-                    "params": json.dumps(params.get(int(number), {}) if pd.notna(number) else {}, sort_keys=True),
+                    "params": json.dumps(
+                        params.get(int(number), {}) if pd.notna(number) else {}, sort_keys=True
+                    ),
                     **{k: v for k, v in row.items() if k not in _MACHINE_COLUMNS},
                 }
             )
@@ -147,6 +169,7 @@ def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
     pred_path = TABLES_DIR / f"{args.name}.predictions.parquet"
     if predictions:
         pd.concat(predictions, ignore_index=True).to_parquet(pred_path, index=False)
+    space = space_meta(config)
     meta_path = TABLES_DIR / f"{args.name}.json"
     previous = json.loads(meta_path.read_text()).get("runs", []) if meta_path.exists() else []
     meta = {
@@ -154,6 +177,7 @@ def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
         "predictions": pred_path.name if predictions else None,
         "command": "python -m benchmarks.build_table " + " ".join(args.argv),
         "config": config,
+        "space": space,
         "rows": len(table),
         "by_status": table["status"].value_counts().to_dict(),
         "chunks": [{k: v for k, v in c.items() if k != "facts"} | {"run": c["facts"]} for c in chunks],
@@ -177,7 +201,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--work", default=None, help="where the chunks' searches live (results/tables/NAME)")
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (dotted keys)")
-    parser.add_argument("--export-only", action="store_true", help="only rewrite the table from finished chunks")
+    parser.add_argument(
+        "--export-only", action="store_true", help="only rewrite the table from finished chunks"
+    )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.work = args.work or f"results/tables/{args.name}"

@@ -31,7 +31,7 @@ from spaces.registry import (
     register,
     registered_methods,
 )
-from spaces.sampling import Candidate, DefineByRun, SpaceSpec, enqueue_candidates
+from spaces.sampling import Candidate, DefineByRun, SpaceSpec, describe_candidate, enqueue_candidates
 from spaces.targets import resolve_target_sets
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "MethodSpace",
     "SpaceContext",
     "SpaceSpec",
+    "describe_candidate",
     "enqueue_candidates",
     "get_method",
     "method_for_peft_type",

@@ -7,7 +7,7 @@ family's own knobs. Parameter names are prefixed by family so Optuna sees a prop
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,9 @@ class Candidate:
     peft_config: dict[str, Any]
     quantization: str = "none"
     learning_rate: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The sampled space's Optuna parameters that hold for this config (``describe_candidate``), recorded with
+    the candidate's trial so the sampler learns from it; empty when it is not a point of the space."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class DefineByRun:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         spec = self.spec
-        methods = [m for m in spec.methods if feasible_quantization(m, spec.quantization)]
+        methods = self.methods()
         lo, hi = spec.learning_rate
         names = [c.name for c in spec.candidates]
         # Explicit candidates run once each, as enqueued trials; the sampler never re-proposes them,
@@ -60,6 +63,10 @@ class DefineByRun:
         enqueued = trial.user_attrs.get(CANDIDATE_ATTR)
         if enqueued in names or (names and not methods):
             cand = spec.candidates[names.index(trial.suggest_categorical("candidate", names))]
+            if cand.params and enqueued == cand.name:
+                # Its own values of the sampled space's parameters (enqueued with it), in the same distributions,
+                # so the sampler models it with the trials it proposed.
+                self.sample(_Only(trial, cand.params))
             lr = cand.learning_rate or trial.suggest_float("learning_rate", lo, hi, log=True)
             return {
                 "candidate": cand.name,
@@ -68,8 +75,16 @@ class DefineByRun:
                 "peft_config": dict(cand.peft_config),
                 "learning_rate": lr,
             }
-        method = trial.suggest_categorical("method", methods)
-        levels = feasible_quantization(method, spec.quantization)
+        return self.sample(trial)
+
+    def methods(self) -> list[str]:
+        return [m for m in self.spec.methods if feasible_quantization(m, self.spec.quantization)]
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """A config of the sampled space (method, then quantization, then the family's knobs, learning rate)."""
+        lo, hi = self.spec.learning_rate
+        method = trial.suggest_categorical("method", self.methods())
+        levels = feasible_quantization(method, self.spec.quantization)
         quant = trial.suggest_categorical(f"{method}.quantization", levels) if len(levels) > 1 else levels[0]
         peft_config = get_method(method).sample(trial, replace(self.ctx, quantization=quant))
         return {
@@ -82,8 +97,117 @@ class DefineByRun:
 
 
 def enqueue_candidates(study: optuna.Study, spec: SpaceSpec) -> None:
-    """Queue every explicit candidate to run once, first (again only if it never ran in this study)."""
+    """Queue every explicit candidate to run once, first (again only if no trial of this study ran it, warm-start
+    trials included), with the sampled space's parameters that describe it."""
+    queued = {t.user_attrs.get(CANDIDATE_ATTR) for t in study.get_trials(deepcopy=False)}
     for cand in spec.candidates:
-        study.enqueue_trial(
-            {"candidate": cand.name}, user_attrs={CANDIDATE_ATTR: cand.name}, skip_if_exists=True
-        )
+        if cand.name not in queued:
+            study.enqueue_trial(
+                {"candidate": cand.name, **cand.params}, user_attrs={CANDIDATE_ATTR: cand.name}
+            )
+
+
+Normalise = Callable[[Mapping[str, Any]], dict[str, Any]]
+"""A PEFT config dict -> the same config with every default filled in (two spellings of one config compare equal)."""
+
+
+def describe_candidate(cand: Candidate, space: DefineByRun, normalise: Normalise) -> dict[str, Any]:
+    """The sampled space's Optuna parameters that hold for an explicit candidate.
+
+    Empty unless the candidate is a point the space could propose on method, quantization and learning rate. Then
+    ``method``, its quantization, ``learning_rate`` (when the candidate fixes it) and every knob of the family whose
+    choice gives exactly the candidate's PEFT config wherever that knob acts (rank 8, the attention targets, all
+    layers). A knob that no choice reproduces (a dropout of 0.05 among 0.0 and 0.1) is left out, never rounded.
+    """
+    method = method_for_peft_type(cand.peft_config["peft_type"])
+    lo, hi = space.spec.learning_rate
+    lr = cand.learning_rate
+    if method not in space.methods() or (lr is not None and not lo <= lr <= hi):
+        return {}
+    levels = feasible_quantization(method, space.spec.quantization)
+    if cand.quantization not in levels:
+        return {}
+    fixed: dict[str, Any] = {"method": method}
+    if len(levels) > 1:
+        fixed[f"{method}.quantization"] = cand.quantization
+    if lr is not None:
+        fixed["learning_rate"] = lr
+    target = normalise(cand.peft_config)
+
+    def config(values: dict[str, Any]) -> dict[str, Any]:
+        return normalise(space.sample(_Probe({**fixed, **values}))["peft_config"])
+
+    knobs = _Probe(fixed)
+    space.sample(knobs)
+    choices = {n: c for n, c in knobs.asked.items() if n not in fixed and n != "learning_rate"}
+    values = {n: c[0] for n, c in choices.items()}
+
+    def agree(vals: dict[str, Any]) -> int:
+        out = config(vals)
+        return sum(out.get(k) == target.get(k) for k in set(out) | set(target))
+
+    for _ in range(len(choices)):  # coordinate ascent: each knob to the choice closest to the candidate
+        before = dict(values)
+        for name, options in choices.items():
+            values[name] = max(options, key=lambda c, n=name: (agree({**values, n: c}), c == values[n]))
+        if values == before:
+            break
+    out = config(values)
+    described = dict(fixed)
+    for name, options in choices.items():
+        acts_on = {
+            k
+            for other in options
+            if other != values[name]
+            for alt in [config({**values, name: other})]
+            for k in set(out) | set(alt)
+            if out.get(k) != alt.get(k)
+        }
+        if acts_on and all(out.get(k) == target.get(k) for k in acts_on):
+            described[name] = values[name]
+    return described
+
+
+class _Probe:
+    """A stand-in Optuna trial: answers each suggestion from ``values`` (else its first choice or its low end) and
+    records what was asked."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = values
+        self.asked: dict[str, list[Any]] = {}
+        self.user_attrs: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.asked[name] = list(choices)
+        return self.values.get(name, choices[0])
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        self.asked[name] = [low, high]
+        return self.values.get(name, low)
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        self.asked[name] = list(range(low, high + 1))
+        return self.values.get(name, low)
+
+
+class _Only:
+    """The real trial for the named parameters (each answered by its enqueued value); any other suggestion gets a
+    placeholder and is not recorded."""
+
+    def __init__(self, trial: optuna.Trial, names: Mapping[str, Any]) -> None:
+        self._trial, self._names, self._probe = trial, names, _Probe({})
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if name in self._names:
+            return self._trial.suggest_categorical(name, choices)
+        return self._probe.suggest_categorical(name, choices)
+
+    def suggest_float(self, name: str, low: float, high: float, **kw: Any) -> float:
+        if name in self._names:
+            return self._trial.suggest_float(name, low, high, **kw)
+        return self._probe.suggest_float(name, low, high)
+
+    def suggest_int(self, name: str, low: int, high: int, **kw: Any) -> int:
+        if name in self._names:
+            return self._trial.suggest_int(name, low, high, **kw)
+        return self._probe.suggest_int(name, low, high)

@@ -8,9 +8,11 @@ What only injection can tell (PEFT refusing a layer type, a budget) stays a tria
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+import spaces
 from search.errors import ConfigError
 from search.settings.schema import CandidateSpec
 
@@ -113,3 +115,25 @@ def _examples(module_names: Sequence[str]) -> str:
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def normal_peft_config(peft_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A PEFT config dict with PEFT's defaults filled in and sets as sorted lists, so that two spellings of one
+    config compare equal (``spaces.sampling.describe_candidate`` matches candidates to the space with it)."""
+    import peft
+
+    full = peft.get_peft_config(dict(peft_config)).to_dict()
+    return {
+        k: sorted(v) if isinstance(v, (set, frozenset)) else v
+        for k, v in full.items()
+        if k not in ("peft_version", "base_model_name_or_path", "revision", "inference_mode")
+    }
+
+
+def describe_candidates(space: spaces.DefineByRun) -> spaces.DefineByRun:
+    """The space with each explicit candidate's own values of the sampled parameters attached (enqueued with it)."""
+    described = tuple(
+        replace(c, params=spaces.describe_candidate(c, space, normal_peft_config))
+        for c in space.spec.candidates
+    )
+    return replace(space, spec=replace(space.spec, candidates=described))

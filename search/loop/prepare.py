@@ -38,10 +38,12 @@ class Prepared:
 
 def prepare(cfg: SearchConfig) -> Prepared:
     """Validate the model and data against the config and tokenize once. Raises ``ConfigError`` early."""
-    from search.inputs.candidates import check_candidates
+    from search.inputs.candidates import check_candidates, describe_candidates
     from search.inputs.modeling import model_facts
+    from search.loop.warm_start import check_warm_start
     from search.worker.faults import faults_from_env
 
+    check_warm_start(cfg)
     model_path = _model_path(cfg)
     splits = _splits(cfg)
     tokenizer, base = _tokenizer_and_meta_model(cfg, model_path, len(splits.label_names))
@@ -60,7 +62,8 @@ def prepare(cfg: SearchConfig) -> Prepared:
         adapters_path=adapters_path(cfg),
         faults=faults_from_env(),  # chaos tests only (search.worker.faults); empty normally
     )
-    return Prepared(settings, facts, splits, data, space_context(cfg, facts, steps), space_spec(cfg))
+    space = describe_candidates(spaces.DefineByRun(space_spec(cfg), space_context(cfg, facts, steps)))
+    return Prepared(settings, facts, splits, data, space.ctx, space.spec)
 
 
 def adapters_path(cfg: SearchConfig) -> str:

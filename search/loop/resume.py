@@ -38,7 +38,7 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
         )
     saved = yaml.safe_load(saved_file.read_text())
     # The directory is the search's identity: results_dir and name only say where it lives.
-    changed = [f for f in _differences(saved, config) if f not in ("results_dir", "name")]
+    changed = [f for f in differences(saved, config) if f not in ("results_dir", "name")]
     if changed:
         raise ConfigError(
             f"{changed[0]}: differs from the search saved in {search_dir} ({len(changed)} field(s) changed: "
@@ -47,11 +47,12 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
         )
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted fields where two config dumps differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+            out += differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     return [] if a == b else [prefix or "config"]
 

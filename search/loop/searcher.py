@@ -5,7 +5,8 @@
 - A config that cannot run completes with the worst value of every objective (``search.worker.infeasible``) and
   its status as a user attribute, so the study itself says which completed trials were never trained.
 - Each trial's config carries the number of the Optuna trial that proposed it (``OPTUNA_TRIAL_KEY``), so the
-  trials table links every row to its Optuna trial.
+  trials table links every row to its Optuna trial; the Optuna trial holds the resolved config (``CONFIG_ATTR``:
+  candidate, method, quantization, PEFT config, learning rate), so ``optuna.load_study`` alone shows what ran.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from ray.tune.search.optuna import OptunaSearch
 from search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG_KEY, STATUS_KEY
 
 STATUS_ATTR = "peft_search.status"
+CONFIG_ATTR = "peft_search.config"
+CONFIG_KEYS = ("candidate", "method", "quantization", "peft_config", "learning_rate")
 
 
 class PeftOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None and trial_id in self._ot_trials:
-            config[OPTUNA_TRIAL_KEY] = self._ot_trials[trial_id].number
+            ot_trial = self._ot_trials[trial_id]
+            config[OPTUNA_TRIAL_KEY] = ot_trial.number
+            ot_trial.set_user_attr(CONFIG_ATTR, {k: config[k] for k in CONFIG_KEYS if k in config})
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):

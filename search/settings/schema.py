@@ -297,6 +297,9 @@ class SearchSettings(_Strict):
     """``asha`` (or a mapping: rule, grace_steps, reduction_factor, eval_size) stops dominated trials at rungs."""
     repeats: Repeats | None = None
     """Opt-in seed repeats of the front's best configs, e.g. ``{top: 3, seeds: 3}`` (off when unset)."""
+    warm_start: str | None = None
+    """A previous search's directory (RESULTS_DIR/NAME; same model, data, space and training): its finished trials
+    join the new Optuna study before it samples, so the sampler starts from what that search learned."""
 
 
 class TrainingSettings(_Strict):

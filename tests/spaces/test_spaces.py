@@ -129,6 +129,56 @@ def test_candidates_are_enqueued_first_and_keep_their_config():
     assert all(DefineByRun(spec, _ctx())(study.ask())["candidate"] == SAMPLED for _ in range(5))
 
 
+def test_a_candidate_inside_the_space_is_enqueued_with_its_own_parameters():
+    from search.inputs.candidates import describe_candidates
+
+    ctx = _ctx()
+    qlora = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.05,  # not among the space's dropouts (0.0, 0.1): left out, not rounded
+        "target_modules": list(reversed(ctx.target_sets["attention"])),  # another spelling of the same set
+    }
+    ia3 = {"peft_type": "IA3", "task_type": "SEQ_CLS", "target_modules": ["key"], "feedforward_modules": []}
+    spec = SpaceSpec(
+        methods=("lora", "vera"),
+        quantization=("none", "nf4"),
+        learning_rate=(1e-4, 1e-2),
+        candidates=(Candidate("qlora", qlora, "nf4", 3e-3), Candidate("ia3", ia3, "none", 3e-3)),
+    )
+    space = describe_candidates(DefineByRun(spec, ctx))
+    assert space.spec.candidates[0].params == {
+        "method": "lora",
+        "lora.quantization": "nf4",
+        "learning_rate": 3e-3,
+        "lora.r": 8,
+        "lora.alpha_ratio": 2.0,
+        "lora.targets": "attention",
+        "lora.layers": "all",
+        "lora.use_dora": False,
+        "lora.use_rslora": False,
+    }
+    assert space.spec.candidates[1].params == {}  # IA3 is not in space.methods: nothing to describe it with
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    enqueue_candidates(study, space.spec)
+    first, second = study.ask(), study.ask()
+    assert space(first)["peft_config"] == qlora  # the candidate's own config, as written
+    assert space(second)["peft_config"] == ia3
+    assert first.params == {"candidate": "qlora", **space.spec.candidates[0].params}
+    assert second.params == {"candidate": "ia3"}
+    study.tell(first, [0.9, 1e5])
+    study.tell(second, [0.8, 1e3])
+    # The sampled trials share the candidate's distributions, so one search space holds them all.
+    sampled = study.ask()
+    space(sampled)
+    for name, dist in study.trials[0].distributions.items():
+        if name in sampled.distributions:
+            assert sampled.distributions[name] == dist
+
+
 def test_spaces_package_imports_neither_torch_nor_ray():
     import subprocess
     import sys
