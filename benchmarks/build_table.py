@@ -158,19 +158,20 @@ def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
         chunks.append({"chunk": chunk, "trials": len(trials), "facts": rd.read_facts()})
     if not rows:
         raise SystemExit(f"no finished chunk under {work}; run without --export-only first")
-    TABLES_DIR.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out_dir) if args.out_dir else TABLES_DIR
+    out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     # Nested config columns (peft_config, ...) as JSON text, so the parquet is plain and any tool reads it.
     for col in table.columns:
         if table[col].map(lambda v: isinstance(v, (dict, list))).any():
             table[col] = table[col].map(lambda v: json.dumps(v, sort_keys=True) if v is not None else None)
-    path = TABLES_DIR / f"{args.name}.parquet"
+    path = out / f"{args.name}.parquet"
     table.to_parquet(path, index=False)
-    pred_path = TABLES_DIR / f"{args.name}.predictions.parquet"
+    pred_path = out / f"{args.name}.predictions.parquet"
     if predictions:
         pd.concat(predictions, ignore_index=True).to_parquet(pred_path, index=False)
     space = space_meta(config)
-    meta_path = TABLES_DIR / f"{args.name}.json"
+    meta_path = out / f"{args.name}.json"
     previous = json.loads(meta_path.read_text()).get("runs", []) if meta_path.exists() else []
     meta = {
         "table": path.name,
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--export-only", action="store_true", help="only rewrite the table from finished chunks"
     )
+    parser.add_argument("--out-dir", default=None, help="where the table goes (benchmarks/tables/)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.work = args.work or f"results/tables/{args.name}"

@@ -134,3 +134,27 @@ def test_pick_stability(ray_local, tiny_bert, classification_csv, tmp_path):
     by_world = {(p["seed"], p["rule"]): p for p in result["picks"]}
     for seed in {p["seed"] for p in result["picks"]}:
         assert by_world[(seed, "auto")]["accuracy"] <= by_world[(seed, "0")]["accuracy"]
+
+
+def test_build_table_then_replay(ray_local, tiny_bert, classification_csv, tmp_path):
+    import pandas as pd
+
+    from benchmarks import build_table, sampler_replay
+
+    args = ["--name", "tiny", "--chunks", "2", "--trials", "2", "--work", str(tmp_path / "work")]
+    args += ["--out-dir", str(tmp_path / "tables"), "--set", "training.max_steps=1"]
+    path = build_table.main(args + _tiny(tiny_bert, classification_csv))
+    table = pd.read_parquet(path)
+    assert len(table) == 4 and set(table["chunk"]) == {0, 1}
+    assert table["params"].map(lambda p: json.loads(p)["method"]).isin(["lora", "ia3"]).all()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["rows"] == 4 and meta["space"]["spec"]["methods"] == ["lora", "ia3"]
+    # Both chunks are finished: a second build keeps them and runs nothing.
+    again = build_table.main(args + _tiny(tiny_bert, classification_csv))
+    assert json.loads(again.with_suffix(".json").read_text())["runs"] == meta["runs"]
+    result = sampler_replay.main(
+        ["--table", str(path), "--samplers", "random", "default", "--trials", "3", "--repeats", "2"]
+        + ["--out-dir", str(tmp_path)]
+    )
+    assert {s["sampler"] for s in result["summary"]} == {"random", "default"}
+    assert all(0 < s["hv"] <= 1 + 1e-9 for s in result["summary"])
