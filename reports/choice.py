@@ -51,10 +51,16 @@ def parse_limit(text: str, parse_bytes: Callable[[str], float] = float) -> Limit
     except KeyError:
         known = ", ".join(m.name for m in metrics())
         raise ValueError(f"unknown metric {name!r}; choose from {known}") from None
-    try:
-        value = parse_bytes(raw) if metric.unit == "bytes" else float(raw)
-    except ValueError as err:
-        raise ValueError(f"{name}: {raw!r} is not a number ({err})") from None
+    if metric.unit == "bytes":
+        try:
+            value = parse_bytes(raw)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{name}: {raw!r} is not a number") from None
     return Limit(name, op, float(value))
 
 

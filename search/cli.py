@@ -8,10 +8,30 @@ import sys
 from pathlib import Path
 
 
+def _set_overrides(args: argparse.Namespace) -> dict:
+    """``--set KEY.PATH=VALUE`` (repeatable), each value read as YAML; validated with the file, like its keys."""
+    import yaml
+
+    from search.errors import ConfigError
+
+    overrides = {}
+    for text in getattr(args, "set", None) or []:
+        key, eq, raw = text.partition("=")
+        if not eq or not key.strip() or not all(part.strip() for part in key.split(".")):
+            raise ConfigError(
+                f"--set: {text!r} is not KEY.PATH=VALUE; write e.g. --set training.max_steps=50"
+            )
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}: {raw!r} is not a YAML value; quote it") from None
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     from search.settings.loading import default_config_path, load_config
 
-    overrides = {}
+    overrides = _set_overrides(args)
     if args.num_trials is not None:
         overrides["search.num_trials"] = args.num_trials
     if args.results_dir is not None:
@@ -60,7 +80,7 @@ def _plan(args: argparse.Namespace) -> int:
     from search.plan.planning import format_plan, plan_search, resolution_note
     from search.settings.loading import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, _set_overrides(args))
     rows = plan_search(cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -90,19 +110,25 @@ def _limits(args: argparse.Namespace) -> list:
     from search.errors import ConfigError
     from search.settings.sizes import parse_bytes
 
+    def size(text: str) -> int:
+        # On the command line a size says its unit: a bare 8 would be 8 bytes, never what was meant.
+        if text.strip().replace(".", "", 1).isdigit():
+            raise ValueError(f"{text!r} has no unit; write e.g. {text.strip()}GiB or {text.strip()}GB")
+        return parse_bytes(text)
+
     limits = []
     if args.max_params is not None:
         limits.append(Limit("trainable_params", "<=", args.max_params))
     if args.max_memory is not None:
         try:
-            limits.append(Limit("peak_memory_bytes", "<=", float(parse_bytes(args.max_memory))))
+            limits.append(Limit("peak_memory_bytes", "<=", float(size(args.max_memory))))
         except ValueError as err:
             raise ConfigError(f"--max-memory: {err}") from None
     if args.min_accuracy is not None:
         limits.append(Limit("accuracy", ">=", args.min_accuracy))
     for text in args.limit:
         try:
-            limits.append(parse_limit(text, parse_bytes=parse_bytes))
+            limits.append(parse_limit(text, parse_bytes=size))
         except ValueError as err:
             raise ConfigError(f"--limit: {err}") from None
     return limits
@@ -206,12 +232,14 @@ def _submit(args: argparse.Namespace) -> int:
         for attr, opt, key in _RUN_OVERRIDES
         if getattr(args, attr) is not None
     ]
+    sets = _set_overrides(args)
     # Validate here first: a bad config fails in a second, before anything reaches the cluster.
-    cfg = load_config(path, {key: value for _, key, value in given})
+    cfg = load_config(path, {**sets, **{key: value for _, key, value in given}})
     jobs = Jobs(args.address)
     job_id = jobs.submit(
         path,
-        [str(part) for opt, _, value in given for part in (opt, value)],
+        [str(part) for opt, _, value in given for part in (opt, value)]
+        + [part for text in args.set for part in ("--set", text)],
         ship_project=args.ship_project,
         metadata={"peft_search_name": cfg.name, "results_dir": cfg.results_dir},
     )
@@ -269,11 +297,31 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peft-search")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _add_set(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one config field (repeatable), e.g. --set training.max_steps=50 --set space.ranks=[4,8]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-search",
         description="Multi-objective search over PEFT configurations (method x rank x targets x quantization) on Ray.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a search (Ray starts on this machine unless --address is given)")
     run.add_argument(
@@ -289,12 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="finish this search after its driver died: finished trials are kept, running ones restart",
     )
+    _add_set(run)
     run.set_defaults(func=_run)
     resume = sub.add_parser("resume", help="finish the search in RESULTS_DIR/NAME after its driver died")
     resume.add_argument("results_dir_to_resume", metavar="results_dir", help="the search's results directory")
     resume.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
     resume.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
-    resume.set_defaults(func=_run, num_trials=None, results_dir=None, name=None, config=None)
+    resume.set_defaults(func=_run, num_trials=None, results_dir=None, name=None, config=None, set=[])
     plan = sub.add_parser(
         "plan",
         help="exact parameter counts, adapter size and a memory estimate per candidate, without weights",
@@ -305,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
     )
+    _add_set(plan)
     plan.set_defaults(func=_plan)
     best = sub.add_parser(
         "best", help="the best trial by the search's objectives under limits; --export writes its adapter"
@@ -366,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         "peft-search installed on the cluster",
     )
     submit.add_argument("--follow", action="store_true", help="then stream the job's logs until it ends")
+    _add_set(submit)
     submit.set_defaults(func=_submit)
     for name, help_text, func in (
         ("status", "a submitted search's job status", _status),

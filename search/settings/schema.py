@@ -6,6 +6,7 @@ Validated once, at load (``search.settings.loading``); nothing deeper re-checks 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +135,8 @@ class CandidateSpec(_Strict):
 
 
 class SpaceConfig(_Strict):
+    """Each list also takes a single value, which fixes that setting (``ranks: 8``, ``methods: lora``)."""
+
     methods: list[str] = Field(default_factory=lambda: ["lora", "ia3", "prompt_tuning", "bitfit"])
     """PEFT method families to sample (``spaces``' registry): lora, adalora, loha, lokr, vera, ia3,
     prefix_tuning, prompt_tuning, p_tuning, ln_tuning, bitfit, boft, oft, fourierft, vblora."""
@@ -164,6 +167,22 @@ class SpaceConfig(_Strict):
             if name not in known:
                 raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(known))}")
         return value
+
+    @field_validator(
+        "methods",
+        "quantization",
+        "targets",
+        "layers",
+        "ranks",
+        "alpha_ratios",
+        "dropouts",
+        "virtual_tokens",
+        mode="before",
+    )
+    @classmethod
+    def _one_value(cls, value: Any) -> Any:
+        """A single value fixes the setting: ``ranks: 8`` is ``ranks: [8]``."""
+        return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
 
     @field_validator(
         "quantization", "targets", "layers", "ranks", "alpha_ratios", "dropouts", "virtual_tokens"
@@ -308,7 +327,8 @@ class TrainingSettings(_Strict):
     epochs: float | None = Field(None, gt=0)
     """Train for this many passes over the training split instead of ``max_steps``."""
     learning_rate: tuple[float, float] = (1e-4, 5e-3)
-    """Range sampled log-uniformly per trial (explicit candidates may fix theirs)."""
+    """Range ``[low, high]`` sampled log-uniformly per trial, or one value for every trial (``2.0e-4``); explicit
+    candidates may fix theirs."""
     batch_size: int = Field(16, ge=1)
     """Rows per optimizer step in total; with several workers each trains on ``batch_size / num_workers`` of them."""
     max_seq_length: int = Field(128, ge=8)
@@ -330,8 +350,14 @@ class TrainingSettings(_Strict):
     @field_validator("learning_rate", mode="before")
     @classmethod
     def _pair(cls, value: Any) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+[eE][-+]?[0-9]+\s*", value):
+            value = float(value)  # YAML reads 2e-4 (no dot) as text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (value, value)  # a fixed learning rate
         if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise ValueError(f"write a range [low, high], e.g. [1.0e-4, 5.0e-3] (got {value!r})")
+            raise ValueError(
+                f"write a range [low, high], e.g. [1.0e-4, 5.0e-3], or one value, e.g. 2.0e-4 (got {value!r})"
+            )
         return value
 
     @field_validator("learning_rate")

@@ -68,8 +68,11 @@ def test_nothing_within_the_limits_exits_1_with_a_null_trial(search, capsys):
     [
         (["--limit", "acc>=0.9"], "--limit: unknown metric 'acc'; choose from accuracy, accuracy_ci_low,"),
         (["--limit", "accuracy=0.9"], "--limit: 'accuracy=0.9' is not METRIC<=VALUE or METRIC>=VALUE"),
-        (["--limit", "peak_memory_bytes<=lots"], "--limit: peak_memory_bytes: 'lots' is not a number"),
+        (["--limit", "peak_memory_bytes<=lots"], "--limit: peak_memory_bytes: cannot read 'lots' as a size"),
         (["--max-memory", "lots"], "--max-memory:"),
+        # On the command line a size says its unit: a bare number would be bytes, never what was meant.
+        (["--max-memory", "8"], "--max-memory: '8' has no unit; write e.g. 8GiB or 8GB"),
+        (["--limit", "peak_memory_bytes<=1.5"], "--limit: peak_memory_bytes: '1.5' has no unit"),
     ],
 )
 def test_bad_limits_exit_2_with_one_line_naming_the_flag(search, capsys, flag, message):

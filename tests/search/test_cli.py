@@ -87,3 +87,30 @@ def test_show_and_best_read_a_search_whose_every_trial_failed(tmp_path):
     assert best.returncode == 1 and best.stdout.startswith(
         "No trial chosen: no complete trial meets no limits"
     )
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    out = _cli("--version")
+    assert out.returncode == 0 and out.stdout == f"peft-search {version('peft-search')}\n"
+
+
+def test_set_overrides_one_field_and_is_validated_like_the_file(tmp_path):
+    from search.settings.loading import default_config_path
+
+    results = tmp_path / "out"
+    base = [str(default_config_path()), "--set", f"results_dir={results}"]
+    out = _cli("run", *base, "--set", "training.max_steps=0")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "training.max_steps: Input should be greater than or equal to 1" in out.stderr
+    out = _cli("run", *base, "--set", "training.max_stepz=3")
+    assert "training.max_stepz: unknown key; remove it or check its spelling" in out.stderr
+    out = _cli("run", *base, "--set", "training.max_steps")
+    assert (
+        "--set: 'training.max_steps' is not KEY.PATH=VALUE; write e.g. --set training.max_steps=50"
+        in out.stderr
+    )
+    out = _cli("plan", str(default_config_path()), "--set", "space.methods=[lora, nope]")
+    assert out.returncode == 2 and "space.methods: unknown method 'nope'" in out.stderr
+    assert not results.exists()

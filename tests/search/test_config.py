@@ -79,3 +79,21 @@ def test_missing_package_model_is_a_config_error():
     cfg = parse_config(_base(model={"name_or_path": "pkg:no_such_package_xyz/model"}))
     with pytest.raises(ConfigError, match="model.name_or_path: Python package 'no_such_package_xyz'"):
         cfg.model.resolved_path()
+
+
+def test_a_single_value_fixes_a_searchable_setting(tmp_path):
+    cfg = parse_config(
+        _base(
+            training={"learning_rate": 2.0e-4},
+            space={"methods": "lora", "ranks": 8, "quantization": "nf4", "targets": "attention"},
+        )
+    )
+    assert cfg.training.learning_rate == (2.0e-4, 2.0e-4)
+    assert (cfg.space.methods, cfg.space.ranks, cfg.space.quantization) == (["lora"], [8], ["nf4"])
+    assert cfg.space.targets == ["attention"]
+    # YAML reads 2e-4 (no dot) as text; it is still a number here, in a file as on the command line.
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_base()) + "training: {learning_rate: 2e-4}\n")
+    assert load_config(path).training.learning_rate == (2.0e-4, 2.0e-4)
+    with pytest.raises(ConfigError, match="training.learning_rate: write a range"):
+        parse_config(_base(training={"learning_rate": "fast"}))
