@@ -1,0 +1,48 @@
+"""The line printed as each trial ends says how far the search is: elapsed, about how long is left, best so far."""
+
+from __future__ import annotations
+
+from search.loop.table import TrialTable, _clock
+from search.results.layout import ResultsDir
+from search.results.metrics import get_metric
+from search.results.records import TrialResult
+
+
+def test_each_finished_trial_says_elapsed_time_left_and_the_best_so_far(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("search.loop.table.time.monotonic", lambda: now[0])
+    table = TrialTable(ResultsDir(tmp_path), 4, ["accuracy", "trainable_params"], echo=False)
+    table.setup()  # the search starts at t=100
+    now[0] = 160.0
+    assert table._progress() == " | 1m00s elapsed"  # nothing finished yet: no estimate, no best
+    table.records = {
+        "a": TrialResult(
+            "a", "complete", "lora", "int8", metrics={"accuracy": 0.8867, "trainable_params": 1e5}
+        ),
+        "b": TrialResult("b", "complete", "ia3", "none", metrics={"accuracy": 0.8, "trainable_params": 1e3}),
+        "c": TrialResult("c", "failed", "vera", "nf4"),
+    }
+    best = get_metric("accuracy").format(0.8867)
+    # 3 of 4 trials ended in 60 s: about 20 s left; the best by the first objective, failed trials aside.
+    assert table._progress() == f" | 1m00s elapsed, about 20s left; best accuracy {best} (lora, int8)"
+    table.records["d"] = TrialResult("d", "running", "lora", "none")
+    assert "about 20s left" in table._progress()  # a running trial is not done
+    table.records["d"] = TrialResult("d", "complete", "lora", "none", metrics={"accuracy": 0.9})
+    assert "left" not in table._progress() and "(lora, none)" in table._progress()
+
+
+def test_a_resumed_search_estimates_from_its_own_trials(tmp_path, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("search.loop.table.time.monotonic", lambda: now[0])
+    first = TrialTable(ResultsDir(tmp_path), 4, ["accuracy"], echo=False)
+    first.records = {t: TrialResult(t, "complete", "lora", "none", metrics={"accuracy": 0.5}) for t in "ab"}
+    first.write()
+    resumed = TrialTable(ResultsDir(tmp_path), 4, ["accuracy"], echo=False)
+    resumed.setup()  # two trials finished before the driver died: they say nothing about this run's pace
+    resumed.records["c"] = TrialResult("c", "complete", "lora", "none", metrics={"accuracy": 0.6})
+    now[0] = 30.0
+    assert resumed._progress().startswith(" | 30s elapsed, about 30s left;")
+
+
+def test_clock():
+    assert [_clock(s) for s in (0.4, 42, 185, 3720)] == ["0s", "42s", "3m05s", "1h02m"]
