@@ -85,6 +85,10 @@ def _launch(
     # Tune saves its experiment state (trials, searcher) at every step rather than every ~10 s, so a driver
     # killed just after a trial finished does not run it again on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune's own progress output (its experiment box, a TensorBoard hint) prints even at verbose=0 with its newer
+    # reporter; the search prints its own lines (where the results go, each trial, progress), so use the classic
+    # reporter, which verbose=0 keeps silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url)
     home.upload()
     table = TrialTable(
