@@ -60,20 +60,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
         raise ConfigError(f"config: {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_problem(path, err)) from None
-    if isinstance(data, dict):
-        for dotted, value in (overrides or {}).items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                if not isinstance(node.get(key), dict):
-                    if node.get(key) is not None:
-                        raise ConfigError(
-                            f"{dotted.rsplit('.', 1)[0]}: must be a mapping to take {dotted} (got {node[key]!r})"
-                        )
-                    node[key] = {}
-                node = node[key]
-            node[leaf] = value
-    return parse_config(data)
+    return parse_config(with_overrides(data, overrides) if isinstance(data, dict) else data)
+
+
+def with_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of the raw config ``data`` with each dotted key of ``overrides`` set (``training.max_steps: 50``)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                if node.get(key) is not None:
+                    raise ConfigError(
+                        f"{dotted.rsplit('.', 1)[0]}: must be a mapping to take {dotted} (got {node[key]!r})"
+                    )
+                node[key] = {}
+            node = node[key]
+        node[leaf] = value
+    return data
 
 
 def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:

@@ -1,0 +1,176 @@
+"""peft-search from Python: run or plan a search, load what a search found, pick the adapter to ship.
+
+    import peft_search
+
+    results = peft_search.run("my-search.yaml", overrides={"search.num_trials": 20})
+    results.trials                                   # pandas DataFrame, one row per trial (docs/results.md)
+    results.front()                                  # the complete trials on the Pareto front
+    choice = results.best(max_params=200_000, max_memory="2GiB")  # the rule of `peft-search best`
+    choice.trial["peft_config"], choice.reason
+    peft_search.plan("my-search.yaml")               # exact trainable parameters, adapter size, memory estimate
+    peft_search.load("results/my-search")            # a finished or running search's results
+
+A config is a YAML path, a mapping shaped like the YAML file, or ``None`` for the bundled default search;
+``overrides`` sets dotted keys as ``--set`` does. Bad input raises ``ConfigError`` (a ``ValueError``) whose message
+names the field and the fix, before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from reports.choice import Choice, Limit
+    from search.settings.schema import SearchConfig
+
+__all__ = ["ConfigError", "Results", "__version__", "config", "load", "plan", "run"]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peft-search")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+__version__ = _version()
+
+
+def config(source: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None):
+    """The validated search config (``SearchConfig``) from a YAML path, a mapping, or the default (``None``)."""
+    from search.settings.loading import default_config_path, load_config, parse_config, with_overrides
+    from search.settings.schema import SearchConfig
+
+    if isinstance(source, SearchConfig):
+        if not overrides:
+            return source
+        source = source.model_dump(mode="json")
+    if isinstance(source, Mapping):
+        return parse_config(with_overrides(dict(source), dict(overrides or {})))
+    return load_config(Path(source) if source is not None else default_config_path(), dict(overrides or {}))
+
+
+def run(
+    source: str | Path | Mapping[str, Any] | SearchConfig | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    echo: bool = True,
+    resume: bool = False,
+) -> Results:
+    """Run a search (Ray starts on this machine unless ``address`` names a cluster) and return its results."""
+    from search.loop.driver import run_search
+
+    cfg = config(source, overrides)
+    return Results(Path(run_search(cfg, address=address, num_cpus=num_cpus, echo=echo, resume=resume)))
+
+
+def plan(
+    source: str | Path | Mapping[str, Any] | SearchConfig | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    samples: int = 0,
+    num_labels: int | None = None,
+) -> pd.DataFrame:
+    """``peft-search plan`` as a DataFrame: one row per explicit candidate (and per sampled config), with PEFT's
+    trainable and total parameter counts, the adapter's size and the estimated peak memory; no weights loaded."""
+    import pandas as pd
+
+    from search.plan.planning import plan_search
+
+    cfg = config(source, overrides)
+    return pd.DataFrame(plan_search(cfg, samples=samples, num_labels=num_labels, seed=cfg.search.seed))
+
+
+def load(results_dir: str | Path) -> Results:
+    """The results of a search, finished or running (``RESULTS_DIR/NAME``)."""
+    from search.results.layout import ResultsDir
+
+    path = Path(results_dir).expanduser().resolve()
+    if not ResultsDir(path).holds_search():
+        raise ConfigError(f"results_dir: {path} holds no peft-search search; give RESULTS_DIR/NAME")
+    return Results(path)
+
+
+@dataclass(frozen=True)
+class Results:
+    """A search's results directory, read fresh on each call (so a running search shows its progress)."""
+
+    path: Path
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per trial, the columns of docs/results.md; ``attrs["objectives"]`` holds the objectives."""
+        from reports import load_trials
+
+        return load_trials(self.path)
+
+    @property
+    def objectives(self) -> tuple[Any, ...]:
+        from search.results.layout import ResultsDir
+
+        return ResultsDir(self.path).objectives()
+
+    def front(self) -> pd.DataFrame:
+        """The complete trials no other complete trial beats on every objective."""
+        from reports.fronts import pareto_front
+
+        return pareto_front(self.trials, self.objectives)
+
+    def best(
+        self,
+        *,
+        max_params: float | None = None,
+        max_memory: int | str | None = None,
+        min_accuracy: float | None = None,
+        limits: Sequence[Limit | str] = (),
+        tolerance: str | float = "auto",
+        prefer: str | None = None,
+        export: str | Path | None = None,
+    ) -> Choice:
+        """The trial to ship within the limits, by the rule of ``peft-search best`` (``tolerance="auto"``: the
+        cheapest trial the paired test cannot tell from the most accurate one). ``max_memory`` takes bytes or a
+        size with its unit (``"8GiB"``); ``limits`` also takes ``"METRIC<=VALUE"`` text. ``export`` copies the
+        chosen adapter there as ``peft-search best --export`` does. ``choice.trial`` is None when nothing fits."""
+        from reports.best import best_command
+        from reports.choice import Limit, parse_limit, parse_tolerance
+        from search.settings.sizes import parse_bytes
+
+        chosen: list[Limit] = []
+        if max_params is not None:
+            chosen.append(Limit("trainable_params", "<=", float(max_params)))
+        if max_memory is not None:
+            chosen.append(Limit("peak_memory_bytes", "<=", float(parse_bytes(max_memory))))
+        if min_accuracy is not None:
+            chosen.append(Limit("accuracy", ">=", float(min_accuracy)))
+        for limit in limits:
+            chosen.append(limit if isinstance(limit, Limit) else parse_limit(limit, parse_bytes=parse_bytes))
+        tol = tolerance if isinstance(tolerance, float) else parse_tolerance(str(tolerance))
+        choice, _, _ = best_command(self.path, limits=chosen, tolerance=tol, prefer=prefer, export_dir=export)
+        return choice
+
+    def report(self, output: str | Path | None = None) -> Path:
+        """Write the self-contained HTML report (default: ``report.html`` in the results directory)."""
+        from reports.html import write_report
+
+        return Path(write_report(self.path, output))
+
+    def study(self) -> optuna.Study:
+        """The search's Optuna study, as ``optuna.load_study`` opens it."""
+        import optuna
+
+        from search.results.layout import ResultsDir
+
+        results = ResultsDir(self.path)
+        return optuna.load_study(study_name=results.read_config()["name"], storage=results.optuna_url)
