@@ -307,7 +307,8 @@ class SearchSettings(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     """Trials at once; derived from the cluster's resources when unset."""
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    """Optuna's sampler: ``tpe`` (multivariate, grouped, constant liar), ``nsga2`` or ``random``."""
+    """Optuna's sampler: ``tpe`` (multivariate, grouped, constant liar), ``nsga2`` or ``random``. Up to its start-up
+    trials TPE samples exactly as ``random`` does; benchmarks/RESULTS.md (replay) has why ``tpe`` is the default."""
     n_startup_trials: int | None = Field(None, ge=0)
     """Random trials before TPE starts modelling (Optuna's default, 10, when unset)."""
     seed: int = 0
