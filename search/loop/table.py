@@ -1,5 +1,11 @@
 """The trials table as a Tune callback: one ``TrialResult`` per trial, rewritten as trials start and end so the
-table can be read mid-search."""
+table can be read mid-search.
+
+The table never runs ahead of Tune's saved state: what a step changed is written in ``on_step_end``, which Tune
+calls after it has saved its experiment state for that step. So a trial the table shows finished is one a resumed
+search will not run again. A driver killed between the two (Tune saved, the table not yet) leaves a finished trial
+that the table still shows running; on resume, the first step fills it in from the result Tune restored.
+"""
 
 from __future__ import annotations
 
@@ -90,6 +96,8 @@ class TrialTable(tune.Callback):
         self.echo = echo
         self.on_write = on_write  # e.g. mirroring the table to an object store
         self._started, self._done_before = time.monotonic(), 0
+        self._dirty = self._dirty_predictions = False
+        self._reconciled = False
 
     def setup(self, **info):
         """Keep the rows of an earlier run of this search (a resumed one): its finished trials stay in the table."""
@@ -104,17 +112,45 @@ class TrialTable(tune.Callback):
                 }
         self._done_before = self._done()
 
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._reconciled:  # once per run: a resumed search's first step
+            self._reconciled = True
+            self._fill_in(trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.flush()  # Tune has saved its state for this step: the table may now say what it knows
+
+    def on_experiment_end(self, trials, **info):
+        self.flush()
+
+    def _fill_in(self, trials) -> None:
+        """Finished trials Tune restored that the table still shows running (or lacks): recorded from their result."""
+        for trial in trials:
+            known = self.records.get(trial.trial_id)
+            if known is not None and known.status != "running":
+                continue
+            if trial.status == "TERMINATED" and trial.last_result:
+                self._ended(trial, quiet=True)
+            elif trial.status == "ERROR":
+                status, message = classify_error(_trial_error(trial))
+                self._record(trial, status, message)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         record = self._record(trial, "running")
         self._say(f"trial {trial.trial_id} started: {_what(record)} {record.peft_config}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def _ended(self, trial, quiet: bool = False) -> None:
         status, note = ended_status(trial.last_result or {})
         rows = (trial.last_result or {}).get(PREDICTIONS_KEY)
         if status == "complete" and rows:
             self.predictions[trial.trial_id] = rows
-            self.results.write_predictions(self.predictions)  # only when a trial adds its rows
+            self._dirty_predictions = True  # written only when a trial adds its rows
         record = self._record(trial, status, note)
+        if quiet:
+            return
         self._say(
             f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}{self._outcome(record)}"
             f"{self._progress()}"
@@ -161,7 +197,7 @@ class TrialTable(tune.Callback):
     def _record(self, trial, status: TrialStatus, error: str = "") -> TrialResult:
         record = TrialResult.from_report(trial.trial_id, status, trial.config, trial.last_result or {}, error)
         self.records[record.trial_id] = record
-        self.write()
+        self._dirty = True
         return record
 
     def _outcome(self, record: TrialResult) -> str:
@@ -174,7 +210,16 @@ class TrialTable(tune.Callback):
         if self.echo:
             print(f"[peft-search] {text}", flush=True)
 
+    def flush(self) -> None:
+        """Write what changed since the last write (Tune calls it at the end of each step)."""
+        if self._dirty_predictions:
+            self.results.write_predictions(self.predictions)
+            self._dirty_predictions = False
+        if self._dirty:
+            self.write()
+
     def write(self) -> None:
+        self._dirty = False
         self.results.write_trials(self.records.values())
         if self.on_write is not None:
             self.on_write()

@@ -46,3 +46,43 @@ def test_a_resumed_search_estimates_from_its_own_trials(tmp_path, monkeypatch):
 
 def test_clock():
     assert [_clock(s) for s in (0.4, 42, 185, 3720)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+class _Trial:
+    """What the table reads of a Tune trial."""
+
+    def __init__(self, trial_id, status, last_result=None):
+        self.trial_id, self.status, self.last_result = trial_id, status, last_result
+        self.config = {"method": "lora", "quantization": "none", "peft_config": {}, "learning_rate": 1e-3}
+
+
+def test_the_table_is_written_after_tunes_own_state_and_filled_in_on_resume(tmp_path):
+    results = ResultsDir(tmp_path)
+    table = TrialTable(results, 2, ["accuracy"], echo=False)
+    table.setup()
+    done = {
+        "trial_status": "complete",
+        "accuracy": 0.75,
+        "heldout_rows": {"label": [1], "prediction": [1], "correct": [1]},
+    }
+    table.on_trial_complete(0, [], _Trial("a", "TERMINATED", done))
+    # Not on disk until Tune has saved its state for the step (on_step_end): a driver killed in between
+    # resumes with the trial still to run, and the table never said it had finished.
+    assert not results.trials_path.exists()
+    table.on_step_end(0, [])
+    assert results.read_trials().set_index("trial_id").loc["a", "status"] == "complete"
+    assert results.correct_by_trial() == {"a": [True]}
+    # Killed after Tune saved a finished trial "b" but before the table wrote it: the resumed search's first
+    # step records it from the result Tune restored; a trial Tune will run again stays as it is.
+    resumed = TrialTable(results, 2, ["accuracy"], echo=False)
+    resumed.setup()
+    restored = [
+        _Trial("a", "TERMINATED", done),
+        _Trial("b", "TERMINATED", {**done, "accuracy": 0.5}),
+        _Trial("c", "PENDING"),
+    ]
+    resumed.on_step_begin(0, restored)
+    resumed.on_step_end(0, restored)
+    after = results.read_trials().set_index("trial_id")
+    assert after.loc["b", "status"] == "complete" and after.loc["b", "accuracy"] == 0.5
+    assert "c" not in after.index and set(results.correct_by_trial()) == {"a", "b"}
