@@ -94,22 +94,44 @@ def error_bars(df: pd.DataFrame, metric: str) -> dict | None:
     }
 
 
-def _axis(objective: Objective) -> dict:
+def display_unit(metric: str, values: pd.Series) -> tuple[float, str | None]:
+    """How a metric is drawn on an axis: (divide the values by, unit for the title). Bytes in GiB or MiB (never
+    plotly's SI "1.2B"), accuracies as percentages, everything else as stored."""
+    spec = get_metric(metric)
+    if spec.unit == "bytes":
+        largest = float(pd.to_numeric(values, errors="coerce").max()) if len(values) else 0.0
+        return (2.0**30, "GiB") if largest >= 2**30 else (2.0**20, "MiB")
+    if spec.unit == "fraction":
+        return 1.0, "%"
+    return 1.0, None
+
+
+def _shown(df: pd.DataFrame, metric: str, scale: float) -> pd.Series:
+    return pd.to_numeric(df[metric], errors="coerce").astype(float) / scale
+
+
+def _axis(objective: Objective, values: pd.Series) -> dict:
     spec = objective.spec
-    return {"title": spec.axis_title, "type": "log" if spec.log_scale else "linear"}
+    scale, unit = display_unit(objective.metric, values)
+    title = f"{spec.label} ({unit})" if unit else spec.axis_title
+    axis = {"title": title, "type": "log" if spec.log_scale else "linear"}
+    if spec.unit == "fraction":
+        axis["tickformat"] = ".0%"
+    return axis
 
 
 def pareto_scatter(data: ReportData, pair: Front2D, hover: pd.Series) -> go.Figure:
     """The first objective against another: points coloured by method, marked by quantization; the front joined."""
     x, y = pair.x.metric, pair.y.metric
     done = data.complete
+    sx, sy = display_unit(x, done[x])[0], display_unit(y, done[y])[0]
     colors = _colors(done["method"].astype(str)) if not done.empty else {}
     fig = go.Figure()
     for (method, quant), group in done.groupby(["method", "quantization"], dropna=False):
         fig.add_trace(
             go.Scatter(
-                x=group[x],
-                y=group[y],
+                x=_shown(group, x, sx),
+                y=_shown(group, y, sy),
                 mode="markers",
                 name=f"{method} · {quant}",
                 marker={
@@ -126,8 +148,8 @@ def pareto_scatter(data: ReportData, pair: Front2D, hover: pd.Series) -> go.Figu
     if not pair.front.empty:
         fig.add_trace(
             go.Scatter(
-                x=pair.front[x],
-                y=pair.front[y],
+                x=_shown(pair.front, x, sx),
+                y=_shown(pair.front, y, sy),
                 mode="lines+markers",
                 name="Pareto front",
                 line={"color": "black", "dash": "dot", "shape": "hv"},
@@ -138,8 +160,8 @@ def pareto_scatter(data: ReportData, pair: Front2D, hover: pd.Series) -> go.Figu
     ylabel = pair.y.spec.label
     fig.update_layout(
         title=f"{ylabel[:1].upper() + ylabel[1:]} vs {pair.x.spec.label}",
-        xaxis=_axis(pair.x),
-        yaxis=_axis(pair.y),
+        xaxis=_axis(pair.x, done[x]),
+        yaxis=_axis(pair.y, done[y]),
         legend_title="method · quantization",
         height=480,
     )
@@ -152,14 +174,15 @@ def scatter_3d(data: ReportData, hover: pd.Series) -> go.Figure:
     done = data.complete
     colors = _colors(done["method"].astype(str)) if not done.empty else {}
     front_ids = set(data.front["trial_id"])
+    scales = {o.metric: display_unit(o.metric, done[o.metric])[0] for o in (first, second, third)}
     fig = go.Figure()
     for method, group in done.groupby("method", dropna=False):
         on_front = [t in front_ids for t in group["trial_id"]]
         fig.add_trace(
             go.Scatter3d(
-                x=group[second.metric],
-                y=group[third.metric],
-                z=group[first.metric],
+                x=_shown(group, second.metric, scales[second.metric]),
+                y=_shown(group, third.metric, scales[third.metric]),
+                z=_shown(group, first.metric, scales[first.metric]),
                 mode="markers",
                 name=str(method),
                 marker={
@@ -174,7 +197,11 @@ def scatter_3d(data: ReportData, hover: pd.Series) -> go.Figure:
     fig.update_layout(
         title="Three objectives (Pareto-optimal trials drawn as larger diamonds)",
         height=560,
-        scene={"xaxis": _axis(second), "yaxis": _axis(third), "zaxis": _axis(first)},
+        scene={
+            "xaxis": _axis(second, done[second.metric]),
+            "yaxis": _axis(third, done[third.metric]),
+            "zaxis": _axis(first, done[first.metric]),
+        },
     )
     return fig
 
@@ -188,17 +215,28 @@ def reference_caption(data: ReportData) -> str:
     return "reference point: " + ", ".join(parts)
 
 
+def hypervolume_history_share(history: pd.DataFrame) -> pd.Series:
+    """The front's hypervolume after each completed trial, as a share of the final one (1.0 at the end)."""
+    hv = history["hypervolume"].astype(float)
+    final = float(hv.iloc[-1]) if len(hv) else 0.0
+    return hv / final if final > 0 else hv * 0.0
+
+
 def hypervolume_figure(data: ReportData) -> go.Figure:
     history = data.history
     fig = go.Figure(
         go.Scatter(
-            x=history["completed_trials"], y=history["hypervolume"], mode="lines+markers", name="hypervolume"
+            x=history["completed_trials"],
+            y=hypervolume_history_share(history),
+            mode="lines+markers",
+            name="hypervolume",
         )
     )
     fig.update_layout(
-        title="Search progress: hypervolume of the front",
+        title="Search progress: how much of the final front's hypervolume the trials so far had reached",
         xaxis_title="completed trials",
-        yaxis_title="hypervolume",
+        yaxis_title="hypervolume (% of the final front's)",
+        yaxis_tickformat=".0%",
         height=380,
         annotations=[
             {
@@ -219,9 +257,10 @@ def importance_figure(importances: dict[str, dict[str, float]], n_trials: int) -
     for objective, values in importances.items():
         fig.add_trace(go.Bar(x=list(values.values()), y=list(values.keys()), orientation="h", name=objective))
     fig.update_layout(
-        title=f"What mattered: parameter importance per objective (Optuna's default evaluator over {n_trials} "
-        "sampled trials; few trials give noisy importances)",
-        xaxis_title="importance",
+        title=f"What mattered, per objective: how differently each parameter is distributed in the best trials "
+        f"than in all {n_trials} sampled trials (Optuna's PED-ANOVA importance, shares summing to 1; "
+        "few trials give noisy importances)",
+        xaxis_title="importance (share of the objective's total)",
         barmode="group",
         height=420,
     )
@@ -249,7 +288,10 @@ def parallel_coordinates(data: ReportData) -> go.Figure:
     ]
     for o in data.objectives:
         values = done[o.metric].astype(float)
-        if o.spec.log_scale:
+        scale, unit = display_unit(o.metric, values)
+        if o.spec.unit == "bytes":
+            dims.append({"label": f"{o.spec.label} ({unit})", "values": values / scale})
+        elif o.spec.log_scale:
             dims.append({"label": f"log10 {o.spec.axis_title}", "values": np.log10(values.clip(lower=1e-12))})
         else:
             dims.append({"label": o.spec.axis_title, "values": values})

@@ -221,7 +221,7 @@ def _facts(facts: dict[str, Any], data: ReportData) -> str:
         "early stopping": _early_stopping_fact(facts, data.trials),
         "seed repeats": _repeats_fact(facts, data.trials),
         "concurrency": facts.get("concurrency"),
-        "hardware": json.dumps(facts.get("cluster_resources", {})),
+        "hardware": hardware_text(facts.get("cluster_resources", {})),
         "platform": facts.get("platform"),
         "wall time": f"{facts['wall_time_s']:.0f} s" if "wall_time_s" in facts else "running",
         "total train time": f"{complete['train_time_s'].sum():.0f} s" if "train_time_s" in complete else "-",
@@ -230,6 +230,23 @@ def _facts(facts: dict[str, Any], data: ReportData) -> str:
     return "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()
     )
+
+
+def hardware_text(resources: dict[str, Any]) -> str:
+    """Ray's cluster resources in words: ``2 CPUs, 21.5 GiB memory, 1 GPU (NVIDIA H100)``."""
+    parts = []
+    for key, word in (("CPU", "CPU"), ("GPU", "GPU")):
+        n = resources.get(key)
+        if n:
+            parts.append(f"{n:g} {word}{'s' if float(n) != 1 else ''}")
+    if resources.get("memory"):
+        parts.append(f"{get_metric('peak_memory_bytes').format(float(resources['memory']))} memory")
+    accelerators = sorted(
+        k.removeprefix("accelerator_type:") for k in resources if k.startswith("accelerator_type:")
+    )
+    if accelerators:
+        parts.append(", ".join(accelerators))
+    return ", ".join(parts) or "-"
 
 
 def _estimate_line(complete: pd.DataFrame) -> str:

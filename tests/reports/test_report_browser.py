@@ -72,6 +72,13 @@ def test_loads_offline_without_errors_and_renders_every_chart(page):
     assert tab.locator("#pareto-trainable_params .scatterlayer .point").count() >= complete
     # Each accuracy carries its 95 % interval as an error bar (drawn by plotly: one per complete trial).
     assert tab.locator("#pareto-trainable_params .errorbar .yerror").count() == complete
+    # Units a person reads: memory in GiB or MiB (never plotly's SI "1.2B" bytes), accuracy in percent.
+    memory = tab.locator("#pareto-peak_memory_bytes .xtitle").text_content()
+    assert memory in ("peak memory (GiB)", "peak memory (MiB)")
+    assert tab.locator("#pareto-trainable_params .ytitle").text_content() == "held-out accuracy (%)"
+    ticks = [t for t in tab.locator("#pareto-trainable_params .ytick text").all_text_contents() if t.strip()]
+    assert ticks and all(t.endswith("%") for t in ticks)
+    assert tab.locator("#hypervolume .ytitle").text_content() == "hypervolume (% of the final front's)"
     ARTIFACTS.mkdir(exist_ok=True)
     tab.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000

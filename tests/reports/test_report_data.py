@@ -103,10 +103,16 @@ def test_charts_and_page_only_draw_precomputed_data(monkeypatch):
     ]
     params = figures["pareto-trainable_params"]
     assert params.layout.xaxis.type == "log" and params.layout.xaxis.title.text == "trainable parameters"
-    assert figures["pareto-peak_memory_bytes"].layout.xaxis.title.text == "peak memory (bytes)"
+    # Bytes are drawn in GiB or MiB (the larger unit the data reaches), accuracy as a percentage.
+    assert figures["pareto-peak_memory_bytes"].layout.xaxis.title.text in (
+        "peak memory (GiB)",
+        "peak memory (MiB)",
+    )
+    assert figures["pareto-peak_memory_bytes"].layout.yaxis.title.text == "held-out accuracy (%)"
     scene = figures["three-objectives"].layout.scene
-    assert (scene.xaxis.type, scene.zaxis.title.text) == ("log", "held-out accuracy")
-    assert list(figures["hypervolume"].data[0].y) == data.history["hypervolume"].tolist()
+    assert (scene.xaxis.type, scene.zaxis.title.text) == ("log", "held-out accuracy (%)")
+    hv = data.history["hypervolume"]
+    assert list(figures["hypervolume"].data[0].y) == (hv / hv.iloc[-1]).tolist()  # a share of the final front
     assert charts.reference_caption(data) == (
         "reference point: held-out accuracy 0.0000, trainable parameters 1.1k, peak memory 4.1GiB"
     )

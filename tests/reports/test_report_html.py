@@ -101,7 +101,8 @@ def test_importance_figure_names_its_trial_count():
     from reports.charts import importance_figure
 
     fig = importance_figure({"accuracy": {"learning_rate": 0.7, "method": 0.3}}, n_trials=6)
-    assert "over 6 sampled trials" in fig.layout.title.text
+    title = fig.layout.title.text  # says what it measures, over how many trials
+    assert "than in all 6 sampled trials" in title and "PED-ANOVA" in title
     assert list(fig.data[0].y) == ["learning_rate", "method"] and list(fig.data[0].x) == [0.7, 0.3]
 
 
@@ -119,3 +120,13 @@ def test_an_old_tables_stopped_trials_read_as_stopped_early(tmp_path):
     assert page.count('<tr class="status-stopped_early">') == 1 and 'status-stopped"' not in page
     assert "1 stopped early, 0.8 trials&#x27; worth of training steps saved" in page
     assert "t0001" not in page.split('id="picker-data">')[1].split("</script>")[0]
+
+
+def test_hardware_reads_in_words():
+    from reports.html import hardware_text
+
+    resources = {"CPU": 2.0, "memory": 23035963264.0, "object_store_memory": 1e9, "node:10.0.0.1": 1.0}
+    assert hardware_text(resources) == "2 CPUs, 21.5GiB memory"
+    gpu = {"CPU": 16.0, "GPU": 1.0, "accelerator_type:H100": 1.0}
+    assert hardware_text(gpu) == "16 CPUs, 1 GPU, H100"
+    assert hardware_text({}) == "-"
