@@ -14,7 +14,7 @@ from typing import Any
 
 import spaces
 from search.errors import ConfigError
-from search.settings.schema import CandidateSpec
+from search.settings.space_config import CandidateSpec
 
 _TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 

@@ -22,8 +22,8 @@ def markdown() -> str:
     parts = [
         "# Search config reference",
         "",
-        "Generated from the schema (`search/settings/schema.py`) by `python -m search.settings.reference`; each",
-        "description is the field's docstring. A config is validated once, before anything runs; a mistake gets",
+        "Generated from the schema (`search/settings/schema.py`, its `space` section in `space_config.py`) by",
+        "`python -m search.settings.reference`; each description is the field's docstring. A config is validated once, before anything runs; a mistake gets",
         "one line naming the key and the fix. Unknown keys are refused.",
         "",
     ]
@@ -60,7 +60,7 @@ def _is_list(annotation: Any) -> bool:
 
 
 def _type(annotation: Any) -> str:
-    text = re.sub(r"\b(typing|search\.settings\.schema)\.", "", str(annotation))
+    text = re.sub(r"\b(typing|search\.settings\.\w+)\.", "", str(annotation))
     text = re.sub(r"<class '([\w.]+)'>", lambda m: m.group(1).rsplit(".", 1)[-1], text)
     return _text(text.replace("NoneType", "None"))
 

@@ -331,7 +331,7 @@ def test_candidate_checks_accept_or_refuse_cleanly(peft_config, bert_modules):
     """Whatever a candidate's peft_config holds, PEFT's own config classes included, the check ends in a
     ConfigError naming the candidate's field, or lets it through; never another exception."""
     from search.inputs.candidates import check_candidates
-    from search.settings.schema import CandidateSpec
+    from search.settings.space_config import CandidateSpec
 
     names, num_layers = bert_modules
     candidate = CandidateSpec(name="c", peft_config=peft_config)
