@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import ConfigError
+from search.versions import package_version
 
 if TYPE_CHECKING:
     import optuna
@@ -34,16 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["ConfigError", "Results", "__version__", "config", "load", "plan", "run"]
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("peft-search")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-__version__ = _version()
+__version__ = package_version("peft-search") or "unknown"
 
 
 def config(source: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None):
@@ -144,16 +136,11 @@ class Results:
         size with its unit (``"8GiB"``); ``limits`` also takes ``"METRIC<=VALUE"`` text. ``export`` copies the
         chosen adapter there as ``peft-search best --export`` does. ``choice.trial`` is None when nothing fits."""
         from reports.best import best_command
-        from reports.choice import Limit, parse_limit, parse_tolerance
+        from reports.choice import Limit, named_limits, parse_limit, parse_tolerance
         from search.settings.sizes import parse_bytes
 
-        chosen: list[Limit] = []
-        if max_params is not None:
-            chosen.append(Limit("trainable_params", "<=", float(max_params)))
-        if max_memory is not None:
-            chosen.append(Limit("peak_memory_bytes", "<=", float(parse_bytes(max_memory))))
-        if min_accuracy is not None:
-            chosen.append(Limit("accuracy", ">=", float(min_accuracy)))
+        memory = None if max_memory is None else float(parse_bytes(max_memory))
+        chosen = named_limits(max_params, memory, min_accuracy)
         for limit in limits:
             chosen.append(limit if isinstance(limit, Limit) else parse_limit(limit, parse_bytes=parse_bytes))
         tol = tolerance if isinstance(tolerance, float) else parse_tolerance(str(tolerance))

@@ -64,6 +64,18 @@ def parse_limit(text: str, parse_bytes: Callable[[str], float] = float) -> Limit
     return Limit(name, op, float(value))
 
 
+def named_limits(
+    max_params: float | None = None, max_memory: float | None = None, min_accuracy: float | None = None
+) -> list[Limit]:
+    """``best``'s named limits (``--max-params``, ``--max-memory`` in bytes, ``--min-accuracy``), those given."""
+    given = (
+        ("trainable_params", "<=", max_params),
+        ("peak_memory_bytes", "<=", max_memory),
+        ("accuracy", ">=", min_accuracy),
+    )
+    return [Limit(metric, op, float(value)) for metric, op, value in given if value is not None]
+
+
 def limits_json(limits: Iterable[Limit]) -> dict[str, dict[str, float]]:
     """``{"trainable_params": {"max": 1e6}, "accuracy": {"min": 0.8}}``; a repeated bound keeps the tighter."""
     out: dict[str, dict[str, float]] = {}

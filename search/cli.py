@@ -106,7 +106,7 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
 
 def _limits(args: argparse.Namespace) -> list:
     """``best``'s limits: the named flags, then every ``--limit METRIC<=VALUE``; bad input is a ConfigError."""
-    from reports.choice import Limit, parse_limit
+    from reports.choice import named_limits, parse_limit
     from search.errors import ConfigError
     from search.settings.sizes import parse_bytes
 
@@ -116,16 +116,13 @@ def _limits(args: argparse.Namespace) -> list:
             raise ValueError(f"{text!r} has no unit; write e.g. {text.strip()}GiB or {text.strip()}GB")
         return parse_bytes(text)
 
-    limits = []
-    if args.max_params is not None:
-        limits.append(Limit("trainable_params", "<=", args.max_params))
+    memory = None
     if args.max_memory is not None:
         try:
-            limits.append(Limit("peak_memory_bytes", "<=", float(size(args.max_memory))))
+            memory = float(size(args.max_memory))
         except ValueError as err:
             raise ConfigError(f"--max-memory: {err}") from None
-    if args.min_accuracy is not None:
-        limits.append(Limit("accuracy", ">=", args.min_accuracy))
+    limits = named_limits(args.max_params, memory, args.min_accuracy)
     for text in args.limit:
         try:
             limits.append(parse_limit(text, parse_bytes=size))
@@ -298,12 +295,9 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from search.versions import package_version
 
-    try:
-        return version("peft-search")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
+    return package_version("peft-search") or "unknown (not installed)"  # a source tree never installed
 
 
 def _add_set(command: argparse.ArgumentParser) -> None:

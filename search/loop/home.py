@@ -106,14 +106,10 @@ def run_facts(
     cfg: SearchConfig, prep: Prepared, resources: dict[str, float], concurrency: int
 ) -> dict[str, Any]:
     """``run.json``: what ran, on what, with which versions (credentials masked)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from search.versions import package_version
 
-    versions = {}
-    for pkg in ("peft-search", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
+    packages = ("peft-search", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna")
+    versions = {pkg: package_version(pkg) for pkg in packages}
     facts = {
         "name": cfg.name,
         "model": cfg.model.name_or_path,

@@ -26,6 +26,8 @@ class Prepared:
     data: TokenizedSplits
     space_context: spaces.SpaceContext
     space_spec: spaces.SpaceSpec
+    warm_start: Path | None = None
+    """The previous search whose finished trials seed the study (``search.warm_start``), checked."""
 
     @property
     def steps(self) -> int:
@@ -43,7 +45,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     from search.loop.warm_start import check_warm_start
     from search.worker.faults import faults_from_env
 
-    check_warm_start(cfg)
+    warm_start = check_warm_start(cfg)
     model_path = _model_path(cfg)
     splits = _splits(cfg)
     tokenizer, base = _tokenizer_and_meta_model(cfg, model_path, len(splits.label_names))
@@ -63,7 +65,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         faults=faults_from_env(),  # chaos tests only (search.worker.faults); empty normally
     )
     space = describe_candidates(spaces.DefineByRun(space_spec(cfg), space_context(cfg, facts, steps)))
-    return Prepared(settings, facts, splits, data, space.ctx, space.spec)
+    return Prepared(settings, facts, splits, data, space.ctx, space.spec, warm_start)
 
 
 def adapters_path(cfg: SearchConfig) -> str:

@@ -48,8 +48,8 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([o.metric for o in cfg.objectives])
-    if not study.trials:  # a new study (a resumed one has them already)
-        warm_start.add_previous_trials(study, cfg)
+    if prep.warm_start is not None and not study.trials:  # a new study (a resumed one has them already)
+        warm_start.add_previous_trials(study, cfg, prep.warm_start)
     spaces.enqueue_candidates(study, prep.space_spec)
     return PeftOptunaSearch(
         space=spaces.DefineByRun(prep.space_spec, prep.space_context),

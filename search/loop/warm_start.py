@@ -78,13 +78,11 @@ def check_warm_start(cfg: SearchConfig) -> Path | None:
     return path
 
 
-def add_previous_trials(study: optuna.Study, cfg: SearchConfig) -> int:
-    """Add the previous search's finished trials to ``study`` (a new one); returns how many were added."""
+def add_previous_trials(study: optuna.Study, cfg: SearchConfig, path: Path) -> int:
+    """Add the finished trials of the previous search at ``path`` (``check_warm_start``'s answer) to ``study`` (a
+    new one); returns how many were added."""
     import optuna
 
-    path = check_warm_start(cfg)
-    if path is None:
-        return 0
     results = ResultsDir(path)
     previous = optuna.load_study(study_name=results.read_config()["name"], storage=results.optuna_url)
     names = previous.metric_names or [o["metric"] for o in results.read_config()["objectives"]]
