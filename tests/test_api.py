@@ -76,3 +76,4 @@ def test_the_readme_example_runs(ray_local, tmp_path, monkeypatch):
     assert len(namespace["trials"]) == 2 and namespace["choice"].trial is not None
     assert os.path.isdir(tmp_path / "results" / "api-example")
     assert namespace["same"].path == namespace["results"].path
+    assert namespace["score"].reproduced is True and (tmp_path / "adapter" / "peft_search.json").is_file()

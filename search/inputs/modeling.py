@@ -61,21 +61,35 @@ def model_facts(model: nn.Module) -> ModelFacts:
     )
 
 
+def quantization_kwargs(level: str, compute_dtype: torch.dtype) -> dict[str, Any] | None:
+    """``BitsAndBytesConfig``'s arguments for a quantization level (JSON values: an export writes them), or None
+    for an unquantized model."""
+    if level == "none":
+        return None
+    if level == "int8":
+        return {"load_in_8bit": True, "llm_int8_skip_modules": list(SKIP_QUANTIZATION)}
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": level,
+        "bnb_4bit_compute_dtype": str(compute_dtype).removeprefix("torch."),
+        "bnb_4bit_use_double_quant": False,
+        "llm_int8_skip_modules": list(SKIP_QUANTIZATION),
+    }
+
+
 def quantization_config(level: str, compute_dtype: torch.dtype):
     """The ``BitsAndBytesConfig`` for a quantization level, or None for an unquantized model."""
-    if level == "none":
+    kwargs = quantization_kwargs(level, compute_dtype)
+    if kwargs is None:
         return None
     from transformers import BitsAndBytesConfig
 
-    if level == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTIZATION)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=level,
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=False,
-        llm_int8_skip_modules=SKIP_QUANTIZATION,
-    )
+    return BitsAndBytesConfig(**kwargs)
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """``training.precision`` as the dtype the base model is loaded in."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def load_base_model(
@@ -90,7 +104,7 @@ def load_base_model(
     revision: str | None = None,
     gradient_checkpointing: bool = False,
 ) -> nn.Module:
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = precision_dtype(precision)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": revision}
     if task == "sequence-classification":
         # The classification head is new for this task: a checkpoint's head of another size is replaced.
@@ -101,7 +115,7 @@ def load_base_model(
         kwargs["device_map"] = {"": device}
     model = _auto_class(task).from_pretrained(path, **kwargs)
     if task == "sequence-classification":
-        _fit_head(model, num_labels)
+        fit_head(model, num_labels)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if qconfig is not None:
@@ -109,7 +123,7 @@ def load_base_model(
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
         if device.type == "cpu":
-            _unpacked_narrow_layers(model)
+            unpacked_narrow_layers(model)
     else:
         model.to(device)
         if gradient_checkpointing:
@@ -136,7 +150,7 @@ def generic_4bit_cpu_path(model: nn.Module) -> Iterator[None]:
             m.support_avx512bf16_for_cpu = True
 
 
-def _unpacked_narrow_layers(model: nn.Module) -> None:
+def unpacked_narrow_layers(model: nn.Module) -> None:
     """Keep 4-bit layers narrower than a quantization block off bitsandbytes' AVX512-BF16 CPU inference path.
 
     On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight at its first no-grad forward, one block of
@@ -153,7 +167,7 @@ def _unpacked_narrow_layers(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _fit_head(model: nn.Module, num_labels: int) -> None:
+def fit_head(model: nn.Module, num_labels: int) -> None:
     """Give the classification head ``num_labels`` outputs where loading kept the checkpoint's.
 
     transformers up to 5.22 does so when a quantized model is loaded with ``ignore_mismatched_sizes``: the head

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import ConfigError
+from search.inputs import data
 from search.loop.prepare import Prepared
 from search.redact import redact
 from search.results import storage
@@ -97,9 +98,15 @@ def _stage(uri: str, staging: Path, resume: bool) -> None:
 
 
 def write_inputs(cfg: SearchConfig, prep: Prepared, results: ResultsDir) -> None:
-    """The resolved config (credentials masked) and the exact train and held-out splits."""
+    """The resolved config (credentials masked), the exact train and held-out splits, and the tokenizer that
+    tokenized them, saved as it tokenized them (``model_max_length``, truncation and padding sides) so an export
+    carries it."""
     results.write_config(redact(cfg.model_dump(mode="json")))
     results.write_splits(prep.splits.train, prep.splits.eval)
+    if prep.tokenizer is not None:
+        data.save_tokenizer(
+            prep.tokenizer, cfg.model.task, cfg.training.max_seq_length, results.tokenizer_path
+        )
 
 
 def run_facts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import spaces
 from search.errors import ConfigError
@@ -28,6 +29,8 @@ class Prepared:
     space_spec: spaces.SpaceSpec
     warm_start: Path | None = None
     """The previous search whose finished trials seed the study (``search.warm_start``), checked."""
+    tokenizer: Any = None
+    """The tokenizer the data was tokenized with; saved beside the splits (``data/tokenizer``) for exports."""
 
     @property
     def steps(self) -> int:
@@ -65,7 +68,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         faults=faults_from_env(),  # chaos tests only (search.worker.faults); empty normally
     )
     space = describe_candidates(spaces.DefineByRun(space_spec(cfg), space_context(cfg, facts, steps)))
-    return Prepared(settings, facts, splits, data, space.ctx, space.spec, warm_start)
+    return Prepared(settings, facts, splits, data, space.ctx, space.spec, warm_start, tokenizer)
 
 
 def adapters_path(cfg: SearchConfig) -> str:

@@ -99,6 +99,18 @@ class ResultsDir:
             return DEFAULT_OBJECTIVES
         return tuple(Objective(o["metric"], o["mode"]) for o in listed)
 
+    @property
+    def tokenizer_path(self) -> Path:
+        """The tokenizer the splits were tokenized with (``data/tokenizer``; searches before 0.1 have none)."""
+        return self.path / DATA_DIR / "tokenizer"
+
+    def read_splits(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The exact train and held-out rows (``data/train.parquet``, ``data/eval.parquet``)."""
+        data = self.path / DATA_DIR
+        return tuple(  # type: ignore[return-value]
+            pd.read_parquet(data / f"{split}.parquet").to_dict("records") for split in ("train", "eval")
+        )
+
     def write_splits(self, train: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> None:
         data = self.path / DATA_DIR
         data.mkdir(parents=True, exist_ok=True)

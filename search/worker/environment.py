@@ -21,6 +21,9 @@ class _DropPrefix(logging.Filter):
 
 # LLM.int8 computes in fp16, so a CPU trial's fp32 inputs are always cast: bitsandbytes logs it at every step.
 _INT8_CAST = _DropPrefix("MatMul8bitLt: inputs will be cast")
+# bitsandbytes (0.50) looks for an optional faster CPU 4-bit kernel (the `kernels` package) at import and says so
+# when it is missing; the generic CPU path it falls back to is the one every CPU trial is measured on.
+_NO_KERNELS = _DropPrefix("Failed to load CPU gemm_4bit_forward")
 
 
 def quiet_libraries() -> None:
@@ -34,6 +37,7 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST)  # once: addFilter dedupes
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_KERNELS)
     # PEFT warns of zero-sized LoRA tensors as unsharded ZeRO-3/FSDP weights; trials never shard (DDP at most), and
     # AdaLoRA saves a layer whose every rank it pruned as exactly such a tensor.
     warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")

@@ -112,27 +112,40 @@ def test_show_json_is_the_typed_record(search, capsys):
 def test_export_copies_the_adapter_and_writes_the_typed_record(write_search, tmp_path, capsys):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        (adapter / name).write_text(name)
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "where-it-was")})
+    )
+    (adapter / "adapter_model.safetensors").write_text("weights")
     trial = dataclasses.replace(
         record("t0", accuracy=0.9, trainable_params=5000, peak_memory_bytes=2**30), adapter_path=str(adapter)
     )
     path = write_search([trial], [("accuracy", "max"), ("trainable_params", "min")])
-    config = {"name": "s", "model": {"name_or_path": "tiny"}, "space": {"methods": ["lora"]}}
+    config = {"name": "s", "model": {"name_or_path": "org/tiny"}, "space": {"methods": ["lora"]}}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "data" / "tokenizer").mkdir(parents=True)
+    (path / "data" / "tokenizer" / "tokenizer_config.json").write_text("{}")
     out = tmp_path / "export"
     assert main(["best", str(path), "--export", str(out), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["export"] == str(out)
-    assert (out / "adapter_model.safetensors").read_text() == "adapter_model.safetensors"
+    assert (out / "adapter_model.safetensors").read_text() == "weights"
+    assert (out / "tokenizer_config.json").read_text() == "{}"
+    # The base model by its hub id, not where the search machine had it.
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny"
     saved = json.loads((out / "trial.json").read_text())
-    assert (
-        saved["trial_id"] == "t0"
-        and saved["metrics"]["accuracy"] == 0.9
-        and saved["adapter_path"] == str(adapter)
-    )
+    assert saved["trial_id"] == "t0" and saved["metrics"]["accuracy"] == 0.9 and saved["adapter_path"] == "."
+    manifest = json.loads((out / "peft_search.json").read_text())
+    assert manifest["base_model"] == {
+        "name_or_path": "org/tiny",
+        "relative_to_export": False,
+        "origin": "org/tiny",
+        "revision": None,
+    }
+    assert manifest["evaluation"]["accuracy"] == 0.9
     reproduce = yaml.safe_load((out / "reproduce.yaml").read_text())
     assert reproduce["space"]["candidates"][0]["peft_config"] == trial.peft_config
-    assert "held-out accuracy 0.9000" in (out / "README.md").read_text()
-    # A second export to the same directory is refused: exit 2, nothing overwritten.
+    card = (out / "README.md").read_text()
+    assert "held-out accuracy 0.9000" in card and "base_model: org/tiny" in card
+    # A second export to the same directory is refused: exit 2, nothing overwritten, nothing left beside it.
     assert main(["best", str(path), "--export", str(out)]) == 2
-    assert "the directory is not empty" in capsys.readouterr().err
+    assert "not an empty directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "export", "s"]

@@ -73,14 +73,14 @@ def test_a_head_loaded_at_the_checkpoints_size_is_refitted(seq_cls):
     """transformers <= 5.22 keeps the checkpoint's 2-way head when a quantized model is loaded for 3 labels."""
     from torch import nn
 
-    from search.inputs.modeling import _fit_head
+    from search.inputs.modeling import fit_head
 
     prep, settings = seq_cls
     model = load_base_model(
         settings.model_path, settings.task, num_labels=3, quantization="nf4", device=torch.device("cpu")
     )
     model.classifier = nn.Linear(model.classifier.in_features, 2)  # what those versions leave
-    _fit_head(model, 3)
+    fit_head(model, 3)
     assert model.classifier.weight.shape == (3, model.classifier.in_features)
     batch = {"input_ids": torch.tensor([[2, 5, 6]]), "labels": torch.tensor([2])}
     assert model(**batch).logits.shape == (1, 3)

