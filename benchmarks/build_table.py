@@ -48,7 +48,7 @@ def chunk_overrides(chunk: int, trials: int, work: Path, base: dict[str, Any]) -
 
 
 def finished(search_dir: Path, trials: int) -> bool:
-    from search.results.layout import ResultsDir
+    from peft_search.search.results.layout import ResultsDir
 
     rd = ResultsDir(search_dir)
     if not rd.trials_path.exists():
@@ -59,9 +59,9 @@ def finished(search_dir: Path, trials: int) -> bool:
 
 def build(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run (or resume) every chunk that is not finished; returns what each took."""
-    from cluster import shutdown
-    from search.loop.driver import run_search
-    from search.settings.loading import load_config
+    from peft_search.cluster import shutdown
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.settings.loading import load_config
 
     base = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     work = Path(args.work)
@@ -98,7 +98,7 @@ def study_params(search_dir: Path) -> dict[int, dict[str, Any]]:
     """Optuna trial number -> the parameters that trial was given (what a sampler sees)."""
     import optuna
 
-    from search.results.layout import ResultsDir
+    from peft_search.search.results.layout import ResultsDir
 
     rd = ResultsDir(search_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -111,8 +111,8 @@ def space_meta(config: dict[str, Any]) -> dict[str, Any]:
     first chunk's config (its candidates included) resolved against the model, as a search resolves it."""
     import dataclasses
 
-    from search.loop.prepare import prepare
-    from search.settings.loading import parse_config
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.loading import parse_config
 
     prep = prepare(parse_config({**config, "search": {**config["search"], "warm_start": None}}))
     return {
@@ -123,8 +123,8 @@ def space_meta(config: dict[str, Any]) -> dict[str, Any]:
 
 def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
     """One table (and its predictions) from every finished chunk."""
-    from search.results.layout import ResultsDir
-    from search.results.records import OPTUNA_TRIAL_KEY
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.results.records import OPTUNA_TRIAL_KEY
 
     work = Path(args.work)
     rows, predictions, chunks, config = [], [], [], None
@@ -192,7 +192,7 @@ def export(args: argparse.Namespace, runs: list[dict[str, Any]]) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     import sys
 
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

@@ -53,8 +53,8 @@ def start_ray(config_path: str, overrides: dict[str, Any], num_cpus: int | None)
     CPU, ``resources.cpu_allocator``); a search that finds Ray running cannot set it. True when this started it."""
     import ray
 
-    from cluster import connect, worker_env
-    from search.settings.loading import load_config
+    from peft_search.cluster import connect, worker_env
+    from peft_search.search.settings.loading import load_config
 
     if ray.is_initialized():
         return False  # someone else's Ray, left running

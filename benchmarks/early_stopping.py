@@ -90,7 +90,7 @@ def judge_stops(stopped_run, plain_run) -> list[dict[str, Any]]:
     for those this says what stopping cost: the accuracy the config would have reached, and whether it would have
     been on that search's front.
     """
-    from reports.fronts import pareto_front
+    from peft_search.reports.fronts import pareto_front
 
     front = {_key(r) for _, r in pareto_front(plain_run).iterrows()}
     plain = {_key(r): r for _, r in plain_run[plain_run["status"] == "complete"].iterrows()}
@@ -112,10 +112,10 @@ def judge_stops(stopped_run, plain_run) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cluster import shutdown
-    from search.loop.driver import run_search
-    from search.results.layout import ResultsDir
-    from search.settings.loading import load_config
+    from peft_search.cluster import shutdown
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ours = start_ray(args.config, overrides, args.num_cpus)
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from benchmarks.memory_estimate import measure
-    from search.settings.loading import load_config
+    from peft_search.search.settings.loading import load_config
 
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,8 +25,8 @@ def _one(job: Path) -> None:
     """Child process: train one candidate with the search's own trial code and print its metrics as JSON."""
     import torch
 
-    from search.worker.environment import quiet_libraries
-    from search.worker.training import run_trial
+    from peft_search.search.worker.environment import quiet_libraries
+    from peft_search.search.worker.training import run_trial
 
     settings, data, trial = pickle.loads(job.read_bytes())
     quiet_libraries()
@@ -42,9 +42,9 @@ def measure(cfg, *, samples: int = 0, env: dict[str, str] | None = None) -> list
     the search's own trial code; one row per trial: measured and estimated peak memory, and the trial's speed."""
     import optuna
 
-    from search.loop.prepare import prepare
-    from search.settings.trial import TrialConfig
-    from spaces.sampling import DefineByRun, SpaceSpec
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 
     prep = prepare(cfg)
     settings = prep.settings
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         _one(Path(args._one))
         return 0
 
-    from cluster import allocator_preload
-    from search.settings.loading import default_config_path, load_config
+    from peft_search.cluster import allocator_preload
+    from peft_search.search.settings.loading import default_config_path, load_config
 
     cfg = load_config(args.config or default_config_path())
     # As a search's workers would run: with the allocator the config asks for (unless --env says otherwise).

@@ -26,7 +26,7 @@ import yaml
 from benchmarks.common import machine, start_ray, table, write_result
 
 if TYPE_CHECKING:
-    from search.results.layout import ResultsDir
+    from peft_search.search.results.layout import ResultsDir
 
 
 def _last_results(results: ResultsDir) -> list[dict[str, Any]]:
@@ -40,7 +40,7 @@ def _last_results(results: ResultsDir) -> list[dict[str, Any]]:
 
 def breakdown(search_dir: Path, started: float, ended: float, concurrency: int) -> dict[str, Any]:
     """Where the wall time of one finished search went, from its trials' own timestamps."""
-    from search.results.layout import ResultsDir
+    from peft_search.search.results.layout import ResultsDir
 
     results_dir = ResultsDir(search_dir)
     trials = results_dir.read_trials()
@@ -87,11 +87,11 @@ def breakdown(search_dir: Path, started: float, ended: float, concurrency: int) 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cluster import shutdown
-    from search.loop.driver import run_search
-    from search.loop.prepare import prepare
-    from search.results.layout import ResultsDir
-    from search.settings.loading import load_config
+    from peft_search.cluster import shutdown
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

@@ -41,8 +41,8 @@ def worlds(trials: pd.DataFrame, correct: dict[str, list[bool]], base_seed: int)
 
 
 def picks(trials, correct, base_seed: int, limits) -> list[dict[str, Any]]:
-    from reports.choice import choose_best
-    from search.results.metrics import DEFAULT_OBJECTIVES
+    from peft_search.reports.choice import choose_best
+    from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
 
     out = []
     for seed, world, world_correct in worlds(trials, correct, base_seed):
@@ -92,11 +92,11 @@ def summarise(rows: list[dict[str, Any]], mean_accuracy: dict[str, float]) -> li
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cluster import shutdown
-    from reports.choice import Limit
-    from search.loop.driver import run_search
-    from search.results.layout import ResultsDir
-    from search.settings.loading import load_config
+    from peft_search.cluster import shutdown
+    from peft_search.reports.choice import Limit
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ours = start_ray(args.config, overrides, args.num_cpus)
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     import sys
 
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

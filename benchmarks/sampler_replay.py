@@ -54,8 +54,8 @@ def samplers() -> dict[str, Callable[[int, int], Any]]:
     """Name -> (seed, number of trials) -> an Optuna sampler. ``tpe`` is what ``search.sampler: tpe`` runs."""
     import optuna
 
-    from search.loop.tuning import make_sampler
-    from search.settings.schema import SearchSettings
+    from peft_search.search.loop.tuning import make_sampler
+    from peft_search.search.settings.schema import SearchSettings
 
     def tpe(startup: int | None) -> Callable[[int, int], Any]:
         return lambda seed, n: make_sampler("tpe", seed, n, startup)
@@ -104,7 +104,7 @@ class Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
-        from search.results.metrics import Objective
+        from peft_search.search.results.metrics import Objective
 
         path = Path(path)
         meta = json.loads(path.with_suffix(".json").read_text())
@@ -146,7 +146,7 @@ class Table:
 
 def load_space(meta: dict[str, Any]):
     """``spaces.DefineByRun`` from the table's metadata (what ``benchmarks.build_table.space_meta`` wrote)."""
-    import spaces
+    from peft_search import spaces
 
     ctx = dict(meta["context"])
     for key in ("targets", "layers", "ranks", "alpha_ratios", "dropouts", "virtual_tokens"):
@@ -168,8 +168,8 @@ def replay(tab: Table, make_sampler: Callable[[int, int], Any], seed: int, n: in
 
     import optuna
 
-    import spaces
-    from search.results.metrics import WORST_COST
+    from peft_search import spaces
+    from peft_search.search.results.metrics import WORST_COST
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -208,7 +208,7 @@ class Scorer:
     best_within: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
-        from reports.fronts import completed
+        from peft_search.reports.fronts import completed
 
         done = completed(self.tab.rows, self.tab.objectives)
         points = self._points(done)
@@ -226,13 +226,13 @@ class Scorer:
         return np.column_stack(cols) if cols else np.empty((0, 0))
 
     def _hv(self, points: np.ndarray) -> float:
-        from search.results.pareto import hypervolume
+        from peft_search.search.results.pareto import hypervolume
 
         # Accuracy is maximised: its reference is 0, i.e. -0 in the minimised form.
         return hypervolume(points, self.reference)
 
     def hypervolume(self, rows: Sequence[int]) -> float:
-        from reports.fronts import completed
+        from peft_search.reports.fronts import completed
 
         done = completed(self.tab.rows.loc[sorted(set(rows))], self.tab.objectives)
         return self._hv(self._points(done)) / self.full if len(done) else 0.0
@@ -242,14 +242,14 @@ class Scorer:
 
     def picks(self, rows: Sequence[int], budget: float) -> bool:
         """Whether any complete trial of ``rows`` fits the parameter budget."""
-        from reports.fronts import completed
+        from peft_search.reports.fronts import completed
 
         done = completed(self.tab.rows.loc[sorted(set(rows))], self.tab.objectives)
         return bool((done["trainable_params"].astype(float) <= budget).any())
 
     def lost(self, rows: Sequence[int]) -> list[float]:
         """Per budget, the accuracy the pick loses against the table's best within it (all of it: no pick)."""
-        from reports.choice import Limit, choose_best
+        from peft_search.reports.choice import Limit, choose_best
 
         trials = self.tab.rows.loc[sorted(set(rows))]
         lost = []

@@ -47,15 +47,15 @@ class SyntheticObjective:
     """Scores a sampled config: (accuracy, trainable params, estimated peak memory); cached per config."""
 
     def __init__(self, cfg, prep):
-        from search.inputs.modeling import meta_model
+        from peft_search.search.inputs.modeling import meta_model
 
         self.cfg = cfg
         self.base = meta_model(prep.settings.model_path, cfg.model.task, max(prep.data.num_labels, 2))
         self.cache: dict[str, tuple[int, int] | None] = {}
 
     def cost(self, config: dict[str, Any]) -> tuple[int, int] | None:
-        from search.errors import InfeasibleTrialError
-        from search.plan.planning import plan_candidate
+        from peft_search.search.errors import InfeasibleTrialError
+        from peft_search.search.plan.planning import plan_candidate
 
         key = json.dumps([config["peft_config"], config["quantization"]], sort_keys=True)
         if key not in self.cache:
@@ -78,9 +78,9 @@ def run_synthetic(cfg, prep, samplers, seeds: int, trials: int) -> list[dict[str
     """Every (sampler, seed) study; returns its trials' (accuracy, params, memory) points, None when infeasible."""
     import optuna
 
-    import spaces
-    from search.loop.tuning import make_sampler
-    from search.results.metrics import WORST_COST
+    from peft_search import spaces
+    from peft_search.search.loop.tuning import make_sampler
+    from peft_search.search.results.metrics import WORST_COST
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = SyntheticObjective(cfg, prep)
@@ -115,10 +115,10 @@ def run_synthetic(cfg, prep, samplers, seeds: int, trials: int) -> list[dict[str
 
 def run_bbc(args, samplers) -> list[dict[str, Any]]:
     """The real default search (BBC News, MiniLM) with each sampler and seed; points from its trials table."""
-    from cluster import shutdown
-    from search.loop.driver import run_search
-    from search.results.layout import ResultsDir
-    from search.settings.loading import load_config
+    from peft_search.cluster import shutdown
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ours = start_ray(args.config, overrides, args.num_cpus)
@@ -155,7 +155,7 @@ def run_bbc(args, samplers) -> list[dict[str, Any]]:
 
 def score(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]]:
     """Hypervolume of each run's front against one reference point shared by all runs, summarised per sampler."""
-    from search.results.pareto import hypervolume
+    from peft_search.search.results.pareto import hypervolume
 
     feasible = [p for r in runs for p in r["points"] if p is not None]
     if not feasible:
@@ -184,8 +184,8 @@ def score(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from search.loop.prepare import prepare
-    from search.settings.loading import load_config
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.loading import load_config
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(args.config, overrides)
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

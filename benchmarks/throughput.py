@@ -24,7 +24,7 @@ import yaml
 from benchmarks.common import machine, table, write_result
 
 if TYPE_CHECKING:
-    from search.settings.trial import TrialSettings
+    from peft_search.search.settings.trial import TrialSettings
 
 LORA = {
     "peft_type": "LORA",
@@ -38,8 +38,8 @@ LORA = {
 def _ours(prep, settings: TrialSettings, lr: float) -> float:
     import torch
 
-    from search.settings.trial import TrialConfig
-    from search.worker.training import run_trial
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.training import run_trial
 
     trial = TrialConfig(
         method="lora", quantization="none", peft_config=dict(LORA), learning_rate=lr, candidate="bench"
@@ -112,7 +112,7 @@ def padding_fraction(prep, settings: TrialSettings) -> float:
     """Share of the token slots in the trial's batches (one pass, as drawn) that are padding."""
     import torch
 
-    from search.worker.batches import train_loader
+    from peft_search.search.worker.batches import train_loader
 
     t = settings.training
     loader = train_loader(
@@ -128,9 +128,9 @@ def padding_fraction(prep, settings: TrialSettings) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from search.loop.prepare import prepare
-    from search.settings.loading import load_config
-    from search.worker.environment import quiet_libraries
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.loading import load_config
+    from peft_search.search.worker.environment import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(default_config_path()))

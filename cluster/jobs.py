@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cluster.runtime import ClusterError
+from peft_search.cluster.runtime import ClusterError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-PACKAGES = ("search", "spaces", "cluster", "reports")
+PACKAGE = "peft_search"
+"""The one top-level package the project installs (the repo's folders are its subpackages)."""
 # Ray's Jobs client lets these override the address it is given; an explicit --address must win.
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _GET_TOKEN = "`ray get-auth-token` on the head prints it"
@@ -130,7 +131,7 @@ class Jobs:
         ship_project: bool = True,
         metadata: dict[str, str] | None = None,
     ) -> str:
-        """Submit ``python -m search.cli run CONFIG --address auto RUN_ARGS``; returns the job's submission id.
+        """Submit ``python -m peft_search run CONFIG --address auto RUN_ARGS``; returns the job's submission id.
 
         The driver joins the cluster it runs on (``--address auto``) instead of starting a Ray of its own.
         """
@@ -172,20 +173,18 @@ class Jobs:
 
 def entrypoint(config_name: str, run_args: Sequence[str] = ()) -> str:
     """The job's shell command: this project's own CLI, run from the job's working directory on the cluster."""
-    return shlex.join(["python", "-m", "search.cli", "run", config_name, "--address", "auto", *run_args])
+    return shlex.join(["python", "-m", "peft_search", "run", config_name, "--address", "auto", *run_args])
 
 
 def package_dirs() -> list[str]:
-    """The directories of this project's packages as imported here (a checkout or an installed copy)."""
-    dirs = []
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise ClusterError(
-                f"package {name!r} not found here; install peft-search or run from its checkout"
-            )
-        dirs.append(next(iter(spec.submodule_search_locations)))
-    return dirs
+    """The directory of this project's package as imported here (a checkout, whose ``peft_search/`` links to
+    the repo's folders and is shipped with their files, or an installed copy)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClusterError(
+            f"package {PACKAGE!r} not found here; install peft-search or run from its checkout"
+        )
+    return [next(iter(spec.submodule_search_locations))]
 
 
 def runtime_env(staging: str | Path, *, ship_project: bool = True) -> dict:

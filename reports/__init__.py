@@ -1,5 +1,5 @@
 """What a search found: reads a results directory (finished or running). Never imports ray or torch."""
 
-from reports.table import load_trials, summary_table
+from peft_search.reports.table import load_trials, summary_table
 
 __all__ = ["load_trials", "summary_table"]

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reports.choice import Choice, Limit, Tolerance, choose_best, limits_json
-from reports.table import load_trials, record_json
-from search.results.layout import ResultsDir
-from search.results.metrics import Objective, get_metric, metrics
-from search.results.noise import TEST
+from peft_search.reports.choice import Choice, Limit, Tolerance, choose_best, limits_json
+from peft_search.reports.table import load_trials, record_json
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import Objective, get_metric, metrics
+from peft_search.search.results.noise import TEST
 
 
 def _metric_line(trial: Any, names: Sequence[str]) -> str:

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.data import Front2D, ReportData
-from search.results.metrics import Objective, get_metric, metrics
+from peft_search.reports.data import Front2D, ReportData
+from peft_search.search.results.metrics import Objective, get_metric, metrics
 
 _SYMBOLS = {"none": "circle", "int8": "square", "nf4": "diamond", "fp4": "triangle-up"}
 _PALETTE = [

@@ -13,9 +13,9 @@ from typing import Literal
 
 import pandas as pd
 
-from reports.fronts import completed
-from search.results.metrics import DEFAULT_OBJECTIVES, Metric, Objective, get_metric, metrics
-from search.results.noise import ALPHA, TEST, mcnemar_p
+from peft_search.reports.fronts import completed
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Metric, Objective, get_metric, metrics
+from peft_search.search.results.noise import ALPHA, TEST, mcnemar_p
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.fronts import as_minimization, completed, hypervolume_history, method_summary, reference_point
-from search.results.layout import ResultsDir
-from search.results.metrics import Objective
-from search.results.noise import pairwise_p
-from search.results.pareto import pareto_mask
-from search.results.repeats import fold_repeats
+from peft_search.reports.fronts import (
+    as_minimization,
+    completed,
+    hypervolume_history,
+    method_summary,
+    reference_point,
+)
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import Objective
+from peft_search.search.results.noise import pairwise_p
+from peft_search.search.results.pareto import pareto_mask
+from peft_search.search.results.repeats import fold_repeats
 
 
 @dataclass(frozen=True)

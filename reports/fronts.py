@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from search.results.metrics import DEFAULT_OBJECTIVES, Objective
-from search.results.pareto import hypervolume, pareto_mask
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Objective
+from peft_search.search.results.pareto import hypervolume, pareto_mask
 
 COMPLETE = "complete"
 

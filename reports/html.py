@@ -14,17 +14,17 @@ from typing import Any
 
 import pandas as pd
 
-from reports import charts
-from reports.choice import auto_rule, prefer_metric, rule_text
-from reports.data import ReportData, report_data
-from reports.importance import Importances, importances
-from reports.page import PAGE
-from reports.table import estimate_error
-from search.results.layout import REPORT_FILE, ResultsDir
-from search.results.metrics import Objective, get_metric
-from search.results.noise import ALPHA, TEST
-from search.results.records import metric_columns
-from search.results.repeats import fold_repeats
+from peft_search.reports import charts
+from peft_search.reports.choice import auto_rule, prefer_metric, rule_text
+from peft_search.reports.data import ReportData, report_data
+from peft_search.reports.importance import Importances, importances
+from peft_search.reports.page import PAGE
+from peft_search.reports.table import estimate_error
+from peft_search.search.results.layout import REPORT_FILE, ResultsDir
+from peft_search.search.results.metrics import Objective, get_metric
+from peft_search.search.results.noise import ALPHA, TEST
+from peft_search.search.results.records import metric_columns
+from peft_search.search.results.repeats import fold_repeats
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 

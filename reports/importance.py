@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from search.results.layout import ResultsDir
-from search.results.metrics import Objective
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import Objective
 
 MIN_TRIALS = 3
 PARAMS = ["method", "learning_rate"]

@@ -14,12 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from reports.choice import rank
-from reports.fronts import completed
-from search.results.layout import ResultsDir
-from search.results.metrics import DEFAULT_OBJECTIVES, Objective, get_metric, metrics
-from search.results.records import TrialResult
-from search.results.repeats import fold_repeats
+from peft_search.reports.choice import rank
+from peft_search.reports.fronts import completed
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Objective, get_metric, metrics
+from peft_search.search.results.records import TrialResult
+from peft_search.search.results.repeats import fold_repeats
 
 __all__ = ["estimate_error", "load_trials", "summary_table", "trial_records"]
 

@@ -12,7 +12,7 @@ def _set_overrides(args: argparse.Namespace) -> dict:
     """``--set KEY.PATH=VALUE`` (repeatable), each value read as YAML; validated with the file, like its keys."""
     import yaml
 
-    from search.errors import ConfigError
+    from peft_search.search.errors import ConfigError
 
     overrides = {}
     for text in getattr(args, "set", None) or []:
@@ -29,7 +29,7 @@ def _set_overrides(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from search.settings.loading import default_config_path, load_config
+    from peft_search.search.settings.loading import default_config_path, load_config
 
     overrides = _set_overrides(args)
     if args.num_trials is not None:
@@ -39,16 +39,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.name is not None:
         overrides["name"] = args.name
     if getattr(args, "results_dir_to_resume", None):
-        from search.loop.resume import load_saved_config
+        from peft_search.search.loop.resume import load_saved_config
 
         cfg = load_saved_config(args.results_dir_to_resume)
     else:
         path = Path(args.config) if args.config else default_config_path()
         cfg = load_config(path, overrides)
     resume = bool(getattr(args, "resume", False) or getattr(args, "results_dir_to_resume", None))
-    from search.loop.driver import run_search
-    from search.redact import redact_text
-    from search.results import storage
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.redact import redact_text
+    from peft_search.search.results import storage
 
     uri = cfg.results_uri()
     where = cfg.search_dir() if uri is None else f"{storage.redacted(uri)} (staged in {cfg.search_dir()})"
@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     search_dir = run_search(cfg, address=args.address, num_cpus=args.num_cpus, resume=resume)
-    from reports import load_trials, summary_table
+    from peft_search.reports import load_trials, summary_table
 
     trials = load_trials(search_dir)
     print()
@@ -77,8 +77,8 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    from search.plan.planning import format_plan, plan_search, resolution_note
-    from search.settings.loading import load_config
+    from peft_search.search.plan.planning import format_plan, plan_search, resolution_note
+    from peft_search.search.settings.loading import load_config
 
     cfg = load_config(args.config, _set_overrides(args))
     rows = plan_search(cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed)
@@ -93,7 +93,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
     """A results directory to read: itself, or for an object-store URI a fresh local copy of its files."""
-    from search.results import storage
+    from peft_search.search.results import storage
 
     if not storage.is_uri(results_dir):
         return results_dir, None
@@ -106,9 +106,9 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
 
 def _limits(args: argparse.Namespace) -> list:
     """``best``'s limits: the named flags, then every ``--limit METRIC<=VALUE``; bad input is a ConfigError."""
-    from reports.choice import named_limits, parse_limit
-    from search.errors import ConfigError
-    from search.settings.sizes import parse_bytes
+    from peft_search.reports.choice import named_limits, parse_limit
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.settings.sizes import parse_bytes
 
     def size(text: str) -> int:
         # On the command line a size says its unit: a bare 8 would be 8 bytes, never what was meant.
@@ -133,9 +133,9 @@ def _limits(args: argparse.Namespace) -> list:
 
 def _tolerance(args: argparse.Namespace) -> tuple:
     """``--tolerance`` and ``--prefer``, checked before anything is read."""
-    from reports.choice import PREFER_ALIASES, parse_tolerance
-    from search.errors import ConfigError
-    from search.results.metrics import get_metric
+    from peft_search.reports.choice import PREFER_ALIASES, parse_tolerance
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.results.metrics import get_metric
 
     try:
         tolerance = parse_tolerance(args.tolerance)
@@ -152,8 +152,8 @@ def _tolerance(args: argparse.Namespace) -> tuple:
 def _best(args: argparse.Namespace) -> int:
     import json
 
-    from reports.best import best_command, choice_json, describe
-    from search.results import storage
+    from peft_search.reports.best import best_command, choice_json, describe
+    from peft_search.search.results import storage
 
     limits = _limits(args)
     tolerance, prefer = _tolerance(args)
@@ -169,7 +169,7 @@ def _best(args: argparse.Namespace) -> int:
     choice, objectives = best_command(local, limits=limits, tolerance=tolerance, prefer=prefer)
     exported = None
     if choice.trial is not None and args.export is not None:
-        from search.shipping.export import export_trial
+        from peft_search.search.shipping.export import export_trial
 
         trial = choice.trial.to_dict()
         if fetch is not None:
@@ -194,8 +194,8 @@ def _best(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from search.errors import ConfigError
-    from search.shipping.evaluate import evaluate_export
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.shipping.evaluate import evaluate_export
 
     columns = {}
     for item in args.columns:
@@ -226,8 +226,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from reports.html import REPORT_FILE, write_report
-    from search.results import storage
+    from peft_search.reports.html import REPORT_FILE, write_report
+    from peft_search.search.results import storage
 
     local, uri = _fetched(args.results_dir)
     path = write_report(local, args.output)
@@ -241,7 +241,7 @@ def _report(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import json
 
-    from reports.table import load_trials, summary_table, trial_records
+    from peft_search.reports.table import load_trials, summary_table, trial_records
 
     trials = load_trials(_fetched(args.results_dir)[0])
     print(
@@ -261,8 +261,8 @@ _RUN_OVERRIDES = (
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from cluster.jobs import Jobs
-    from search.settings.loading import default_config_path, load_config
+    from peft_search.cluster.jobs import Jobs
+    from peft_search.search.settings.loading import default_config_path, load_config
 
     path = Path(args.config) if args.config else default_config_path()
     given = [
@@ -307,7 +307,7 @@ def _follow(jobs, job_id: str) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cluster.jobs import Jobs
+    from peft_search.cluster.jobs import Jobs
 
     info = Jobs(args.address).info(args.job_id)
     print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
@@ -315,7 +315,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from cluster.jobs import Jobs
+    from peft_search.cluster.jobs import Jobs
 
     jobs = Jobs(args.address)
     if args.follow:
@@ -325,7 +325,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from cluster.jobs import Jobs
+    from peft_search.cluster.jobs import Jobs
 
     jobs = Jobs(args.address)
     if jobs.stop(args.job_id):
@@ -336,7 +336,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from search.versions import package_version
+    from peft_search.search.versions import package_version
 
     return package_version("peft-search") or "unknown (not installed)"  # a source tree never installed
 
@@ -497,9 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cluster.runtime import ClusterError
-    from search.errors import ConfigError
-    from search.redact import redact_text
+    from peft_search.cluster.runtime import ClusterError
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.redact import redact_text
 
     try:
         return args.func(args)

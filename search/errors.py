@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.redact import redact_text
+from peft_search.search.redact import redact_text
 
 
 class ConfigError(ValueError):

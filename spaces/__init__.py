@@ -3,7 +3,7 @@
 Pure: imports neither torch nor ray, so the CLI and the config loader stay fast.
 """
 
-from spaces import (  # noqa: F401  (imported for their registration side effect)
+from peft_search.spaces import (  # noqa: F401  (imported for their registration side effect)
     adalora,
     bitfit,
     boft,
@@ -20,7 +20,7 @@ from spaces import (  # noqa: F401  (imported for their registration side effect
     vblora,
     vera,
 )
-from spaces.registry import (
+from peft_search.spaces.registry import (
     LAYER_CHOICES,
     QUANTIZATION_LEVELS,
     TARGET_CHOICES,
@@ -31,8 +31,14 @@ from spaces.registry import (
     register,
     registered_methods,
 )
-from spaces.sampling import Candidate, DefineByRun, SpaceSpec, describe_candidate, enqueue_candidates
-from spaces.targets import resolve_target_sets
+from peft_search.spaces.sampling import (
+    Candidate,
+    DefineByRun,
+    SpaceSpec,
+    describe_candidate,
+    enqueue_candidates,
+)
+from peft_search.spaces.targets import resolve_target_sets
 
 __all__ = [
     "LAYER_CHOICES",

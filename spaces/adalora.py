@@ -1,7 +1,14 @@
 """AdaLoRA: LoRA whose rank budget is reallocated across layers during training (Zhang et al. 2023)."""
 
-from spaces.common import base, suggest_alpha, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import (
+    base,
+    suggest_alpha,
+    suggest_dropout,
+    suggest_layers,
+    suggest_rank,
+    suggest_targets,
+)
+from peft_search.spaces.registry import register
 
 
 @register("adalora", peft_type="ADALORA", description="Adaptive rank allocation by SVD-style pruning")

@@ -1,7 +1,7 @@
 """Bias-only tuning (BitFit, Ben Zaken et al. 2022), through PEFT's BEFT: a trainable bias per linear layer."""
 
-from spaces.common import base, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_targets
+from peft_search.spaces.registry import register
 
 
 @register("bitfit", peft_type="BEFT", description="Bias terms only (PEFT's BEFT)")

@@ -1,7 +1,7 @@
 """BOFT: orthogonal fine-tuning with butterfly-factorised rotations (Liu et al. 2024)."""
 
-from spaces.common import base, suggest_dropout, suggest_layers, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_dropout, suggest_layers, suggest_targets
+from peft_search.spaces.registry import register
 
 
 # No bitsandbytes variant of the BOFT layer in PEFT: unquantized bases only.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spaces.registry import SpaceContext
+from peft_search.spaces.registry import SpaceContext
 
 if TYPE_CHECKING:
     import optuna

@@ -1,7 +1,7 @@
 """FourierFT: learn a few spectral coefficients of the weight update (Gao et al. 2024)."""
 
-from spaces.common import base, suggest_layers, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_layers, suggest_targets
+from peft_search.spaces.registry import register
 
 
 # No bitsandbytes variant of the FourierFT layer in PEFT: unquantized bases only.

@@ -1,7 +1,7 @@
 """IA3: learned rescaling vectors on keys, values and feed-forward activations (Liu et al. 2022)."""
 
-from spaces.common import base, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_targets
+from peft_search.spaces.registry import register
 
 
 @register("ia3", peft_type="IA3", description="Learned rescaling of activations; no rank")

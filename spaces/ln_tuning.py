@@ -1,7 +1,7 @@
 """LN tuning: train only the normalisation layers (Zhao et al. 2023)."""
 
-from spaces.common import base
-from spaces.registry import register
+from peft_search.spaces.common import base
+from peft_search.spaces.registry import register
 
 
 @register(

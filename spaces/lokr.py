@@ -1,7 +1,14 @@
 """LoKr: low-rank Kronecker product adapters from LyCORIS (Edalati et al. 2022)."""
 
-from spaces.common import base, suggest_alpha, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import (
+    base,
+    suggest_alpha,
+    suggest_dropout,
+    suggest_layers,
+    suggest_rank,
+    suggest_targets,
+)
+from peft_search.spaces.registry import register
 
 
 # LyCORIS layers read the base weight's shape, which 4-bit packing changes: 4-bit bases are excluded.

@@ -1,7 +1,14 @@
 """LoRA, with DoRA and rsLoRA as sampled switches (Hu et al. 2021; Liu et al. 2024; Kalajdzievski 2023)."""
 
-from spaces.common import base, suggest_alpha, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import (
+    base,
+    suggest_alpha,
+    suggest_dropout,
+    suggest_layers,
+    suggest_rank,
+    suggest_targets,
+)
+from peft_search.spaces.registry import register
 
 
 @register("lora", peft_type="LORA", description="Low-rank adapters; DoRA and rsLoRA as switches")

@@ -1,7 +1,7 @@
 """OFT: orthogonal fine-tuning with block-diagonal rotations (Qiu et al. 2023)."""
 
-from spaces.common import base, suggest_layers, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_layers, suggest_targets
+from peft_search.spaces.registry import register
 
 
 # No bitsandbytes variant of the OFT layer in PEFT: unquantized bases only.

@@ -1,7 +1,7 @@
 """P-tuning: soft prompts produced by a small trainable prompt encoder (Liu et al. 2021)."""
 
-from spaces.common import base, suggest_virtual_tokens
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_virtual_tokens
+from peft_search.spaces.registry import register
 
 
 @register("p_tuning", peft_type="P_TUNING", description="Soft prompts from an MLP / LSTM prompt encoder")

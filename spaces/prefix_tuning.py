@@ -1,7 +1,7 @@
 """Prefix tuning: trainable key/value prefixes in every attention layer (Li & Liang 2021)."""
 
-from spaces.common import base, suggest_virtual_tokens
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_virtual_tokens
+from peft_search.spaces.registry import register
 
 
 @register("prefix_tuning", peft_type="PREFIX_TUNING", description="Trainable past key/values per layer")

@@ -1,7 +1,7 @@
 """Prompt tuning: trainable soft-prompt embeddings prepended to the input (Lester et al. 2021)."""
 
-from spaces.common import base, suggest_virtual_tokens
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_virtual_tokens
+from peft_search.spaces.registry import register
 
 
 @register("prompt_tuning", peft_type="PROMPT_TUNING", description="Soft prompt embeddings at the input")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from spaces.registry import SpaceContext, get_method, method_for_peft_type
+from peft_search.spaces.registry import SpaceContext, get_method, method_for_peft_type
 
 if TYPE_CHECKING:
     import optuna

@@ -1,7 +1,7 @@
 """VB-LoRA: low-rank factors composed from a shared vector bank (Li et al. 2024)."""
 
-from spaces.common import base, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_dropout, suggest_layers, suggest_rank, suggest_targets
+from peft_search.spaces.registry import register
 
 
 # No bitsandbytes variant of the VB-LoRA layer in PEFT: unquantized bases only.

@@ -1,7 +1,7 @@
 """VeRA: frozen shared random projections with trainable scaling vectors (Kopiczko et al. 2024)."""
 
-from spaces.common import base, suggest_dropout, suggest_layers, suggest_targets
-from spaces.registry import register
+from peft_search.spaces.common import base, suggest_dropout, suggest_layers, suggest_targets
+from peft_search.spaces.registry import register
 
 
 @register("vera", peft_type="VERA", description="Shared frozen random matrices, trainable per-layer vectors")

@@ -133,7 +133,7 @@ def ray_local():
     """A real local Ray instance sized for this machine; everything it started is killed afterwards."""
     import psutil
 
-    from cluster import connect, shutdown
+    from peft_search.cluster import connect, shutdown
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     resources = connect(num_cpus=2, object_store_memory=256 * 1024**2)
@@ -180,7 +180,7 @@ CANDIDATES = [
 @pytest.fixture(scope="session")
 def small_search(ray_local, tiny_bert, classification_csv, tmp_path_factory):
     """A real search on local Ray with tiny BERT: 5 trials, one failing on purpose, one infeasible."""
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
     from tests.helpers import tiny_config
 
     results = tmp_path_factory.mktemp("results")

@@ -6,10 +6,10 @@ from typing import Any
 
 import optuna
 
-from search.loop.prepare import Prepared, prepare
-from search.settings.loading import parse_config
-from search.settings.trial import TrialConfig, TrialSettings
-from spaces.sampling import DefineByRun, SpaceSpec
+from peft_search.search.loop.prepare import Prepared, prepare
+from peft_search.search.settings.loading import parse_config
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 
 
 def tiny_config(model: str, data: str, task: str = "sequence-classification", **overrides: Any):

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("search", "spaces", "cluster", "reports")
 
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
@@ -26,8 +25,10 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 
 
 def _copy(tmp_path: Path) -> Path:
-    for name in PACKAGES:
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    """A copy of the repo's package (its links to the folders followed) and the contracts."""
+    shutil.copytree(
+        ROOT / "peft_search", tmp_path / "peft_search", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     return tmp_path
 
@@ -56,18 +57,35 @@ def test_the_contracts_hold():
 
 def test_an_upward_import_breaks_the_layers(tmp_path):
     root = _copy(tmp_path)
-    _add_import(root / "search" / "results" / "metrics.py", "import search.loop.driver  # noqa")
+    _add_import(
+        root / "peft_search" / "search" / "results" / "metrics.py",
+        "import peft_search.search.loop.driver  # noqa",
+    )
     out = _lint(root)
     assert out.returncode != 0, out.stdout
     assert "settings > results) BROKEN" in out.stdout  # the layers contract, among others
-    assert "search.results.metrics -> search.loop.driver" in out.stdout
+    assert "peft_search.search.results.metrics -> peft_search.search.loop.driver" in out.stdout
 
 
 def test_a_cycle_inside_a_room_is_refused(tmp_path):
     # driver -> prepare -> rungs already; rungs -> driver closes a cycle inside search.loop.
     root = _copy(tmp_path)
-    _add_import(root / "search" / "loop" / "rungs.py", "import search.loop.driver  # noqa")
+    _add_import(
+        root / "peft_search" / "search" / "loop" / "rungs.py", "import peft_search.search.loop.driver  # noqa"
+    )
     out = _lint(root)
     assert out.returncode != 0, out.stdout
     assert "no import cycles between the modules of any package BROKEN" in out.stdout
-    assert "No cycles are allowed in search.loop." in out.stdout and ".rungs -> .driver" in out.stdout
+    assert (
+        "No cycles are allowed in peft_search.search.loop." in out.stdout
+        and ".rungs -> .driver" in out.stdout
+    )
+
+
+def test_a_top_level_import_of_a_folder_is_refused(tmp_path):
+    # From a checkout, `import search` finds the repo's folder as a second, separate copy of the package.
+    root = _copy(tmp_path)
+    _add_import(root / "peft_search" / "reports" / "html.py", "import search.results.metrics  # noqa")
+    out = _lint(root)
+    assert out.returncode != 0, out.stdout
+    assert "BROKEN" in out.stdout and "peft_search.reports.html -> search (l." in out.stdout

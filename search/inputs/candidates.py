@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import spaces
-from search.errors import ConfigError
-from search.settings.space_config import CandidateSpec
+from peft_search import spaces
+from peft_search.search.errors import ConfigError
+from peft_search.search.settings.space_config import CandidateSpec
 
 _TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.errors import InfeasibleTrialError
+from peft_search.search.errors import InfeasibleTrialError
 
 _NORM_TYPES = ("LayerNorm", "RMSNorm")
 # Task heads stay in full precision: PEFT trains them (``modules_to_save``) and bitsandbytes cannot.

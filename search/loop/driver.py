@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.errors import ConfigError
-from search.loop.home import SearchHome, claim, record_run
-from search.loop.prepare import Prepared, prepare
-from search.settings.schema import SearchConfig
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.home import SearchHome, claim, record_run
+from peft_search.search.loop.prepare import Prepared, prepare
+from peft_search.search.settings.schema import SearchConfig
 
 
 def run_search(
@@ -44,7 +44,7 @@ def run_search(
 
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
     """CPU trials' heap allocator, preloaded into every worker Ray starts for this search (GPU trials keep theirs)."""
-    from cluster import worker_env
+    from peft_search.cluster import worker_env
 
     try:
         return worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)
@@ -65,11 +65,11 @@ def _launch(
     """Start or join Ray, record the run, and build the Tuner (new, or restored from Tune's saved state)."""
     from ray import tune
 
-    from cluster import connect, plan_concurrency
-    from search.loop import tuning
-    from search.loop.resume import can_restore
-    from search.loop.table import TrialTable
-    from search.worker.trial import trial_driver, trial_resources
+    from peft_search.cluster import connect, plan_concurrency
+    from peft_search.search.loop import tuning
+    from peft_search.search.loop.resume import can_restore
+    from peft_search.search.loop.table import TrialTable
+    from peft_search.search.worker.trial import trial_driver, trial_resources
 
     resources = connect(address, num_cpus=num_cpus, env_vars=env)
     r = cfg.resources
@@ -116,9 +116,9 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
 
     from ray import tune
 
-    from search.loop.tuning import FixedConfigs, new_tuner
-    from search.results.repeats import to_repeat
-    from search.worker.trial import trial_driver, trial_resources
+    from peft_search.search.loop.tuning import FixedConfigs, new_tuner
+    from peft_search.search.results.repeats import to_repeat
+    from peft_search.search.worker.trial import trial_driver, trial_resources
 
     r = cfg.search.repeats
     assert r is not None
@@ -156,8 +156,8 @@ def _finish(
     started: float,
 ) -> None:
     """Close what a dead driver left in the study, record the wall time, write the table and the report."""
-    from reports.html import write_report
-    from search.loop.resume import close_stale_trials
+    from peft_search.reports.html import write_report
+    from peft_search.search.loop.resume import close_stale_trials
 
     stale = close_stale_trials(home.results.optuna_url, cfg.name)
     if stale and echo:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from search.loop.rungs import should_stop, standard_error
-from search.results.metrics import get_metric
-from search.results.records import RUNG_KEY
+from peft_search.search.loop.rungs import should_stop, standard_error
+from peft_search.search.results.metrics import get_metric
+from peft_search.search.results.records import RUNG_KEY
 
 
 class ParetoASHA(FIFOScheduler):

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import ConfigError
-from search.inputs import data
-from search.loop.prepare import Prepared
-from search.redact import redact
-from search.results import storage
-from search.results.layout import CONFIG_FILE, DRIVER_FILES, TUNE_DIR, ResultsDir
-from search.settings.schema import SearchConfig
+from peft_search.search.errors import ConfigError
+from peft_search.search.inputs import data
+from peft_search.search.loop.prepare import Prepared
+from peft_search.search.redact import redact
+from peft_search.search.results import storage
+from peft_search.search.results.layout import CONFIG_FILE, DRIVER_FILES, TUNE_DIR, ResultsDir
+from peft_search.search.settings.schema import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class SearchHome:
 
 def claim(cfg: SearchConfig, resume: bool) -> SearchHome:
     """The search's home, checked (a new search: an empty or new directory; resumed: this same search)."""
-    from search.loop import resume as resuming
+    from peft_search.search.loop import resume as resuming
 
     local, uri = cfg.search_dir(), cfg.results_uri()
     if uri is not None:
@@ -113,7 +113,7 @@ def run_facts(
     cfg: SearchConfig, prep: Prepared, resources: dict[str, float], concurrency: int
 ) -> dict[str, Any]:
     """``run.json``: what ran, on what, with which versions (credentials masked)."""
-    from search.versions import package_version
+    from peft_search.search.versions import package_version
 
     packages = ("peft-search", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna")
     versions = {pkg: package_version(pkg) for pkg in packages}

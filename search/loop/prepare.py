@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import spaces
-from search.errors import ConfigError
-from search.inputs.data import Splits, TokenizedSplits
-from search.inputs.modeling import ModelFacts
-from search.results.layout import TRAIN_DIR
-from search.settings.schema import SearchConfig
-from search.settings.space import space_context, space_spec
-from search.settings.trial import TrialSettings, total_steps
+from peft_search import spaces
+from peft_search.search.errors import ConfigError
+from peft_search.search.inputs.data import Splits, TokenizedSplits
+from peft_search.search.inputs.modeling import ModelFacts
+from peft_search.search.results.layout import TRAIN_DIR
+from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.settings.space import space_context, space_spec
+from peft_search.search.settings.trial import TrialSettings, total_steps
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ class Prepared:
 
 def prepare(cfg: SearchConfig) -> Prepared:
     """Validate the model and data against the config and tokenize once. Raises ``ConfigError`` early."""
-    from search.inputs.candidates import check_candidates, describe_candidates
-    from search.inputs.modeling import model_facts
-    from search.loop.warm_start import check_warm_start
-    from search.worker.faults import faults_from_env
+    from peft_search.search.inputs.candidates import check_candidates, describe_candidates
+    from peft_search.search.inputs.modeling import model_facts
+    from peft_search.search.loop.warm_start import check_warm_start
+    from peft_search.search.worker.faults import faults_from_env
 
     warm_start = check_warm_start(cfg)
     model_path = _model_path(cfg)
@@ -75,7 +75,7 @@ def adapters_path(cfg: SearchConfig) -> str:
     """Where trials save their adapters: ``train/`` in the search's directory, or on its object store."""
     uri = cfg.results_uri()
     if uri is not None:
-        from search.results import storage
+        from peft_search.search.results import storage
 
         return storage.join(uri, TRAIN_DIR)
     return str(cfg.search_dir() / TRAIN_DIR)
@@ -83,7 +83,7 @@ def adapters_path(cfg: SearchConfig) -> str:
 
 def early_stopping_rungs(cfg: SearchConfig, steps: int) -> list[int]:
     """The rung steps of the ``search.early_stopping`` setting; an error when none falls inside a trial."""
-    from search.loop.rungs import rung_steps
+    from peft_search.search.loop.rungs import rung_steps
 
     es = cfg.search.early_stopping
     if es.rule == "none":
@@ -113,7 +113,7 @@ def _model_path(cfg: SearchConfig) -> str:
 
 
 def _splits(cfg: SearchConfig) -> Splits:
-    from search.inputs import data
+    from peft_search.search.inputs import data
 
     d = cfg.dataset
     try:
@@ -142,7 +142,7 @@ def _splits(cfg: SearchConfig) -> Splits:
 def _tokenizer_and_meta_model(cfg: SearchConfig, model_path: str, num_labels: int):
     from transformers import AutoTokenizer
 
-    from search.inputs.modeling import meta_model
+    from peft_search.search.inputs.modeling import meta_model
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
@@ -154,7 +154,7 @@ def _tokenizer_and_meta_model(cfg: SearchConfig, model_path: str, num_labels: in
 
 
 def _tokenized(cfg: SearchConfig, splits: Splits, tokenizer) -> TokenizedSplits:
-    from search.inputs import data
+    from peft_search.search.inputs import data
 
     try:
         return data.tokenize(splits, tokenizer, cfg.model.task, cfg.training.max_seq_length)

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from search.errors import ConfigError
-from search.results.layout import CONFIG_FILE
+from peft_search.search.errors import ConfigError
+from peft_search.search.results.layout import CONFIG_FILE
 
 
 def can_restore(tune_path: str | Path) -> bool:
@@ -59,10 +59,10 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def load_saved_config(search_dir: str | Path):
     """The config a results directory was started with, pointed at that directory wherever it now lives."""
-    from search.settings.loading import parse_config
+    from peft_search.search.settings.loading import parse_config
 
     if "://" in str(search_dir):  # on an object store: RESULTS_URI/NAME
-        from search.results import storage
+        from peft_search.search.results import storage
 
         uri = str(search_dir)
         if not storage.exists(uri, CONFIG_FILE):

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from search.results.pareto import pareto_ranks
+from peft_search.search.results.pareto import pareto_ranks
 
 
 def standard_error(value: float, rows: int | None) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ray.tune.search.optuna import OptunaSearch
 
-from search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG_KEY, STATUS_KEY
+from peft_search.search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG_KEY, STATUS_KEY
 
 STATUS_ATTR = "peft_search.status"
 CONFIG_ATTR = "peft_search.config"

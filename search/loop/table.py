@@ -17,10 +17,16 @@ from pathlib import Path
 
 from ray import tune
 
-from search.redact import redact_text
-from search.results.layout import ResultsDir
-from search.results.metrics import get_metric
-from search.results.records import ERROR_KEY, PREDICTIONS_KEY, STATUS_KEY, TrialResult, TrialStatus
+from peft_search.search.redact import redact_text
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import get_metric
+from peft_search.search.results.records import (
+    ERROR_KEY,
+    PREDICTIONS_KEY,
+    STATUS_KEY,
+    TrialResult,
+    TrialStatus,
+)
 
 
 def classify_error(error: BaseException | None) -> tuple[TrialStatus, str]:

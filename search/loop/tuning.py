@@ -7,9 +7,9 @@ import warnings
 
 from ray.tune.search import Searcher
 
-import spaces
-from search.loop.prepare import Prepared
-from search.settings.schema import SearchConfig
+from peft_search import spaces
+from peft_search.search.loop.prepare import Prepared
+from peft_search.search.settings.schema import SearchConfig
 
 
 def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | None = None):
@@ -30,8 +30,8 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
     Tune searcher that asks it."""
     import optuna
 
-    from search.loop import warm_start
-    from search.loop.searcher import PeftOptunaSearch
+    from peft_search.search.loop import warm_start
+    from peft_search.search.loop.searcher import PeftOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
@@ -118,7 +118,7 @@ def scheduler(cfg: SearchConfig):
     """Tune's trial scheduler: first come, first served, or early stopping over all objectives at once."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.loop.early_stopping import ParetoASHA
+    from peft_search.search.loop.early_stopping import ParetoASHA
 
     es = cfg.search.early_stopping
     if es.rule == "none":

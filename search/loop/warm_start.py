@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from search.errors import ConfigError
-from search.loop.resume import differences
-from search.redact import redact
-from search.results.layout import CONFIG_FILE, OPTUNA_FILE, ResultsDir
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.resume import differences
+from peft_search.search.redact import redact
+from peft_search.search.results.layout import CONFIG_FILE, OPTUNA_FILE, ResultsDir
 
 if TYPE_CHECKING:
     import optuna
 
-    from search.settings.schema import SearchConfig
+    from peft_search.search.settings.schema import SearchConfig
 
 WARM_START_ATTR = "peft_search.warm_start"
 SAME_SECTIONS = ("model", "dataset", "space", "training")

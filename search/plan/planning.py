@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.errors import InfeasibleTrialError
-from search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model
-from search.plan.memtrace import quantized_linear_names, step_peak_bytes
-from spaces import method_for_peft_type
+from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model
+from peft_search.search.plan.memtrace import quantized_linear_names, step_peak_bytes
+from peft_search.spaces import method_for_peft_type
 
 _DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 _QUANT_BYTES = {
@@ -205,11 +205,11 @@ def plan_search(
     """One row per explicit candidate and per sampled config: counts, adapter size and memory estimate."""
     import optuna
 
-    from search.errors import ConfigError
-    from search.inputs.candidates import check_candidates
-    from search.inputs.modeling import model_facts
-    from search.settings.space import space_context, space_spec
-    from spaces.sampling import DefineByRun, SpaceSpec
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.inputs.candidates import check_candidates
+    from peft_search.search.inputs.modeling import model_facts
+    from peft_search.search.settings.space import space_context, space_spec
+    from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 
     path = cfg.model.resolved_path()
     if cfg.model.task == "sequence-classification" and num_labels is None:
@@ -294,8 +294,8 @@ def plan_search(
 
 
 def _dataset_num_labels(cfg) -> int:
-    from search.errors import ConfigError
-    from search.inputs.data import DatasetError, load_records
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.inputs.data import DatasetError, load_records
 
     try:
         records = load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
@@ -309,7 +309,7 @@ def _dataset_num_labels(cfg) -> int:
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of a plan."""
-    from search.results.metrics import get_metric
+    from peft_search.search.results.metrics import get_metric
 
     def show(name: str, value) -> str:
         return get_metric(name).format(value)
@@ -345,7 +345,7 @@ RESOLVE_WARN = 0.03
 def resolution_note(eval_size: int, accuracy: float = 0.85) -> str:
     """What ``dataset.eval_size`` held-out rows can tell apart: the smallest resolvable accuracy difference (95 %),
     with a warning and the rows needed when it is over ``RESOLVE_WARN``."""
-    from search.results.noise import resolvable_difference
+    from peft_search.search.results.noise import resolvable_difference
 
     gap = resolvable_difference(eval_size, accuracy)
     note = (

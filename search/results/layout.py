@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from search.results.metrics import DEFAULT_OBJECTIVES, Objective
-from search.results.records import TrialResult
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Objective
+from peft_search.search.results.records import TrialResult
 
 SCHEMA_VERSION = 2
 SCHEMA_KEY = b"peft_search.schema"

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from search.results.metrics import metrics
+from peft_search.search.results.metrics import metrics
 
 TrialStatus = Literal["complete", "failed", "infeasible", "stopped_early", "running"]
 STATUSES: tuple[str, ...] = get_args(TrialStatus)

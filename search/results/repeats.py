@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from search.results.metrics import Objective, metrics
-from search.results.pareto import pareto_mask
-from search.results.records import REPEAT_OF_KEY, TrialResult
+from peft_search.search.results.metrics import Objective, metrics
+from peft_search.search.results.pareto import pareto_mask
+from peft_search.search.results.records import REPEAT_OF_KEY, TrialResult
 
 CONFIDENCE = 0.95
 

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from search.errors import ConfigError
-from search.results.layout import TRAIN_DIR, TUNE_DIR
+from peft_search.search.errors import ConfigError
+from peft_search.search.results.layout import TRAIN_DIR, TUNE_DIR
 
 SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
 

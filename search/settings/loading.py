@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from search.errors import ConfigError
-from search.settings.schema import SearchConfig
+from peft_search.search.errors import ConfigError
+from peft_search.search.settings.schema import SearchConfig
 
 
 def _loc_part(part: str | int) -> str:

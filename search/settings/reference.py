@@ -1,6 +1,6 @@
 """The config reference, written from the schema itself: every key, its type, its default and its field docstring.
 
-    python -m search.settings.reference > docs/config.md
+    python -m peft_search.search.settings.reference > docs/config.md
 
 A test keeps docs/config.md equal to this output, so the reference cannot drift from the code.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from search.settings.schema import SearchConfig
+from peft_search.search.settings.schema import SearchConfig
 
 
 def markdown() -> str:
@@ -23,7 +23,7 @@ def markdown() -> str:
         "# Search config reference",
         "",
         "Generated from the schema (`search/settings/schema.py`, its `space` section in `space_config.py`) by",
-        "`python -m search.settings.reference`; each description is the field's docstring. A config is validated once, before anything runs; a mistake gets",
+        "`python -m peft_search.search.settings.reference`; each description is the field's docstring. A config is validated once, before anything runs; a mistake gets",
         "one line naming the key and the fix. Unknown keys are refused.",
         "",
     ]

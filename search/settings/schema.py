@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from search.errors import ConfigError
-from search.results.metrics import get_metric, objective_metrics
-from search.settings.sizes import parse_bytes
-from search.settings.space_config import SpaceConfig
-from search.settings.strict import Strict as _Strict
+from peft_search.search.errors import ConfigError
+from peft_search.search.results.metrics import get_metric, objective_metrics
+from peft_search.search.settings.sizes import parse_bytes
+from peft_search.search.settings.space_config import SpaceConfig
+from peft_search.search.settings.strict import Strict as _Strict
 
 Task = Literal["sequence-classification", "causal-lm"]
 
@@ -319,7 +319,7 @@ class SearchConfig(_Strict):
     def _local_or_store(cls, value: str) -> str:
         from urllib.parse import urlsplit
 
-        from search.results.storage import SCHEMES
+        from peft_search.search.results.storage import SCHEMES
 
         if "://" not in value:
             return _local_path(value, "a local directory or an object-store URI")
@@ -363,7 +363,7 @@ class SearchConfig(_Strict):
 
     def search_dir(self) -> Path:
         """Where the driver writes: the results directory, or a local staging copy of a remote one."""
-        from search.results import storage
+        from peft_search.search.results import storage
 
         uri = self.results_uri()
         if uri is not None:
@@ -372,6 +372,6 @@ class SearchConfig(_Strict):
 
     def results_uri(self) -> str | None:
         """The search's directory on an object store (``results_dir`` is a URI), else None."""
-        from search.results import storage
+        from peft_search.search.results import storage
 
         return storage.join(self.results_dir, self.name) if storage.is_uri(self.results_dir) else None

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import spaces
-from search.errors import ConfigError
+from peft_search import spaces
+from peft_search.search.errors import ConfigError
 
 if TYPE_CHECKING:
-    from search.settings.schema import SearchConfig
+    from peft_search.search.settings.schema import SearchConfig
 
 
 def space_context(cfg: SearchConfig, facts, steps: int) -> spaces.SpaceContext:
     """What the space may know about this model; fails early when a target set matches nothing in it."""
-    from spaces.targets import norm_suffixes
+    from peft_search.spaces.targets import norm_suffixes
 
     target_sets, mlp_targets = spaces.resolve_target_sets(facts.linear_modules)
     if not target_sets and cfg.space.methods:

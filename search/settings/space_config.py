@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-import spaces
-from search.settings.strict import Strict as _Strict
+from peft_search import spaces
+from peft_search.search.settings.strict import Strict as _Strict
 
 Quantization = Literal["none", "int8", "nf4", "fp4"]
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import ConfigError
-from search.inputs.data import is_local_source
-from search.results.layout import CONFIG_FILE, DATA_DIR, ResultsDir
-from search.settings.schema import DatasetSpec, ModelSpec
-from search.shipping.export import MANIFEST
-from search.worker.evaluation import Evaluation
+from peft_search.search.errors import ConfigError
+from peft_search.search.inputs.data import is_local_source
+from peft_search.search.results.layout import CONFIG_FILE, DATA_DIR, ResultsDir
+from peft_search.search.settings.schema import DatasetSpec, ModelSpec
+from peft_search.search.shipping.export import MANIFEST
+from peft_search.search.worker.evaluation import Evaluation
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ def evaluate_export(
     import torch
     from transformers import AutoTokenizer
 
-    from search.inputs import data as inputs
-    from search.worker.environment import quiet_libraries
-    from search.worker.evaluation import evaluate
+    from peft_search.search.inputs import data as inputs
+    from peft_search.search.worker.environment import quiet_libraries
+    from peft_search.search.worker.evaluation import evaluate
 
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
@@ -107,7 +107,7 @@ def load_export(export_dir: Path, manifest: dict[str, Any], device, pad_token_id
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
-    from search.inputs.modeling import fit_head, unpacked_narrow_layers
+    from peft_search.search.inputs.modeling import fit_head, unpacked_narrow_layers
 
     classify = manifest["task"] == "sequence-classification"
     kwargs: dict[str, Any] = {"dtype": getattr(torch, manifest["dtype"])}
@@ -193,7 +193,7 @@ def _rows(
         _, held_out = ResultsDir(path).read_splits()
         same = ResultsDir(path).read_facts().get("name") == manifest["search"].get("name")
         return held_out, f"the {len(held_out)} held-out rows of {path}", recorded if same else None
-    from search.inputs.data import DatasetError, load_records
+    from peft_search.search.inputs.data import DatasetError, load_records
 
     try:
         records = load_records(str(data), subset, split)
@@ -218,7 +218,7 @@ def _rows(
 
 
 def _held_out(spec: DatasetSpec, task: str):
-    from search.inputs import data
+    from peft_search.search.inputs import data
 
     try:
         records = data.load_records(spec.source, spec.subset, spec.split)

@@ -28,11 +28,11 @@ from typing import Any
 
 import yaml
 
-from search.errors import ConfigError
-from search.results.layout import ResultsDir
-from search.results.metrics import get_metric, metrics
-from search.results.records import TrialResult
-from search.settings.schema import ModelSpec
+from peft_search.search.errors import ConfigError
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import get_metric, metrics
+from peft_search.search.results.records import TrialResult
+from peft_search.search.settings.schema import ModelSpec
 
 MANIFEST = "peft_search.json"
 FORMAT = 1
@@ -76,7 +76,7 @@ def _write(
     tmp: Path,
     out: Path,
 ) -> None:
-    from search.inputs.modeling import precision_dtype, quantization_config
+    from peft_search.search.inputs.modeling import precision_dtype, quantization_config
 
     model = ModelSpec(**config["model"])
     task = model.task
@@ -174,7 +174,7 @@ def _save_tokenizer(results: ResultsDir, model: ModelSpec, task: str, max_length
         return
     from transformers import AutoTokenizer
 
-    from search.inputs.data import save_tokenizer
+    from peft_search.search.inputs.data import save_tokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_path(), revision=model.revision)
@@ -192,7 +192,7 @@ def _labels(results: ResultsDir, facts: dict[str, Any], task: str) -> tuple[list
     (sorted, as the search built it), or None when it generated answers."""
     if task == "sequence-classification":
         return [str(n) for n in facts.get("label_names", [])], None
-    from search.inputs.data import MAX_CLOSED_ANSWERS
+    from peft_search.search.inputs.data import MAX_CLOSED_ANSWERS
 
     train, held_out = results.read_splits()
     answers = sorted({str(r["answer"]) for r in train + held_out})
@@ -201,7 +201,7 @@ def _labels(results: ResultsDir, facts: dict[str, Any], task: str) -> tuple[list
 
 def portable_dataset(dataset: dict[str, Any], out: Path) -> dict[str, Any]:
     """The dataset section with a local file named relative to the export (hub ids and corpora as they are)."""
-    from search.inputs.data import is_local_source
+    from peft_search.search.inputs.data import is_local_source
 
     source = dataset.get("source")
     if not isinstance(source, str) or not is_local_source(source):
@@ -238,7 +238,7 @@ def _reproduce(config: dict[str, Any], trial: Mapping[str, Any], out: Path) -> d
 
 
 def qconfig_kwargs(level: str, dtype) -> dict[str, Any] | None:
-    from search.inputs.modeling import quantization_kwargs
+    from peft_search.search.inputs.modeling import quantization_kwargs
 
     return quantization_kwargs(level, dtype)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from search.errors import InfeasibleTrialError
-from search.plan.planning import Plan, meta_model, plan_candidate
-from search.settings.schema import Budget
-from search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.plan.planning import Plan, meta_model, plan_candidate
+from peft_search.search.settings.schema import Budget
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
 
 
 def plan_trial(

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from search.inputs.data import TokenizedSplits
-from search.worker.batches import pad_batch
+from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.worker.batches import pad_batch
 
 CONFIDENCE = 0.95
 INTERVAL_METHOD = "wilson"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.results.metrics import WORST_COST, metrics
-from search.results.records import ERROR_KEY, STATUS_KEY
+from peft_search.search.results.metrics import WORST_COST, metrics
+from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
 
 __all__ = ["WORST_COST", "penalty_result"]
 

@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from search.inputs.data import TokenizedSplits
-from search.inputs.modeling import generic_4bit_cpu_path, inject_adapter, load_base_model
-from search.plan.planning import Plan
-from search.results.records import PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
-from search.settings.trial import TrialConfig, TrialSettings
-from search.worker import faults
-from search.worker.batches import train_loader
-from search.worker.costs import check_budget, plan_trial
-from search.worker.environment import heap_allocator, import_training_libraries, node_id
-from search.worker.evaluation import evaluate
-from search.worker.memory import PeakMemory, release_accelerator_memory
+from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.inputs.modeling import generic_4bit_cpu_path, inject_adapter, load_base_model
+from peft_search.search.plan.planning import Plan
+from peft_search.search.results.records import PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker import faults
+from peft_search.search.worker.batches import train_loader
+from peft_search.search.worker.costs import check_budget, plan_trial
+from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
+from peft_search.search.worker.evaluation import evaluate
+from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
 
 FINITE_CHECK_EVERY = 16
 """Training steps between host reads of the on-device non-finite-loss flag."""

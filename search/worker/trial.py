@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from search.errors import InfeasibleTrialError
-from search.inputs.data import TokenizedSplits
-from search.settings.trial import TrialConfig, TrialSettings
-from search.worker.environment import quiet_libraries, return_freed_memory
-from search.worker.infeasible import penalty_result
-from search.worker.memory import release_accelerator_memory
-from search.worker.training import run_trial
+from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
+from peft_search.search.worker.infeasible import penalty_result
+from peft_search.search.worker.memory import release_accelerator_memory
+from peft_search.search.worker.training import run_trial
 
 CHECKPOINT = "checkpoint_000000"
 
@@ -103,7 +103,7 @@ def train_in_place(
 def _store_adapter(local: str, adapters_path: str, name: str) -> str:
     """Copy the adapter to the search's adapters directory (or object store); its path there."""
     if "://" in adapters_path:  # an object store: a path inside its filesystem, as Ray Train's
-        from search.results import storage
+        from peft_search.search.results import storage
 
         return storage.put_dir(local, adapters_path, name)
     target = Path(adapters_path) / name

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.loop.driver import run_search
+from peft_search.search.loop.driver import run_search
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow

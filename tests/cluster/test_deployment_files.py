@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cli import build_parser
-from search.settings.loading import parse_config
+from peft_search.search.cli import build_parser
+from peft_search.search.settings.loading import parse_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 REPO = CLUSTER.parent

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cluster import plan_concurrency
-from search.errors import ConfigError
+from peft_search.cluster import plan_concurrency
+from peft_search.search.errors import ConfigError
 from tests.helpers import prepared, sample_trial, tiny_config
 
 gpu = pytest.mark.gpu
@@ -78,7 +78,7 @@ def small_bert(tiny_bert, tmp_path_factory):
 
 
 def _search(model: str, data: str, results: Path, **overrides) -> tuple[Path, pd.DataFrame]:
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
 
     cfg = tiny_config(model, data, results_dir=str(results), **overrides)
     search_dir = run_search(cfg, echo=False)
@@ -166,8 +166,8 @@ def test_each_trial_sees_only_its_gpu_and_frees_it(ray_local, small_bert, classi
         import ray
         import torch
 
-        from search.inputs.modeling import load_base_model
-        from search.worker.training import run_trial
+        from peft_search.search.inputs.modeling import load_base_model
+        from peft_search.search.worker.training import run_trial
 
         device = torch.device("cuda", 0)  # the first (and only) device Ray leaves visible
         baseline = torch.cuda.memory_allocated(device)

@@ -28,8 +28,8 @@ import pytest
 import requests
 import yaml
 
-from cluster.jobs import PACKAGES, entrypoint, runtime_env
-from search.cli import build_parser
+from peft_search.cluster.jobs import PACKAGE, entrypoint, runtime_env
+from peft_search.search.cli import build_parser
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def head():
 
 def cli(head: Head, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
+        [sys.executable, "-m", "peft_search", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -203,9 +203,9 @@ def test_a_submitted_search_runs_on_the_cluster(head, config_file):
     assert len(trials) == 2 and (trials["status"] == "complete").all()
     assert (search_dir / "report.html").stat().st_size > 0
     assert yaml.safe_load((search_dir / "config.yaml").read_text())["name"] == "on-ray"
-    # The config went in a working_dir package and the project's four packages as py_modules.
+    # The config went in a working_dir package and the project's one package as a py_module.
     env = api(head, f"/api/jobs/{job_id}")["runtime_env"]
-    assert env["working_dir"].startswith("gcs://") and len(env["py_modules"]) == len(PACKAGES)
+    assert env["working_dir"].startswith("gcs://") and len(env["py_modules"]) == 1
 
 
 def test_stop_ends_a_running_search(head, config_file):
@@ -237,7 +237,7 @@ def test_a_missing_or_wrong_token_is_one_line_naming_the_fix(head, config_file, 
     before = job_ids(head)
     # HOME without ~/.ray/auth_token: no token anywhere.
     missing = subprocess.run(
-        [sys.executable, "-m", "search.cli", "submit", str(path), "--address", head.address],
+        [sys.executable, "-m", "peft_search", "submit", str(path), "--address", head.address],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -264,7 +264,7 @@ def test_unknown_job_and_unreachable_cluster(head):
 
 def test_the_entrypoint_is_a_valid_run_command(tmp_path):
     command = entrypoint("search.yaml", ["--num-trials", "2", "--results-dir", "/mnt/shared results"])
-    assert command.startswith("python -m search.cli run search.yaml --address auto")
+    assert command.startswith("python -m peft_search run search.yaml --address auto")
     args = build_parser().parse_args(shlex.split(command)[3:])
     assert (args.command, args.address, args.num_trials, args.results_dir) == (
         "run",
@@ -274,6 +274,10 @@ def test_the_entrypoint_is_a_valid_run_command(tmp_path):
     )
     shipped = runtime_env(tmp_path)
     assert shipped["working_dir"] == str(tmp_path)
-    assert sorted(Path(d).name for d in shipped["py_modules"]) == sorted(PACKAGES)
-    assert all((Path(d) / "__init__.py").is_file() for d in shipped["py_modules"])
+    assert [Path(d).name for d in shipped["py_modules"]] == [PACKAGE]
+    # A checkout's package links to the repo's folders; what ships holds their files.
+    (shipped_dir,) = shipped["py_modules"]
+    assert (Path(shipped_dir) / "search" / "cli.py").is_file() and (
+        Path(shipped_dir) / "__main__.py"
+    ).is_file()
     assert "py_modules" not in runtime_env(tmp_path, ship_project=False)

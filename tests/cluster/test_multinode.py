@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
 DRIVER = """
 import json, sys
-from search.loop.driver import run_search
+from peft_search.search.loop.driver import run_search
 from tests.helpers import tiny_config
 args = json.loads(sys.argv[1])
 run_search(tiny_config(args.pop("model"), args.pop("data"), **args.pop("overrides")), address=args["address"])

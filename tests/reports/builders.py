@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.results.records import TrialResult
+from peft_search.search.results.records import TrialResult
 
 
 def record(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from search.results.layout import ResultsDir
-from search.results.records import TrialResult
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.records import TrialResult
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from search.cli import main
+from peft_search.search.cli import main
 from tests.reports.builders import record
 
 

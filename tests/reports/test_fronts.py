@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.choice import Limit, choose_best, limits_json, parse_limit
-from reports.fronts import (
+from peft_search.reports.choice import Limit, choose_best, limits_json, parse_limit
+from peft_search.reports.fronts import (
     as_minimization,
     completed,
     hypervolume,
@@ -17,7 +17,7 @@ from reports.fronts import (
     pareto_mask,
     reference_point,
 )
-from search.results.metrics import DEFAULT_OBJECTIVES, Objective
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Objective
 
 
 def _trials(rows):

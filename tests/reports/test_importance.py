@@ -6,10 +6,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from reports.html import build_report
-from reports.importance import importances
-from search.results.layout import ResultsDir
-from search.results.metrics import DEFAULT_OBJECTIVES, WORST_COST
+from peft_search.reports.html import build_report
+from peft_search.reports.importance import importances
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, WORST_COST
 from tests.reports.builders import record
 
 _OBJECTIVES = [(o.metric, o.mode) for o in DEFAULT_OBJECTIVES]

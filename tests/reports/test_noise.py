@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from reports.choice import choose_best
-from reports.data import load_report_data
-from reports.html import build_report
-from search.cli import main
-from search.results.layout import ResultsDir
-from search.results.noise import mcnemar_p, pairwise_p, resolvable_difference
+from peft_search.reports.choice import choose_best
+from peft_search.reports.data import load_report_data
+from peft_search.reports.html import build_report
+from peft_search.search.cli import main
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.noise import mcnemar_p, pairwise_p, resolvable_difference
 from tests.reports.builders import record
 
 N = 300

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reports import charts
-from reports.data import load_report_data
-from reports.html import build_report
+from peft_search.reports import charts
+from peft_search.reports.data import load_report_data
+from peft_search.reports.html import build_report
 from tests.reports.builders import figure_json, record
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.choice import Limit, choose_best
-from reports.html import write_report
-from reports.table import load_trials
-from search.results.layout import ResultsDir
+from peft_search.reports.choice import Limit, choose_best
+from peft_search.reports.html import write_report
+from peft_search.reports.table import load_trials
+from peft_search.search.results.layout import ResultsDir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"

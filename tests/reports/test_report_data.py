@@ -6,14 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import reports.data
-import reports.fronts
-import reports.html
-import search.results.pareto
-from reports import charts
-from reports.data import report_data
-from reports.html import build_report, render
-from search.results.metrics import DEFAULT_OBJECTIVES
+from peft_search import reports, search
+from peft_search.reports import charts
+from peft_search.reports.data import report_data
+from peft_search.reports.html import build_report, render
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
 from tests.reports.builders import record
 
 

@@ -8,7 +8,7 @@ import time
 
 import pandas as pd
 
-from reports.html import build_report, write_report
+from peft_search.reports.html import build_report, write_report
 
 EVIL = "<script>window.__xss=1</script>"
 
@@ -98,7 +98,7 @@ def test_report_of_a_search_with_no_complete_trial(tmp_path):
 
 
 def test_importance_figure_names_its_trial_count():
-    from reports.charts import importance_figure
+    from peft_search.reports.charts import importance_figure
 
     fig = importance_figure({"accuracy": {"learning_rate": 0.7, "method": 0.3}}, n_trials=6)
     title = fig.layout.title.text  # says what it measures, over how many trials
@@ -123,7 +123,7 @@ def test_an_old_tables_stopped_trials_read_as_stopped_early(tmp_path):
 
 
 def test_hardware_reads_in_words():
-    from reports.html import hardware_text
+    from peft_search.reports.html import hardware_text
 
     resources = {"CPU": 2.0, "memory": 23035963264.0, "object_store_memory": 1e9, "node:10.0.0.1": 1.0}
     assert hardware_text(resources) == "2 CPUs, 21.5GiB memory"

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from reports import load_trials, summary_table
-from search.results.metrics import Objective
+from peft_search.reports import load_trials, summary_table
+from peft_search.search.results.metrics import Objective
 
 
 def _rows():

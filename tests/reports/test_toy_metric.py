@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from reports.data import load_report_data
-from reports.html import build_report
-from search.cli import main
-from search.results.metrics import Metric, register_metric, unregister_metric
+from peft_search.reports.data import load_report_data
+from peft_search.reports.html import build_report
+from peft_search.search.cli import main
+from peft_search.search.results.metrics import Metric, register_metric, unregister_metric
 from tests.reports.builders import figure_json, record
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cluster import allocator_preload
+from peft_search.cluster import allocator_preload
 
 JEMALLOC = ctypes.util.find_library("jemalloc")
 

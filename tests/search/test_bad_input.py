@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from search import cli
+from peft_search.search import cli
 
 
 class _RayWouldStart(Exception):
@@ -25,7 +25,7 @@ class _RayWouldStart(Exception):
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch):
-    import cluster
+    from peft_search import cluster
 
     def refuse(*args, **kwargs):
         raise _RayWouldStart
@@ -455,7 +455,7 @@ def _class_label_parquet(path: Path, labels: list[int]) -> str:
 
 def test_class_label_ids_become_names_and_ids_outside_the_classes_are_refused(tmp_path, capsys, tiny_bert):
     """``-1`` is how Hub datasets mark unlabelled rows (GLUE's test splits): it is no class of the dataset."""
-    from search.inputs.data import load_records
+    from peft_search.search.inputs.data import load_records
 
     good = _class_label_parquet(tmp_path / "good.parquet", [0, 1] * 20)
     assert {r["label"] for r in load_records(good)} == {"neg", "pos"}

@@ -6,8 +6,8 @@ import random
 
 import torch
 
-from search.inputs.data import TokenizedSplits
-from search.worker.batches import train_loader
+from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.worker.batches import train_loader
 
 
 def _data(n: int = 256, seed: int = 0) -> TokenizedSplits:

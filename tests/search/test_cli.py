@@ -10,7 +10,7 @@ import yaml
 
 def _cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, cwd=cwd
+        [sys.executable, "-m", "peft_search", *args], capture_output=True, text=True, cwd=cwd
     )
 
 
@@ -59,14 +59,14 @@ def test_missing_dataset_file_fails_before_ray(tmp_path, tiny_bert):
 
 def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
     """`peft-search show DIR | head`: no traceback when the pipe closes early."""
-    from search.results.layout import ResultsDir
+    from peft_search.search.results.layout import ResultsDir
     from tests.reports.builders import record
 
     ResultsDir(tmp_path).write_trials(
         [record(f"t{i}", accuracy=0.5, trainable_params=10) for i in range(3000)]
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "show", str(tmp_path)],
+        [sys.executable, "-m", "peft_search", "show", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -77,7 +77,7 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
 
 
 def test_show_and_best_read_a_search_whose_every_trial_failed(tmp_path):
-    from search.results.layout import ResultsDir
+    from peft_search.search.results.layout import ResultsDir
     from tests.reports.builders import record
 
     ResultsDir(tmp_path).write_trials([record("t0", status="failed"), record("t1", status="infeasible")])
@@ -97,7 +97,7 @@ def test_version_is_the_installed_distributions():
 
 
 def test_set_overrides_one_field_and_is_validated_like_the_file(tmp_path):
-    from search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path
 
     results = tmp_path / "out"
     base = [str(default_config_path()), "--set", f"results_dir={results}"]

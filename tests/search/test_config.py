@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.errors import ConfigError
-from search.settings.loading import load_config, parse_config
+from peft_search.search.errors import ConfigError
+from peft_search.search.settings.loading import load_config, parse_config
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "search" / "configs").glob("*.yaml"))
 

@@ -20,9 +20,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search import cli
-from search.errors import ConfigError
-from search.settings.loading import load_config
+from peft_search.search import cli
+from peft_search.search.errors import ConfigError
+from peft_search.search.settings.loading import load_config
 from tests.conftest import CANDIDATES
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "search" / "configs").glob("*.yaml"))
@@ -268,7 +268,7 @@ def test_run_validates_before_ray_and_writes_nothing(data, tiny_bert, classifica
         path.write_text(yaml.safe_dump(config))
         capsys.readouterr()
         with pytest.MonkeyPatch.context() as mp, contextlib.suppress(_RayWouldStart):
-            import cluster
+            from peft_search import cluster
 
             mp.setattr(cluster, "connect", _stop_at_ray)
             code = cli.main(["run", str(path)])
@@ -319,7 +319,7 @@ peft_configs = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def bert_modules(tiny_bert):
-    from search.inputs.modeling import meta_model, model_facts
+    from peft_search.search.inputs.modeling import meta_model, model_facts
 
     model = meta_model(tiny_bert, "sequence-classification", 3)
     return [n for n, _ in model.named_modules()], model_facts(model).num_layers
@@ -330,8 +330,8 @@ def bert_modules(tiny_bert):
 def test_candidate_checks_accept_or_refuse_cleanly(peft_config, bert_modules):
     """Whatever a candidate's peft_config holds, PEFT's own config classes included, the check ends in a
     ConfigError naming the candidate's field, or lets it through; never another exception."""
-    from search.inputs.candidates import check_candidates
-    from search.settings.space_config import CandidateSpec
+    from peft_search.search.inputs.candidates import check_candidates
+    from peft_search.search.settings.space_config import CandidateSpec
 
     names, num_layers = bert_modules
     candidate = CandidateSpec(name="c", peft_config=peft_config)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.settings import reference
-from search.settings.schema import SearchConfig
+from peft_search.search.settings import reference
+from peft_search.search.settings.schema import SearchConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 
 def test_the_reference_page_is_current():
     assert DOCS.read_text() == reference.markdown() + "\n", (
-        "regenerate it: python -m search.settings.reference > docs/config.md"
+        "regenerate it: python -m peft_search.search.settings.reference > docs/config.md"
     )
 
 

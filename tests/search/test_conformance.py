@@ -12,8 +12,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from search.worker.training import run_trial
-from spaces import registered_methods
+from peft_search.search.worker.training import run_trial
+from peft_search.spaces import registered_methods
 from tests.helpers import prepared, sample_trial
 
 CASES = [(m, {}) for m in sorted(registered_methods())] + [
@@ -101,8 +101,8 @@ def test_causal_lm_open_answers_are_generated(causal, qa_jsonl, monkeypatch):
     """Beyond the closed-set limit, accuracy compares greedily generated answers token for token."""
     from transformers import AutoTokenizer
 
-    import search.inputs.data as data_mod
-    from search.inputs.data import load_records, split_causal, tokenize
+    import peft_search.search.inputs.data as data_mod
+    from peft_search.search.inputs.data import load_records, split_causal, tokenize
 
     prep, settings = causal
     monkeypatch.setattr(data_mod, "MAX_CLOSED_ANSWERS", 1)
@@ -120,7 +120,7 @@ def test_causal_lm_open_answers_are_generated(causal, qa_jsonl, monkeypatch):
 
 def test_diverged_loss_fails_the_trial_without_a_per_step_sync(seq_cls):
     """The non-finite-loss check lives on the device and is read every few steps: a diverged trial still fails."""
-    from search.worker.training import FINITE_CHECK_EVERY
+    from peft_search.search.worker.training import FINITE_CHECK_EVERY
 
     prep, settings = seq_cls
     trial = dataclasses.replace(sample_trial(prep, "lora"), learning_rate=1e30)

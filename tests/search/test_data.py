@@ -7,7 +7,13 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from search.inputs.data import DatasetError, load_records, split_causal, split_classification, tokenize
+from peft_search.search.inputs.data import (
+    DatasetError,
+    load_records,
+    split_causal,
+    split_classification,
+    tokenize,
+)
 
 
 def test_bbcnews_corpus_loads_with_topic_names():

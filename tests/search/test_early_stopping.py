@@ -11,10 +11,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.errors import ConfigError
-from search.loop.early_stopping import ParetoASHA
-from search.loop.rungs import pareto_ranks, rung_steps, should_stop, standard_error
-from search.results.records import RUNG_KEY
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.early_stopping import ParetoASHA
+from peft_search.search.loop.rungs import pareto_ranks, rung_steps, should_stop, standard_error
+from peft_search.search.results.records import RUNG_KEY
 from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config
 
@@ -87,7 +87,7 @@ def test_scheduler_decides_on_rung_results_only():
 
 
 def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_csv, tmp_path):
-    from search.loop.driver import prepare
+    from peft_search.search.loop.driver import prepare
 
     shorthand = tiny_config(tiny_bert, classification_csv, search={"early_stopping": "asha"})
     assert shorthand.search.early_stopping.rule == "asha" and shorthand.search.early_stopping.eval_size == 100
@@ -101,7 +101,7 @@ def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_c
         )
 
     with pytest.raises(ConfigError, match=r"^search.early_stopping: .*num_workers 1"):
-        from search.settings.loading import parse_config
+        from peft_search.search.settings.loading import parse_config
 
         parse_config(
             {
@@ -144,7 +144,7 @@ def _lora(name: str, r: int) -> dict:
 
 @pytest.mark.slow
 def test_search_stops_a_dominated_trial(ray_local, tiny_bert, classification_csv, tmp_path):
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
 
     cfg = tiny_config(
         tiny_bert,
@@ -216,8 +216,8 @@ def test_rung_evaluations_leave_training_unchanged(tiny_bert, classification_csv
     """A trial evaluated at rungs trains exactly as one that is not: same loss path, same adapter weights."""
     import torch
 
-    from search.settings.trial import TrialConfig
-    from search.worker.training import run_trial
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.training import run_trial
     from tests.helpers import prepared
 
     prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)
@@ -256,8 +256,8 @@ def test_a_4bit_trial_trains_on_after_a_rung_evaluation(tiny_bert, classificatio
     and would train on with that kernel, which fails: rung evaluations keep the generic path."""
     import torch
 
-    from search.settings.trial import TrialConfig
-    from search.worker.training import run_trial
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.training import run_trial
     from tests.helpers import prepared
 
     prep, settings = prepared(tiny_bert, classification_csv, "sequence-classification", tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from search.worker.environment import quiet_libraries
+from peft_search.search.worker.environment import quiet_libraries
 
 
 def test_the_int8_cast_message_is_dropped_and_the_loggers_other_messages_kept(caplog):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.cli import main
+from peft_search.search.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def bert64(tmp_path_factory, classification_csv):
 @pytest.fixture(scope="module")
 def levels_search(ray_local, bert64, classification_csv, tmp_path_factory):
     """One LoRA trial per quantization level, 15 steps each, scored on 45 held-out rows in batches of 8."""
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
     from tests.helpers import tiny_config
 
     lora = {
@@ -118,7 +118,7 @@ print(json.dumps({"accuracy": correct / n, "eval_loss": loss / n, "ours": ours})
 def test_each_quantization_level_reloads_in_a_fresh_process_with_the_recorded_accuracy(
     levels_search, tmp_path, bert64
 ):
-    from search.shipping.export import export_trial
+    from peft_search.search.shipping.export import export_trial
 
     trials = pd.read_parquet(levels_search / "trials.parquet")
     assert sorted(trials["quantization"]) == sorted(LEVELS) and set(trials["status"]) == {"complete"}
@@ -217,8 +217,8 @@ def test_best_exports_and_evaluate_reproduces_the_recorded_accuracy(levels_searc
 def test_a_causal_lm_export_reproduces_its_closed_answer_accuracy(
     ray_local, tiny_llama, qa_jsonl, tmp_path, capsys
 ):
-    from search.loop.driver import run_search
-    from search.shipping.export import export_trial
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.shipping.export import export_trial
     from tests.helpers import tiny_config
 
     lora = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "target_modules": ["q_proj", "v_proj"]}

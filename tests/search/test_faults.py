@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from search.worker.faults import FAULTS_ENV, faults_from_env
+from peft_search.search.worker.faults import FAULTS_ENV, faults_from_env
 
 LORA = {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 2, "target_modules": ["query", "value"]}
 
@@ -22,7 +22,7 @@ def test_fault_spec_is_parsed_strictly():
 def test_each_fault_is_a_failed_trial_and_the_search_goes_on(
     ray_local, tiny_bert, classification_csv, tmp_path, monkeypatch
 ):
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
     from tests.helpers import tiny_config
 
     names = ["raises", "oom", "exits", "healthy"]

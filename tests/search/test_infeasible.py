@@ -8,11 +8,11 @@ import math
 import optuna
 import pytest
 
-from search.loop.tuning import make_sampler
-from search.results.metrics import WORST_COST, get_metric, objective_metrics
-from search.results.records import ERROR_KEY, STATUS_KEY
-from search.worker.infeasible import penalty_result
-from spaces.sampling import DefineByRun, SpaceSpec
+from peft_search.search.loop.tuning import make_sampler
+from peft_search.search.results.metrics import WORST_COST, get_metric, objective_metrics
+from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
+from peft_search.search.worker.infeasible import penalty_result
+from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 from tests.helpers import prepared
 
 METRICS = ["accuracy", "trainable_params", "peak_memory_bytes"]

@@ -9,8 +9,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, load_base_model, quantized_layer_types
-from search.plan.memtrace import LiveBytes, step_peak_bytes
+from peft_search.search.inputs.modeling import (
+    SKIP_QUANTIZATION,
+    inject_adapter,
+    load_base_model,
+    quantized_layer_types,
+)
+from peft_search.search.plan.memtrace import LiveBytes, step_peak_bytes
 
 B, S = 4, 48
 

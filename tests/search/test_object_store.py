@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from search import cli
+from peft_search.search import cli
 
 pytestmark = pytest.mark.slow
 

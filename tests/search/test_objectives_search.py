@@ -8,8 +8,8 @@ import json
 import optuna
 import pytest
 
-from search.cli import main
-from search.results.layout import ResultsDir
+from peft_search.search.cli import main
+from peft_search.search.results.layout import ResultsDir
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ LORA = {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["query",
 
 @pytest.fixture(scope="module")
 def loss_and_time(ray_local, tiny_bert, classification_csv, tmp_path_factory):
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
     from tests.helpers import tiny_config
 
     cfg = tiny_config(

@@ -14,10 +14,10 @@ import yaml
 from peft import get_peft_config, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from search.errors import InfeasibleTrialError
-from search.plan.planning import meta_model, plan_candidate
-from search.settings.schema import Budget
-from search.worker.training import check_budget, run_trial
+from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.plan.planning import meta_model, plan_candidate
+from peft_search.search.settings.schema import Budget
+from peft_search.search.worker.training import check_budget, run_trial
 from tests.helpers import prepared, sample_trial
 
 T = ["query", "key", "value", "dense"]
@@ -142,7 +142,7 @@ def test_budget_makes_a_trial_infeasible_before_loading(tiny_bert, classificatio
 
 
 def plan_bytes(prep, settings, trial):
-    from search.worker.costs import plan_trial
+    from peft_search.search.worker.costs import plan_trial
 
     return plan_trial(trial, settings, prep.data.num_labels).adapter_bytes
 
@@ -183,7 +183,7 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
         )
     )
     out = subprocess.run(
-        [sys.executable, "-m", "search.cli", "plan", str(cfg), "--format", "json", "--samples", "4"],
+        [sys.executable, "-m", "peft_search", "plan", str(cfg), "--format", "json", "--samples", "4"],
         capture_output=True,
         text=True,
     )
@@ -202,7 +202,7 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
         } <= set(row)
     assert rows[0]["over_budget"] == (["max_trainable_params"] if rows[0]["trainable_params"] > 5000 else [])
     table = subprocess.run(
-        [sys.executable, "-m", "search.cli", "plan", str(cfg)], capture_output=True, text=True
+        [sys.executable, "-m", "peft_search", "plan", str(cfg)], capture_output=True, text=True
     )
     assert table.returncode == 0 and "mine" in table.stdout and "est. peak" in table.stdout
     # The held-out split's resolution: 500 rows (the default eval_size) tell apart 4.4 points, over 3: a warning.
@@ -212,7 +212,7 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
 
 
 def test_plan_refuses_a_candidate_peft_cannot_build(tiny_bert, classification_csv, tmp_path, capsys):
-    from search.cli import main
+    from peft_search.search.cli import main
 
     cfg = tmp_path / "c.yaml"
     bad = {"name": "bad", "peft_config": {"peft_type": "NOPE", "task_type": "SEQ_CLS"}}

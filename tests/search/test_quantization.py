@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from search.inputs.modeling import inject_adapter, load_base_model, quantized_layer_types
-from search.worker.training import run_trial
-from spaces import registered_methods
+from peft_search.search.inputs.modeling import inject_adapter, load_base_model, quantized_layer_types
+from peft_search.search.worker.training import run_trial
+from peft_search.spaces import registered_methods
 from tests.helpers import prepared, sample_trial
 
 EXPECTED = {"int8": "Linear8bitLt", "nf4": "Linear4bit", "fp4": "Linear4bit"}
@@ -73,7 +73,7 @@ def test_a_head_loaded_at_the_checkpoints_size_is_refitted(seq_cls):
     """transformers <= 5.22 keeps the checkpoint's 2-way head when a quantized model is loaded for 3 labels."""
     from torch import nn
 
-    from search.inputs.modeling import fit_head
+    from peft_search.search.inputs.modeling import fit_head
 
     prep, settings = seq_cls
     model = load_base_model(

@@ -7,10 +7,10 @@ import json
 import pytest
 import yaml
 
-from search import cli
-from search.loop.home import run_facts, write_inputs
-from search.redact import MASK, env_secrets, redact, redact_text
-from search.results.layout import ResultsDir
+from peft_search.search import cli
+from peft_search.search.loop.home import run_facts, write_inputs
+from peft_search.search.redact import MASK, env_secrets, redact, redact_text
+from peft_search.search.results.layout import ResultsDir
 from tests.helpers import prepared, tiny_config
 
 HF = "hf_" + "Ab3" * 12
@@ -74,7 +74,7 @@ def test_planted_secrets_never_reach_the_written_files(planted_env, tmp_path, ti
 
 
 def test_errors_never_print_credentials(planted_env, tmp_path, capsys, tiny_bert, monkeypatch):
-    import cluster
+    from peft_search import cluster
 
     monkeypatch.setattr(
         cluster, "connect", lambda *a, **k: pytest.fail("validation let a bad config reach Ray")
@@ -102,7 +102,7 @@ def test_errors_never_print_credentials(planted_env, tmp_path, capsys, tiny_bert
 
 
 def test_the_start_line_never_prints_credentials(planted_env, tmp_path, capsys, tiny_bert, monkeypatch):
-    import cluster
+    from peft_search import cluster
 
     monkeypatch.setattr(
         cluster, "connect", lambda *a, **k: pytest.fail("validation let a bad config reach Ray")

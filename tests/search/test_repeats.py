@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from reports.table import load_trials, summary_table
-from search.cli import main
-from search.results.layout import ResultsDir
-from search.results.metrics import DEFAULT_OBJECTIVES
-from search.results.repeats import fold_repeats, to_repeat
+from peft_search.reports.table import load_trials, summary_table
+from peft_search.search.cli import main
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
+from peft_search.search.results.repeats import fold_repeats, to_repeat
 from tests.reports.builders import record
 
 
@@ -71,7 +71,7 @@ def test_readers_fold_the_runs_into_their_original():
 def test_a_search_repeats_its_front_and_every_reader_shows_the_mean(
     ray_local, tiny_bert, classification_csv, tmp_path, capsys
 ):
-    from search.loop.driver import run_search
+    from peft_search.search.loop.driver import run_search
     from tests.helpers import tiny_config
 
     lora = {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["query", "value"]}

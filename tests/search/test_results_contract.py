@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.errors import ConfigError
-from search.results.layout import SCHEMA_KEY, SCHEMA_VERSION, ResultsDir
-from search.results.metrics import Metric, get_metric, metrics, objective_metrics, register_metric
-from search.results.records import INFO_FIELDS, TrialResult
+from peft_search.search.errors import ConfigError
+from peft_search.search.results.layout import SCHEMA_KEY, SCHEMA_VERSION, ResultsDir
+from peft_search.search.results.metrics import Metric, get_metric, metrics, objective_metrics, register_metric
+from peft_search.search.results.records import INFO_FIELDS, TrialResult
 from tests.helpers import tiny_config
 from tests.reports.builders import record
 

@@ -18,8 +18,8 @@ import psutil
 import pytest
 import yaml
 
-from search.cli import main
-from search.loop.resume import STALE_ATTR
+from peft_search.search.cli import main
+from peft_search.search.loop.resume import STALE_ATTR
 from tests.conftest import CANDIDATES
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def config_file(tiny_bert, classification_csv, tmp_path_factory):
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *args, "--num-cpus", "2"],
+        [sys.executable, "-m", "peft_search", *args, "--num-cpus", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

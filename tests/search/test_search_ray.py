@@ -9,11 +9,11 @@ import optuna
 import pytest
 import yaml
 
-from search.errors import ConfigError
-from search.loop.driver import run_search
-from search.results.layout import ResultsDir
-from search.results.metrics import WORST_COST
-from search.results.records import STATUSES
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.driver import run_search
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import WORST_COST
+from peft_search.search.results.records import STATUSES
 
 pytestmark = pytest.mark.slow
 
@@ -127,15 +127,15 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from search.inputs.data import Splits, tokenize
-    from search.worker.evaluation import evaluate
+    from peft_search.search.inputs.data import Splits, tokenize
+    from peft_search.search.worker.evaluation import evaluate
 
     cfg, search_dir = finished
     out = subprocess.run(
         [
             sys.executable,
             "-m",
-            "search.cli",
+            "peft_search",
             "best",
             str(search_dir),
             "--max-params",
@@ -177,7 +177,7 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
 
     # The same limits on an impossible budget: nothing chosen, exit 1, nothing exported.
     none = subprocess.run(
-        [sys.executable, "-m", "search.cli", "best", str(search_dir), "--min-accuracy", "1.01"],
+        [sys.executable, "-m", "peft_search", "best", str(search_dir), "--min-accuracy", "1.01"],
         capture_output=True,
         text=True,
     )

@@ -11,11 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.errors import ConfigError
-from search.loop.driver import run_search
-from search.loop.searcher import CONFIG_ATTR
-from search.loop.warm_start import WARM_START_ATTR, check_warm_start
-from search.results.layout import ResultsDir
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.driver import run_search
+from peft_search.search.loop.searcher import CONFIG_ATTR
+from peft_search.search.loop.warm_start import WARM_START_ATTR, check_warm_start
+from peft_search.search.results.layout import ResultsDir
 from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config
 

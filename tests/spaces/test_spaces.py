@@ -6,9 +6,9 @@ import optuna
 import pytest
 from peft import get_peft_config
 
-import spaces
-from spaces.sampling import SAMPLED, Candidate, DefineByRun, SpaceSpec, enqueue_candidates
-from spaces.targets import minimal_suffixes, resolve_target_sets
+from peft_search import spaces
+from peft_search.spaces.sampling import SAMPLED, Candidate, DefineByRun, SpaceSpec, enqueue_candidates
+from peft_search.spaces.targets import minimal_suffixes, resolve_target_sets
 
 BERT = [
     f"bert.encoder.layer.{i}.{s}"
@@ -130,7 +130,7 @@ def test_candidates_are_enqueued_first_and_keep_their_config():
 
 
 def test_a_candidate_inside_the_space_is_enqueued_with_its_own_parameters():
-    from search.inputs.candidates import describe_candidates
+    from peft_search.search.inputs.candidates import describe_candidates
 
     ctx = _ctx()
     qlora = {
