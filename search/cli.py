@@ -492,11 +492,32 @@ def build_parser() -> argparse.ArgumentParser:
                 "--follow", action="store_true", help="stream until the job ends; exit 0 only if it succeeded"
             )
         command.set_defaults(func=func)
+    completion = sub.add_parser(
+        "completion",
+        help="print the shell code that completes peft-search's commands and options: "
+        'eval "$(peft-search completion bash)" in ~/.bashrc',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh", "powershell"])
+    completion.set_defaults(func=_completion)
     return parser
 
 
+def _completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["peft-search"], shell=args.shell), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if (
+        "_ARGCOMPLETE" in os.environ
+    ):  # the shell asks for completions (`peft-search completion`): answer, exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     from peft_search.cluster.runtime import ClusterError
     from peft_search.search.errors import ConfigError
     from peft_search.search.redact import redact_text

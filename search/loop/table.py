@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ray import tune
 
+from peft_search.search.loop.progress import ProgressBar
 from peft_search.search.redact import redact_text
 from peft_search.search.results.layout import ResultsDir
 from peft_search.search.results.metrics import get_metric
@@ -104,6 +105,7 @@ class TrialTable(tune.Callback):
         self._started, self._done_before = time.monotonic(), 0
         self._dirty = self._dirty_predictions = False
         self._reconciled = False
+        self.bar: ProgressBar | None = None
 
     def setup(self, **info):
         """Keep the rows of an earlier run of this search (a resumed one): its finished trials stay in the table."""
@@ -117,6 +119,8 @@ class TrialTable(tune.Callback):
                     c: group[c].astype(int).tolist() for c in ("label", "prediction", "correct")
                 }
         self._done_before = self._done()
+        if self.echo:
+            self.bar = ProgressBar(self.num_trials, self._done_before)
 
     def on_step_begin(self, iteration, trials, **info):
         if not self._reconciled:  # once per run: a resumed search's first step
@@ -125,9 +129,13 @@ class TrialTable(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.flush()  # Tune has saved its state for this step: the table may now say what it knows
+        if self.bar is not None:
+            self.bar.tick()
 
     def on_experiment_end(self, trials, **info):
         self.flush()
+        if self.bar is not None:
+            self.bar.close()
 
     def _fill_in(self, trials) -> None:
         """Finished trials Tune restored that the table still shows running (or lacks): recorded from their result."""
@@ -161,6 +169,7 @@ class TrialTable(tune.Callback):
             f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}{self._outcome(record)}"
             f"{self._progress()}"
         )
+        self._update_bar()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         status, message = classify_error(_trial_error(trial))
@@ -168,18 +177,29 @@ class TrialTable(tune.Callback):
         self._say(
             f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}: {message}{self._progress()}"
         )
+        self._update_bar()
+
+    def _update_bar(self) -> None:
+        """The bar shows what the last line said: trials done, time left, the best so far."""
+        if self.bar is not None:
+            self.bar.update(self._done(), "; ".join(p for p in self._outlook() if p))
 
     def _progress(self) -> str:
         """`` | 1m50s elapsed, about 3m40s left; best accuracy 0.887 (lora, int8)``: the search so far."""
+        left, best = self._outlook()
+        text = " | " + ", ".join(
+            [f"{_clock(time.monotonic() - self._started)} elapsed", *([left] if left else [])]
+        )
+        return f"{text}; {best}" if best else text
+
+    def _outlook(self) -> tuple[str | None, str | None]:
+        """``("about 3m40s left", "best accuracy 0.887 (lora, int8)")``, each None until it is known."""
         elapsed = time.monotonic() - self._started
         done = self._done()
-        fresh, left = done - self._done_before, self.num_trials - done
-        parts = [f"{_clock(elapsed)} elapsed"]
-        if fresh > 0 and left > 0:
-            parts.append(f"about {_clock(elapsed / fresh * left)} left")
-        text = " | " + ", ".join(parts)
+        fresh, remaining = done - self._done_before, self.num_trials - done
+        left = f"about {_clock(elapsed / fresh * remaining)} left" if fresh > 0 and remaining > 0 else None
         best = self._best()
-        return f"{text}; best {best[0]} {best[1]}" if best else text
+        return left, (f"best {best[0]} {best[1]}" if best else None)
 
     def _best(self) -> tuple[str, str] | None:
         if self.first is None:
@@ -213,7 +233,11 @@ class TrialTable(tune.Callback):
         return f": {record.error}" if record.error else ""
 
     def _say(self, text: str) -> None:
-        if self.echo:
+        if not self.echo:
+            return
+        if self.bar is not None:
+            self.bar.say(f"[peft-search] {text}")
+        else:
             print(f"[peft-search] {text}", flush=True)
 
     def flush(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,29 @@ def test_set_overrides_one_field_and_is_validated_like_the_file(tmp_path):
     out = _cli("plan", str(default_config_path()), "--set", "space.methods=[lora, nope]")
     assert out.returncode == 2 and "space.methods: unknown method 'nope'" in out.stderr
     assert not results.exists()
+
+
+def _complete(line: str, tmp_path) -> list[str]:
+    """What the shell gets back when the user presses TAB at the end of ``line`` (argcomplete's protocol)."""
+    out = tmp_path / "completions"
+    env = {
+        **os.environ,
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_SUPPRESS_SPACE": "1",
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+    }
+    done = subprocess.run([sys.executable, "-m", "peft_search"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out.read_text().split("\x0b") if out.read_text() else []
+
+
+def test_shell_completion_of_commands_and_options(tmp_path):
+    assert set(_complete("peft-search ", tmp_path)) >= {"run", "plan", "best", "evaluate", "report", "submit"}
+    assert _complete("peft-search ev", tmp_path) == ["evaluate"]
+    assert "--export" in _complete("peft-search best results/x --ex", tmp_path)
+    (tmp_path / "my-search.yaml").write_text("name: x\n")
+    assert "my-search.yaml" in _complete(f"peft-search plan {tmp_path}/my-", tmp_path)[0]
+    script = _cli("completion", "bash")
+    assert script.returncode == 0 and "complete " in script.stdout and "peft-search" in script.stdout

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from search.loop.table import TrialTable, _clock
-from search.results.layout import ResultsDir
-from search.results.metrics import get_metric
-from search.results.records import TrialResult
+import io
+import sys
+
+from peft_search.search.loop.table import TrialTable, _clock
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.metrics import get_metric
+from peft_search.search.results.records import TrialResult
 
 
 def test_each_finished_trial_says_elapsed_time_left_and_the_best_so_far(tmp_path, monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("search.loop.table.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("peft_search.search.loop.table.time.monotonic", lambda: now[0])
     table = TrialTable(ResultsDir(tmp_path), 4, ["accuracy", "trainable_params"], echo=False)
     table.setup()  # the search starts at t=100
     now[0] = 160.0
@@ -33,7 +36,7 @@ def test_each_finished_trial_says_elapsed_time_left_and_the_best_so_far(tmp_path
 
 def test_a_resumed_search_estimates_from_its_own_trials(tmp_path, monkeypatch):
     now = [0.0]
-    monkeypatch.setattr("search.loop.table.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("peft_search.search.loop.table.time.monotonic", lambda: now[0])
     first = TrialTable(ResultsDir(tmp_path), 4, ["accuracy"], echo=False)
     first.records = {t: TrialResult(t, "complete", "lora", "none", metrics={"accuracy": 0.5}) for t in "ab"}
     first.write()
@@ -86,3 +89,41 @@ def test_the_table_is_written_after_tunes_own_state_and_filled_in_on_resume(tmp_
     after = results.read_trials().set_index("trial_id")
     assert after.loc["b", "status"] == "complete" and after.loc["b", "accuracy"] == 0.5
     assert "c" not in after.index and set(results.correct_by_trial()) == {"a", "b"}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+DONE = {
+    "trial_status": "complete",
+    "accuracy": 0.75,
+    "heldout_rows": {"label": [1], "prediction": [1], "correct": [1]},
+}
+
+
+def test_a_terminal_gets_a_progress_bar_under_the_lines(tmp_path, monkeypatch, capsys):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    table = TrialTable(ResultsDir(tmp_path), 3, ["accuracy"], echo=True)
+    table.setup()
+    table.on_trial_start(0, [], _Trial("a", "RUNNING"))
+    table.on_trial_complete(0, [], _Trial("a", "TERMINATED", DONE))
+    table.on_step_end(0, [])
+    bar = terminal.getvalue()
+    assert "[peft-search] 1/3 trials |" in bar and "elapsed" in bar and "left; best accuracy" in bar
+    lines = capsys.readouterr().out.splitlines()  # the lines go to stdout, above the bar
+    assert lines[0].startswith("[peft-search] trial a started") and lines[1].startswith(
+        "[peft-search] trial 1/3 complete"
+    )
+    table.on_experiment_end([])
+    assert table.bar is None or table.bar.bar is None  # closed
+
+
+def test_no_terminal_no_bar(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe, a log file, a Ray job
+    table = TrialTable(ResultsDir(tmp_path), 3, ["accuracy"], echo=True)
+    table.setup()
+    table.on_trial_complete(0, [], _Trial("a", "TERMINATED", DONE))
+    assert sys.stderr.getvalue() == "" and "trial 1/3 complete" in capsys.readouterr().out
