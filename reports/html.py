@@ -20,7 +20,7 @@ from peft_search.reports.data import ReportData, report_data
 from peft_search.reports.importance import Importances, importances
 from peft_search.reports.page import PAGE
 from peft_search.reports.table import estimate_error
-from peft_search.search.results.layout import REPORT_FILE, ResultsDir
+from peft_search.search.results.layout import REPORT_FILE, ResultsDir, replacing
 from peft_search.search.results.metrics import Objective, get_metric
 from peft_search.search.results.noise import ALPHA, TEST
 from peft_search.search.results.records import metric_columns
@@ -306,7 +306,7 @@ def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the page atomically (a reader mid-search never sees half of it); by default into the search's
     directory as ``report.html``."""
     path = Path(out) if out else Path(search_dir) / REPORT_FILE
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(build_report(search_dir), encoding="utf-8")
-    tmp.replace(path)
+    page = build_report(search_dir)
+    with replacing(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path

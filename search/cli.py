@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -242,13 +243,18 @@ def _show(args: argparse.Namespace) -> int:
     import json
 
     from peft_search.reports.table import load_trials, summary_table, trial_records
+    from peft_search.search.results.lock import describe, running_holder
 
-    trials = load_trials(_fetched(args.results_dir)[0])
+    local = _fetched(args.results_dir)[0]
+    trials = load_trials(local)
     print(
         json.dumps(trial_records(trials), indent=2, default=str)
         if args.format == "json"
         else summary_table(trials)
     )
+    holder = running_holder(local)
+    if holder is not None and args.format != "json":
+        print(f"[peft-search] still running: {describe(holder)}")
     return 0
 
 
@@ -492,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--follow", action="store_true", help="stream until the job ends; exit 0 only if it succeeded"
             )
         command.set_defaults(func=func)
+    repair = sub.add_parser(
+        "repair",
+        help="rebuild a damaged or missing trials table from the trials' own records (resume does it too)",
+    )
+    repair.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
+    repair.add_argument("--force", action="store_true", help="rebuild even when the table reads fine")
+    repair.set_defaults(func=_repair)
     completion = sub.add_parser(
         "completion",
         help="print the shell code that completes peft-search's commands and options: "
@@ -502,11 +515,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _repair(args: argparse.Namespace) -> int:
+    from peft_search.search.loop.repair import repair
+
+    print(f"[peft-search] {repair(args.results_dir, force=args.force)}")
+    return 0
+
+
 def _completion(args: argparse.Namespace) -> int:
     import argcomplete
 
     print(argcomplete.shellcode(["peft-search"], shell=args.shell), end="")
     return 0
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(err: OSError) -> str:
+    """One line for a file that could not be written: which, why, the free space there, and what comes next."""
+    import shutil
+
+    target = Path(err.filename) if err.filename else None
+    free = ""
+    if target is not None:
+        for parent in [target, *target.parents]:
+            if parent.exists():
+                free = f"; {shutil.disk_usage(parent).free / 2**20:,.1f} MiB free there"
+                break
+    what = f"cannot write {target}" if target else "cannot write"
+    return (
+        f"{what} ({err.strerror}{free}); finished trials are kept: free some space (or fix the permissions) and "
+        "run the command again, `peft-search resume DIR` for a search"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`peft-search show DIR | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"peft-search: error: {write_error(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ class ConfigError(ValueError):
         super().__init__(" ".join(redact_text(str(message)).split()))
 
 
+class DamagedFileError(ConfigError):
+    """A results file that cannot be read (truncated, corrupt); the message names it and the next step."""
+
+
 class InfeasibleTrialError(RuntimeError):
     """The sampled config cannot run on this model (PEFT or bitsandbytes refuses it, it breaks the budget): it is
     recorded as ``infeasible`` and never retried."""

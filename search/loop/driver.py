@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_search.search.errors import ConfigError
-from peft_search.search.loop.home import SearchHome, claim, record_run
+from peft_search.search.loop.home import SearchHome, claim, record_run, stage
 from peft_search.search.loop.prepare import Prepared, prepare
 from peft_search.search.settings.schema import SearchConfig
 
@@ -23,23 +23,63 @@ def run_search(
     resume: bool = False,
 ) -> Path:
     """Run the whole search (or, with ``resume``, finish one whose driver died); returns its directory."""
+    from peft_search.search.results.lock import SearchLock
+
     t0 = time.time()
     # Prepare: everything that can refuse the config, before Ray starts and before anything is written.
     home = claim(cfg, resume)
-    env = _worker_env(cfg)
-    prep = prepare(cfg)
-    # Launch.
-    tuner, facts, table, restored, concurrency = _launch(
-        cfg, prep, home, address, num_cpus, env, resume, echo
-    )
-    # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
-    tuner.fit()
-    if cfg.search.repeats is not None:
-        # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
-        repeat_front(cfg, prep, home, table, concurrency)
-    # Finish.
-    _finish(cfg, home, facts, table, restored and cfg.search.repeats is None, echo, started=t0)
+    # One writer per search: a second run of it fails here, at once, naming the one that holds it (where the results
+    # directory does not exist yet, nothing can be writing there: the lock is taken once it is made, below).
+    lock = SearchLock(cfg.search_dir())
+    if cfg.search_dir().parent.is_dir():
+        _lock(lock, cfg, resume, echo)
+    try:
+        env = _worker_env(cfg)
+        prep = prepare(cfg)
+        if not lock.held:
+            _lock(lock, cfg, resume, echo)
+        stage(cfg, home, resume)
+        if resume and home.results.trials_path.exists():
+            _repair_if_damaged(home, echo)
+        # Launch.
+        tuner, facts, table, restored, concurrency = _launch(
+            cfg, prep, home, address, num_cpus, env, resume, echo
+        )
+        # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
+        tuner.fit()
+        if cfg.search.repeats is not None:
+            # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
+            repeat_front(cfg, prep, home, table, concurrency)
+        # Finish.
+        _finish(cfg, home, facts, table, restored and cfg.search.repeats is None, echo, started=t0)
+    finally:
+        lock.release()
     return home.results.path
+
+
+def _lock(lock, cfg: SearchConfig, resume: bool, echo: bool) -> None:
+    """Take the search's lock, then check again what ``claim`` checked: the run that held it may have finished
+    this very search meanwhile, and a new search must not overwrite it."""
+    from peft_search.search.results.lock import command_line
+
+    took_over = lock.acquire(command_line())
+    if took_over and echo:
+        print(f"[peft-search] {took_over}", flush=True)
+    try:
+        claim(cfg, resume)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _repair_if_damaged(home: SearchHome, echo: bool) -> None:
+    """A resume rebuilds a damaged trials table from the trials' own records first (``peft-search repair``)."""
+    from peft_search.search.loop.repair import repair, table_is_readable
+
+    if not table_is_readable(home.results):
+        said = repair(home.results.path)
+        if echo:
+            print(f"[peft-search] {said}", flush=True)
 
 
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:

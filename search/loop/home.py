@@ -48,17 +48,34 @@ class SearchHome:
 
 
 def claim(cfg: SearchConfig, resume: bool) -> SearchHome:
-    """The search's home, checked (a new search: an empty or new directory; resumed: this same search)."""
+    """The search's home, checked, with nothing written (a new search: an empty or new directory; resumed: this
+    same search). A search on an object store is checked against the store here and staged by ``stage``."""
     from peft_search.search.loop import resume as resuming
 
     local, uri = cfg.search_dir(), cfg.results_uri()
     if uri is not None:
-        _stage(uri, local, resume)
-    if resume:
+        if not resume and storage.exists(uri, CONFIG_FILE):
+            raise ConfigError(
+                f"results_dir: {storage.redacted(uri)} already holds a search; pass --name NEW or --results-dir URI "
+                "to start another, or `peft-search resume` to finish that one"
+            )
+    elif resume:
         resuming.check_resumable(redact(cfg.model_dump(mode="json")), local)
     else:
         check_search_dir(local)
     return SearchHome(ResultsDir(local), uri)
+
+
+def stage(cfg: SearchConfig, home: SearchHome, resume: bool) -> None:
+    """A search on an object store: its local staging copy (fresh, or the store's files for a resumed search),
+    made once the search's lock is held; a resumed one is then checked as a local one is in ``claim``."""
+    from peft_search.search.loop import resume as resuming
+
+    if home.uri is None:
+        return
+    _stage(home.uri, home.results.path, resume)
+    if resume:
+        resuming.check_resumable(redact(cfg.model_dump(mode="json")), home.results.path)
 
 
 def check_search_dir(search_dir: Path) -> None:

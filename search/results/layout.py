@@ -7,14 +7,16 @@ are read as the current one. Pure: no torch, no ray (the report reads through it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from peft_search.search.errors import DamagedFileError
 from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Objective
 from peft_search.search.results.records import TrialResult
 
@@ -127,7 +129,7 @@ class ResultsDir:
             )
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.trials_path)
+        table = self._read(self.trials_path, pq.read_table)
         version = int((table.schema.metadata or {}).get(SCHEMA_KEY, b"1"))
         if version > SCHEMA_VERSION:
             raise FileNotFoundError(
@@ -151,9 +153,8 @@ class ResultsDir:
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION).encode()}
         )
-        tmp = self.trials_path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.trials_path)
+        with replacing(self.trials_path) as tmp:
+            pq.write_table(table, tmp)
 
     # Per-row held-out predictions: every complete trial on the same rows, so trials compare row by row.
 
@@ -163,7 +164,18 @@ class ResultsDir:
         path = self.path / PREDICTIONS_FILE
         if not path.is_file():
             return _predictions_frame({})
-        return pd.read_parquet(path)
+        return self._read(path, pd.read_parquet)
+
+    def _read(self, path: Path, reader):
+        """``reader(path)``, or one line naming the damaged file and how to rebuild it."""
+        try:
+            return reader(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise DamagedFileError(
+                f"{path}: damaged or unreadable ({first}); `peft-search repair {self.path}` rebuilds it from the "
+                "trials' own records"
+            ) from None
 
     def correct_by_trial(self) -> dict[str, list[bool]]:
         """Trial id -> whether each held-out row was right, in row order."""
@@ -172,9 +184,8 @@ class ResultsDir:
 
     def write_predictions(self, rows: dict[str, dict[str, list[int]]]) -> None:
         """Rewrite the predictions of these trials (trial id -> ``label``/``prediction``/``correct`` lists)."""
-        tmp = self.path / (PREDICTIONS_FILE + ".tmp")
-        _predictions_frame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, self.path / PREDICTIONS_FILE)
+        with replacing(self.path / PREDICTIONS_FILE) as tmp:
+            _predictions_frame(rows).to_parquet(tmp, index=False)
 
 
 PREDICTION_COLUMNS = ("trial_id", "row", "label", "prediction", "correct")
@@ -211,7 +222,22 @@ def _upgrade(frame: pd.DataFrame, version: int) -> pd.DataFrame:
     return frame
 
 
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Write ``path`` whole or not at all: the caller writes the yielded temporary file, which then replaces
+    ``path``; on any failure (a full disk) the temporary file is removed and ``path`` is left as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            err.filename = str(path)  # a write to an open file names none: the file being written
+        raise
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

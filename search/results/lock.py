@@ -1,0 +1,124 @@
+"""One writer per search directory: a run or resume holds an OS file lock (``filelock``) for as long as it runs.
+
+The lock and a note of its holder (host, pid, start time, command) sit beside the search's directory, in the
+results directory (``.NAME.lock``, ``.NAME.lock.json``), so clearing or staging the search's own directory never
+touches them. The OS releases the lock when its process dies, however it dies; the note is removed only by a clean
+release, so a note found by the next holder names a run that died holding the lock, and that is said, not ignored.
+Read-only commands read the note and never take the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from peft_search.search.errors import ConfigError
+
+
+def _paths(search_dir: Path) -> tuple[Path, Path]:
+    base = search_dir.parent / f".{search_dir.name}.lock"
+    return base, base.with_name(base.name + ".json")
+
+
+def read_holder(search_dir: str | Path) -> dict[str, Any] | None:
+    """The note of the run holding (or last holding, if it died) the search's lock; None when there is none."""
+    _, note = _paths(Path(search_dir))
+    try:
+        return json.loads(note.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def running_holder(search_dir: str | Path) -> dict[str, Any] | None:
+    """The run writing the search now, if any: a note whose process is alive (when it is on this host)."""
+    holder = read_holder(search_dir)
+    if holder is None:
+        return None
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            return None  # died holding it: the OS has released the lock
+    return holder
+
+
+def describe(holder: dict[str, Any]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
+    return f"pid {holder.get('pid')} on {holder.get('host')} (`{holder.get('command')}`, since {started})"
+
+
+class SearchLock:
+    """Held by the run or resume writing ``search_dir``; ``acquire`` fails at once if another run holds it."""
+
+    def __init__(self, search_dir: str | Path) -> None:
+        from filelock import FileLock
+
+        self.search_dir = Path(search_dir)
+        lock, self.note = _paths(self.search_dir)
+        self.lock = FileLock(str(lock), timeout=0, is_singleton=False)
+        self._made: list[Path] = []
+
+    @property
+    def held(self) -> bool:
+        return self.lock.is_locked
+
+    def acquire(self, command: str) -> str | None:
+        """Take the lock for ``command``; returns a line to print when it takes over from a run that died
+        holding it. Raises ``ConfigError`` (one line naming the holder) when a live run holds it."""
+        from filelock import Timeout
+
+        try:
+            missing = [p for p in [self.search_dir.parent, *self.search_dir.parent.parents] if not p.exists()]
+            self.search_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._made = missing  # removed again if the run ends before writing anything
+            self.lock.acquire()
+        except Timeout:
+            holder = read_holder(self.search_dir)
+            who = describe(holder) if holder else "another process"
+            raise ConfigError(
+                f"results_dir: {self.search_dir} is being written by {who}; wait for it to end (`peft-search show "
+                f"{self.search_dir}` shows its trials), or pass --name NEW to start another search"
+            ) from None
+        except OSError as err:  # (after Timeout, which is one)
+            raise ConfigError(
+                f"results_dir: cannot write to {self.search_dir.parent} ({err.strerror}); pass another --results-dir"
+            ) from None
+        dead = read_holder(self.search_dir)
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "command": command,
+        }
+        tmp = self.note.with_name(self.note.name + ".tmp")
+        tmp.write_text(json.dumps(holder))
+        os.replace(tmp, self.note)
+        if dead is not None:
+            return f"took over the lock of {self.search_dir} from {describe(dead)}, which ended without releasing it"
+        return None
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        with contextlib.suppress(OSError):
+            self.note.unlink()
+        self.lock.release()
+        if not self.search_dir.exists():  # refused before writing anything: leave nothing behind either
+            with contextlib.suppress(OSError):
+                Path(self.lock.lock_file).unlink()
+                for made in self._made:  # the directories it made for the lock, innermost first, if empty
+                    made.rmdir()
+
+
+def command_line() -> str:
+    """How this process was started, for the holder's note (``peft-search run my.yaml``)."""
+    from peft_search.search.redact import redact_text
+
+    args = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
+    return redact_text(" ".join(args))[:200]
