@@ -32,6 +32,11 @@ def _set_overrides(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> int:
     from peft_search.search.settings.loading import default_config_path, load_config
 
+    if getattr(args, "verbose", False):  # before Ray starts: its workers inherit it
+        from peft_search.search.worker.environment import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+
     overrides = _set_overrides(args)
     if args.num_trials is not None:
         overrides["search.num_trials"] = args.num_trials
@@ -379,11 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="finish this search after its driver died: finished trials are kept, running ones restart",
     )
     _add_set(run)
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything: library warnings, Ray's and Tune's own output",
+    )
     run.set_defaults(func=_run)
     resume = sub.add_parser("resume", help="finish the search in RESULTS_DIR/NAME after its driver died")
     resume.add_argument("results_dir_to_resume", metavar="results_dir", help="the search's results directory")
     resume.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
     resume.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    resume.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything: library warnings, Ray's and Tune's own output",
+    )
     resume.set_defaults(func=_run, num_trials=None, results_dir=None, name=None, config=None, set=[])
     plan = sub.add_parser(
         "plan",

@@ -24,8 +24,10 @@ def run_search(
 ) -> Path:
     """Run the whole search (or, with ``resume``, finish one whose driver died); returns its directory."""
     from peft_search.search.results.lock import SearchLock
+    from peft_search.search.worker.environment import quiet_bitsandbytes
 
     t0 = time.time()
+    quiet_bitsandbytes()
     # Prepare: everything that can refuse the config, before Ray starts and before anything is written.
     home = claim(cfg, resume)
     # One writer per search: a second run of it fails here, at once, naming the one that holds it (where the results
@@ -85,11 +87,15 @@ def _repair_if_damaged(home: SearchHome, echo: bool) -> None:
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
     """CPU trials' heap allocator, preloaded into every worker Ray starts for this search (GPU trials keep theirs)."""
     from peft_search.cluster import worker_env
+    from peft_search.search.worker.environment import VERBOSE_ENV, verbose
 
     try:
-        return worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)
+        env = worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if verbose():  # -v reaches the trials on a cluster too
+        env = {**(env or {}), VERBOSE_ENV: "1"}
+    return env
 
 
 def _launch(
@@ -109,6 +115,7 @@ def _launch(
     from peft_search.search.loop import tuning
     from peft_search.search.loop.resume import can_restore
     from peft_search.search.loop.table import TrialTable
+    from peft_search.search.worker.environment import verbose
     from peft_search.search.worker.trial import trial_driver, trial_resources
 
     resources = connect(address, num_cpus=num_cpus, env_vars=env)
@@ -128,7 +135,8 @@ def _launch(
     # Tune's own progress output (its experiment box, a TensorBoard hint) prints even at verbose=0 with its newer
     # reporter; the search prints its own lines (where the results go, each trial, progress), so use the classic
     # reporter, which verbose=0 keeps silent.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not verbose():
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url)
     home.upload()
     table = TrialTable(

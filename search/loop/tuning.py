@@ -10,6 +10,7 @@ from ray.tune.search import Searcher
 from peft_search import spaces
 from peft_search.search.loop.prepare import Prepared
 from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.worker.environment import verbose
 
 
 def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | None = None):
@@ -100,7 +101,7 @@ def new_tuner(
             storage_path=storage_path,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
-            verbose=0,
+            verbose=1 if verbose() else 0,  # -v: Tune's own status table too
         ),
     )
 

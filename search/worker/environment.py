@@ -26,9 +26,25 @@ _INT8_CAST = _DropPrefix("MatMul8bitLt: inputs will be cast")
 _NO_KERNELS = _DropPrefix("Failed to load CPU gemm_4bit_forward")
 
 
+VERBOSE_ENV = "PEFT_SEARCH_VERBOSE"
+"""Set by ``-v``: nothing is filtered, in the driver or (passed through Ray) in the trials."""
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_bitsandbytes() -> None:
+    """The driver imports bitsandbytes too (planning the quantized levels): the same message filter as trials."""
+    if not verbose():
+        logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_KERNELS)
+
+
 def quiet_libraries() -> None:
     """Keep worker logs to what matters, by message, in the trial's process only: a new task head, weight-loading
-    progress bars and the int8 cast are expected."""
+    progress bars and the int8 cast are expected. ``-v`` (``PEFT_SEARCH_VERBOSE``) keeps everything."""
+    if verbose():
+        return
     import warnings
 
     import transformers

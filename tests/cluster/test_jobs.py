@@ -54,6 +54,9 @@ def _free_ports(n: int) -> list[int]:
 
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # On a cluster, the Python that runs Ray is the `python` on its PATH (the job's entrypoint says `python`): so
+    # here, this environment's, whether or not the tests were started from an activated one.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
 

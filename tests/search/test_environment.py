@@ -29,3 +29,23 @@ def test_peft_zero_rank_shard_warning_is_dropped_and_other_warnings_kept():
         )
         warnings.warn("Adapter 'default': something else", stacklevel=1)
     assert [str(w.message) for w in seen] == ["Adapter 'default': something else"]
+
+
+def test_verbose_keeps_every_library_message(monkeypatch):
+    import logging
+
+    from peft_search.search.worker import environment
+
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    cast = logging.LogRecord(
+        logger.name, logging.WARNING, __file__, 1, "MatMul8bitLt: inputs will be cast", None, None
+    )
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setenv(environment.VERBOSE_ENV, "1")
+    environment.quiet_libraries()
+    assert logger.filter(cast)  # -v: shown
+    monkeypatch.delenv(environment.VERBOSE_ENV)
+    environment.quiet_libraries()
+    assert not logger.filter(cast)  # by default: filtered, by its message only
+    other = logging.LogRecord(logger.name, logging.WARNING, __file__, 1, "something else", None, None)
+    assert logger.filter(other)
