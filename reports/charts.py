@@ -303,6 +303,37 @@ def parallel_coordinates(data: ReportData) -> go.Figure:
     return fig
 
 
+def how_to_read(chart_id: str, data: ReportData) -> str:
+    """One line under a chart's title: what a mark is and which way is better."""
+    if chart_id == "importance":
+        return (
+            "Which sampled settings explain the differences in each objective (PED-ANOVA, on the complete trials): "
+            "a long bar matters for that objective, a short one barely does."
+        )
+    if chart_id == "hypervolume":
+        return (
+            "The share of the final front's hypervolume the search had reached after each trial: a curve that "
+            "flattens early means more trials would have added little."
+        )
+    if chart_id == "parallel":
+        return (
+            "One line per complete trial, across its settings and metrics: drag along an axis to keep only the "
+            "trials in a range."
+        )
+    if chart_id == "three-objectives":
+        return "Every complete trial in the search's three objectives at once: drag to turn it, hover for a trial."
+    for pair in data.fronts_2d:
+        if chart_id == f"pareto-{pair.x.metric}":
+            y, x = get_metric(pair.y.metric), get_metric(pair.x.metric)
+            up = "up" if pair.y.mode == "max" else "down"
+            side = "right" if pair.x.mode == "max" else "left"
+            return (
+                f"Each point is a trial; the line joins the front, the trials no other beats on both {y.label} "
+                f"and {x.label}. Better is {up} and to the {side}; hover for a trial's config."
+            )
+    return ""
+
+
 def figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     """Every chart of the report, with its section id: a front per other objective, the 3-D view for three
     objectives, search progress, parallel coordinates."""

@@ -268,6 +268,7 @@ def render(data: ReportData, facts: dict[str, Any], importance: Importances | No
         figures.append(("importance", charts.importance_figure(importance.values, importance.n_trials)))
     divs = "\n".join(
         f'<section class="chart" id="{cid}">'
+        + f'<p class="how-to-read">{html.escape(charts.how_to_read(cid, data))}</p>'
         + fig.to_html(
             full_html=False, include_plotlyjs=False, config={"displaylogo": False}, div_id=f"{cid}-plot"
         )

@@ -17,7 +17,7 @@ table.data th {{ background: #f3f3f3; cursor: pointer; position: sticky; top: 0;
 td.cfg {{ font-family: monospace; font-size: 0.75rem; min-width: 22rem; max-width: 40rem; word-break: break-all; }}
 tr.status-failed {{ background: #fde8e8; }} tr.status-infeasible {{ background: #fff4d6; }}
 tr.status-stopped_early {{ background: #eef2f7; }}
-.chart {{ margin: 1rem 0; }} #picker label {{ margin-right: 1rem; }} #choice {{ font-family: monospace; white-space: pre-wrap; }}
+.chart {{ margin: 1rem 0; }} .how-to-read {{ color: #555; margin: 0.2rem 0; }} #picker label {{ margin-right: 1rem; }} #choice {{ font-family: monospace; white-space: pre-wrap; }}
 </style>
 <script>{plotlyjs}</script>
 </head><body>

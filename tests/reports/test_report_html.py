@@ -130,3 +130,22 @@ def test_hardware_reads_in_words():
     gpu = {"CPU": 16.0, "GPU": 1.0, "accelerator_type:H100": 1.0}
     assert hardware_text(gpu) == "16 CPUs, 1 GPU, H100"
     assert hardware_text({}) == "-"
+
+
+def test_every_chart_says_how_to_read_it(tmp_path):
+    import re
+
+    page = build_report(_results_dir(tmp_path, 40))
+    sections = re.findall(r'<section class="chart" id="([^"]+)"><p class="how-to-read">([^<]*)</p>', page)
+    ids = [cid for cid, _ in sections]
+    assert {
+        "pareto-trainable_params",
+        "pareto-peak_memory_bytes",
+        "three-objectives",
+        "hypervolume",
+        "parallel",
+    } <= set(ids)
+    assert page.count('<section class="chart"') == len(sections) and all(text.strip() for _, text in sections)
+    reading = dict(sections)
+    # accuracy (max) up, trainable parameters (min) left: the direction follows each objective's mode.
+    assert "Better is up and to the left" in reading["pareto-trainable_params"]
