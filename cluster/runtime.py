@@ -39,6 +39,7 @@ def connect(
                 object_store_memory=object_store_memory,
                 **kwargs,
             )
+            _watch_this_driver()
         else:
             ray.init(address=address, **kwargs)
     except ConnectionError as err:
@@ -53,6 +54,18 @@ def connect(
             ) from None
         raise
     return ray.cluster_resources()
+
+
+_watchdog = None
+
+
+def _watch_this_driver() -> None:
+    """The local instance dies with this process, however it dies (``peft_search.cluster.watchdog``); once."""
+    global _watchdog
+    if _watchdog is None or _watchdog.poll() is not None:
+        from peft_search.cluster.watchdog import start_watchdog
+
+        _watchdog = start_watchdog()
 
 
 def allocator_preload(choice: str) -> str | None:
