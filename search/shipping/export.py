@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import shutil
 from collections.abc import Mapping
@@ -76,7 +77,7 @@ def _write(
     tmp: Path,
     out: Path,
 ) -> None:
-    from peft_search.search.inputs.modeling import precision_dtype, quantization_config
+    from peft_search.search.inputs.modeling import precision_dtype, quantization_config, quantization_kwargs
 
     model = ModelSpec(**config["model"])
     task = model.task
@@ -134,7 +135,7 @@ def _write(
     record = dataclasses.asdict(TrialResult.from_row(dict(trial)))
     record["adapter_path"] = "."  # this export, not the search machine's checkpoint path
     (tmp / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (tmp / "README.md").write_text(model_card(manifest, qconfig_kwargs(trial["quantization"], dtype)))
+    (tmp / "README.md").write_text(model_card(manifest, quantization_kwargs(trial["quantization"], dtype)))
 
 
 def base_model_entry(model: ModelSpec, out: Path) -> dict[str, Any]:
@@ -237,22 +238,15 @@ def _reproduce(config: dict[str, Any], trial: Mapping[str, Any], out: Path) -> d
     return config
 
 
-def qconfig_kwargs(level: str, dtype) -> dict[str, Any] | None:
-    from peft_search.search.inputs.modeling import quantization_kwargs
-
-    return quantization_kwargs(level, dtype)
-
-
 def _number(value: Any) -> float | int | None:
-    if value is None or isinstance(value, str):
+    """A table cell as JSON: a float stays a float, an integer (numpy's too) an int; NaN, text, None are None."""
+    if value is None or isinstance(value, (str, bool)):
         return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(f):
-        return None
-    return int(f) if float(f).is_integer() and not isinstance(value, float) else f
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and not math.isnan(float(value)):
+        return float(value)
+    return None
 
 
 def _int(value: Any) -> int | None:
