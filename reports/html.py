@@ -21,6 +21,7 @@ from peft_search.reports.importance import Importances, importances
 from peft_search.reports.page import PAGE
 from peft_search.reports.table import estimate_error
 from peft_search.search.results.layout import REPORT_FILE, ResultsDir, replacing
+from peft_search.search.results.lock import progress_note
 from peft_search.search.results.metrics import Objective, get_metric
 from peft_search.search.results.noise import ALPHA, TEST
 from peft_search.search.results.records import metric_columns
@@ -223,7 +224,9 @@ def _facts(facts: dict[str, Any], data: ReportData) -> str:
         "concurrency": facts.get("concurrency"),
         "hardware": hardware_text(facts.get("cluster_resources", {})),
         "platform": facts.get("platform"),
-        "wall time": f"{facts['wall_time_s']:.0f} s" if "wall_time_s" in facts else "running",
+        "wall time": f"{facts['wall_time_s']:.0f} s"
+        if "wall_time_s" in facts
+        else facts.get("progress", "running"),
         "total train time": f"{complete['train_time_s'].sum():.0f} s" if "train_time_s" in complete else "-",
         "versions": ", ".join(f"{k} {v}" for k, v in facts.get("versions", {}).items()),
     }
@@ -299,6 +302,7 @@ def build_report(search_dir: str | Path) -> str:
     results = ResultsDir(search_dir)
     trials, objectives = fold_repeats(results.read_trials()), results.objectives()
     facts = {"name": results.name, **results.read_facts()}
+    facts["progress"] = progress_note(search_dir, "wall_time_s" in facts)
     data = report_data(trials, objectives, results.correct_by_trial())
     return render(data, facts, importances(results, trials, objectives))
 

@@ -188,6 +188,12 @@ def _best(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
     else:
         print(describe(choice, objectives))
+        from peft_search.search.results.layout import ResultsDir
+        from peft_search.search.results.lock import progress_note
+
+        note = progress_note(local, "wall_time_s" in ResultsDir(local).read_facts())
+        if note is not None:
+            print(f"[peft-search] the search is {note}")
         if exported is not None:
             print(
                 f"Exported to {exported}: the adapter (PEFT), its tokenizer, peft_search.json (labels, "
@@ -248,7 +254,8 @@ def _show(args: argparse.Namespace) -> int:
     import json
 
     from peft_search.reports.table import load_trials, summary_table, trial_records
-    from peft_search.search.results.lock import describe, running_holder
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.results.lock import progress_note
 
     local = _fetched(args.results_dir)[0]
     trials = load_trials(local)
@@ -257,9 +264,9 @@ def _show(args: argparse.Namespace) -> int:
         if args.format == "json"
         else summary_table(trials)
     )
-    holder = running_holder(local)
-    if holder is not None and args.format != "json":
-        print(f"[peft-search] still running: {describe(holder)}")
+    note = progress_note(local, "wall_time_s" in ResultsDir(local).read_facts())
+    if note is not None and args.format != "json":
+        print(f"[peft-search] the search is {note}")
     return 0
 
 

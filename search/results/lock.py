@@ -48,6 +48,17 @@ def running_holder(search_dir: str | Path) -> dict[str, Any] | None:
     return holder
 
 
+def progress_note(search_dir: str | Path, finished: bool) -> str | None:
+    """What a reader of a search should know of its state: None when it ``finished``, else whether a run is
+    writing it now (and which) or it stopped unfinished (and how to finish it)."""
+    if finished:
+        return None
+    holder = running_holder(search_dir)
+    if holder is not None:
+        return f"still running: {describe(holder)}; what is shown are the trials finished so far"
+    return f"unfinished, and no run is writing it: `peft-search resume {search_dir}` finishes it"
+
+
 def describe(holder: dict[str, Any]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
     return f"pid {holder.get('pid')} on {holder.get('host')} (`{holder.get('command')}`, since {started})"

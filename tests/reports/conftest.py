@@ -24,6 +24,7 @@ def write_search(tmp_path) -> Callable[..., Path]:
             {
                 "name": name,
                 "model": "tiny",
+                "wall_time_s": 60.0,  # a finished search
                 "objectives": [{"metric": m, "mode": mode} for m, mode in objectives],
             }
         )

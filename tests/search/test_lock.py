@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from peft_search.search.errors import ConfigError
-from peft_search.search.results.lock import SearchLock, read_holder, running_holder
+from peft_search.search.results.lock import SearchLock, progress_note, read_holder, running_holder
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
@@ -80,8 +80,13 @@ def test_two_runs_of_one_search_the_second_fails_at_once(tiny_bert, classificati
     assert second.returncode == 2 and time.monotonic() - t0 < 10
     (line,) = second.stderr.strip().splitlines()
     assert f"is being written by pid {first.pid}" in line and "--name NEW" in line
+    # A reader meanwhile: it works and says the search is running, and by whom.
+    assert progress_note(search_dir, finished=False).startswith(f"still running: pid {first.pid} on ")
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
     trials = pd.read_parquet(search_dir / "trials.parquet")
     assert len(trials) == 2 and set(trials["status"]) == {"complete"}
     assert read_holder(search_dir) is None  # released at the end
+    assert progress_note(search_dir, finished=False).startswith("unfinished, and no run is writing it")
+    shown = subprocess.run([*command[:3], "show", str(search_dir)], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0 and "the search is" not in shown.stdout  # finished: nothing to say
