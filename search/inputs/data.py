@@ -248,6 +248,29 @@ def save_tokenizer(tokenizer, task: str, max_length: int, path: str | Path) -> N
     tok.save_pretrained(str(path))
 
 
+def split_dataset(spec, task: str) -> Splits:
+    """The search's splits of its ``dataset`` section (``DatasetSpec``): loaded, then split by its seed, so the
+    same section always gives the same rows. Raises ``DatasetError``."""
+    records = load_records(spec.source, spec.subset, spec.split)
+    if task == "sequence-classification":
+        return split_classification(
+            records,
+            text=spec.text_column,
+            label=spec.label_column,
+            per_class=spec.train_per_class,
+            eval_size=spec.eval_size,
+            seed=spec.seed,
+        )
+    return split_causal(
+        records,
+        prompt=spec.prompt_column,
+        answer=spec.answer_column,
+        train_size=spec.train_size,
+        eval_size=spec.eval_size,
+        seed=spec.seed,
+    )
+
+
 MAX_CLOSED_ANSWERS = 32
 """With at most this many distinct answers, causal-LM accuracy scores each answer; beyond it, it generates."""
 

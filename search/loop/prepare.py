@@ -115,26 +115,8 @@ def _model_path(cfg: SearchConfig) -> str:
 def _splits(cfg: SearchConfig) -> Splits:
     from peft_search.search.inputs import data
 
-    d = cfg.dataset
     try:
-        records = data.load_records(d.source, d.subset, d.split)
-        if cfg.model.task == "sequence-classification":
-            return data.split_classification(
-                records,
-                text=d.text_column,
-                label=d.label_column,
-                per_class=d.train_per_class,
-                eval_size=d.eval_size,
-                seed=d.seed,
-            )
-        return data.split_causal(
-            records,
-            prompt=d.prompt_column,
-            answer=d.answer_column,
-            train_size=d.train_size,
-            eval_size=d.eval_size,
-            seed=d.seed,
-        )
+        return data.split_dataset(cfg.dataset, cfg.model.task)
     except data.DatasetError as err:
         raise ConfigError(str(err)) from None
 

@@ -221,24 +221,7 @@ def _held_out(spec: DatasetSpec, task: str):
     from peft_search.search.inputs import data
 
     try:
-        records = data.load_records(spec.source, spec.subset, spec.split)
-        if task == "sequence-classification":
-            return data.split_classification(
-                records,
-                text=spec.text_column,
-                label=spec.label_column,
-                per_class=spec.train_per_class,
-                eval_size=spec.eval_size,
-                seed=spec.seed,
-            )
-        return data.split_causal(
-            records,
-            prompt=spec.prompt_column,
-            answer=spec.answer_column,
-            train_size=spec.train_size,
-            eval_size=spec.eval_size,
-            seed=spec.seed,
-        )
+        return data.split_dataset(spec, task)
     except data.DatasetError as err:
         raise ConfigError(
             f"{str(err).split(';')[0]}; the search's dataset cannot be read here, give --data"
