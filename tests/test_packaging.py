@@ -55,4 +55,4 @@ def test_the_wheel_has_one_top_level_package(tmp_path):
     for name in FOLDERS:
         assert any(n.startswith(f"peft_search/{name}/") and n.endswith("__init__.py") for n in names), name
     assert "peft_search/search/configs/bbcnews-minilm.yaml" in names
-    assert "peft_search/search/cli.py" in names and "peft_search/__main__.py" in names
+    assert "peft_search/search/cli/__init__.py" in names and "peft_search/__main__.py" in names

@@ -280,7 +280,7 @@ def test_the_entrypoint_is_a_valid_run_command(tmp_path):
     assert [Path(d).name for d in shipped["py_modules"]] == [PACKAGE]
     # A checkout's package links to the repo's folders; what ships holds their files.
     (shipped_dir,) = shipped["py_modules"]
-    assert (Path(shipped_dir) / "search" / "cli.py").is_file() and (
+    assert (Path(shipped_dir) / "search" / "cli" / "__init__.py").is_file() and (
         Path(shipped_dir) / "__main__.py"
     ).is_file()
     assert "py_modules" not in runtime_env(tmp_path, ship_project=False)

