@@ -1,4 +1,7 @@
-"""Training throughput of one trial's loop (``search.worker.training``) against a plain ``transformers.Trainer`` + PEFT.
+"""Training throughput of a trial (``search.worker.training``) against a plain ``transformers.Trainer`` + PEFT.
+
+A trial trains with the Trainer too; this measures what the search adds around it (its collator and counting,
+callbacks, planning, peak-memory watch) against the Trainer as a user would set it up by hand.
 
     python -m benchmarks.throughput                     # MiniLM on BBC News, LoRA r=8 on query/value, 30 steps
     python -m benchmarks.throughput --steps 60 --repeats 3
@@ -86,7 +89,7 @@ def _trainer(prep, settings: TrialSettings, lr: float) -> float:
             learning_rate=lr,
             warmup_steps=int(settings.steps * t.warmup_ratio),  # as search.worker.training
             lr_scheduler_type="linear",
-            weight_decay=t.weight_decay,
+            weight_decay=t.arguments().fixed.get("weight_decay", 0.0),
             logging_strategy="no",
             save_strategy="no",
             eval_strategy="no",
@@ -112,12 +115,15 @@ def padding_fraction(prep, settings: TrialSettings) -> float:
     """Share of the token slots in the trial's batches (one pass, as drawn) that are padding."""
     import torch
 
-    from peft_search.search.worker.batches import train_loader
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.trainer import build_trainer, training_arguments
 
-    t = settings.training
-    loader = train_loader(
-        prep.data, t.batch_size, settings.seed, t.train_sampling_strategy, torch.device("cpu")
-    )
+    trial = TrialConfig("lora", "none", dict(LORA), 1e-3)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = training_arguments(
+            trial, settings, prep.data, output_dir=tmp, seed=settings.seed, device=torch.device("cpu")
+        )
+        loader = build_trainer(torch.nn.Linear(1, 1), args, prep.data, [])[0].get_train_dataloader()
     real = slots = 0
     for batch in loader:
         real += int(batch["attention_mask"].sum())

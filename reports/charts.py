@@ -303,8 +303,59 @@ def parallel_coordinates(data: ReportData) -> go.Figure:
     return fig
 
 
+def learning_curves_figure(data: ReportData) -> go.Figure:
+    """Training loss over steps, one line per trial (the front's shown, the other complete trials a click away in
+    the legend), with held-out loss at early stopping's rungs as markers of the same colour."""
+    front = set(data.front["trial_id"].astype(str))
+    methods = data.complete.set_index(data.complete["trial_id"].astype(str))["method"].astype(str).to_dict()
+    colors = _colors(sorted(set(methods.values())))
+    fig = go.Figure()
+    for trial_id, curve in data.curves.items():
+        method = methods.get(trial_id, "")
+        shown = True if trial_id in front else "legendonly"
+        name = f"{trial_id} ({method})"
+        fig.add_trace(
+            go.Scatter(
+                x=curve["step"],
+                y=curve["loss"],
+                mode="lines",
+                name=name,
+                legendgroup=trial_id,
+                meta=trial_id,
+                visible=shown,
+                line={"color": colors.get(method), "width": 2 if trial_id in front else 1},
+            )
+        )
+        if curve.get("eval_step"):
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["eval_step"],
+                    y=curve["eval_loss"],
+                    mode="markers",
+                    name=f"{name}: held-out loss at rungs",
+                    legendgroup=trial_id,
+                    meta=trial_id,
+                    visible=shown,
+                    showlegend=False,
+                    marker={"color": colors.get(method), "symbol": "diamond", "size": 8},
+                )
+            )
+    fig.update_layout(
+        title="Learning curves: training loss by optimizer step (the front's trials; others in the legend)",
+        xaxis_title="optimizer step",
+        yaxis_title="training loss",
+        height=420,
+    )
+    return fig
+
+
 def how_to_read(chart_id: str, data: ReportData) -> str:
     """One line under a chart's title: what a mark is and which way is better."""
+    if chart_id == "curves":
+        return (
+            "One line per trial: its training loss as the Trainer logged it (diamonds: held-out loss at early "
+            "stopping's rungs). Click a name in the legend, or a trial's curve link in the table, to show it."
+        )
     if chart_id == "importance":
         return (
             "Which sampled settings explain the differences in each objective (PED-ANOVA, on the complete trials): "
@@ -336,11 +387,13 @@ def how_to_read(chart_id: str, data: ReportData) -> str:
 
 def figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     """Every chart of the report, with its section id: a front per other objective, the 3-D view for three
-    objectives, search progress, parallel coordinates."""
+    objectives, search progress, parallel coordinates, learning curves (when trials recorded them)."""
     hover = hover_texts(data.complete, data.objectives)
     out = [(f"pareto-{pair.x.metric}", pareto_scatter(data, pair, hover)) for pair in data.fronts_2d]
     if len(data.objectives) == 3:
         out.append(("three-objectives", scatter_3d(data, hover)))
     out.append(("hypervolume", hypervolume_figure(data)))
     out.append(("parallel", parallel_coordinates(data)))
+    if data.curves:
+        out.append(("curves", learning_curves_figure(data)))
     return out

@@ -6,6 +6,7 @@ pure (pandas and numpy), tested without plotly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class ReportData:
     """``reports.fronts.method_summary``."""
     pvalues: dict[str, dict[str, float]] = field(default_factory=dict)
     """Paired test (``search.results.noise``) between every two complete trials with per-row held-out predictions."""
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Trial id -> its learning curve (``CURVE_KEY``), for the complete trials that recorded one, front first."""
 
 
 def report_data(
@@ -84,7 +87,21 @@ def report_data(
         history=hypervolume_history(points, reference),
         methods=method_summary(trials, done, objectives),
         pvalues=pairwise_p(correct or {}, done["trial_id"].astype(str)) if len(done) else {},
+        curves=learning_curves(pd.concat([front, done]).drop_duplicates("trial_id")),
     )
+
+
+def learning_curves(trials: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
+    """Trial id -> learning curve, in the rows' order, for the rows that recorded one (``learning_curve``)."""
+    if "learning_curve" not in trials:
+        return {}
+    out = {}
+    for trial_id, text in zip(trials["trial_id"].astype(str), trials["learning_curve"], strict=True):
+        if isinstance(text, str) and text:
+            curve = json.loads(text)
+            if curve.get("step"):
+                out[trial_id] = curve
+    return out
 
 
 def load_report_data(search_dir: str | Path) -> ReportData:

@@ -66,13 +66,22 @@ _TRAILING = [
 ]
 
 
-def trials_table(trials: pd.DataFrame) -> str:
-    """Every trial, with every registry metric the table has (headed by its label), sortable and filterable."""
+def _curve_cell(trial_id: str, curves: Sequence[str]) -> str:
+    if trial_id not in curves:
+        return "<td>-</td>"
+    tid = html.escape(trial_id)
+    return f'<td><a href="#curves" class="curve-link" data-trial="{tid}">curve</a></td>'
+
+
+def trials_table(trials: pd.DataFrame, curves: Sequence[str] = ()) -> str:
+    """Every trial, with every registry metric the table has (headed by its label), sortable and filterable;
+    a trial with a learning curve in the report links to it (``curves``: their trial ids)."""
     names = metric_columns(list(trials.columns))
     labels = (
         [label for _, label in _LEADING]
         + [get_metric(n).label for n in names]
         + [label for _, label in _TRAILING]
+        + ["learning curve"]
     )
     head = "".join(f'<th data-col="{i}">{html.escape(label)}</th>' for i, label in enumerate(labels))
     rows = []
@@ -80,6 +89,7 @@ def trials_table(trials: pd.DataFrame) -> str:
         cells = "".join(_cell(c, row.get(c)) for c, _ in _LEADING)
         cells += "".join(_metric_cell(n, row.get(n)) for n in names)
         cells += "".join(_cell(c, row.get(c)) for c, _ in _TRAILING)
+        cells += _curve_cell(str(row.get("trial_id")), curves)
         rows.append(f'<tr class="status-{html.escape(str(row.get("status")))}">{cells}</tr>')
     return f'<table id="trials" class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -292,7 +302,7 @@ def render(data: ReportData, facts: dict[str, Any], importance: Importances | No
         importance_note=html.escape(importance.note) if importance is not None and importance.note else "",
         summary=methods_table(data.methods),
         estimate=html.escape(_estimate_line(data.complete)),
-        table=trials_table(data.trials),
+        table=trials_table(data.trials, list(data.curves)),
         data=_json_for_script(picker_data),
     )
 

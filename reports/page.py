@@ -100,6 +100,13 @@ or 1 % (any other metric) of the method's best first objective.</p>
     document.getElementById("shown").textContent = n + " of " + body.rows.length + " trials shown";
   }}
   filter.addEventListener("input", applyFilter); applyFilter();
+  // A trial's "curve" link shows its learning curve (hidden in the legend unless it is on the front).
+  table.addEventListener("click", (e) => {{
+    const link = e.target.closest("a.curve-link"); if (!link) return;
+    const plot = document.getElementById("curves-plot"); if (!plot || !plot.data) return;
+    const idx = plot.data.map((t, i) => (t.meta === link.dataset.trial ? i : -1)).filter((i) => i >= 0);
+    if (idx.length) Plotly.restyle(plot, {{visible: true}}, idx);
+  }});
 }})();
 </script>
 </body></html>

@@ -33,7 +33,10 @@ from peft_search.spaces.registry import (
 )
 from peft_search.spaces.sampling import (
     Candidate,
+    Choice,
     DefineByRun,
+    Domain,
+    Range,
     SpaceSpec,
     describe_candidate,
     enqueue_candidates,
@@ -43,9 +46,12 @@ from peft_search.spaces.targets import resolve_target_sets
 __all__ = [
     "LAYER_CHOICES",
     "QUANTIZATION_LEVELS",
+    "Range",
     "TARGET_CHOICES",
     "Candidate",
+    "Choice",
     "DefineByRun",
+    "Domain",
     "MethodSpace",
     "SpaceContext",
     "SpaceSpec",

@@ -34,11 +34,44 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A searched setting drawn from a list (Optuna's ``suggest_categorical``)."""
+
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A searched number drawn from ``[low, high]`` (``suggest_int`` or ``suggest_float``, log-scaled or not)."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+Domain = Choice | Range
+TRAINING_PREFIX = "training."
+"""Optuna parameter names of searched ``TrainingArguments`` fields: ``training.max_grad_norm``."""
+
+
+def suggest(trial: optuna.Trial, name: str, domain: Domain) -> Any:
+    """One value of a searched setting, as the Optuna parameter ``name``."""
+    if isinstance(domain, Choice):
+        return trial.suggest_categorical(name, list(domain.values))
+    if domain.integer:
+        return trial.suggest_int(name, int(domain.low), int(domain.high), log=domain.log)
+    return trial.suggest_float(name, domain.low, domain.high, log=domain.log)
+
+
+@dataclass(frozen=True)
 class SpaceSpec:
     methods: Sequence[str]
     quantization: Sequence[str]
     learning_rate: tuple[float, float]
     candidates: Sequence[Candidate] = field(default_factory=tuple)
+    training: Mapping[str, Domain] = field(default_factory=dict)
+    """Searched ``TrainingArguments`` fields (name -> domain); every trial, candidates included, draws them."""
 
 
 def feasible_quantization(method: str, levels: Sequence[str]) -> list[str]:
@@ -74,8 +107,13 @@ class DefineByRun:
                 "quantization": cand.quantization,
                 "peft_config": dict(cand.peft_config),
                 "learning_rate": lr,
+                "training": self.training(trial),
             }
         return self.sample(trial)
+
+    def training(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The searched ``TrainingArguments`` fields' values for this trial (empty when none is searched)."""
+        return {n: suggest(trial, TRAINING_PREFIX + n, d) for n, d in sorted(self.spec.training.items())}
 
     def methods(self) -> list[str]:
         return [m for m in self.spec.methods if feasible_quantization(m, self.spec.quantization)]
@@ -93,6 +131,7 @@ class DefineByRun:
             "quantization": quant,
             "peft_config": peft_config,
             "learning_rate": trial.suggest_float("learning_rate", lo, hi, log=True),
+            "training": self.training(trial),
         }
 
 
@@ -139,7 +178,11 @@ def describe_candidate(cand: Candidate, space: DefineByRun, normalise: Normalise
 
     knobs = _Probe(fixed)
     space.sample(knobs)
-    choices = {n: c for n, c in knobs.asked.items() if n not in fixed and n != "learning_rate"}
+    choices = {
+        n: c
+        for n, c in knobs.asked.items()
+        if n not in fixed and n != "learning_rate" and not n.startswith(TRAINING_PREFIX)
+    }
     values = {n: c[0] for n, c in choices.items()}
 
     def agree(vals: dict[str, Any]) -> int:

@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     from peft_search.cluster.runtime import ClusterError
     from peft_search.search.errors import ConfigError
     from peft_search.search.redact import redact_text
+    from peft_search.search.worker.environment import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # checking training: imports transformers, and with it bitsandbytes, which says too much
 
     try:
         return args.func(args)

@@ -115,6 +115,7 @@ def _launch(
     from peft_search.search.loop import tuning
     from peft_search.search.loop.resume import can_restore
     from peft_search.search.loop.table import TrialTable
+    from peft_search.search.loop.tracking import tracking_callbacks
     from peft_search.search.worker.environment import verbose
     from peft_search.search.worker.trial import trial_driver, trial_resources
 
@@ -153,7 +154,8 @@ def _launch(
     if restored:
         tuner = tuning.restored_tuner(trainable, home.tune_path)
     else:
-        tuner = tuning.new_tuner(trainable, searcher, concurrency, [table], cfg, home.storage_path)
+        callbacks = [table, *tracking_callbacks(cfg, home.results.path)]
+        tuner = tuning.new_tuner(trainable, searcher, concurrency, callbacks, cfg, home.storage_path)
     return tuner, facts, table, restored, concurrency
 
 
@@ -164,6 +166,7 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
 
     from ray import tune
 
+    from peft_search.search.loop.tracking import tracking_callbacks
     from peft_search.search.loop.tuning import FixedConfigs, new_tuner
     from peft_search.search.results.repeats import to_repeat
     from peft_search.search.worker.trial import trial_driver, trial_resources
@@ -183,7 +186,7 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
         trainable,
         FixedConfigs(configs),
         concurrency,
-        [table],
+        [table, *tracking_callbacks(cfg, home.results.path)],
         cfg,
         home.storage_path,
         name="tune-repeats",

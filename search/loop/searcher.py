@@ -17,7 +17,7 @@ from peft_search.search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG
 
 STATUS_ATTR = "peft_search.status"
 CONFIG_ATTR = "peft_search.config"
-CONFIG_KEYS = ("candidate", "method", "quantization", "peft_config", "learning_rate")
+CONFIG_KEYS = ("candidate", "method", "quantization", "peft_config", "learning_rate", "training")
 
 
 class PeftOptunaSearch(OptunaSearch):

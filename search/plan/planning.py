@@ -244,6 +244,9 @@ def plan_search(
             todo.append({k: v for k, v in space(study.ask()).items() if k != "learning_rate"})
     gpu = cfg.resources.gpus_per_worker > 0
     runtime = 0 if gpu else runtime_baseline_bytes()
+    # Rows per forward pass on a worker; a searched gradient_accumulation_steps is planned at its fullest batch.
+    accumulation = min(cfg.training.arguments().values("gradient_accumulation_steps", 1))
+    micro_batch = cfg.training.batch_size // (cfg.resources.num_workers * int(accumulation))
     rows = []
     for item in todo:
         row = {
@@ -257,7 +260,7 @@ def plan_search(
                 base,
                 item["peft_config"],
                 quantization=item["quantization"],
-                batch_size=cfg.training.batch_size,
+                batch_size=micro_batch,
                 seq_len=cfg.training.max_seq_length,
                 precision=cfg.training.precision,
                 gradient_checkpointing=cfg.training.gradient_checkpointing,

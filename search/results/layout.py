@@ -212,13 +212,12 @@ def _predictions_frame(rows: dict[str, dict[str, list[int]]]) -> pd.DataFrame:
 
 def _upgrade(frame: pd.DataFrame, version: int) -> pd.DataFrame:
     """Read an older table as the current schema."""
-    if version < 2:
+    if version < 2 and "status" in frame:
         # 1: early-stopped trials were "stopped"; no Optuna trial number was recorded.
-        if "status" in frame:
-            frame["status"] = frame["status"].replace({"stopped": "stopped_early"})
-        for column in _FIXED_COLUMNS:
-            if column not in frame:
-                frame[column] = None
+        frame["status"] = frame["status"].replace({"stopped": "stopped_early"})
+    for column in _FIXED_COLUMNS:  # columns added since (training_arguments, learning_curve): empty
+        if column not in frame:
+            frame[column] = None
     return frame
 
 

@@ -25,6 +25,9 @@ RUNG_KEY = "rung_step"
 """Set in a part-way result only: the training step a rung evaluated at (early stopping)."""
 PREDICTIONS_KEY = "heldout_rows"
 """In a complete trial's result: per held-out row, its label, the prediction and whether it was right (lists)."""
+CURVE_KEY = "learning_curve"
+"""In a trial's result: its training loss (and learning rate, gradient norm) at each logging step, and its rung
+evaluations: ``{"step": [...], "loss": [...], ..., "eval_step": [...], "eval_accuracy": [...], "eval_loss": [...]}``."""
 OPTUNA_TRIAL_KEY = "optuna_trial"
 REPEAT_OF_KEY = "repeat_of"
 """In a seed repeat's config: the trial id of the original it trains again."""
@@ -45,6 +48,8 @@ class TrialResult:
     learning_rate: float | None = None
     peft_config: dict[str, Any] = field(default_factory=dict)
     """The sampled adapter config, in PEFT's ``adapter_config.json`` shape."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """The trial's values of the searched ``TrainingArguments`` fields (empty when none is searched)."""
     candidate: str | None = None
     """The explicit candidate's name, or ``sampled``."""
     optuna_trial: int | None = None
@@ -62,6 +67,8 @@ class TrialResult:
     """A seed repeat (``search.repeats``): the trial whose config it trains again."""
     seed: int | None = None
     """A seed repeat's training seed (the search's own seed otherwise)."""
+    curve: dict[str, list[float]] = field(default_factory=dict)
+    """``CURVE_KEY``: the training loss over steps and the rung evaluations (complete and stopped trials)."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -86,6 +93,7 @@ class TrialResult:
             quantization=config.get("quantization"),
             learning_rate=config.get("learning_rate"),
             peft_config=dict(peft_config),
+            training=dict(config.get("training") or {}),
             candidate=config.get("candidate"),
             optuna_trial=config.get(OPTUNA_TRIAL_KEY),
             error=error,
@@ -98,6 +106,7 @@ class TrialResult:
             adapter_path=result.get("checkpoint_path") if status == "complete" else None,
             repeat_of=config.get(REPEAT_OF_KEY),
             seed=config.get("seed"),
+            curve=dict(result.get(CURVE_KEY) or {}) if keep else {},
         )
 
     def to_row(self) -> dict[str, Any]:
@@ -112,12 +121,14 @@ class TrialResult:
             "learning_rate": self.learning_rate,
             "peft_type": self.peft_config.get("peft_type"),
             "peft_config": json.dumps(self.peft_config, sort_keys=True),
+            "training_arguments": json.dumps(self.training, sort_keys=True),
             "error": self.error,
             "stopped_at_step": self.stopped_at_step,
             "wall_time_s": self.wall_time_s,
             "adapter_path": self.adapter_path,
             "repeat_of": self.repeat_of,
             "seed": self.seed,
+            "learning_curve": json.dumps(self.curve) if self.curve else None,
             **self.metrics,
             **self.info,
         }
@@ -131,7 +142,8 @@ class TrialResult:
             method=_value(row.get("method")),
             quantization=_value(row.get("quantization")),
             learning_rate=_value(row.get("learning_rate")),
-            peft_config=json.loads(row["peft_config"]) if isinstance(row.get("peft_config"), str) else {},
+            peft_config=_json(row.get("peft_config")),
+            training=_json(row.get("training_arguments")),
             candidate=_value(row.get("candidate")),
             optuna_trial=_int(row.get("optuna_trial")),
             error=_value(row.get("error")) or "",
@@ -142,7 +154,12 @@ class TrialResult:
             adapter_path=_value(row.get("adapter_path")),
             repeat_of=_value(row.get("repeat_of")),
             seed=_int(row.get("seed")),
+            curve=_json(row.get("learning_curve")),
         )
+
+
+def _json(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) and value else {}
 
 
 def _present(value: Any) -> bool:
@@ -164,6 +181,7 @@ def metric_columns(columns: list[str]) -> list[str]:
 
 
 __all__ = [
+    "CURVE_KEY",
     "ERROR_KEY",
     "INFO_FIELDS",
     "OPTUNA_TRIAL_KEY",

@@ -55,6 +55,7 @@ def to_repeat(
                     "quantization": original.quantization,
                     "peft_config": dict(original.peft_config),
                     "learning_rate": original.learning_rate,
+                    "training": dict(original.training),
                     "seed": seed,
                     REPEAT_OF_KEY: original.trial_id,
                 }

@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.results.metrics import get_metric, objective_metrics
+from peft_search.search.settings.arguments import Arguments, parse_arguments
 from peft_search.search.settings.sizes import parse_bytes
 from peft_search.search.settings.space_config import SpaceConfig
 from peft_search.search.settings.strict import Strict as _Strict
@@ -196,6 +197,12 @@ class SearchSettings(_Strict):
 
 
 class TrainingSettings(_Strict):
+    """How each trial trains (``transformers.Trainer``). Besides the settings below, any field of
+    ``transformers.TrainingArguments`` may be given here, fixed or searched (``search.settings.arguments``):
+    ``max_grad_norm: 1.0``, ``lr_scheduler_type: [linear, cosine]``, ``gradient_accumulation_steps: 2``."""
+
+    model_config = ConfigDict(**{**_Strict.model_config, "extra": "allow"})
+
     max_steps: int | None = Field(30, ge=1)
     """Optimizer steps per trial."""
     epochs: float | None = Field(None, gt=0)
@@ -209,8 +216,6 @@ class TrainingSettings(_Strict):
     """Rows are truncated to this many tokens."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     """Share of the steps with a linear learning-rate warmup (then linear decay)."""
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW's weight decay."""
     eval_batch_size: int = Field(64, ge=1)
     """Rows per batch in held-out evaluation."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -248,10 +253,14 @@ class TrainingSettings(_Strict):
             raise ValueError("set either max_steps or epochs, not both")
         return self
 
+    def arguments(self) -> Arguments:
+        """The ``TrainingArguments`` fields set here beyond the search's own, fixed or searched."""
+        return parse_arguments(self.model_extra or {}, tuple(type(self).model_fields))
+
 
 class Resources(_Strict):
     num_workers: int = Field(1, ge=1)
-    """Ray Train workers per trial (DDP when more than one)."""
+    """Ray Train workers per trial (DDP through the Trainer when more than one)."""
     cpus_per_worker: float = Field(1, gt=0)
     """CPUs each worker holds (a CPU trial trains with that many threads)."""
     gpus_per_worker: float = Field(0, ge=0)
@@ -292,6 +301,92 @@ class Budget(_Strict):
         return None if value is None else parse_bytes(value)
 
 
+def _on(value: Any) -> Any:
+    """``mlflow: true`` (or an empty mapping) turns a tracker on with its defaults; ``false`` leaves it off."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+def _installed(module: str, extra: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{what} is not installed here; pip install 'peft-search[{extra}]'")
+
+
+class MLflowTracking(_Strict):
+    tracking_uri: str | None = None
+    """Where runs go: an MLflow server (``http://...``, token in ``MLFLOW_TRACKING_TOKEN``) or a database
+    (``sqlite:///...``); by default ``sqlite:///`` ``mlflow.db`` in the search's results directory (MLflow's
+    plain-file store is retired)."""
+    experiment_name: str | None = None
+    """The MLflow experiment; the search's ``name`` when unset."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Tags set on every trial's run."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is not None:
+            parts = urlsplit(value)
+            if "@" in parts.netloc or "token" in parts.query.lower() or "password" in parts.query.lower():
+                raise ValueError(
+                    "credentials in the URI; give them in the environment (MLFLOW_TRACKING_TOKEN, ...)"
+                )
+        return value
+
+
+class WandbTracking(_Strict):
+    project: str | None = None
+    """The W&B project; the search's ``name`` when unset."""
+    group: str | None = None
+    """Groups the trials' runs; the search's ``name`` when unset."""
+    mode: Literal["online", "offline"] | None = None
+    """``offline`` writes runs under the results directory (``wandb sync`` uploads them later); by default
+    ``online`` when ``WANDB_API_KEY`` is set, else ``offline``. The key is only ever read from the environment."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags set on every trial's run."""
+
+
+class Tracking(_Strict):
+    """Experiment tracking through Ray Tune's logger callbacks: each trial is a run, with its config as parameters,
+    its reported metrics, and its learning curve by step. Credentials come from the environment only."""
+
+    mlflow: MLflowTracking | None = None
+    """``true`` or a mapping (tracking_uri, experiment_name, tags); needs ``peft-search[mlflow]``."""
+    wandb: WandbTracking | None = None
+    """``true`` or a mapping (project, group, mode, tags); needs ``peft-search[wandb]``."""
+    tensorboard: bool = False
+    """TensorBoard event files in each trial's directory under ``tune/`` (``tensorboard --logdir``)."""
+
+    @field_validator("mlflow", "wandb", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        return _on(value)
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow_installed(cls, value: MLflowTracking | None) -> MLflowTracking | None:
+        if value is not None:
+            _installed("mlflow", "mlflow", "MLflow")
+        return value
+
+    @field_validator("wandb")
+    @classmethod
+    def _wandb_installed(cls, value: WandbTracking | None) -> WandbTracking | None:
+        if value is not None:
+            _installed("wandb", "wandb", "Weights & Biases (wandb)")
+        return value
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, value: bool) -> bool:
+        if value:
+            _installed("tensorboardX", "tensorboard", "tensorboardX")
+        return value
+
+
 class SearchConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Stable search name (no timestamps): Ray's restore relies on it."""
@@ -311,6 +406,8 @@ class SearchConfig(_Strict):
     """What each trial holds on the cluster."""
     budget: Budget = Field(default_factory=Budget)
     """Limits a candidate must meet to be trained at all."""
+    tracking: Tracking = Field(default_factory=Tracking)
+    """Experiment tracking (MLflow, Weights & Biases, TensorBoard) through Ray Tune's logger callbacks."""
     results_dir: str = "results"
     """Where the search writes its results; the search gets a sub-directory named after ``name``."""
 
@@ -358,6 +455,14 @@ class SearchConfig(_Strict):
             raise ValueError(
                 f"training.batch_size: {batch} rows do not split evenly across resources.num_workers {n}; "
                 f"use a multiple of {n}"
+            )
+        arguments = self.training.arguments()  # checks every TrainingArguments field given
+        uneven = [a for a in arguments.values("gradient_accumulation_steps", 1) if batch % (n * a)]
+        if uneven:
+            raise ValueError(
+                f"training.gradient_accumulation_steps: {uneven[0]} does not divide training.batch_size {batch}"
+                + (f" across resources.num_workers {n}" if n > 1 else "")
+                + "; use divisors only (a list of choices, e.g. [1, 2, 4])"
             )
         return self
 

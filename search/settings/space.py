@@ -52,4 +52,5 @@ def space_spec(cfg: SearchConfig) -> spaces.SpaceSpec:
             spaces.Candidate(c.name, dict(c.peft_config), c.quantization, c.learning_rate)
             for c in cfg.space.candidates
         ),
+        training=dict(cfg.training.arguments().searched),
     )

@@ -55,6 +55,10 @@ class TrialSettings:
     def seed(self) -> int:
         return self.config.search.seed
 
+    def micro_batch_size(self, gradient_accumulation_steps: int = 1) -> int:
+        """Rows per forward pass on each worker: ``batch_size`` split across workers and accumulation steps."""
+        return self.training.batch_size // (self.resources.num_workers * gradient_accumulation_steps)
+
     @property
     def rung_eval_size(self) -> int:
         return self.config.search.early_stopping.eval_size
@@ -82,6 +86,8 @@ class TrialConfig:
     candidate: str = "sampled"
     seed: int | None = None
     """The training seed (weights' initialisation, data order) when it is not the search's: a seed repeat."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """The searched ``TrainingArguments`` fields' values for this trial (``training:`` ranges and choices)."""
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -93,6 +99,7 @@ class TrialConfig:
             learning_rate=float(config["learning_rate"]),
             candidate=config.get("candidate") or "sampled",
             seed=config.get("seed"),
+            training=dict(config.get("training") or {}),
         )
 
 

@@ -231,6 +231,8 @@ def _reproduce(config: dict[str, Any], trial: Mapping[str, Any], out: Path) -> d
         ],
         "methods": [],
     }
+    searched = json.loads(trial.get("training_arguments") or "{}")
+    config["training"] = {**config.get("training", {}), **searched}  # this trial's values of searched fields
     # One trial, trained to the end: rung evaluations would change nothing in it (tested), only cost time.
     config["search"] = {**config.get("search", {}), "num_trials": 1, "early_stopping": {"rule": "none"}}
     config["search"].pop("warm_start", None)  # another search's directory on the search machine

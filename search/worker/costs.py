@@ -14,11 +14,12 @@ def plan_trial(
     """The trial's cost from the model's config alone (meta device), before any weights are loaded."""
     base = meta_model(settings.model_path, settings.task, max(num_labels, 2), settings.revision)
     t = settings.training
+    accumulation = {**t.arguments().fixed, **trial.training}.get("gradient_accumulation_steps", 1)
     return plan_candidate(
         base,
         trial.peft_config,
         quantization=trial.quantization,
-        batch_size=t.batch_size,
+        batch_size=settings.micro_batch_size(int(accumulation)),
         seq_len=t.max_seq_length,
         precision=t.precision,
         gradient_checkpointing=t.gradient_checkpointing,

@@ -1,4 +1,4 @@
-"""One trial's work, wherever it runs: plan, load and inject, train, evaluate, save the adapter.
+"""One trial's work, wherever it runs: plan, load and inject, train (``transformers.Trainer``), evaluate, save.
 
 Knows nothing of Optuna or of how trials are chosen and stopped: it receives the search's settings and one sampled
 config and returns metrics keyed by the metric registry (``search.results.metrics``). Part-way results at early
@@ -19,17 +19,23 @@ import torch
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, inject_adapter, load_base_model
 from peft_search.search.plan.planning import Plan
-from peft_search.search.results.records import PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
+from peft_search.search.results.records import CURVE_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults
-from peft_search.search.worker.batches import train_loader
 from peft_search.search.worker.costs import check_budget, plan_trial
-from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
+from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id, verbose
 from peft_search.search.worker.evaluation import evaluate
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
-
-FINITE_CHECK_EVERY = 16
-"""Training steps between host reads of the on-device non-finite-loss flag."""
+from peft_search.search.worker.trainer import (
+    AdaLoraCallback,
+    AnnounceCallback,
+    CountingCollator,
+    FiniteLossCallback,
+    StepCallback,
+    build_trainer,
+    learning_curve,
+    training_arguments,
+)
 
 OnRung = Callable[[dict[str, Any]], None]
 
@@ -94,16 +100,27 @@ def run_trial(
     costs = _Costs(int(trainable), int(total), plan, peak, time.perf_counter() - t0, world_size)
     faults.inject(settings.faults, trial.candidate, device)
 
-    # Train, with part-way evaluations at the rungs.
-    train_model = model
-    if world_size > 1:
-        import ray.train.torch
-
-        train_model = ray.train.torch.prepare_model(model, move_to_device=False)
-    t1 = time.perf_counter()
-    rung = _Rung(on_rung, model, train_model, data, settings, costs, device, t1) if on_rung else None
-    samples, tokens = _train(train_model, model, data, trial, settings, seed, device, world_size, rank, rung)
-    train_s = time.perf_counter() - t1 - (rung.seconds if rung else 0.0)
+    # Train with the Trainer, with part-way evaluations at the rungs.
+    with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
+        args = training_arguments(trial, settings, data, output_dir=output_dir, seed=seed, device=device)
+        callbacks: list = [FiniteLossCallback()]
+        if trial.peft_config["peft_type"].upper() == "ADALORA":
+            callbacks.append(AdaLoraCallback(model))
+        rung = _Rung(on_rung, model, data, settings, costs, device) if on_rung else None
+        if rung is not None:
+            callbacks.append(StepCallback(rung))
+        if world_size > 1 and verbose():
+            callbacks.append(AnnounceCallback(rank, world_size))
+        trainer, counted = build_trainer(model, args, data, callbacks, settings.task)
+        if rung is not None:
+            rung.counted = counted
+        t1 = time.perf_counter()
+        if rung is not None:
+            rung.started = t1
+        trainer.train()
+        train_s = time.perf_counter() - t1 - (rung.seconds if rung else 0.0)
+        curve = learning_curve(trainer.state.log_history, rung.evaluations if rung else [])
+        trainer = None  # holds the optimizer state: freed before evaluating
 
     # Evaluate on the whole held-out split, save the adapter (rank 0).
     t2 = time.perf_counter()
@@ -114,7 +131,8 @@ def run_trial(
         STATUS_KEY: "complete",
         **evaluation.metrics(),
         PREDICTIONS_KEY: evaluation.rows(),
-        **costs.metrics(trained_s=train_s, samples=samples, tokens=tokens),
+        CURVE_KEY: curve,
+        **costs.metrics(trained_s=train_s, samples=counted.samples, tokens=counted.tokens),
         "eval_time_s": eval_s,
         "rung_eval_time_s": rung.seconds if rung else 0.0,
         "eval_rows": len(data.eval),
@@ -125,7 +143,7 @@ def run_trial(
         "node_id": node_id(),
         "cpu_allocator": heap_allocator(),
     }
-    model = train_model = rung = None  # free the weights before the next trial (the rung holds them too)
+    model = rung = None  # free the weights before the next trial (the rung holds them too)
     release_accelerator_memory()
     return metrics, adapter_dir
 
@@ -158,28 +176,32 @@ class _Rung:
     """Part-way evaluation at early stopping's rungs: on the first ``rung_eval_size`` held-out rows, reported
     with every metric an objective may name. Its time is not training time."""
 
-    def __init__(
-        self, report: OnRung, model, train_model, data, settings: TrialSettings, costs, device, started
-    ):
-        self.report, self.model, self.train_model, self.started = report, model, train_model, started
+    def __init__(self, report: OnRung, model, data, settings: TrialSettings, costs, device):
+        self.report, self.model = report, model
         self.data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
         self.settings, self.costs, self.device = settings, costs, device
         self.steps = {r for r in settings.rungs if r < settings.steps}
         self.seconds = 0.0
+        self.started = 0.0
+        self.counted: CountingCollator | None = None
+        self.evaluations: list[dict[str, Any]] = []
 
-    def __call__(self, step: int, samples: int, tokens: int) -> None:
+    def __call__(self, step: int) -> None:
         if step not in self.steps:
             return
         t = time.perf_counter()
         s = self.settings
+        samples, tokens = (self.counted.samples, self.counted.tokens) if self.counted else (0, 0)
         with generic_4bit_cpu_path(self.model):  # training resumes after this evaluation
             partial = evaluate(self.model, self.data, s.task, s.training.eval_batch_size, self.device)
-        self.train_model.train()
+        self.model.train()
+        metrics = partial.metrics()
+        self.evaluations.append({"step": step, **metrics})
         self.report(
             {
                 STATUS_KEY: "running",
                 RUNG_KEY: step,
-                **partial.metrics(),
+                **metrics,
                 **self.costs.metrics(
                     trained_s=t - self.started - self.seconds, samples=samples, tokens=tokens
                 ),
@@ -190,55 +212,3 @@ class _Rung:
             }
         )
         self.seconds += time.perf_counter() - t
-
-
-def _train(
-    train_model,
-    peft_model,
-    data: TokenizedSplits,
-    trial: TrialConfig,
-    settings: TrialSettings,
-    seed: int,
-    device: torch.device,
-    world_size: int,
-    rank: int,
-    rung: _Rung | None,
-) -> tuple[int, int]:
-    """The training loop: AdamW with linear warmup and decay, as the Trainer's defaults; samples and tokens seen."""
-    from transformers import get_linear_schedule_with_warmup
-
-    t, steps = settings.training, settings.steps
-    params = [p for p in train_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=trial.learning_rate, weight_decay=t.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * t.warmup_ratio), steps)
-    loader = train_loader(
-        data, t.batch_size, seed, t.train_sampling_strategy, device, world_size=world_size, rank=rank
-    )
-    adaptive = trial.peft_config["peft_type"].upper() == "ADALORA"
-    train_model.train()
-    step, samples, tokens = 0, 0, 0
-    # Reading the loss on the host would stall the GPU every step: the check stays on the device and is read
-    # every FINITE_CHECK_EVERY steps (and after the last), so a diverged trial still fails, a few steps later.
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    while step < steps:
-        for batch in loader:
-            tokens += int(batch["attention_mask"].sum())
-            samples += batch["input_ids"].shape[0]
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = train_model(**batch).loss
-            nonfinite |= ~torch.isfinite(loss.detach())
-            checkpoint = (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 >= steps
-            if checkpoint and nonfinite.item():
-                raise FloatingPointError(f"training loss became non-finite by step {step + 1}")
-            loss.backward()
-            optimizer.step()
-            if adaptive:
-                peft_model.base_model.update_and_allocate(step)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step >= steps:
-                break
-            if rung is not None:
-                rung(step, samples, tokens)
-    return samples, tokens

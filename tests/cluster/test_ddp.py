@@ -1,9 +1,10 @@
 """DDP acceptance: a 2-worker trial (Ray Train, gloo on CPU) reports what the 1-worker trial of the same config does.
 
-Why the numbers agree: every rank draws the same global batches (same seed, same shuffle) and trains on its slice
-of each (``rows[rank::world_size]``), so a step covers the same ``training.batch_size`` rows whatever the number of
-workers; each rank's loss is the mean over its half, and DDP averages the two gradients, which is the mean over the
-whole batch: the single worker's gradient. Both start from the same weights (same seed; DDP also broadcasts rank
+Why the numbers agree: both trials train with ``transformers.Trainer``, whose Accelerate dataloader draws the same
+seeded order and gives each rank its consecutive share of every global batch, so a step covers the same
+``training.batch_size`` rows whatever the number of workers; each rank's loss is the mean over its half (the
+classifier's loss ignores the Trainer's token counts, so it is not rescaled: ``search.worker.trainer``), and DDP
+averages the two gradients, which is the mean over the whole batch: the single worker's gradient. Both start from the same weights (same seed; DDP also broadcasts rank
 0's), so AdamW takes the same steps. What is left is float summation order (and gloo's all-reduce), hence a small
 tolerance on the loss. The model has no dropout here: dropout masks depend on how rows are split across ranks.
 """

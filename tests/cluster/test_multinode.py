@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -54,13 +55,17 @@ def cluster(monkeypatch):
     psutil.wait_procs(started, timeout=10)
 
 
-def _start_driver(address: str, model: str, data: str, **overrides) -> subprocess.Popen:
+def _start_driver(address: str, model: str, data: str, env=None, **overrides) -> subprocess.Popen:
     """The search's driver in its own process; its output (Ray's worker logs included) goes to ``driver.log``."""
     args = {"address": address, "model": model, "data": data, "overrides": overrides}
     log = Path(overrides["results_dir"]) / "driver.log"
     with log.open("w") as out:
         driver = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, json.dumps(args)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-c", DRIVER, json.dumps(args)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     driver.log = log  # type: ignore[attr-defined]
     return driver
@@ -122,8 +127,8 @@ def _wait_running(search_dir: Path, driver: subprocess.Popen, node, marker: str,
 
     The trial being "running" in the table is not enough for a Ray Train trial: while its workers start, a lost
     node only makes Ray Train start them elsewhere (a startup failure, retried), with nothing lost. So for one
-    worker: a process of the trial's Tune actor (``ImplicitFunc``) runs on the node; for several: the workers have
-    logged that DDP wrapped the model, i.e. the process group is up and training begins.
+    worker: a process of the trial's Tune actor (``ImplicitFunc``) runs on the node; for several: a worker has
+    logged (``-v``) that its Trainer starts training, i.e. the process group is up.
     """
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
     deadline = time.monotonic() + timeout
@@ -168,16 +173,18 @@ def test_losing_a_node_mid_trial(cluster, tiny_bert, classification_csv, tmp_pat
         cluster.address,
         tiny_bert,
         classification_csv,
+        # -v: each Ray Train worker says when it starts training (the process group is up).
+        env={"PEFT_SEARCH_VERBOSE": "1"} if num_workers > 1 else None,
         name="lose-node",
         results_dir=str(tmp_path),
         space={"methods": ["lora"]},
         # Without retries a second trial shows that the search goes on.
         search={"num_trials": 1 if max_failures else 2, "seed": 0, "max_concurrent": 1},
-        training={"max_steps": 200},
+        training={"max_steps": 200 * num_workers},  # long enough for the kill to land mid-training
         resources={"num_workers": num_workers, "cpus_per_worker": 1, "max_failures": max_failures},
     )
     # A one-worker trial trains in its Tune actor (ImplicitFunc); a two-worker one in Ray Train workers.
-    marker = "Wrapping provided model in DistributedDataParallel" if num_workers > 1 else "ImplicitFunc"
+    marker = "[peft-search] worker 0 of 2: training" if num_workers > 1 else "ImplicitFunc"
     first = _wait_running(search_dir, driver, doomed, marker)
     cluster.remove_node(doomed, allow_graceful=False)
     spare = cluster.add_node(**node)

@@ -144,3 +144,25 @@ def test_budget_picker_agrees_with_best(page):
         )
         shown = tab.locator("#choice").get_attribute("data-trial")
         assert shown == ("" if expected.trial is None else expected.trial["trial_id"])
+
+
+def test_learning_curves_show_the_front_and_the_table_links_the_rest(page):
+    tab, _, search_dir = page
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    complete = trials[trials["status"] == "complete"]
+    assert complete["learning_curve"].notna().all()
+    shown = tab.evaluate(
+        "() => document.getElementById('curves-plot').data"
+        ".filter((t) => t.mode === 'lines').map((t) => [t.meta, t.visible === true])"
+    )
+    assert {t for t, _ in shown} == set(complete["trial_id"].astype(str))
+    hidden = [t for t, visible in shown if not visible]
+    assert len(hidden) < len(shown)  # the front's curves are drawn at once
+    drawn = tab.locator("#curves .scatterlayer .trace").count()
+    if hidden:  # a trial off the front: its table link draws its curve
+        tab.locator(f'a.curve-link[data-trial="{hidden[0]}"]').click()
+        tab.wait_for_function(
+            "(id) => document.getElementById('curves-plot').data.some((t) => t.meta === id && t.visible === true)",
+            arg=hidden[0],
+        )
+        assert tab.locator("#curves .scatterlayer .trace").count() > drawn

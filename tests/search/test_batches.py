@@ -1,4 +1,5 @@
-"""Training batches (search.worker.batches): dynamic padding, and length grouping with transformers' own sampler."""
+"""Training batches: the Trainer's own dataloader over the trial's rows, with the search's collator (dynamic
+padding) and ``training.train_sampling_strategy`` (transformers' ``LengthGroupedSampler``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import random
 import torch
 
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.worker.batches import train_loader
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker.trainer import build_trainer, training_arguments
+from tests.helpers import tiny_config
 
 
 def _data(n: int = 256, seed: int = 0) -> TokenizedSplits:
@@ -16,8 +19,17 @@ def _data(n: int = 256, seed: int = 0) -> TokenizedSplits:
     return TokenizedSplits(train=rows, eval=[], pad_token_id=0, num_labels=3)
 
 
-def _loader(data, strategy: str):
-    return train_loader(data, 8, 0, strategy, torch.device("cpu"))
+def _loader(data, strategy: str, tmp_path="/tmp", **training):
+    cfg = tiny_config(
+        "m", "d.csv", training={"batch_size": 8, "train_sampling_strategy": strategy, **training}
+    )
+    settings = TrialSettings(config=cfg, model_path="m", steps=len(data.train) // 8)
+    trial = TrialConfig("lora", "none", {"peft_type": "LORA"}, 1e-3)
+    args = training_arguments(
+        trial, settings, data, output_dir=str(tmp_path), seed=0, device=torch.device("cpu")
+    )
+    trainer, _ = build_trainer(torch.nn.Linear(2, 2), args, data, [])
+    return trainer.get_train_dataloader()
 
 
 def _padding(loader) -> float:
@@ -53,3 +65,10 @@ def test_sampling_is_seeded():
     first = [b["input_ids"].shape for b in _loader(data, "group_by_length")]
     again = [b["input_ids"].shape for b in _loader(data, "group_by_length")]
     assert first == again
+
+
+def test_gradient_accumulation_splits_the_batch_into_micro_batches():
+    """``training.batch_size`` stays the rows per optimizer step: 2 accumulation steps make batches of 4."""
+    data = _data(64)
+    shapes = {b["input_ids"].shape[0] for b in _loader(data, "random", gradient_accumulation_steps=2)}
+    assert shapes == {4}

@@ -106,7 +106,10 @@ def test_set_overrides_one_field_and_is_validated_like_the_file(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "training.max_steps: Input should be greater than or equal to 1" in out.stderr
     out = _cli("run", *base, "--set", "training.max_stepz=3")
-    assert "training.max_stepz: unknown key; remove it or check its spelling" in out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert (
+        "training.max_stepz: not a field of transformers.TrainingArguments; did you mean max_steps?" in out.stderr
+    )
     out = _cli("run", *base, "--set", "training.max_steps")
     assert (
         "--set: 'training.max_steps' is not KEY.PATH=VALUE; write e.g. --set training.max_steps=50"

@@ -97,3 +97,96 @@ def test_a_single_value_fixes_a_searchable_setting(tmp_path):
     assert load_config(path).training.learning_rate == (2.0e-4, 2.0e-4)
     with pytest.raises(ConfigError, match="training.learning_rate: write a range"):
         parse_config(_base(training={"learning_rate": "fast"}))
+
+
+@pytest.mark.parametrize(
+    "training,message",
+    [
+        (
+            {"gradient_acumulation_steps": 2},
+            "training.gradient_acumulation_steps: not a field of transformers.TrainingArguments; "
+            "did you mean gradient_accumulation_steps?",
+        ),
+        (
+            {"lr_scheduler_type": "cosin"},
+            "training.lr_scheduler_type: unknown value 'cosin'; did you mean cosine?",
+        ),
+        ({"seed": 1}, "training.seed: set by the search; search.seed sets it"),
+        ({"output_dir": "x"}, "training.output_dir: set by the search;"),
+        (
+            {"per_device_train_batch_size": 4},
+            "training.per_device_train_batch_size: set by the search; set training.batch_size",
+        ),
+        ({"report_to": "mlflow"}, "training.report_to: set by the search; use the tracking: section"),
+        ({"max_grad_norm": "high"}, "training.max_grad_norm: 'high' is not a float"),
+        ({"max_grad_norm": [1.0, 0.5]}, "training.max_grad_norm: a range needs low <= high"),
+        ({"gradient_accumulation_steps": [1, 4]}, "training.gradient_accumulation_steps: 3 does not divide"),
+        (
+            {"weight_decay": {"low": 0, "high": 0.1, "log": True}},
+            "training.weight_decay: a log-scaled range needs low > 0",
+        ),
+    ],
+)
+def test_training_arguments_are_checked_at_load(training, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(_base(training=training))
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_training_arguments_fixed_and_searched():
+    from peft_search.spaces import Choice, Range
+
+    cfg = parse_config(
+        _base(
+            training={
+                "gradient_accumulation_steps": 2,
+                "max_grad_norm": 1.0,
+                "lr_scheduler_type": "cosine",
+                "bf16": False,
+                "weight_decay": [0.0, 0.1],
+                "optim": ["adamw_torch", "adafactor"],
+                "warmup_ratio": 0.0,
+                "lr_scheduler_kwargs": {"num_cycles": 0.5},
+                "adam_beta2": {"choices": [0.99, 0.999]},
+            }
+        )
+    )
+    args = cfg.training.arguments()
+    assert dict(args.fixed) == {
+        "gradient_accumulation_steps": 2,
+        "max_grad_norm": 1.0,
+        "lr_scheduler_type": "cosine",
+        "bf16": False,
+        "lr_scheduler_kwargs": {"num_cycles": 0.5},
+    }
+    assert dict(args.searched) == {
+        "weight_decay": Range(0.0, 0.1, log=False, integer=False),
+        "optim": Choice(("adamw_torch", "adafactor")),
+        "adam_beta2": Choice((0.99, 0.999)),
+    }
+
+
+def test_searched_training_arguments_are_sampled_per_trial():
+    import optuna
+
+    from peft_search.search.settings.space import space_spec
+    from peft_search.spaces import DefineByRun, SpaceContext
+
+    cfg = parse_config(
+        _base(
+            space={"methods": ["lora"], "targets": ["attention"]},
+            training={"max_grad_norm": [0.1, 1.0], "lr_scheduler_type": ["linear", "cosine"]},
+        )
+    )
+    spec = space_spec(cfg)
+    attention = {"attention": ["query", "value"], "attention+mlp": ["query", "value", "dense"]}
+    mlp = {"attention": [], "attention+mlp": ["dense"]}
+    ctx = SpaceContext("SEQ_CLS", 2, attention, mlp, ["LayerNorm"], targets=("attention",))
+    space = DefineByRun(spec, ctx)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = [space(study.ask()) for _ in range(12)]
+    norms = [c["training"]["max_grad_norm"] for c in configs]
+    assert all(0.1 <= n <= 1.0 for n in norms) and len(set(norms)) == 12
+    assert {c["training"]["lr_scheduler_type"] for c in configs} == {"linear", "cosine"}
+    assert {"training.max_grad_norm", "training.lr_scheduler_type"} <= set(study.trials[0].params)

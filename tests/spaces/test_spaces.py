@@ -124,6 +124,7 @@ def test_candidates_are_enqueued_first_and_keep_their_config():
         "quantization": "nf4",
         "peft_config": peft,
         "learning_rate": 0.02,
+        "training": {},  # no TrainingArguments field searched
     }
     # Once run, a candidate is never proposed again while there is a space to sample.
     assert all(DefineByRun(spec, _ctx())(study.ask())["candidate"] == SAMPLED for _ in range(5))
