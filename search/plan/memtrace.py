@@ -19,13 +19,16 @@ import contextlib
 import copy
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
+
+_NON_FINITE_TESTS = {torch.ops.aten.isinf.default, torch.ops.aten.isnan.default}
+_REDUCTIONS = {torch.ops.aten.any.default, torch.ops.aten.all.default, torch.ops.aten.any.dim}
 
 
 class LiveBytes(TorchDispatchMode):
@@ -36,6 +39,8 @@ class LiveBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._non_finite: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        """Storages holding the answer of a test for NaN or infinity: false on a traced step."""
         # Storages that exist already (weights) are not the step's: views of them (transposes) cost nothing.
         for t in exclude:
             self._seen[t.untyped_storage()] = 0
@@ -47,9 +52,14 @@ class LiveBytes(TorchDispatchMode):
         scalar = func is torch.ops.aten._local_scalar_dense.default
         if scalar and args[0].device.type == "meta" and args[0].dtype is torch.bool:
             # A data-dependent test on meta tensors: the traced rows are full and unpacked, so transformers'
-            # mask checks ("is the padding mask all ones", "are the positions one sequence") hold.
-            return True
+            # mask checks ("is the padding mask all ones", "are the positions one sequence") hold; a check for
+            # NaN or infinity (VB-LoRA's on its logits) finds none.
+            return args[0].untyped_storage() not in self._non_finite
         out = func(*args, **(kwargs or {}))
+        if func in _NON_FINITE_TESTS or (
+            func in _REDUCTIONS and args and args[0].untyped_storage() in self._non_finite
+        ):
+            self._non_finite[out.untyped_storage()] = True
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
@@ -170,7 +180,19 @@ def _as_trained(
     return model
 
 
-def step_peak_bytes(
+class StepPeaks(NamedTuple):
+    """Peak bytes during the forward pass, and during the backward pass (from what the forward left alive)."""
+
+    forward: int
+    backward: int
+
+
+def step_peak_bytes(*args: Any, **kwargs: Any) -> int:
+    """Peak bytes one training step allocates beyond the model's weights (``step_peaks``' larger phase)."""
+    return max(step_peaks(*args, **kwargs))
+
+
+def step_peaks(
     base: nn.Module,
     inject: Callable[[nn.Module], nn.Module],
     *,
@@ -182,9 +204,9 @@ def step_peak_bytes(
     gradient_checkpointing: bool,
     skip: list[str],
     device: str = "cuda",
-) -> int:
-    """Peak bytes one training step allocates beyond the model's weights (see the module docstring), on a
-    ``device`` of this type ("cuda" or "cpu")."""
+) -> StepPeaks:
+    """Peak bytes of one training step's forward and backward passes beyond the model's weights (see the module
+    docstring), on a ``device`` of this type ("cuda" or "cpu")."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = _as_trained(base, quantization, dtype, skip, device)
     for p in model.parameters():
@@ -200,15 +222,17 @@ def step_peak_bytes(
     inputs: dict[str, Any] = {"input_ids": ids, "labels": labels}  # no mask: full rows, the longest batch
     existing = [*model.parameters(), *model.buffers()]
     mode = LiveBytes(existing)
-    with _patched(torch.nn.functional, "scaled_dot_product_attention", _sdpa_for(device)), mode:
+    with patched(torch.nn.functional, "scaled_dot_product_attention", _sdpa_for(device)), mode:
         loss = model(**inputs).loss
+        forward, mode.peak = mode.peak, mode.live
         loss.backward()
         del loss
-    return mode.peak
+    return StepPeaks(forward, mode.peak)
 
 
 @contextlib.contextmanager
-def _patched(owner: Any, name: str, value: Any):
+def patched(owner: Any, name: str, value: Any):
+    """``owner.name`` is ``value`` inside the block, and what it was again after it."""
     old = getattr(owner, name)
     setattr(owner, name, value)
     try:

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from torch import nn
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model
-from peft_search.search.plan.memtrace import quantized_linear_names, step_peak_bytes
+from peft_search.search.plan.depth import Counts, counts_by_depth, step_by_depth
+from peft_search.search.plan.memtrace import StepPeaks, patched, quantized_linear_names, step_peaks
 from peft_search.spaces import method_for_peft_type
 
 _DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
@@ -111,6 +113,20 @@ def _activation_bytes(
     return int(layers * per_layer + logits)
 
 
+@contextlib.contextmanager
+def _boft_shapes_only():
+    """BOFT builds each layer's permutation matrix (in_features x in_features) element by element from its
+    indices, which a meta tensor cannot take and which costs seconds and gigabytes on a large model. Planning needs
+    the matrix's shape only (counts, saved tensors), so while PEFT injects, the matrix is made empty."""
+    from peft.tuners.boft.layer import BOFTLayer
+
+    def perm2mat(self, indices):
+        return torch.empty((len(indices), len(indices)))
+
+    with patched(BOFTLayer, "perm2mat", perm2mat):
+        yield
+
+
 def plan_candidate(
     base: nn.Module,
     peft_config: dict[str, Any],
@@ -134,26 +150,35 @@ def plan_candidate(
     from peft import get_peft_config
 
     # Layer adapters are created on the meta device too (moving them there afterwards would turn AdaLoRA's frozen
-    # `ranknum` trainable). Not BOFT, which fills its permutation matrices element by element, nor the prompt
-    # learning methods, whose small encoder and token ids PEFT runs to save the prompt embeddings.
-    real = peft_config["peft_type"].upper() == "BOFT" or get_peft_config(dict(peft_config)).is_prompt_learning
+    # `ranknum` trainable), BOFT's with empty permutation matrices (see _boft_shapes_only). Not the prompt learning
+    # methods, whose small encoder and token ids PEFT runs to save the prompt embeddings.
+    real = get_peft_config(dict(peft_config)).is_prompt_learning
 
-    def inject(model: nn.Module) -> nn.Module:
-        with contextlib.nullcontext() if real else torch.device("meta"):
-            return inject_adapter(model, peft_config)
+    def injector(config: dict[str, Any]) -> Callable[[nn.Module], nn.Module]:
+        def inject(model: nn.Module) -> nn.Module:
+            with contextlib.nullcontext() if real else torch.device("meta"), _boft_shapes_only():
+                return inject_adapter(model, config)
 
-    peft_model = inject(copy.deepcopy(base))
-    if hasattr(peft_model, "prompt_encoder"):
-        # PEFT moved the encoder beside the meta base: give it real, uninitialised memory again.
-        peft_model.prompt_encoder.to_empty(device="cpu")
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    state = get_peft_model_state_dict(peft_model)
+        return inject
+
+    def count(model: nn.Module, config: dict[str, Any]) -> Counts:
+        peft_model = injector(config)(model)
+        if hasattr(peft_model, "prompt_encoder"):
+            # PEFT moved the encoder beside the meta base: give it real, uninitialised memory again.
+            peft_model.prompt_encoder.to_empty(device="cpu")
+        trainable, total = peft_model.get_nb_trainable_parameters()
+        return Counts(int(trainable), int(total), get_peft_model_state_dict(peft_model))
+
+    # Prompt learning adds no per-block modules (and is cheap to inject whole); layer adapters are counted on a
+    # few blocks of a deep model (search.plan.depth).
+    counts = count(copy.deepcopy(base), peft_config) if real else counts_by_depth(base, peft_config, count)
+    trainable, total, state = counts.trainable, counts.total, counts.state
     causal = peft_config.get("task_type") == "CAUSAL_LM"
-    try:
-        # One training step traced on the meta device: activations, their gradients, the adapter's gradients.
-        step = step_peak_bytes(
-            base,
-            inject,
+
+    def trace(model: nn.Module, config: dict[str, Any]) -> StepPeaks:
+        return step_peaks(
+            model,
+            injector(config),
             task="causal-lm" if causal else "sequence-classification",
             quantization=quantization,
             batch_size=batch_size,
@@ -163,6 +188,11 @@ def plan_candidate(
             skip=SKIP_QUANTIZATION,
             device=device,
         )
+
+    try:
+        # One training step traced on the meta device (on a few blocks of a deep model: search.plan.depth):
+        # activations, their gradients, the adapter's gradients.
+        step = step_by_depth(base, peft_config, trace, gradient_checkpointing=gradient_checkpointing)
         # Trainable adapter weights in fp32 and AdamW's two moments (the gradients are in the traced step).
         adapter_state, traced = trainable * 4 * 3, True
     except Exception:  # a model whose forward pass cannot run on meta tensors (data-dependent code)
@@ -326,6 +356,8 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
             )
             continue
         notes = ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else ""
+        if r.get("step_estimate") == "formula":  # the model's forward pass would not run on meta tensors
+            notes = "; ".join(filter(None, [notes, "step by formula, not traced"]))
         lines.append(
             f"{r['candidate'][:21]:<22}{r['method'][:13]:<14}{r['quantization']:<6}{r['trainable_params']:>11,}"
             f"{show('total_params', r['total_params']):>9}{show('adapter_bytes', r['adapter_bytes']):>10}"

@@ -158,3 +158,30 @@ def test_build_table_then_replay(ray_local, tiny_bert, classification_csv, tmp_p
     )
     assert {s["sampler"] for s in result["summary"]} == {"random", "default"}
     assert all(0 < s["hv"] <= 1 + 1e-9 for s in result["summary"])
+
+
+def test_plan(tmp_path):
+    """The plan benchmark on a shallow copy of the 3B shape (8 blocks), with an estimate table from a results dir."""
+    from benchmarks import plan
+    from peft_search.search.results.layout import ResultsDir
+    from peft_search.search.results.records import TrialResult
+
+    search = tmp_path / "search"
+    search.mkdir()
+    ResultsDir(search).write_trials(
+        [
+            TrialResult(
+                "t1",
+                "complete",
+                method="lora",
+                quantization="none",
+                metrics={"peak_memory_bytes": 1000.0, "est_peak_memory_bytes": 950.0},
+            )
+        ]
+    )
+    plan.main(["--layers", "8", "--no-cli", "--results", str(search), "--out-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "plan.json").read_text())
+    big = result["plans"][1]
+    assert big["candidates"] == 18 and big["plan_s"] > 0
+    assert all("error" not in r and r["step_estimate"] == "traced" for r in big["rows"])
+    assert result["estimate_vs_measured"][0]["error"] == pytest.approx(-0.05)

@@ -108,7 +108,8 @@ def test_set_overrides_one_field_and_is_validated_like_the_file(tmp_path):
     out = _cli("run", *base, "--set", "training.max_stepz=3")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert (
-        "training.max_stepz: not a field of transformers.TrainingArguments; did you mean max_steps?" in out.stderr
+        "training.max_stepz: not a field of transformers.TrainingArguments; did you mean max_steps?"
+        in out.stderr
     )
     out = _cli("run", *base, "--set", "training.max_steps")
     assert (

@@ -30,6 +30,18 @@ CASES = [
         False,
     ),
     ("causal-lm", {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}, False),
+    # VB-LoRA checks its logits for infinity on every step: the trace answers that test (none) and goes on.
+    (
+        "causal-lm",
+        {
+            "peft_type": "VBLORA",
+            "r": 4,
+            "num_vectors": 32,
+            "vector_length": 8,
+            "target_modules": ["q_proj", "v_proj"],
+        },
+        False,
+    ),
     ("sequence-classification", {"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}, False),
     ("sequence-classification", {"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}, True),
 ]

@@ -229,3 +229,142 @@ def test_plan_refuses_a_candidate_peft_cannot_build(tiny_bert, classification_cs
     assert main(["plan", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "space.candidates[0].peft_config" in err
+
+
+def _deep(kind: str, blocks: int = 10):
+    """A 10-block model on the meta device (hidden size 32): deep enough for ``search.plan.depth``'s shortcut."""
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        if kind == "bert":
+            cfg = BertConfig(
+                hidden_size=32,
+                num_hidden_layers=blocks,
+                num_attention_heads=4,
+                intermediate_size=64,
+                vocab_size=100,
+                num_labels=3,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            )
+            return BertForSequenceClassification(cfg)
+        cfg = LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=blocks,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(cfg)
+
+
+LLAMA_T = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+DEEP_CASES = [
+    ("bert", "none", False, {**CONFIGS["lora"], "task_type": "SEQ_CLS"}),
+    (
+        "bert",
+        "none",
+        False,
+        {**CONFIGS["lora"], "task_type": "SEQ_CLS", "layers_to_transform": [5, 6, 7, 8, 9]},
+    ),
+    ("bert", "none", False, {**CONFIGS["ia3"], "task_type": "SEQ_CLS"}),
+    (
+        "bert",
+        "int8",
+        False,
+        {**CONFIGS["lora"], "task_type": "SEQ_CLS", "layers_to_transform": [0, 2, 4, 6, 8]},
+    ),
+    ("bert", "none", True, {**CONFIGS["boft"], "task_type": "SEQ_CLS"}),
+    ("bert", "none", False, {**CONFIGS["prefix_tuning"], "task_type": "SEQ_CLS"}),
+    ("bert", "none", False, {**CONFIGS["bitfit"], "task_type": "SEQ_CLS"}),
+    (
+        "llama",
+        "nf4",
+        False,
+        {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "target_modules": LLAMA_T},
+    ),
+    (
+        "llama",
+        "nf4",
+        True,
+        {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": 4,
+            "target_modules": LLAMA_T,
+            "layers_to_transform": [3, 4, 5, 6],
+        },
+    ),
+    (
+        "llama",
+        "none",
+        False,
+        {
+            "peft_type": "ADALORA",
+            "task_type": "CAUSAL_LM",
+            "init_r": 6,
+            "target_r": 2,
+            "target_modules": LLAMA_T,
+            "total_step": 50,
+        },
+    ),
+    (
+        "llama",
+        "none",
+        False,
+        {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4},
+    ),
+    (
+        "llama",
+        "none",
+        False,
+        {"peft_type": "LOKR", "task_type": "CAUSAL_LM", "r": 4, "target_modules": LLAMA_T},
+    ),
+]
+
+
+@pytest.mark.parametrize("kind,quantization,checkpointing,config", DEEP_CASES)
+def test_a_deep_model_is_traced_on_a_few_blocks_with_the_same_figure(
+    kind, quantization, checkpointing, config, monkeypatch
+):
+    """``search.plan.depth``: the step traced on 2- and 3-block copies gives the whole model's traced peak within
+    1 %, and the counts are PEFT's own either way. The shortcut can miss by one hidden-state-sized transient where
+    the peak's moment shifts: a few percent of a toy step at 16 tokens, so the rows here are 64 tokens (on the
+    18-config Llama-3.2-3B plan of benchmarks.plan it is exact for every config)."""
+    import peft_search.search.plan.depth as depth
+
+    def plan(base):
+        return plan_candidate(
+            base,
+            config,
+            quantization=quantization,
+            batch_size=4,
+            seq_len=64,
+            gradient_checkpointing=checkpointing,
+            device="cuda",
+        )
+
+    import peft_search.search.plan.planning as planning
+
+    traced = []  # the depth of every model whose step is traced
+    step_peaks = planning.step_peaks
+    monkeypatch.setattr(
+        planning,
+        "step_peaks",
+        lambda base, *a, **k: traced.append(depth.num_blocks(base)) or step_peaks(base, *a, **k),
+    )
+    shortcut = plan(_deep(kind))
+    partial = "layers_to_transform" in config
+    # Only copies of 2 and 3 blocks were traced (the whole model: gradient checkpointing with some blocks bare).
+    assert set(traced) == ({10} if checkpointing and partial else {2, 3})
+    monkeypatch.setattr(depth, "MIN_BLOCKS", 1000)  # every block traced, as before the shortcut
+    whole = plan(_deep(kind))
+    assert shortcut.traced and whole.traced
+    assert shortcut.activation_bytes == pytest.approx(whole.activation_bytes, rel=0.01)
+    assert (shortcut.trainable_params, shortcut.total_params, shortcut.adapter_bytes) == (
+        whole.trainable_params,
+        whole.total_params,
+        whole.adapter_bytes,
+    )
