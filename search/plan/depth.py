@@ -60,7 +60,7 @@ def shortened(base: nn.Module, blocks: int) -> nn.Module:
         if isinstance(value, list) and len(value) >= blocks:
             setattr(config, name, value[:blocks])
     with torch.device("meta"):
-        return type(base)(config)
+        return type(base)(config).to(base.dtype)  # the dtype the config asked of the whole model
 
 
 def adapted_blocks(peft_config: dict[str, Any], blocks: int) -> list[int]:

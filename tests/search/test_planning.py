@@ -257,11 +257,21 @@ def _deep(kind: str, blocks: int = 10):
             vocab_size=100,
             tie_word_embeddings=True,
         )
-        return LlamaForCausalLM(cfg)
+        return LlamaForCausalLM(cfg).to(torch.bfloat16)  # as a bf16 checkpoint's config builds it
 
 
 LLAMA_T = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
 DEEP_CASES = [
+    (
+        "llama",
+        "none",
+        False,
+        {
+            "peft_type": "LN_TUNING",
+            "task_type": "CAUSAL_LM",
+            "target_modules": ["input_layernorm", "post_attention_layernorm"],
+        },
+    ),
     ("bert", "none", False, {**CONFIGS["lora"], "task_type": "SEQ_CLS"}),
     (
         "bert",
@@ -368,3 +378,19 @@ def test_a_deep_model_is_traced_on_a_few_blocks_with_the_same_figure(
         whole.total_params,
         whole.adapter_bytes,
     )
+
+
+def test_plan_warns_when_cpu_trials_would_run_on_glibc(tiny_bert, classification_csv, tmp_path):
+    """Without jemalloc, resident memory runs well over the estimate: the plan says so, under its table."""
+    from peft_search.search.plan.planning import format_plan, plan_search
+    from tests.helpers import tiny_config
+
+    glibc = tiny_config(tiny_bert, classification_csv, resources={"cpu_allocator": "system"})
+    rows = plan_search(glibc, samples=1)
+    assert {r["cpu_allocator"] for r in rows} == {"system"}
+    assert "warning: CPU trials would run on glibc's heap allocator" in format_plan(rows)
+    auto = plan_search(tiny_config(tiny_bert, classification_csv), samples=1)
+    expected = "warning" in format_plan(auto)
+    from peft_search.cluster import allocator_preload
+
+    assert expected == (allocator_preload("auto") is None)
