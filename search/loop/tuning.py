@@ -101,6 +101,8 @@ def new_tuner(
             storage_path=storage_path,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures, fail_fast=False),
+            # Mid-trial checkpoints (training.checkpoint_every): a restarted trial needs only the latest.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=1 if verbose() else 0,  # -v: Tune's own status table too
         ),
     )

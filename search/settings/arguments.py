@@ -29,7 +29,10 @@ from typing import Any
 from peft_search.spaces import Choice, Domain, Range
 
 _EVALUATION = "the search evaluates on the held-out rows, at the end and at early stopping's rungs (search.early_stopping)"
-_SAVING = "each trial saves its adapter once it is trained (train/ in the results directory)"
+_SAVING = (
+    "each trial saves its adapter once trained (train/ in the results directory); training.checkpoint_every keeps "
+    "mid-trial checkpoints"
+)
 _DISTRIBUTION = "resources.num_workers decides how a trial is spread over workers (DDP)"
 _SEED = "search.seed sets it for every trial (search.repeats draws new ones)"
 _TRACKING = "use the tracking: section (Ray Tune's MLflow, W&B and TensorBoard logger callbacks)"

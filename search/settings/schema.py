@@ -222,6 +222,10 @@ class TrainingSettings(_Strict):
     """Compute dtype of unquantized weights and of 4-bit matmuls; bf16 wants a GPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time."""
+    checkpoint_every: int | str | None = None
+    """Mid-trial checkpoints of one-worker trials: every N optimizer steps (``200``) or minutes (``"15min"``). The
+    adapter, optimizer, scheduler, random state and data position go to the trial's Tune checkpoint, and a trial
+    that Tune restarts (``resources.max_failures``) continues from the latest one. Off when unset."""
     train_sampling_strategy: Literal["random", "group_by_length"] = "random"
     """As ``transformers.TrainingArguments``: ``group_by_length`` batches rows of similar length together
     (transformers' ``LengthGroupedSampler``), so dynamic padding pads less."""
@@ -247,6 +251,23 @@ class TrainingSettings(_Strict):
             raise ValueError(f"needs 0 < low <= high, got [{lo}, {hi}]")
         return value
 
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _every(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError(f"write a number of steps (>= 1) or minutes such as '15min' (got {value!r})")
+        if isinstance(value, str) and not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*min\s*", value):
+            raise ValueError(
+                f"write a number of steps such as 200, or minutes such as '15min' (got {value!r})"
+            )
+        return value
+
+    def checkpoint_seconds(self) -> float | None:
+        """``checkpoint_every`` in minutes, as seconds (None when it counts steps or is unset)."""
+        if not isinstance(self.checkpoint_every, str):
+            return None
+        return float(self.checkpoint_every.strip().removesuffix("min")) * 60
+
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSettings:
         if self.epochs is not None and self.max_steps is not None and "max_steps" in self.model_fields_set:
@@ -268,7 +289,8 @@ class Resources(_Strict):
     than one GPU per worker is a whole number."""
     max_failures: int = Field(0, ge=0)
     """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
-    it failed. A restarted trial trains from scratch (trials keep no mid-training checkpoint), on any node with room.
+    it failed. A restarted trial continues from its latest mid-trial checkpoint (``training.checkpoint_every``), else from scratch,
+    on any node with room.
     A config that fails by itself fails every time, so leave this at 0 on a single machine."""
     cpu_allocator: Literal["auto", "jemalloc", "system"] = "auto"
     """The heap allocator of CPU trials' processes. ``auto``: jemalloc where the driver's machine has it
@@ -445,6 +467,15 @@ class SearchConfig(_Strict):
             raise ValueError(
                 "search.early_stopping: rungs are reported by one-worker trials only; set resources.num_workers 1 "
                 "or search.early_stopping: none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoints_in_place(self) -> SearchConfig:
+        if self.training.checkpoint_every is not None and self.resources.num_workers > 1:
+            raise ValueError(
+                "training.checkpoint_every: mid-trial checkpoints are kept for one-worker trials; set "
+                "resources.num_workers 1 or remove it"
             )
         return self
 

@@ -18,6 +18,8 @@ Multi-worker trials run this same Trainer inside Ray Train's workers, which set 
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -73,8 +75,15 @@ def training_arguments(
         "dataloader_pin_memory": device.type == "cuda",
         "dataloader_drop_last": len(data.train) > t.batch_size,
     }
+    saving: dict[str, Any] = {"save_strategy": "no"}  # the search saves the adapter once, trained
+    every = t.checkpoint_every
+    if isinstance(every, int):  # mid-trial checkpoints (minutes: CheckpointTimer asks for them)
+        saving = {"save_strategy": "steps", "save_steps": every}
+    if every is not None:
+        saving["save_total_limit"] = 1  # the latest stays here; Tune keeps it with the trial
     return TrainingArguments(
         **{**defaults, **user},
+        **saving,
         output_dir=output_dir,
         max_steps=steps,
         per_device_train_batch_size=settings.micro_batch_size(accumulation),
@@ -83,7 +92,6 @@ def training_arguments(
         seed=seed,
         **_sampling(t.train_sampling_strategy),
         report_to="none",  # tracking is Ray Tune's (its logger callbacks), from what trials report
-        save_strategy="no",  # the search saves the adapter once, trained
         eval_strategy="no",  # held-out evaluation is the search's (rungs and the end)
         remove_unused_columns=False,
         label_names=["labels"],
@@ -153,14 +161,37 @@ class AnnounceCallback(TrainerCallback):
         print(f"[peft-search] worker {self.rank} of {self.world_size}: training", flush=True)
 
 
-class StepCallback(TrainerCallback):
-    """Calls ``fn(step)`` after each optimizer step (rung evaluations)."""
+class CheckpointCallback(TrainerCallback):
+    """Hands each checkpoint the Trainer saves (``checkpoint-STEP`` in its output directory) to ``keep(step,
+    path)``, e.g. to report it to Tune; with ``seconds``, also asks for one every that many seconds."""
 
-    def __init__(self, fn: Callable[[int], None]) -> None:
-        self.fn = fn
+    def __init__(self, keep: Callable[[int, str], None], seconds: float | None = None) -> None:
+        self.keep, self.seconds = keep, seconds
+        self.last = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.fn(state.global_step)
+        if self.seconds is not None and time.monotonic() - self.last >= self.seconds:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+        self.keep(state.global_step, os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+
+class StepCallback(TrainerCallback):
+    """Calls ``fn(step)`` after each optimizer step (rung evaluations); with ``after_saving``, only once the
+    Trainer has logged and saved what that step asks (as the next step begins)."""
+
+    def __init__(self, fn: Callable[[int], None], after_saving: bool = False) -> None:
+        self.fn, self.after_saving = fn, after_saving
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.after_saving:
+            self.fn(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.after_saving and state.global_step > 0:
+            self.fn(state.global_step)
 
 
 def learning_curve(log_history: list[Mapping[str, Any]], evaluations: list[Mapping[str, Any]]) -> dict:

@@ -29,6 +29,7 @@ from peft_search.search.worker.memory import PeakMemory, release_accelerator_mem
 from peft_search.search.worker.trainer import (
     AdaLoraCallback,
     AnnounceCallback,
+    CheckpointCallback,
     CountingCollator,
     FiniteLossCallback,
     StepCallback,
@@ -74,13 +75,17 @@ def run_trial(
     world_size: int = 1,
     rank: int = 0,
     on_rung: OnRung | None = None,
+    on_checkpoint: Callable[[int, str], None] | None = None,
+    resume_from: str | None = None,
 ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory | None]:
     """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter.
 
     With ``on_rung``, at each of ``settings.rungs`` the adapter is evaluated on the first ``rung_eval_size``
     held-out rows and ``on_rung`` gets a part-way result (``RUNG_KEY`` set) with every metric an objective may
-    name, so a scheduler can compare trials there and stop this one. Raises ``InfeasibleTrialError`` for a config
-    PEFT refuses or the budget rules out.
+    name, so a scheduler can compare trials there and stop this one. With ``training.checkpoint_every``, each
+    mid-trial checkpoint the Trainer saves goes to ``on_checkpoint(step, path)``; ``resume_from`` (such a
+    checkpoint's directory) continues the trial from it. Raises ``InfeasibleTrialError`` for a config PEFT refuses
+    or the budget rules out.
     """
     # Plan: the cost from the config alone, before the weights; over budget is infeasible.
     import_training_libraries(trial.quantization)
@@ -111,13 +116,24 @@ def run_trial(
             callbacks.append(StepCallback(rung))
         if world_size > 1 and verbose():
             callbacks.append(AnnounceCallback(rank, world_size))
+        if on_checkpoint is not None:
+            callbacks.append(CheckpointCallback(on_checkpoint, settings.training.checkpoint_seconds()))
+        fault_at = faults.fault_step(settings.faults, trial.candidate)
+        if fault_at is not None and resume_from is None:  # a retried trial gets through
+            candidate = trial.candidate
+
+            def fault(step: int) -> None:
+                if step == fault_at:
+                    faults.inject(settings.faults, candidate, device, at_step=True)
+
+            callbacks.append(StepCallback(fault, after_saving=True))  # a checkpoint of that step is kept
         trainer, counted = build_trainer(model, args, data, callbacks, settings.task)
         if rung is not None:
             rung.counted = counted
         t1 = time.perf_counter()
         if rung is not None:
             rung.started = t1
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
         train_s = time.perf_counter() - t1 - (rung.seconds if rung else 0.0)
         curve = learning_curve(trainer.state.log_history, rung.evaluations if rung else [])
         trainer = None  # holds the optimizer state: freed before evaluating
@@ -142,10 +158,18 @@ def run_trial(
         "device": str(device.type),
         "node_id": node_id(),
         "cpu_allocator": heap_allocator(),
+        "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
     }
     model = rung = None  # free the weights before the next trial (the rung holds them too)
     release_accelerator_memory()
     return metrics, adapter_dir
+
+
+def checkpoint_step(path: str) -> int:
+    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``)."""
+    import json
+
+    return int(json.loads((Path(path) / "trainer_state.json").read_text())["global_step"])
 
 
 def _load(trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, device: torch.device):

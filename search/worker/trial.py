@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ import torch
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.results.records import STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
 from peft_search.search.worker.infeasible import penalty_result
 from peft_search.search.worker.memory import release_accelerator_memory
-from peft_search.search.worker.training import run_trial
+from peft_search.search.worker.training import checkpoint_step, run_trial
 
 CHECKPOINT = "checkpoint_000000"
 
@@ -70,18 +72,28 @@ def train_in_place(
     gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
     torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
-    on_rung = None
-    if settings.rungs:
-        import ray.tune
+    import ray.tune
 
-        # Blocks until Tune has the result; when the scheduler stops the trial, Tune ends this thread here.
-        on_rung = ray.tune.report
+    # Blocks until Tune has the result; when the scheduler stops the trial, Tune ends this thread here.
+    on_rung = ray.tune.report if settings.rungs else None
+    on_checkpoint = _report_checkpoint if settings.training.checkpoint_every is not None else None
     stopped = False
+    resume = _restored_checkpoint(trial_id)
     try:
-        metrics, adapter_dir = run_trial(trial, settings, data, device=device, on_rung=on_rung)
+        metrics, adapter_dir = run_trial(
+            trial,
+            settings,
+            data,
+            device=device,
+            on_rung=on_rung,
+            on_checkpoint=on_checkpoint,
+            resume_from=resume.name if resume else None,
+        )
     except SystemExit:  # stopped at a rung: Tune's report ends the thread so
         stopped = True  # (leaving this block drops the traceback, and the model with its frames)
     finally:
+        if resume is not None:
+            resume.cleanup()
         return_freed_memory()
     if stopped:
         release_accelerator_memory()
@@ -98,6 +110,31 @@ def train_in_place(
         "worker_pid": os.getpid(),
     }
     return {**metrics, **timing, "checkpoint_path": target}
+
+
+def _report_checkpoint(step: int, path: str) -> None:
+    """A mid-trial checkpoint to Tune, which keeps it with the trial (and hands it back when the trial restarts)."""
+    import ray.tune
+
+    ray.tune.report(
+        {STATUS_KEY: "running", "checkpoint_step": step}, checkpoint=ray.tune.Checkpoint.from_directory(path)
+    )
+
+
+def _restored_checkpoint(trial_id: str) -> tempfile.TemporaryDirectory | None:
+    """The latest mid-trial checkpoint of a trial Tune restarted, copied to a local directory (said in one line)."""
+    import ray.tune
+
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    local = tempfile.TemporaryDirectory(prefix="resume-")
+    checkpoint.to_directory(local.name)
+    print(
+        f"[peft-search] trial {trial_id} resumes from its checkpoint at step {checkpoint_step(local.name)}",
+        flush=True,
+    )
+    return local
 
 
 def _store_adapter(local: str, adapters_path: str, name: str) -> str:
