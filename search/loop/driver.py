@@ -146,7 +146,7 @@ def _launch(
     # reporter, which verbose=0 keeps silent.
     if not verbose():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if cfg.training.checkpoint_every is not None:
+    if cfg.training.checkpoint_every is not None and cfg.resources.num_workers == 1:
         # A mid-trial checkpoint is reported to Tune before any objective is measured; Tune's check that a trial's
         # first result holds every objective would fail the trial for it.
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

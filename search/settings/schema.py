@@ -21,6 +21,9 @@ from peft_search.search.settings.strict import Strict as _Strict
 
 Task = Literal["sequence-classification", "causal-lm"]
 
+AUTO_CHECKPOINT_S = 15 * 60.0
+"""``training.checkpoint_every: auto``: a mid-trial checkpoint every 15 minutes of training."""
+
 
 def _local_path(value: str, what: str) -> str:
     """Refuse remote URIs (and with them any credentials they carry) where a local path is read or written."""
@@ -222,10 +225,11 @@ class TrainingSettings(_Strict):
     """Compute dtype of unquantized weights and of 4-bit matmuls; bf16 wants a GPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time."""
-    checkpoint_every: int | str | None = None
+    checkpoint_every: int | str | None = "auto"
     """Mid-trial checkpoints of one-worker trials: every N optimizer steps (``200``) or minutes (``"15min"``). The
     adapter, optimizer, scheduler, random state and data position go to the trial's Tune checkpoint, and a trial
-    that Tune restarts (``resources.max_failures``) continues from the latest one. Off when unset."""
+    that Tune restarts (``resources.max_failures``) continues from the latest one. ``auto``: every 15 minutes (so a
+    short trial keeps none, a long one does); ``off`` (or null): none."""
     train_sampling_strategy: Literal["random", "group_by_length"] = "random"
     """As ``transformers.TrainingArguments``: ``group_by_length`` batches rows of similar length together
     (transformers' ``LengthGroupedSampler``), so dynamic padding pads less."""
@@ -256,17 +260,19 @@ class TrainingSettings(_Strict):
     def _every(cls, value: int | str | None) -> int | str | None:
         if isinstance(value, bool) or (isinstance(value, int) and value < 1):
             raise ValueError(f"write a number of steps (>= 1) or minutes such as '15min' (got {value!r})")
-        if isinstance(value, str) and not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*min\s*", value):
+        minutes = isinstance(value, str) and re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*min\s*", value)
+        if isinstance(value, str) and value not in ("auto", "off") and not minutes:
             raise ValueError(
-                f"write a number of steps such as 200, or minutes such as '15min' (got {value!r})"
+                f"write a number of steps such as 200, minutes such as '15min', auto or off (got {value!r})"
             )
-        return value
+        return None if value == "off" else value
 
     def checkpoint_seconds(self) -> float | None:
-        """``checkpoint_every`` in minutes, as seconds (None when it counts steps or is unset)."""
-        if not isinstance(self.checkpoint_every, str):
+        """``checkpoint_every`` in minutes (``auto``: 15), as seconds; None when it counts steps or is off."""
+        every = self.checkpoint_every
+        if not isinstance(every, str):
             return None
-        return float(self.checkpoint_every.strip().removesuffix("min")) * 60
+        return AUTO_CHECKPOINT_S if every == "auto" else float(every.strip().removesuffix("min")) * 60
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSettings:
@@ -289,9 +295,8 @@ class Resources(_Strict):
     than one GPU per worker is a whole number."""
     max_failures: int = Field(0, ge=0)
     """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
-    it failed. A restarted trial continues from its latest mid-trial checkpoint (``training.checkpoint_every``), else from scratch,
-    on any node with room.
-    A config that fails by itself fails every time, so leave this at 0 on a single machine."""
+    it failed. A restarted trial continues from its latest mid-trial checkpoint (``training.checkpoint_every``),
+    else from scratch, on any node with room. A config that fails by itself fails every time, so leave this at 0 on a single machine."""
     cpu_allocator: Literal["auto", "jemalloc", "system"] = "auto"
     """The heap allocator of CPU trials' processes. ``auto``: jemalloc where the driver's machine has it
     (Debian/Ubuntu: ``libjemalloc2``), as PyTorch's own CPU launcher does; it keeps peak resident memory 20-35 %
@@ -472,7 +477,8 @@ class SearchConfig(_Strict):
 
     @model_validator(mode="after")
     def _checkpoints_in_place(self) -> SearchConfig:
-        if self.training.checkpoint_every is not None and self.resources.num_workers > 1:
+        every = self.training.checkpoint_every
+        if every is not None and every != "auto" and self.resources.num_workers > 1:
             raise ValueError(
                 "training.checkpoint_every: mid-trial checkpoints are kept for one-worker trials; set "
                 "resources.num_workers 1 or remove it"

@@ -77,7 +77,7 @@ def training_arguments(
     }
     saving: dict[str, Any] = {"save_strategy": "no"}  # the search saves the adapter once, trained
     every = t.checkpoint_every
-    if isinstance(every, int):  # mid-trial checkpoints (minutes: CheckpointTimer asks for them)
+    if isinstance(every, int):  # mid-trial checkpoints (by minutes: CheckpointCallback asks for them)
         saving = {"save_strategy": "steps", "save_steps": every}
     if every is not None:
         saving["save_total_limit"] = 1  # the latest stays here; Tune keeps it with the trial

@@ -101,3 +101,13 @@ def test_minutes_are_accepted():
     raw = {"name": "t", "model": {"name_or_path": "m"}, "dataset": {"source": "x.csv"}}
     cfg = parse_config({**raw, "training": {"checkpoint_every": "1.5min"}})
     assert cfg.training.checkpoint_seconds() == 90.0
+
+
+def test_auto_checkpoints_every_15_minutes_and_off_turns_them_off():
+    """The default keeps none in a short trial and one every 15 minutes in a long one."""
+    raw = {"name": "t", "model": {"name_or_path": "m"}, "dataset": {"source": "x.csv"}}
+    assert parse_config(raw).training.checkpoint_seconds() == 15 * 60
+    off = parse_config({**raw, "training": {"checkpoint_every": "off"}}).training
+    assert off.checkpoint_every is None and off.checkpoint_seconds() is None
+    ddp = parse_config({**raw, "resources": {"num_workers": 2}})  # auto: no error, one-worker trials only
+    assert ddp.training.checkpoint_every == "auto"
