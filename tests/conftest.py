@@ -74,6 +74,21 @@ def tiny_bert(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def bert_without_dropout(tiny_bert, tmp_path_factory):
+    """``tiny_bert`` with every dropout at 0: runs that split rows differently (workers, accumulation) compare
+    exactly, since dropout masks depend on how rows are split."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    shutil.copytree(tiny_bert, path, dirs_exist_ok=True)
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """A 2-layer Llama (hidden size 32) with random weights, saved like a model directory."""
     import torch

@@ -11,8 +11,6 @@ tolerance on the loss. The model has no dropout here: dropout masks depend on ho
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -33,16 +31,6 @@ CANDIDATE = {
         "target_modules": ["query", "value"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-def bert_without_dropout(tiny_bert, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    shutil.copytree(tiny_bert, path, dirs_exist_ok=True)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return str(path)
 
 
 def _search(model: str, data: str, results: Path, name: str, num_workers: int) -> pd.Series:

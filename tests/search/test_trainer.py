@@ -3,9 +3,7 @@ optimisation of the full batch, and every trial records its learning curve."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -23,16 +21,6 @@ LORA = {
     "lora_dropout": 0.0,
     "target_modules": ["query", "value"],
 }
-
-
-@pytest.fixture(scope="module")
-def bert_without_dropout(tiny_bert, tmp_path_factory):
-    path = tmp_path_factory.mktemp("bert-no-dropout")
-    shutil.copytree(tiny_bert, path, dirs_exist_ok=True)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return str(path)
 
 
 def _trial(model, data, tmp_path, **training):
