@@ -11,6 +11,7 @@ from typing import Any
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.home import SearchHome, claim, record_run, stage
 from peft_search.search.loop.prepare import Prepared, prepare
+from peft_search.search.results.layout import TUNE_DIR
 from peft_search.search.settings.schema import SearchConfig
 
 
@@ -45,17 +46,20 @@ def run_search(
         stage(cfg, home, resume)
         if resume and home.results.trials_path.exists():
             _repair_if_damaged(home, echo)
+        reconciled = _reconcile(cfg, home, echo) if resume else None
         # Launch.
         tuner, facts, table, restored, concurrency = _launch(
-            cfg, prep, home, address, num_cpus, env, resume, echo
+            cfg, prep, home, address, num_cpus, env, resume, echo, reconciled
         )
         # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
-        tuner.fit()
+        if tuner is not None:
+            tuner.fit()
         if cfg.search.repeats is not None:
             # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
             repeat_front(cfg, prep, home, table, concurrency)
         # Finish.
-        _finish(cfg, home, facts, table, restored and cfg.search.repeats is None, echo, started=t0)
+        # The table was never read when nothing was left to run: the one on disk stays.
+        _finish(cfg, home, facts, table, tuner is None and cfg.search.repeats is None, echo, started=t0)
     finally:
         lock.release()
     return home.results.path
@@ -92,6 +96,28 @@ def _repair_if_damaged(home: SearchHome, echo: bool) -> None:
             print(f"[peft-search] {said}", flush=True)
 
 
+def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool):
+    """Before a resume restores anything: compare the search's records and fix the ones behind (``reconcile``).
+    On an object store, Tune's state is reconciled in a local copy and what changed is copied back."""
+    import tempfile
+
+    from peft_search.search.loop.reconcile import reconcile
+    from peft_search.search.results import storage
+
+    objectives = [o.metric for o in cfg.objectives]
+    if home.uri is None:
+        said = reconcile(home.results, home.results.tune_path, cfg.name, cfg.search.num_trials, objectives)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tune-state-") as local:
+            tune_uri = storage.join(home.uri, TUNE_DIR)
+            storage.download_tree(tune_uri, Path(local))
+            said = reconcile(home.results, Path(local), cfg.name, cfg.search.num_trials, objectives)
+            storage.sync_back(Path(local), tune_uri, said.touched)
+    if echo:
+        print(f"[peft-search] {said.line()}", flush=True)
+    return said
+
+
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
     """CPU trials' heap allocator, preloaded into every worker Ray starts for this search (GPU trials keep theirs)."""
     from peft_search.cluster import worker_env
@@ -115,13 +141,14 @@ def _launch(
     env: dict[str, str] | None,
     resume: bool,
     echo: bool,
+    reconciled,
 ):
-    """Start or join Ray, record the run, and build the Tuner (new, or restored from Tune's saved state)."""
+    """Start or join Ray, record the run, and build the Tuner (new, or restored from Tune's saved state; None when
+    a resumed search has no trial left to run)."""
     from ray import tune
 
     from peft_search.cluster import connect, plan_concurrency
     from peft_search.search.loop import tuning
-    from peft_search.search.loop.resume import can_restore
     from peft_search.search.loop.table import TrialTable
     from peft_search.search.loop.tracking import tracking_callbacks
     from peft_search.search.worker.environment import verbose
@@ -136,8 +163,8 @@ def _launch(
         gpus_per_worker=r.gpus_per_worker,
         requested=cfg.search.max_concurrent,
     )
-    restored = resume and can_restore(home.tune_path)
-    facts = record_run(cfg, prep, home, resources, concurrency, restored)
+    restored = reconciled is not None and reconciled.restore
+    facts = record_run(cfg, prep, home, resources, concurrency, resume)
     # Tune saves its experiment state (trials, searcher) at every step rather than every ~10 s, so a driver
     # killed just after a trial finished does not run it again on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -150,7 +177,9 @@ def _launch(
         # A mid-trial checkpoint is reported to Tune before any objective is measured; Tune's check that a trial's
         # first result holds every objective would fail the trial for it.
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url)
+    # A new Tuner for a resumed search gets a sampler seeded past the trials already asked: the search's own
+    # seed would propose the first configs again.
+    searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url, reseed=resume and not restored)
     home.upload()
     table = TrialTable(
         home.results,
@@ -163,11 +192,16 @@ def _launch(
         tune.with_parameters(trial_driver, settings=prep.settings, data=prep.data),
         trial_resources(prep.settings),
     )
+    callbacks = [table, *tracking_callbacks(cfg, home.results.path)]
     if restored:
-        tuner = tuning.restored_tuner(trainable, home.tune_path)
+        tuner = tuning.restored_tuner(trainable, home.tune_path, searcher, callbacks)
+    elif reconciled is not None and reconciled.remaining == 0:
+        tuner = None  # every trial finished: only the finishing steps were left
     else:
-        callbacks = [table, *tracking_callbacks(cfg, home.results.path)]
-        tuner = tuning.new_tuner(trainable, searcher, concurrency, callbacks, cfg, home.storage_path)
+        owed = reconciled.remaining if reconciled is not None else None
+        tuner = tuning.new_tuner(
+            trainable, searcher, concurrency, callbacks, cfg, home.storage_path, num_samples=owed
+        )
     return tuner, facts, table, restored, concurrency
 
 
@@ -185,7 +219,7 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
 
     r = cfg.search.repeats
     assert r is not None
-    table.setup()  # a restored search's rows: Tune restored its own copy of this callback
+    table.setup()  # the rows so far (when the search's own Tuner ran nothing, they were never read)
     configs = to_repeat(home.results.read_records(), cfg.objectives, r.top, r.seeds, cfg.search.seed)
     if not configs:
         return 0
@@ -214,7 +248,7 @@ def _finish(
     home: SearchHome,
     facts: dict[str, Any],
     table,
-    restored: bool,
+    table_kept: bool,
     echo: bool,
     started: float,
 ) -> None:
@@ -226,7 +260,7 @@ def _finish(
     if stale and echo:
         print(f"[peft-search] closed {stale} Optuna trial(s) a dead driver had left running", flush=True)
     home.results.write_facts({**facts, "wall_time_s": time.time() - started})
-    if not restored:
-        table.write()  # a restored search's table is the one Tune restored with its callbacks
+    if not table_kept:
+        table.write()
     write_report(home.results.path)
     home.upload()

@@ -165,13 +165,13 @@ def record_run(
     home: SearchHome,
     resources: dict[str, float],
     concurrency: int,
-    restored: bool,
+    resumed: bool,
 ) -> dict[str, Any]:
     """Write the inputs (a new search) and the run facts (a resumed one adds when it resumed); the facts."""
-    if not restored:
+    if not resumed:
         write_inputs(cfg, prep, home.results)
     facts = run_facts(cfg, prep, resources, concurrency)
-    if restored:
+    if resumed:
         earlier = home.results.read_facts()
         facts["resumed"] = [*earlier.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
     home.results.write_facts(facts)

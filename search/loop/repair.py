@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peft_search.search.errors import DamagedFileError
 from peft_search.search.loop.table import classify_error, ended_status
-from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
 from peft_search.search.results.records import PREDICTIONS_KEY, TrialResult
 
 
@@ -30,14 +30,30 @@ def rebuild(results: ResultsDir) -> tuple[list[TrialResult], dict[str, dict[str,
     """The trials table's records and the complete trials' predictions, from Tune's per-trial files."""
     records: dict[str, TrialResult] = {}
     predictions: dict[str, dict[str, list[int]]] = {}
+    stale = _stale_numbers(results)
     for trial_dir in sorted(results.path.glob("tune*/trial-*")):
         record, rows = _trial(trial_dir)
-        if record is None:
-            continue
+        if record is None or (record.status == "running" and record.optuna_trial in stale):
+            continue  # cut off, and a resume already asked for its config again
         records[record.trial_id] = record
         if rows and record.status == "complete":
             predictions[record.trial_id] = rows
     return list(records.values()), predictions
+
+
+def _stale_numbers(results: ResultsDir) -> set[int]:
+    """The Optuna trials a resume marked stale (re-queued): the Tune trials they became are not in the table."""
+    import optuna
+
+    from peft_search.search.loop.resume import STALE_ATTR
+
+    if not (results.path / OPTUNA_FILE).is_file():
+        return set()
+    try:  # the search's one study
+        study = optuna.load_study(study_name=None, storage=results.optuna_url)
+    except Exception:  # a damaged study: the table is rebuilt from the trials' files alone
+        return set()
+    return {t.number for t in study.get_trials(deepcopy=False) if STALE_ATTR in t.user_attrs}
 
 
 def _trial(trial_dir: Path) -> tuple[TrialResult | None, dict | None]:

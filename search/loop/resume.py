@@ -10,24 +10,13 @@ continues from its saved state, so the search ends with the number of trials it 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from peft_search.search.errors import ConfigError, DamagedFileError
-from peft_search.search.results.layout import CONFIG_FILE, OPTUNA_FILE, TUNE_DIR
-
-
-def can_restore(tune_path: str | Path) -> bool:
-    """Whether Ray Tune saved an experiment state at ``tune_path`` (a local directory or a URI; it does once the
-    first trial is launched)."""
-    from ray import tune
-
-    if "://" not in str(tune_path) and not Path(tune_path).is_dir():
-        return False
-    return tune.Tuner.can_restore(str(tune_path))
+from peft_search.search.results.layout import CONFIG_FILE, OPTUNA_FILE
 
 
 def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
@@ -51,12 +40,8 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
 
 
 def check_saved_state(search_dir: Path) -> None:
-    """The state a resume restores reads whole (the Optuna study, Tune's experiment state), checked before Ray
-    starts; a damaged one is named in one line with what still works and how to search on."""
-    keep = (
-        "The trials table is intact, so show, best, report and evaluate still work; to search on, start a new "
-        f"search from it: --name NEW --set search.warm_start={search_dir}"
-    )
+    """The Optuna study a resume continues reads whole, checked before Ray starts; a damaged one is named in one
+    line with what still works. (Tune's saved state is checked by ``reconcile``, which sets a damaged one aside.)"""
     study = search_dir / OPTUNA_FILE
     if study.exists():
         import sqlite3
@@ -70,21 +55,6 @@ def check_saved_state(search_dir: Path) -> None:
             raise DamagedFileError(
                 f"{study}: the Optuna study is damaged ({verdict}); a resume needs it. The trials table is intact, "
                 "so show, best, report and evaluate still work; to search on, start a new search (--name NEW)"
-            )
-    tune = search_dir / TUNE_DIR
-    for state in sorted(tune.glob("experiment_state-*.json")):
-        try:
-            json.loads(state.read_text())
-        except (OSError, ValueError) as err:
-            raise DamagedFileError(
-                f"{state}: Ray Tune's saved state is damaged ({type(err).__name__}); a resume cannot restore it. {keep}"
-            ) from None
-    # The searcher's saved state is a pickle (whatever its suffix): whole when it ends with pickle's STOP opcode.
-    for state in sorted([*tune.glob("search_gen_state-*"), *tune.glob("searcher-state-*")]):
-        data = state.read_bytes()
-        if not data.endswith(b"."):
-            raise DamagedFileError(
-                f"{state}: Ray Tune's saved searcher state is damaged (cut short); a resume cannot restore it. {keep}"
             )
 
 

@@ -7,6 +7,9 @@
 - Each trial's config carries the number of the Optuna trial that proposed it (``OPTUNA_TRIAL_KEY``), so the
   trials table links every row to its Optuna trial; the Optuna trial holds the resolved config (``CONFIG_ATTR``:
   candidate, method, quantization, PEFT config, learning rate), so ``optuna.load_study`` alone shows what ran.
+- Each Optuna trial also holds the id of the Tune trial it became (``TUNE_TRIAL_ATTR``). The study is written at
+  once (a database) while Tune's saved state lags behind it, so a resumed search finds a trial's Optuna record
+  by that id rather than by the searcher's saved map, and never tells Optuna twice about one trial.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from peft_search.search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG
 
 STATUS_ATTR = "peft_search.status"
 CONFIG_ATTR = "peft_search.config"
+TUNE_TRIAL_ATTR = "peft_search.tune_trial_id"
 CONFIG_KEYS = ("candidate", "method", "quantization", "peft_config", "learning_rate", "training")
 
 
@@ -27,11 +31,15 @@ class PeftOptunaSearch(OptunaSearch):
             ot_trial = self._ot_trials[trial_id]
             config[OPTUNA_TRIAL_KEY] = ot_trial.number
             ot_trial.set_user_attr(CONFIG_ATTR, {k: config[k] for k in CONFIG_KEYS if k in config})
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        ot_trial = self._ot_trials.get(trial_id)
-        if result and ot_trial is not None and trial_id not in self._completed_trials:
+        ot_trial = self._ot_trials.get(trial_id) or self._from_study(trial_id)
+        if ot_trial is None or self._told(ot_trial):
+            self._completed_trials.add(trial_id)  # told before the driver died, or never asked here
+            return
+        if result and trial_id not in self._completed_trials:
             if result.get(RUNG_KEY) is not None:
                 ot_trial.set_user_attr(STATUS_ATTR, "stopped_early")
                 ot_trial.set_user_attr("peft_search.stopped_at_step", int(result[RUNG_KEY]))
@@ -43,3 +51,30 @@ class PeftOptunaSearch(OptunaSearch):
                 ot_trial.set_user_attr(STATUS_ATTR, "infeasible")
                 ot_trial.set_user_attr("peft_search.error", str(result.get(ERROR_KEY, ""))[:500])
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The saved searcher (its sampler's state, its map of trials), asking this run's study: the saved one names
+        the database where the search lived when it was saved, and the search may have moved since."""
+        import optuna
+
+        study, storage = self._ot_study, self._storage
+        super().restore(checkpoint_path)
+        if study is not None:
+            study.sampler = self._sampler  # the saved sampler: its random state goes on where it stopped
+            self._ot_study, self._storage = study, storage
+            self._ot_trials = {k: optuna.trial.Trial(study, t._trial_id) for k, t in self._ot_trials.items()}
+
+    def _from_study(self, trial_id: str):
+        """The Optuna trial a Tune trial came from, found in the study by its id: the searcher's map was saved
+        before that trial was asked (a resumed search)."""
+        import optuna
+
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+                return self._ot_trials[trial_id]
+        return None
+
+    def _told(self, ot_trial) -> bool:
+        """Whether the study already holds this trial's outcome (told by a driver that then died)."""
+        return self._storage.get_trial(ot_trial._trial_id).state.is_finished()

@@ -26,9 +26,9 @@ def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | 
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
 
 
-def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
+def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str, *, reseed: bool = False):
     """The Optuna study (created, or loaded when resuming) with the explicit candidates queued first, and the
-    Tune searcher that asks it."""
+    Tune searcher that asks it. ``reseed``: the sampler's seed moves on by the trials the study holds."""
     import optuna
 
     from peft_search.search.loop import warm_start
@@ -36,8 +36,11 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
-    sampler = make_sampler(s.sampler, s.seed, s.num_trials, s.n_startup_trials)
     storage = optuna.storages.RDBStorage(storage_url)
+    asked = 0
+    if reseed and cfg.name in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
+        asked = len(optuna.load_study(study_name=cfg.name, storage=storage).trials)
+    sampler = make_sampler(s.sampler, s.seed + asked, s.num_trials, s.n_startup_trials)
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.name,
@@ -88,7 +91,7 @@ def new_tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=num_samples or cfg.search.num_trials,
+            num_samples=cfg.search.num_trials if num_samples is None else num_samples,
             max_concurrent_trials=concurrency,
             scheduler=scheduler(cfg) if stopping else FIFOScheduler(),
             trial_name_creator=trial_name,
@@ -108,13 +111,20 @@ def new_tuner(
     )
 
 
-def restored_tuner(trainable, tune_path: str):
-    """The trials, the searcher (with its Optuna study) and the callbacks come back from Tune's saved state."""
+def restored_tuner(trainable, tune_path: str, searcher, callbacks: list):
+    """The trials and the searcher's state come back from Tune's saved state, into this run's searcher and
+    callbacks: the ones Tune pickled name the files where the search lived when it started, and it may have moved
+    since (``PeftOptunaSearch.restore`` keeps this run's study)."""
     from ray import tune
 
-    return tune.Tuner.restore(
+    tuner = tune.Tuner.restore(
         tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
     )
+    # Tune has no public setter for a restored Tuner's configs; both are plain attributes there.
+    restored = tuner._local_tuner
+    restored.get_run_config().callbacks = callbacks
+    restored._tune_config.search_alg = searcher
+    return tuner
 
 
 def scheduler(cfg: SearchConfig):

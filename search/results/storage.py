@@ -89,6 +89,27 @@ def download(uri: str, local_dir: Path, *, skip: tuple[str, ...] = (TUNE_DIR, TR
     return local_dir
 
 
+def download_tree(uri: str, local_dir: Path) -> int:
+    """Every file under ``uri`` (e.g. a search's ``tune/``) into ``local_dir``; how many."""
+    fs, path = filesystem(uri)
+    return _copy_tree(fs, path, local_dir)
+
+
+def sync_back(local_dir: Path, uri: str, names: list[str]) -> None:
+    """Make ``names`` under ``uri`` what they are in ``local_dir``: copied where they exist there, deleted where
+    they do not."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    local = pafs.LocalFileSystem()
+    for name in names:
+        source = local_dir / name
+        if source.exists():
+            pafs.copy_files(str(source), f"{path}/{name}", source_filesystem=local, destination_filesystem=fs)
+        elif fs.get_file_info(f"{path}/{name}").type != pafs.FileType.NotFound:
+            fs.delete_file(f"{path}/{name}")
+
+
 def _copy_tree(fs, path: str, local_dir: Path, skip: tuple[str, ...] = ()) -> int:
     """Copy every file under ``path`` in ``fs`` to ``local_dir`` (but top-level entries in ``skip``); how many."""
     import pyarrow.fs as pafs

@@ -62,18 +62,28 @@ def test_a_truncated_table_gets_one_line_everywhere_and_repair_rebuilds_it_exact
     assert main(["repair", str(copy)]) == 0 and main(["best", str(copy)]) == 0
 
 
-def test_a_damaged_study_or_tune_state_is_named_before_ray_starts(copy, capsys):
+def test_a_damaged_study_is_named_before_ray_starts(copy, capsys):
     study = copy / "optuna.db"
-    intact = study.read_bytes()
     _truncate(study, 5000)
     assert main(["show", str(copy)]) == 0 and main(["best", str(copy)]) == 0  # the table is intact
     capsys.readouterr()
     assert main(["resume", str(copy)]) == 2
     line = _one_line(capsys)
     assert "optuna.db: the Optuna study is damaged" in line and "start a new search" in line
-    study.write_bytes(intact)
+
+
+def test_a_damaged_tune_state_is_set_aside_and_the_resume_runs_on_from_the_records(copy, capsys):
+    before = pd.read_parquet(copy / "trials.parquet")
     (state,) = (copy / "tune").glob("experiment_state-*.json")
     _truncate(state)
-    assert main(["resume", str(copy)]) == 2
-    line = _one_line(capsys)
-    assert "Ray Tune's saved state is damaged" in line and f"search.warm_start={copy}" in line
+    assert main(["resume", str(copy)]) == 0
+    out = capsys.readouterr().out
+    # Every finished trial is kept from the table and the study; nothing runs again; the damaged file is kept aside.
+    assert f"restored {len(before)} finished trial(s)" in out and "nothing left to run" in out
+    assert f"set aside: {state.name}" in out
+    assert (state.parent / f"{state.name}.damaged").is_file() and not state.exists()
+    after = pd.read_parquet(copy / "trials.parquet")
+    pd.testing.assert_frame_equal(
+        after.sort_values("trial_id").reset_index(drop=True),
+        before.sort_values("trial_id").reset_index(drop=True),
+    )

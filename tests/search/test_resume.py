@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "peft_search", *args, "--num-cpus", "2"],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=kwargs.pop("stdout", subprocess.DEVNULL),
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -159,3 +160,57 @@ def test_resume_refuses_another_search(config_file, searches, capsys, tmp_path):
     assert main(["run", str(changed), "--resume", "--name", "never-started"]) == 2
     assert "no search to resume" in capsys.readouterr().err
     assert sorted(p.stat().st_mtime_ns for p in killed_dir.rglob("*") if p.is_file()) == before
+
+
+def test_resume_reconciles_records_that_disagree(searches, tmp_path):
+    """The state a kill leaves when Tune's copy of its state lags the table and the study (it is copied in the
+    background, file by file): one finished trial Tune still shows pending, one cut off before Tune saved it (its
+    row running, its Optuna trial running, its adapter saved), and the search generator's counter ahead of Tune's
+    trial list, as in a CI run that lost a trial."""
+    import sqlite3
+
+    full_dir, _, _ = searches
+    search = tmp_path / "full"
+    shutil.copytree(full_dir, search)
+    rows = pd.read_parquet(search / "trials.parquet").sort_values("optuna_trial").reset_index(drop=True)
+    pending, cut_off = rows.iloc[2], rows.iloc[3]
+    # Tune's state: the third trial pending, the fourth never saved.
+    (state_file,) = (search / "tune").glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    kept = []
+    for json_state, metadata in state["trial_data"]:
+        trial = json.loads(json_state)
+        if trial["trial_id"] == cut_off["trial_id"]:
+            continue
+        if trial["trial_id"] == pending["trial_id"]:
+            trial["status"] = "PENDING"
+        kept.append([json.dumps(trial), metadata])
+    state_file.write_text(json.dumps({**state, "trial_data": kept}))
+    # The fourth trial: running in the table, in the study and in its own results (its last line not written).
+    table = pd.read_parquet(search / "trials.parquet")
+    table.loc[table["trial_id"] == cut_off["trial_id"], "status"] = "running"
+    table.to_parquet(search / "trials.parquet", index=False)
+    with contextlib.closing(sqlite3.connect(search / "optuna.db")) as db, db:
+        db.execute("UPDATE trials SET state = 'RUNNING' WHERE number = ?", (int(cut_off["optuna_trial"]),))
+    result = search / "tune" / f"trial-{cut_off['trial_id']}" / "result.json"
+    result.write_text("")
+    assert Path(cut_off["adapter_path"].replace(str(full_dir), str(search))).is_dir()
+
+    resumed = _cli("resume", str(search), stdout=subprocess.PIPE)
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    assert "restored 3 finished trial(s), re-queued 1, marked 1 stale; 1 new to ask for" in out, out
+
+    after = pd.read_parquet(search / "trials.parquet").set_index("trial_id")
+    assert len(after) == NUM_TRIALS and (after["status"] == "complete").all(), out + err
+    assert cut_off["trial_id"] not in after.index
+    for _, row in rows.iloc[:3].iterrows():  # kept, the pending one included: not trained again
+        assert after.loc[row["trial_id"], "wall_time_s"] == row["wall_time_s"]
+    (new,) = [r for r in after.itertuples() if r.Index not in set(rows["trial_id"])]
+    assert (new.peft_config, new.learning_rate) == (cut_off["peft_config"], cut_off["learning_rate"])
+    assert not (search / "train" / f"train-{cut_off['trial_id']}").exists()
+    study = optuna.load_study(study_name="full", storage=f"sqlite:///{search / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == NUM_TRIALS and states.count("FAIL") == 1 and "RUNNING" not in states
+    (stale,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert stale.number == cut_off["optuna_trial"] and STALE_ATTR in stale.user_attrs

@@ -1,0 +1,366 @@
+"""Resume reconciles instead of trusting: what each record of a killed search says is compared before Tune
+restores anything, and the trials still owed are counted from that, not from a separately saved counter.
+
+A search keeps four records, written at different moments:
+
+- the trials table and the Optuna study are written by the driver as things happen;
+- Ray Tune's state (its trial list, the searcher, the search generator's trial counter) is saved to a staging
+  directory and copied to ``tune/`` in the background, file by file, so a kill leaves it behind the other two
+  and sometimes a mix of two saves (a counter that disagrees with the trial list: a trial lost or one too many);
+- each trial's own files under ``tune/trial-ID/`` (its config and results), copied the same way.
+
+So, for every trial any record knows:
+
+- finished (complete, stopped early, infeasible, failed) in any record: kept, never run again. Its row is in the
+  table (rebuilt from its own files when the table lacks it), the study knows its outcome, and a trial Tune's
+  state still shows unfinished is marked finished there;
+- unfinished, in Tune's state: Tune runs it again (from its mid-trial checkpoint when it has one);
+- unfinished and unknown to Tune's state (it started after Tune last saved), or an Optuna trial that was asked
+  and never became a trial: marked stale in the study (FAIL, with the reason) and re-queued there with the same
+  parameters, so the resumed search asks for exactly that config again; its table row and adapter go.
+
+The trials still owed are ``num_trials`` less the finished ones and those Tune runs again; Tune's search generator
+gets its counter from that. When Tune's state cannot be read whole, the damaged files are set aside
+(``*.damaged``) and a new Tuner asks for the trials still owed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peft_search.search.loop.repair import _trial as trial_record
+from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
+from peft_search.search.results.records import OPTUNA_TRIAL_KEY, TrialResult
+
+FINISHED = ("complete", "stopped_early", "infeasible", "failed")
+TUNE_FINISHED = ("TERMINATED", "ERROR")
+EXPERIMENT_STATE = "experiment_state-"
+SEARCH_GEN_STATE = "search_gen_state-"
+SEARCHER_STATE = "searcher-state-"
+
+
+@dataclass
+class TuneState:
+    """Tune's saved state as ``Tuner.restore`` will read it: the newest file of each kind."""
+
+    experiment: Path
+    search_gen: Path
+    trials: dict[str, dict[str, Any]]
+    """Trial id -> ``{"status", "config", "last_result"}``."""
+    data: dict[str, Any] = field(repr=False)
+    generator: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class Reconciled:
+    restore: bool
+    """Tune's state reads whole: ``Tuner.restore`` it (else a new Tuner asks for ``remaining`` trials)."""
+    remaining: int
+    """New trials still to ask for."""
+    finished: int = 0
+    rerun: int = 0
+    """Unfinished trials Tune runs again from its state."""
+    requeued: int = 0
+    stale: int = 0
+    set_aside: list[str] = field(default_factory=list)
+    touched: list[str] = field(default_factory=list)
+    """Files of Tune's state this wrote, renamed or set aside (names in ``tune_dir``): what a search on an object
+    store copies back."""
+
+    def line(self) -> str:
+        """``restored 4 finished trials, re-queued 1, marked 1 stale``, and what runs now."""
+        parts = [f"restored {self.finished} finished trial(s)", f"re-queued {self.requeued}"]
+        parts.append(f"marked {self.stale} stale")
+        then = []
+        if self.rerun:
+            then.append(f"{self.rerun} to run again")
+        if self.remaining:
+            then.append(f"{self.remaining} new to ask for")
+        said = ", ".join(parts) + (f"; {', '.join(then)}" if then else "; nothing left to run")
+        if self.set_aside:
+            said += f" (Tune's saved state was damaged, set aside: {', '.join(self.set_aside)}; a new Tuner runs on)"
+        return said
+
+
+def reconcile(
+    results: ResultsDir, tune_dir: Path, study_name: str, num_trials: int, objectives: list[str]
+) -> Reconciled:
+    """Compare the search's records, fix the ones behind, and say what runs now (see the module's docstring).
+    ``tune_dir`` holds Tune's state: the search's own ``tune/``, or a local copy of one on an object store."""
+    state, set_aside = _tune_state(tune_dir)
+    table = {r.trial_id: r for r in results.read_records()} if results.trials_path.exists() else {}
+    own = _own_records(tune_dir)
+    study = _study(results, study_name)
+
+    ids = set(table) | set(own) | (set(state.trials) if state else set())
+    finished: dict[str, TrialResult] = {}
+    for trial_id in ids:
+        record = _finished_record(trial_id, table, own, state)
+        if record is not None:
+            finished[trial_id] = record
+    tune_known = set(state.trials) if state else set()
+    rerun = {i for i in tune_known if i not in finished}
+    gone = {i for i in ids if i not in finished and i not in rerun}
+
+    # The table: every finished trial, the ones Tune runs again as they were, nothing of the trials that are gone.
+    rows = {i: r for i, r in table.items() if i not in gone}
+    added = {i: r for i, r in finished.items() if table.get(i) is None or table[i].status not in FINISHED}
+    rows.update(added)
+    if rows.keys() != table.keys() or added:
+        _write_table(results, rows, added, own)
+    for trial_id in gone:
+        _drop_adapter(results, trial_id)
+
+    done = sum(1 for r in finished.values() if r.repeat_of is None)
+    remaining = max(0, num_trials - done - len(rerun))
+    requeued = stale = 0
+    if study is not None:
+        stale, requeued = _reconcile_study(
+            study, finished, rerun, gone, table, own, state, objectives, remaining
+        )
+    # Tune restores from its experiment state and the Tuner it pickled at the start (tuner.pkl).
+    restore = state is not None and (tune_dir / "tuner.pkl").is_file()
+    touched = [*set_aside, *(f"{n}.damaged" for n in set_aside)]
+    if restore:
+        written = _set_counter(state, finished, remaining)
+        if written is None:
+            restore = False  # the counter cannot say it: run what is owed with a new Tuner
+        else:
+            touched += written
+    return Reconciled(restore, remaining, done, len(rerun), requeued, stale, set_aside, touched)
+
+
+def _tune_state(tune_dir: Path) -> tuple[TuneState | None, list[str]]:
+    """The newest whole experiment state and search-generator state; damaged ones set aside (Tune would pick them:
+    the newest file of each kind wins). None when nothing whole is left."""
+    set_aside: list[str] = []
+    experiment = _newest_whole(tune_dir, EXPERIMENT_STATE, _read_json, set_aside)
+    search_gen = _newest_whole(tune_dir, SEARCH_GEN_STATE, _read_pickle, set_aside)
+    searcher = _newest_whole(tune_dir, SEARCHER_STATE, _read_pickle, set_aside)
+    if experiment is None or search_gen is None or searcher is None:
+        for kind in (EXPERIMENT_STATE, SEARCH_GEN_STATE, SEARCHER_STATE):  # no half state for Tune to restore
+            for path in sorted(tune_dir.glob(f"{kind}*")):
+                if not path.name.endswith(".damaged"):
+                    path.rename(path.with_name(path.name + ".damaged"))
+                    set_aside.append(path.name)
+        return None, set_aside
+    (experiment_path, data), (search_gen_path, generator) = experiment, search_gen
+    try:
+        trials = {}
+        for json_state, metadata in data["trial_data"]:
+            trial, run = json.loads(json_state), json.loads(metadata)
+            trials[str(trial["trial_id"])] = {
+                "status": trial["status"],
+                "config": trial.get("config") or {},
+                "last_result": run.get("last_result") or {},
+            }
+    except (KeyError, TypeError, ValueError):
+        return None, set_aside
+    return TuneState(experiment_path, search_gen_path, trials, data, generator), set_aside
+
+
+def _newest_whole(tune_dir: Path, kind: str, read, set_aside: list[str]) -> tuple[Path, Any] | None:
+    for path in sorted(tune_dir.glob(f"{kind}*"), reverse=True):
+        if path.name.endswith(".damaged") or path.name.startswith("tmp-"):
+            continue
+        try:
+            return path, read(path)
+        except Exception:  # cut short by a kill mid-copy: set aside, the next newest is a whole save
+            path.rename(path.with_name(path.name + ".damaged"))
+            set_aside.append(path.name)
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _read_pickle(path: Path) -> Any:
+    import ray.cloudpickle as cloudpickle
+
+    with path.open("rb") as f:
+        return cloudpickle.load(f)
+
+
+def _own_records(tune_dir: Path) -> dict[str, tuple[TrialResult, dict | None]]:
+    """Each trial's record from its own files (``repair`` reads them the same way)."""
+    own = {}
+    for trial_dir in sorted(tune_dir.glob("trial-*")):
+        record, rows = trial_record(trial_dir)
+        if record is not None:
+            own[record.trial_id] = (record, rows)
+    return own
+
+
+def _study(results: ResultsDir, study_name: str):
+    import optuna
+
+    if not (results.path / OPTUNA_FILE).exists():
+        return None
+    try:
+        return optuna.load_study(study_name=study_name, storage=results.optuna_url)
+    except KeyError:  # the driver died before it made the study
+        return None
+
+
+def _finished_record(
+    trial_id: str,
+    table: dict[str, TrialResult],
+    own: dict[str, tuple[TrialResult, dict | None]],
+    state: TuneState | None,
+) -> TrialResult | None:
+    """The trial's finished record, from whichever record has it (the table first: it is the fullest)."""
+    if trial_id in table and table[trial_id].status in FINISHED:
+        return table[trial_id]
+    if trial_id in own and own[trial_id][0].status in FINISHED:
+        return own[trial_id][0]
+    if state is not None and trial_id in state.trials and state.trials[trial_id]["status"] in TUNE_FINISHED:
+        from peft_search.search.loop.table import ended_status
+
+        trial = state.trials[trial_id]
+        if trial["status"] == "ERROR":
+            return TrialResult.from_report(trial_id, "failed", trial["config"], {}, "trial failed")
+        status, note = ended_status(trial["last_result"])
+        return TrialResult.from_report(trial_id, status, trial["config"], trial["last_result"], note)
+    return None
+
+
+def _write_table(
+    results: ResultsDir,
+    rows: dict[str, TrialResult],
+    added: dict[str, TrialResult],
+    own: dict[str, tuple[TrialResult, dict | None]],
+) -> None:
+    predictions = {}
+    frame = results.read_predictions()
+    for trial_id, group in frame.groupby("trial_id"):
+        if str(trial_id) in rows:
+            group = group.sort_values("row")
+            predictions[str(trial_id)] = {
+                c: group[c].astype(int).tolist() for c in ("label", "prediction", "correct")
+            }
+    for trial_id, record in added.items():
+        held_out = own.get(trial_id, (None, None))[1]
+        if record.status == "complete" and held_out and trial_id not in predictions:
+            predictions[trial_id] = held_out
+    results.write_trials(rows.values())
+    results.write_predictions(predictions)
+
+
+def _drop_adapter(results: ResultsDir, trial_id: str) -> None:
+    """The adapter a trial that runs again from scratch may have saved before the kill."""
+    target = results.train_path / f"train-{trial_id}"
+    if target.is_dir():
+        shutil.rmtree(target)
+
+
+def _reconcile_study(study, finished, rerun, gone, table, own, state, objectives, slots) -> tuple[int, int]:
+    """Tell the study what finished trials it still shows running; mark the gone ones stale and re-queue them
+    (as many as there are ``slots`` left for new trials)."""
+    import optuna
+
+    from peft_search.search.loop.resume import STALE_ATTR
+    from peft_search.search.loop.searcher import TUNE_TRIAL_ATTR
+    from peft_search.spaces.sampling import CANDIDATE_ATTR
+
+    number_of = {}  # Optuna trial number -> Tune trial id, from every record's config
+    for trial_id in finished.keys() | rerun | gone:
+        number = _optuna_number(trial_id, table, own, state)
+        if number is not None:
+            number_of[number] = trial_id
+    stale = requeued = 0
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = frozen.user_attrs.get(TUNE_TRIAL_ATTR) or number_of.get(frozen.number)
+        if trial_id in rerun:
+            continue  # Tune runs it again; its searcher tells the study when it ends
+        if trial_id in finished:
+            _tell(study, frozen, finished[trial_id], own.get(trial_id, (None, None))[0], state, objectives)
+            continue
+        # Asked, and then never a trial Tune knows or finished: ask for it again.
+        optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
+            STALE_ATTR, "asked by a driver that died before Ray Tune saved it; re-queued on resume"
+        )
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+        stale += 1
+        if requeued < slots:
+            keep = {k: v for k, v in frozen.user_attrs.items() if k == CANDIDATE_ATTR}
+            study.enqueue_trial(frozen.params, user_attrs=keep, skip_if_exists=False)
+            requeued += 1
+    return stale, requeued
+
+
+def _optuna_number(trial_id, table, own, state) -> int | None:
+    if trial_id in table and table[trial_id].repeat_of is not None:
+        return None  # a seed repeat carries its original's number; the study holds no trial of its own for it
+    if trial_id in table and table[trial_id].optuna_trial is not None:
+        return int(table[trial_id].optuna_trial)
+    if trial_id in own and own[trial_id][0].optuna_trial is not None:
+        return int(own[trial_id][0].optuna_trial)
+    if state is not None and trial_id in state.trials:
+        number = state.trials[trial_id]["config"].get(OPTUNA_TRIAL_KEY)
+        return None if number is None else int(number)
+    return None
+
+
+def _tell(study, frozen, record: TrialResult, own: TrialResult | None, state, objectives: list[str]) -> None:
+    """The outcome of a finished trial, told as the searcher tells it (``PeftOptunaSearch.on_trial_complete``)."""
+    import math
+
+    import optuna
+
+    from peft_search.search.loop.searcher import STATUS_ATTR
+
+    trial = optuna.trial.Trial(study, frozen._trial_id)
+    values = [record.metrics.get(m) for m in objectives]
+    if record.status == "complete" and all(v is not None and math.isfinite(v) for v in values):
+        study.tell(frozen.number, values)
+    elif record.status == "stopped_early":
+        trial.set_user_attr(STATUS_ATTR, "stopped_early")
+        if record.stopped_at_step is not None:
+            trial.set_user_attr("peft_search.stopped_at_step", int(record.stopped_at_step))
+        study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
+    else:
+        if record.status == "infeasible":
+            trial.set_user_attr(STATUS_ATTR, "infeasible")
+            trial.set_user_attr("peft_search.error", record.error[:500])
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+
+
+def _set_counter(state: TuneState, finished: dict[str, TrialResult], remaining: int) -> list[str] | None:
+    """Write Tune's state back as the records say: trials it shows unfinished that finished are finished there,
+    and the search generator's counter leaves exactly ``remaining`` new trials. The files written; None if the
+    counter cannot say it."""
+    import ray.cloudpickle as cloudpickle
+
+    total = int(state.generator.get("total_samples", 0))
+    counter = total - remaining
+    if counter < 0:
+        return None
+    changed, written = False, []
+    trial_data = []
+    for json_state, metadata in state.data["trial_data"]:
+        trial = json.loads(json_state)
+        trial_id = str(trial["trial_id"])
+        if trial_id in finished and trial["status"] not in TUNE_FINISHED:
+            trial["status"] = "TERMINATED"
+            json_state = json.dumps(trial, indent=2)
+            changed = True
+        trial_data.append([json_state, metadata])
+    if changed:
+        _replace(state.experiment, json.dumps({**state.data, "trial_data": trial_data}).encode())
+        written.append(state.experiment.name)
+    if state.generator.get("counter") != counter or state.generator.get("finished"):
+        generator = {**state.generator, "counter": counter, "finished": False}
+        _replace(state.search_gen, cloudpickle.dumps(generator))
+        written.append(state.search_gen.name)
+    return written
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"tmp-{path.name}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
