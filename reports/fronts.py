@@ -34,14 +34,12 @@ __all__ = [
 def completed(trials: pd.DataFrame, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> pd.DataFrame:
     """Complete trials whose objectives are all finite numbers: the only ones a front or ``best`` may hold. A seed
     repeat counts through its original (``search.results.repeats.fold_repeats``), never as a point of its own."""
-    if trials.empty or "status" not in trials:
-        return trials.iloc[0:0]
-    done = trials[trials["status"] == COMPLETE]
+    done = trials[trials["status"] == COMPLETE] if "status" in trials else trials.iloc[0:0]
     if "repeat_of" in done:
         done = done[done["repeat_of"].isna()]
+    # A table where no trial completed may lack an objective's column: empty, with every objective's column.
+    done = done.assign(**{o.metric: np.nan for o in objectives if o.metric not in done})
     for o in objectives:
-        if o.metric not in done:
-            return done.iloc[0:0]
         values = pd.to_numeric(done[o.metric], errors="coerce").astype(float)
         done = done[np.isfinite(values)]
     return done

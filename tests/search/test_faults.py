@@ -45,3 +45,30 @@ def test_each_fault_is_a_failed_trial_and_the_search_goes_on(
     assert trials.loc["exits", "error"].startswith("ActorDiedError")
     assert trials.loc["healthy", "accuracy"] >= 0
     assert (search_dir / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_html_in_a_failed_trials_error_reaches_the_report_escaped(
+    ray_local, tiny_bert, classification_csv, tmp_path
+):
+    """A real trial error that quotes a config value: an HTML payload in it is text in the report, never markup."""
+    from peft_search.reports.html import write_report
+    from peft_search.search.loop.driver import run_search
+    from tests.helpers import tiny_config
+
+    payload = "<img src=x onerror=window.__xss=1>"
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(tmp_path),
+        space={"methods": ["lora"], "candidates": [{"name": "evil", "peft_config": LORA}]},
+        search={"num_trials": 1},
+        # The learning-rate scheduler is built in the trial: an unknown keyword fails it, quoting the keyword.
+        training={"max_steps": 1, "lr_scheduler_kwargs": {payload: 1}},
+    )
+    search_dir = run_search(cfg, echo=False)
+    (trial,) = pd.read_parquet(search_dir / "trials.parquet").itertuples()
+    assert trial.status == "failed" and payload in trial.error
+    page = write_report(search_dir).read_text()
+    assert payload not in page
+    assert "&lt;img src=x onerror=window.__xss=1&gt;" in page
