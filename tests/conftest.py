@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.tiny import FILLER as FILLER  # re-exported: tests import the vocabulary from here
+from benchmarks.tiny import WORDS, make_text, topics_csv, word_tokenizer
+from benchmarks.tiny import tiny_bert as build_tiny_bert
+
 # Object-store tests run against a local S3 stand-in (moto); Ray's workers inherit these from the first test on.
 # Real credentials a developer has set win; no lookups of cloud instance metadata.
 for _key, _value in {
@@ -19,58 +23,15 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-WORDS = {
-    "sport": ["goal", "match", "team", "coach", "league", "score"],
-    "tech": ["chip", "software", "phone", "network", "code", "robot"],
-    "money": ["bank", "market", "shares", "profit", "trade", "budget"],
-}
-FILLER = ["the", "a", "today", "report", "says", "new", "big", "over", "after", "week"]
-
-
-def _tokenizer(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
-    vocab_words = specials + sorted(
-        {w for ws in WORDS.values() for w in ws} | set(FILLER) | set(WORDS) | {"topic", ":"}
-    )
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab_words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", 2)])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        eos_token="[EOS]",
-        bos_token="[CLS]",
-    )
-    fast.save_pretrained(path)
-    return fast
+# The tiny model and data builders live in benchmarks/tiny.py (the chaos benchmark builds the same search); tests
+# import WORDS, FILLER, make_text and _tokenizer from here.
+_tokenizer = word_tokenizer
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A 2-layer BERT (hidden size 32) with random weights, saved like a model directory."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = _tokenizer(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    return str(path)
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -113,22 +74,10 @@ def tiny_llama(tmp_path_factory):
     return str(path)
 
 
-def make_text(label: str, rng: random.Random) -> str:
-    words = rng.sample(WORDS[label], 3) + rng.sample(FILLER, 4)
-    rng.shuffle(words)
-    return " ".join(words)
-
-
 @pytest.fixture(scope="session")
 def classification_csv(tmp_path_factory):
     """3 topics x 40 short texts; the topic is learnable from its keywords."""
-    import pandas as pd
-
-    rng = random.Random(0)
-    rows = [{"text": make_text(lab, rng), "label": lab} for lab in WORDS for _ in range(40)]
-    path = tmp_path_factory.mktemp("data") / "topics.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return str(path)
+    return topics_csv(tmp_path_factory.mktemp("data") / "topics.csv", per_class=40)
 
 
 @pytest.fixture(scope="session")
