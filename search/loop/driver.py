@@ -46,7 +46,10 @@ def run_search(
         stage(cfg, home, resume)
         if resume and home.results.trials_path.exists():
             _repair_if_damaged(home, echo)
-        reconciled = _reconcile(cfg, home, echo) if resume else None
+        # A damaged study is rebuilt from the table and the trials' configs; Tune's saved searcher, pointing at the
+        # old study's trials, is then set aside.
+        rebuilt = resume and _rebuild_study_if_damaged(cfg, prep, home, echo)
+        reconciled = _reconcile(cfg, home, echo, trust_tune=not rebuilt) if resume else None
         # Launch.
         tuner, facts, table, restored, concurrency = _launch(
             cfg, prep, home, address, num_cpus, env, resume, echo, reconciled
@@ -96,7 +99,19 @@ def _repair_if_damaged(home: SearchHome, echo: bool) -> None:
             print(f"[peft-search] {said}", flush=True)
 
 
-def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool):
+def _rebuild_study_if_damaged(cfg: SearchConfig, prep: Prepared, home: SearchHome, echo: bool) -> bool:
+    from peft_search.search.loop.study_rebuild import rebuild_study, study_is_damaged
+
+    verdict = study_is_damaged(home.results)
+    if verdict is None:
+        return False
+    said = rebuild_study(cfg, prep, home.results)
+    if echo:
+        print(f"[peft-search] the Optuna study was damaged ({verdict[:80]}); {said}", flush=True)
+    return True
+
+
+def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool, trust_tune: bool = True):
     """Before a resume restores anything: compare the search's records and fix the ones behind (``reconcile``).
     On an object store, Tune's state is reconciled in a local copy and what changed is copied back."""
     import tempfile
@@ -106,12 +121,21 @@ def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool):
 
     objectives = [o.metric for o in cfg.objectives]
     if home.uri is None:
-        said = reconcile(home.results, home.results.tune_path, cfg.name, cfg.search.num_trials, objectives)
+        said = reconcile(
+            home.results,
+            home.results.tune_path,
+            cfg.name,
+            cfg.search.num_trials,
+            objectives,
+            trust_tune=trust_tune,
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="tune-state-") as local:
             tune_uri = storage.join(home.uri, TUNE_DIR)
             storage.download_tree(tune_uri, Path(local))
-            said = reconcile(home.results, Path(local), cfg.name, cfg.search.num_trials, objectives)
+            said = reconcile(
+                home.results, Path(local), cfg.name, cfg.search.num_trials, objectives, trust_tune=trust_tune
+            )
             storage.sync_back(Path(local), tune_uri, said.touched)
     if echo:
         print(f"[peft-search] {said.line()}", flush=True)

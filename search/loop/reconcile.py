@@ -21,7 +21,8 @@ So, for every trial any record knows:
 
 The trials still owed are ``num_trials`` less the finished ones and those Tune runs again; Tune's search generator
 gets its counter from that. When Tune's state cannot be read whole, the damaged files are set aside
-(``*.damaged``) and a new Tuner asks for the trials still owed.
+(``*.damaged``) and a new Tuner asks for the trials still owed; so too when the study was rebuilt (``study_rebuild``:
+Tune's saved searcher points at the old study's trials), with the suffix ``*.superseded``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from peft_search.search.results.records import OPTUNA_TRIAL_KEY, TrialResult
 
 FINISHED = ("complete", "stopped_early", "infeasible", "failed")
 TUNE_FINISHED = ("TERMINATED", "ERROR")
-EXPERIMENT_STATE = "experiment_state-"
-SEARCH_GEN_STATE = "search_gen_state-"
-SEARCHER_STATE = "searcher-state-"
+# Tune's own file names (the newest of each wins); a file set aside gets a suffix and no longer matches.
+EXPERIMENT_STATE = "experiment_state-*.json"
+SEARCH_GEN_STATE = "search_gen_state-*.json"
+SEARCHER_STATE = "searcher-state-*.pkl"
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Reconciled:
     requeued: int = 0
     stale: int = 0
     set_aside: list[str] = field(default_factory=list)
+    why: str = "damaged"
     touched: list[str] = field(default_factory=list)
     """Files of Tune's state this wrote, renamed or set aside (names in ``tune_dir``): what a search on an object
     store copies back."""
@@ -82,16 +85,26 @@ class Reconciled:
             then.append(f"{self.remaining} new to ask for")
         said = ", ".join(parts) + (f"; {', '.join(then)}" if then else "; nothing left to run")
         if self.set_aside:
-            said += f" (Tune's saved state was damaged, set aside: {', '.join(self.set_aside)}; a new Tuner runs on)"
+            said += f" (Tune's saved state was {self.why}, set aside: {', '.join(self.set_aside)}; a new Tuner runs on)"
         return said
 
 
 def reconcile(
-    results: ResultsDir, tune_dir: Path, study_name: str, num_trials: int, objectives: list[str]
+    results: ResultsDir,
+    tune_dir: Path,
+    study_name: str,
+    num_trials: int,
+    objectives: list[str],
+    *,
+    trust_tune: bool = True,
 ) -> Reconciled:
     """Compare the search's records, fix the ones behind, and say what runs now (see the module's docstring).
-    ``tune_dir`` holds Tune's state: the search's own ``tune/``, or a local copy of one on an object store."""
-    state, set_aside = _tune_state(tune_dir)
+    ``tune_dir`` holds Tune's state: the search's own ``tune/``, or a local copy of one on an object store;
+    ``trust_tune`` False sets it aside whole (the study was rebuilt)."""
+    if trust_tune:
+        state, set_aside = _tune_state(tune_dir)
+    else:
+        state, set_aside = None, _set_aside(tune_dir, "superseded")
     table = {r.trial_id: r for r in results.read_records()} if results.trials_path.exists() else {}
     own = _own_records(tune_dir)
     study = _study(results, study_name)
@@ -124,14 +137,15 @@ def reconcile(
         )
     # Tune restores from its experiment state and the Tuner it pickled at the start (tuner.pkl).
     restore = state is not None and (tune_dir / "tuner.pkl").is_file()
-    touched = [*set_aside, *(f"{n}.damaged" for n in set_aside)]
+    why = "damaged" if trust_tune else "superseded by the rebuilt study"
+    touched = [*set_aside, *(f"{n}.{why.split()[0]}" for n in set_aside)]
     if restore:
         written = _set_counter(state, finished, remaining)
         if written is None:
             restore = False  # the counter cannot say it: run what is owed with a new Tuner
         else:
             touched += written
-    return Reconciled(restore, remaining, done, len(rerun), requeued, stale, set_aside, touched)
+    return Reconciled(restore, remaining, done, len(rerun), requeued, stale, set_aside, why, touched)
 
 
 def _tune_state(tune_dir: Path) -> tuple[TuneState | None, list[str]]:
@@ -142,12 +156,7 @@ def _tune_state(tune_dir: Path) -> tuple[TuneState | None, list[str]]:
     search_gen = _newest_whole(tune_dir, SEARCH_GEN_STATE, _read_pickle, set_aside)
     searcher = _newest_whole(tune_dir, SEARCHER_STATE, _read_pickle, set_aside)
     if experiment is None or search_gen is None or searcher is None:
-        for kind in (EXPERIMENT_STATE, SEARCH_GEN_STATE, SEARCHER_STATE):  # no half state for Tune to restore
-            for path in sorted(tune_dir.glob(f"{kind}*")):
-                if not path.name.endswith(".damaged"):
-                    path.rename(path.with_name(path.name + ".damaged"))
-                    set_aside.append(path.name)
-        return None, set_aside
+        return None, [*set_aside, *_set_aside(tune_dir, "damaged")]  # no half state for Tune to restore
     (experiment_path, data), (search_gen_path, generator) = experiment, search_gen
     try:
         trials = {}
@@ -163,10 +172,18 @@ def _tune_state(tune_dir: Path) -> tuple[TuneState | None, list[str]]:
     return TuneState(experiment_path, search_gen_path, trials, data, generator), set_aside
 
 
+def _set_aside(tune_dir: Path, suffix: str) -> list[str]:
+    """Rename every file of Tune's saved state so that Tune no longer finds it; their old names."""
+    names = []
+    for kind in (EXPERIMENT_STATE, SEARCH_GEN_STATE, SEARCHER_STATE):
+        for path in sorted(tune_dir.glob(kind)):
+            path.rename(path.with_name(f"{path.name}.{suffix}"))
+            names.append(path.name)
+    return names
+
+
 def _newest_whole(tune_dir: Path, kind: str, read, set_aside: list[str]) -> tuple[Path, Any] | None:
-    for path in sorted(tune_dir.glob(f"{kind}*"), reverse=True):
-        if path.name.endswith(".damaged") or path.name.startswith("tmp-"):
-            continue
+    for path in sorted(tune_dir.glob(kind), reverse=True):
         try:
             return path, read(path)
         except Exception:  # cut short by a kill mid-copy: set aside, the next newest is a whole save

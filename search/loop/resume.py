@@ -9,14 +9,13 @@ continues from its saved state, so the search ends with the number of trials it 
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from peft_search.search.errors import ConfigError, DamagedFileError
-from peft_search.search.results.layout import CONFIG_FILE, OPTUNA_FILE
+from peft_search.search.errors import ConfigError
+from peft_search.search.results.layout import CONFIG_FILE
 
 
 def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
@@ -27,7 +26,6 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
             f"results_dir: no search to resume at {search_dir}; drop --resume to start it, or pass the results "
             "directory of the search to resume"
         )
-    check_saved_state(search_dir)
     saved = yaml.safe_load(saved_file.read_text())
     # The directory is the search's identity: results_dir and name only say where it lives.
     changed = [f for f in differences(saved, config) if f not in ("results_dir", "name")]
@@ -37,25 +35,6 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
             f"{', '.join(changed[:4])}); resume with the saved config (peft-search resume {search_dir}) or "
             "start a new search with --name NEW"
         )
-
-
-def check_saved_state(search_dir: Path) -> None:
-    """The Optuna study a resume continues reads whole, checked before Ray starts; a damaged one is named in one
-    line with what still works. (Tune's saved state is checked by ``reconcile``, which sets a damaged one aside.)"""
-    study = search_dir / OPTUNA_FILE
-    if study.exists():
-        import sqlite3
-
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{study}?mode=ro", uri=True)) as db:
-                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.Error as err:
-            verdict = str(err)
-        if verdict != "ok":
-            raise DamagedFileError(
-                f"{study}: the Optuna study is damaged ({verdict}); a resume needs it. The trials table is intact, "
-                "so show, best, report and evaluate still work; to search on, start a new search (--name NEW)"
-            )
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:

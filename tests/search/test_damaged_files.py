@@ -4,8 +4,10 @@ named before Ray starts."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import optuna
 import pandas as pd
 import pytest
 
@@ -62,14 +64,37 @@ def test_a_truncated_table_gets_one_line_everywhere_and_repair_rebuilds_it_exact
     assert main(["repair", str(copy)]) == 0 and main(["best", str(copy)]) == 0
 
 
-def test_a_damaged_study_is_named_before_ray_starts(copy, capsys):
-    study = copy / "optuna.db"
-    _truncate(study, 5000)
-    assert main(["show", str(copy)]) == 0 and main(["best", str(copy)]) == 0  # the table is intact
+def test_a_damaged_study_is_rebuilt_from_the_table_and_the_trials_configs(copy, capsys):
+    study_file = copy / "optuna.db"
+    before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_file}")
+    trials = before.trials  # read now: the file is cut below
+    told = {_told(t) for t in trials if t.state.is_finished()}
+    rows = pd.read_parquet(copy / "trials.parquet")
+    # One sampled trial was cut off: its row running, its own results not written. The resume asks for one more.
+    cut = rows[(rows["status"] == "complete") & (rows["candidate"] == "sampled")].iloc[0]
+    rows.loc[rows["trial_id"] == cut["trial_id"], "status"] = "running"
+    rows.to_parquet(copy / "trials.parquet", index=False)
+    (copy / "tune" / f"trial-{cut['trial_id']}" / "result.json").write_text("")
+    _truncate(study_file, 5000)
+    assert main(["show", str(copy)]) == 0 and main(["best", str(copy)]) == 0  # the table does not need it
     capsys.readouterr()
-    assert main(["resume", str(copy)]) == 2
-    line = _one_line(capsys)
-    assert "optuna.db: the Optuna study is damaged" in line and "start a new search" in line
+
+    assert main(["resume", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "the Optuna study was damaged" in out and "rebuilt the damaged Optuna study" in out
+    assert (copy / "optuna.db.damaged").is_file()
+    assert "restored 4 finished trial(s)" in out and "1 new to ask for" in out
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_file}")
+    # The finished trials come back as the searcher told them: state, values, parameters in their distributions.
+    assert {_told(t) for t in study.trials[:4]} == told - {_told(trials[int(cut["optuna_trial"])])}
+    after = pd.read_parquet(copy / "trials.parquet")
+    assert len(after) == 5 and cut["trial_id"] not in set(after["trial_id"])
+    assert sorted(after["optuna_trial"]) == list(range(5))  # the table points at the rebuilt study's trials
+    assert [t.state.name for t in study.trials].count("RUNNING") == 0
+
+
+def _told(trial) -> str:
+    return json.dumps([trial.state.name, trial.values, trial.params], sort_keys=True)
 
 
 def test_a_damaged_tune_state_is_set_aside_and_the_resume_runs_on_from_the_records(copy, capsys):
