@@ -4,7 +4,7 @@
     python -m benchmarks.chaos --kills 4 --load-trials 0 --hogs 0   # a quick look
     python -m benchmarks.chaos --kills 0 --load-trials 20           # damaged files and a short load line only
     python -m benchmarks.chaos --work-dir /tmp/chaos                # keep every search and log to read afterwards
-    python -m benchmarks.chaos --sync-max 20     # sync kills only before the first trial ends
+    python -m benchmarks.chaos --sync-max 1      # sync kills only in the first sync
     python -m benchmarks.chaos driver --kill-at sync:N:K -- run CONFIG --num-cpus 2   # one driver, cut in a sync
 
 Each scenario runs a tiny search (tiny BERT, 1-step trials) through the real CLI in its own process session and
@@ -13,9 +13,8 @@ after its first trial started, or from inside, half-way through Tune's N-th uplo
 its files copied, one by one, in a random order). The resume may be killed too, early (during Ray's start and the
 restore) or late; then it is resumed until it exits 0. ``check`` then reads the trials table, the Optuna study and
 the adapters (``train/train-ID``); a trial the table showed complete before a kill must still be there, not
-trained again. Tune syncs its state at every step that changed something, ~10 times a second here (a 6-trial
-search syncs ~130 times; the first ~20 all fall before its first trial ends): a sync kill cuts one of the first 100
-(``--sync-max``).
+trained again. Tune saves its state every 10 s or more and at the end (a 6-trial search syncs 3 or 4 times): a
+sync kill cuts one of the first 3 (``--sync-max``).
 
 Then each of the files a resume restores from is truncated to half in a copy of a finished search, and every
 command that reads it is run (classified: repaired, one line, traceback); and one long search of 1-step trials
@@ -40,150 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
+from benchmarks.chaos_search import check, complete_trials, make_search, read_table, tally, trial_times
 from benchmarks.common import machine, table, write_result
 from benchmarks.drivers import CUT_MARK, driver, kill_tree, start, tail, watch
-from benchmarks.tiny import tiny_bert, topics_csv
 
-ENDED = ("complete", "failed", "infeasible", "stopped_early")
-"""The statuses a trial of a finished search may have (never ``running``)."""
 RESUME_ATTEMPTS = 4
-
-
-# The search to torture.
-
-
-def make_search(root: Path, num_trials: int = 6, *, name: str = "chaos", eval_size: int = 12) -> Path:
-    """A tiny search's YAML config (the model and data are built once under ``root``); its results go to
-    ``root/results/NAME``. Returns the config's path."""
-    root.mkdir(parents=True, exist_ok=True)
-    model, data = root / "tiny-bert", root / "topics.csv"
-    if not (model / "config.json").exists():
-        tiny_bert(model)
-    if not data.exists():
-        topics_csv(data)
-    raw = {
-        "name": name,
-        "model": {"name_or_path": str(model)},
-        "dataset": {"source": str(data), "train_per_class": 8, "eval_size": eval_size},
-        "space": {"methods": ["lora", "ia3"], "ranks": [2, 4]},
-        "search": {
-            "num_trials": num_trials,
-            "seed": 0,
-            "max_concurrent": 2,
-            "early_stopping": {"rule": "none"},
-        },
-        "training": {"max_steps": 1, "batch_size": 4, "max_seq_length": 24, "eval_batch_size": 8},
-        "resources": {"cpus_per_worker": 1},
-        "results_dir": str(root / "results"),
-    }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-# Scenarios and the checks.
-
-
-def _table(search_dir: Path):
-    """The trials table, or None while it is missing or does not read."""
-    import pandas as pd
-
-    try:
-        return pd.read_parquet(search_dir / "trials.parquet")
-    except Exception:  # missing or damaged: the checks say which
-        return None
-
-
-def _complete(search_dir: Path) -> dict[str, tuple[str, str]]:
-    """Trial id -> (training time, adapter path) of the trials the table shows complete: a trial trained again
-    has another training time."""
-    trials = _table(search_dir)
-    if trials is None:
-        return {}
-    done = trials[trials["status"] == "complete"]
-    return {str(r.trial_id): (repr(r.train_time_s), str(r.adapter_path)) for r in done.itertuples()}
-
-
-def tally(search_dir: Path) -> dict[str, Any]:
-    """Rows, duplicates and statuses of the trials table (None when it does not read)."""
-    trials = _table(search_dir)
-    if trials is None:
-        return {"rows": None, "duplicate_ids": 0, "duplicate_optuna": 0, "statuses": {}}
-    numbers = trials["optuna_trial"].dropna()
-    return {
-        "rows": len(trials),
-        "duplicate_ids": int(trials["trial_id"].duplicated().sum()),
-        "duplicate_optuna": int(numbers.duplicated().sum()),
-        "statuses": trials["status"].value_counts().to_dict(),
-    }
-
-
-def check(search_dir: Path, num_trials: int) -> list[str]:
-    """What is wrong with a finished search of ``num_trials`` trials (empty: nothing): its trials table, its Optuna
-    study and its adapters must all hold exactly the trials it ran, each once."""
-    import optuna
-
-    from peft_search.search.loop.resume import STALE_ATTR
-
-    problems = []
-    trials = _table(search_dir)
-    if trials is None:
-        problems.append("trials.parquet: missing or unreadable")
-        complete_ids, numbers = set(), set()
-    else:
-        t = tally(search_dir)
-        if t["rows"] != num_trials:
-            problems.append(f"trials.parquet: {t['rows']} rows, expected {num_trials}")
-        odd = {s: n for s, n in t["statuses"].items() if s not in ENDED}
-        if odd:
-            problems.append(f"trials.parquet: rows with a status a finished search cannot have: {odd}")
-        failed = trials[trials["status"] != "complete"]
-        if len(failed):
-            said = "; ".join(f"{r.trial_id} {r.status}: {str(r.error)[:160]}" for r in failed.itertuples())
-            problems.append(f"trials.parquet: {len(failed)} trial(s) not complete ({said})")
-        for column, key in (("trial_id", "duplicate_ids"), ("optuna_trial", "duplicate_optuna")):
-            if t[key]:
-                twice = trials[column][trials[column].duplicated(keep=False)].dropna().tolist()
-                problems.append(f"trials.parquet: duplicate {column} {sorted(set(twice))}")
-        done = trials[trials["status"] == "complete"]
-        complete_ids = {str(i) for i in done["trial_id"]}
-        numbers = {int(n) for n in trials["optuna_trial"].dropna()}
-        for r in done.itertuples():
-            if not (isinstance(r.adapter_path, str) and Path(r.adapter_path).exists()):
-                problems.append(f"trial {r.trial_id}: its adapter_path {r.adapter_path!r} does not exist")
-    try:
-        if not (search_dir / "optuna.db").is_file():  # loading would create it
-            raise FileNotFoundError("no optuna.db")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=search_dir.name, storage=f"sqlite:///{search_dir / 'optuna.db'}")
-        by_state: dict[str, list] = {}
-        for s in study.get_trials(deepcopy=False):
-            by_state.setdefault(s.state.name, []).append(s)
-        complete = {s.number for s in by_state.get("COMPLETE", [])}
-        if len(complete) != num_trials:
-            problems.append(f"optuna.db: {len(complete)} COMPLETE trials, expected {num_trials}")
-        if by_state.get("RUNNING"):
-            problems.append(f"optuna.db: RUNNING trials {[s.number for s in by_state['RUNNING']]}")
-        unexplained = [s.number for s in by_state.get("FAIL", []) if STALE_ATTR not in s.user_attrs]
-        if unexplained:
-            problems.append(f"optuna.db: FAIL trials without {STALE_ATTR}: {unexplained}")
-        if trials is not None and numbers != complete:
-            problems.append(
-                f"the table's optuna_trial numbers {sorted(numbers)} != the study's COMPLETE {sorted(complete)}"
-            )
-    except Exception as err:
-        problems.append(
-            f"optuna.db: cannot load the study ({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})"
-        )
-    adapters = {p.name for p in (search_dir / "train").glob("train-*")}
-    expected = {f"train-{i}" for i in complete_ids}
-    if adapters - expected:
-        problems.append(f"train/: adapters of no complete trial: {sorted(adapters - expected)}")
-    if expected - adapters:
-        problems.append(f"train/: complete trials without an adapter: {sorted(expected - adapters)}")
-    return problems
 
 
 def _kill_run(config: Path, search_dir: Path, logs: Path, rng: random.Random, span_s: float, sync_max: int):
@@ -219,15 +80,15 @@ def scenario(
     num_trials: int = 6,
     span_s: float = 20.0,
     resume_kill_p: float = 0.5,
-    sync_max: int = 100,
+    sync_max: int = 3,
 ) -> dict[str, Any]:
     """One search, killed, resumed (maybe killed again), resumed until it exits 0, then checked.
 
     Args:
         span_s: seconds from an uninterrupted search's first trial to its end: the window a timed kill falls in.
         resume_kill_p: how often the first resume is killed too (half of those early, 0.5-8 s after its start).
-        sync_max: a kill in a sync cuts the N-th of Tune's experiment syncs, N from 1 to this. Tune syncs at
-            every step of its loop that changed something (``TUNE_GLOBAL_CHECKPOINT_S=0``), ~10 a second.
+        sync_max: a kill in a sync cuts the N-th of Tune's experiment syncs, N from 1 to this (Tune saves its
+            state every 10 s or more, and at the end).
     """
     name = f"s{index:03d}"
     config = make_search(root, num_trials, name=name)
@@ -251,7 +112,7 @@ def scenario(
         facts.update(problems=problems, lost=[], survived=0, tally=tally(search_dir))
         facts["wall_s"] = time.monotonic() - t0
         return facts
-    before.update(_complete(search_dir))
+    before.update(complete_trials(search_dir))
     facts["kills"].append({**kill, "complete_before": len(before)})
     done = False
     if rng.random() < resume_kill_p:
@@ -261,7 +122,7 @@ def scenario(
         seen = watch(d, search_dir, kill_after=delay, timeout_s=max(300.0, 10 * span_s))
         record(seen, d.err)
         if seen["killed"]:
-            before.update(_complete(search_dir))
+            before.update(complete_trials(search_dir))
             moment = f"{delay:.1f} s after the resume started"
             kind = "resume-early" if early else "resume"
             kill = {"kind": kind, "at": round(delay, 2), "moment": moment, "complete_before": len(before)}
@@ -278,7 +139,7 @@ def scenario(
         done = seen["rc"] == 0
     problems = [] if done else [f"no resume exited 0 in {RESUME_ATTEMPTS} attempts"]
     problems += check(search_dir, num_trials)
-    after = _complete(search_dir)
+    after = complete_trials(search_dir)
     # A trial the table showed complete before a kill: still there, same training time and adapter (not re-run).
     lost = sorted(i for i, row in before.items() if after.get(i) != row)
     if lost:
@@ -298,7 +159,7 @@ def reference(root: Path, num_trials: int) -> dict[str, Any]:
     seen = watch(d, search_dir, from_first_trial=True)
     if seen["rc"] != 0:
         seen["stderr_tail"] = tail(d.err)
-    times = _trial_times(search_dir)
+    times = trial_times(search_dir)
     span = max(s + own for s, own in times) - times[0][0] + 2.0 if times else 20.0
     problems = check(search_dir, num_trials)
     print(f"[chaos] reference search: exit {seen['rc']}, its trials ran for {span - 2:.1f} s", flush=True)
@@ -374,7 +235,7 @@ def damaged(root: Path, source: Path) -> list[dict[str, Any]]:
                 outcome = "other"
             case_facts = {"file": pattern, "command": command, "rc": seen["rc"], "outcome": outcome}
             if seen["rc"] == 0 and command == "resume":
-                case_facts["problems"] = check(target, len(_table(source)))
+                case_facts["problems"] = check(target, len(read_table(source)))
             cases.append({**case_facts, "stderr_tail": err[-6:]})
             said = "; ".join(case_facts.get("problems", []))
             print(
@@ -384,18 +245,6 @@ def damaged(root: Path, source: Path) -> list[dict[str, Any]]:
 
 
 # The load line.
-
-
-def _trial_times(search_dir: Path) -> list[tuple[float, float]]:
-    """(start, own seconds) of each trial, from the last line of Tune's per-trial result.json."""
-    times = []
-    for path in (search_dir / "tune").glob("trial-*/result.json"):
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if lines:
-            last = json.loads(lines[-1])
-            if "trial_started_at" in last:
-                times.append((last["trial_started_at"], last["trial_total_s"]))
-    return sorted(times)
 
 
 def _overhead(times: list[tuple[float, float]], concurrency: int) -> float:
@@ -414,16 +263,16 @@ def load(root: Path, num_trials: int = 300, timeout_s: float = 3 * 3600) -> dict
     while d.proc.poll() is None and time.monotonic() - d.started < timeout_s:
         with contextlib.suppress(psutil.Error):
             rss = psutil.Process(d.proc.pid).memory_info().rss
-            samples.append((time.monotonic() - d.started, rss, len(_complete(search_dir))))
+            samples.append((time.monotonic() - d.started, rss, len(complete_trials(search_dir))))
         time.sleep(1.0)
     rc = d.proc.poll()
     kill_tree(d.proc)
     out: dict[str, Any] = {"trials": num_trials, "rc": rc if rc is not None else "timeout"}
     out["wall_s"] = time.monotonic() - d.started
-    out["complete"] = len(_complete(search_dir))
+    out["complete"] = len(complete_trials(search_dir))
     if rc != 0:
         out["stderr_tail"] = tail(d.err)
-    times = _trial_times(search_dir)
+    times = trial_times(search_dir)
     concurrency = json.loads((search_dir / "run.json").read_text()).get("concurrency", 2) if times else 2
     window = min(30, len(times) // 2)
     if window:
@@ -552,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--trials", type=int, default=6, help="trials per killed search")
     parser.add_argument("--seed", type=int, default=0, help="the random moments and kinds of the kills")
     parser.add_argument(
-        "--sync-max", type=int, default=100, help="a kill in a sync cuts one of the first this many syncs"
+        "--sync-max", type=int, default=3, help="a kill in a sync cuts one of the first this many syncs"
     )
     parser.add_argument("--load-trials", type=int, default=300, help="trials of the load line (0: skip it)")
     parser.add_argument("--hogs", type=int, default=1, help="busy-loop processes running beside the searches")

@@ -189,9 +189,9 @@ def _launch(
     )
     restored = reconciled is not None and reconciled.restore
     facts = record_run(cfg, prep, home, resources, concurrency, resume)
-    # Tune saves its experiment state (trials, searcher) at every step rather than every ~10 s, so a driver
-    # killed just after a trial finished does not run it again on resume.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune saves its experiment state on its own schedule (every 10 s or more: the state holds every trial, so
+    # saving it at every step made each trial's overhead grow with their number); a resume reconciles what it
+    # missed from the table, the study and the trials' own files (``reconcile``).
     # Tune's own progress output (its experiment box, a TensorBoard hint) prints even at verbose=0 with its newer
     # reporter; the search prints its own lines (where the results go, each trial, progress), so use the classic
     # reporter, which verbose=0 keeps silent.

@@ -97,14 +97,26 @@ def reconcile(
     objectives: list[str],
     *,
     trust_tune: bool = True,
+    why: str = "superseded by the rebuilt study",
 ) -> Reconciled:
     """Compare the search's records, fix the ones behind, and say what runs now (see the module's docstring).
     ``tune_dir`` holds Tune's state: the search's own ``tune/``, or a local copy of one on an object store;
-    ``trust_tune`` False sets it aside whole (the study was rebuilt)."""
+    ``trust_tune`` False sets it aside whole, for the reason ``why``."""
     if trust_tune:
         state, set_aside = _tune_state(tune_dir)
+        why = "damaged"
+        if state is not None and not (tune_dir / "tuner.pkl").is_file():  # Tune restores that Tuner first
+            return reconcile(
+                results,
+                tune_dir,
+                study_name,
+                num_trials,
+                objectives,
+                trust_tune=False,
+                why="incomplete (no tuner.pkl)",
+            )
     else:
-        state, set_aside = None, _set_aside(tune_dir, "superseded")
+        state, set_aside = None, _set_aside(tune_dir, why.split()[0])
     table = {r.trial_id: r for r in results.read_records()} if results.trials_path.exists() else {}
     own = _own_records(tune_dir)
     study = _study(results, study_name)
@@ -135,17 +147,17 @@ def reconcile(
         stale, requeued = _reconcile_study(
             study, finished, rerun, gone, table, own, state, objectives, remaining
         )
-    # Tune restores from its experiment state and the Tuner it pickled at the start (tuner.pkl).
-    restore = state is not None and (tune_dir / "tuner.pkl").is_file()
-    why = "damaged" if trust_tune else "superseded by the rebuilt study"
     touched = [*set_aside, *(f"{n}.{why.split()[0]}" for n in set_aside)]
-    if restore:
+    if state is not None:
         written = _set_counter(state, finished, remaining)
-        if written is None:
-            restore = False  # the counter cannot say it: run what is owed with a new Tuner
-        else:
-            touched += written
-    return Reconciled(restore, remaining, done, len(rerun), requeued, stale, set_aside, why, touched)
+        if written is None:  # the counter cannot say it: what Tune would run again is asked for again instead
+            return reconcile(
+                results, tune_dir, study_name, num_trials, objectives, trust_tune=False, why="inconsistent"
+            )
+        touched += written
+    return Reconciled(
+        state is not None, remaining, done, len(rerun), requeued, stale, set_aside, why, touched
+    )
 
 
 def _tune_state(tune_dir: Path) -> tuple[TuneState | None, list[str]]:

@@ -1,10 +1,11 @@
 """The trials table as a Tune callback: one ``TrialResult`` per trial, rewritten as trials start and end so the
 table can be read mid-search.
 
-The table never runs ahead of Tune's saved state: what a step changed is written in ``on_step_end``, which Tune
-calls after it has saved its experiment state for that step. So a trial the table shows finished is one a resumed
-search will not run again. A driver killed between the two (Tune saved, the table not yet) leaves a finished trial
-that the table still shows running; on resume, the first step fills it in from the result Tune restored.
+What a step of Tune's loop changed is written in ``on_step_end``. Tune's own saved state lags behind the table (it
+is saved every 10 s or more and copied in the background), so a resume first reconciles the two (``reconcile``):
+a trial the table shows finished is never run again, whatever Tune's state says. A trial Tune's state shows
+finished that the table lacks or shows running is filled in, at the resumed search's first step, from the result
+Tune restored.
 """
 
 from __future__ import annotations

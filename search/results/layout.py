@@ -192,22 +192,27 @@ PREDICTION_COLUMNS = ("trial_id", "row", "label", "prediction", "correct")
 
 
 def _predictions_frame(rows: dict[str, dict[str, list[int]]]) -> pd.DataFrame:
-    frames = [
-        pd.DataFrame(
-            {
-                "trial_id": trial_id,
-                "row": range(len(r["correct"])),
-                "label": r.get("label") or [-1] * len(r["correct"]),
-                "prediction": r.get("prediction") or [-1] * len(r["correct"]),
-                "correct": [bool(c) for c in r["correct"]],
-            }
-        )
-        for trial_id, r in rows.items()
-    ]
-    if not frames:
-        return pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.astype({"row": "int32", "label": "int32", "prediction": "int32", "correct": "bool"})
+    """One long frame, built from flat arrays: it is rewritten as every trial completes, so per-trial frames (and
+    their concatenation) would make each write cost more than the last."""
+    import numpy as np
+
+    sizes = [len(r["correct"]) for r in rows.values()]
+
+    def column(key: str) -> np.ndarray:
+        parts = [r.get(key) or [-1] * n for r, n in zip(rows.values(), sizes, strict=True)]
+        return np.fromiter((v for part in parts for v in part), dtype=np.int32, count=sum(sizes))
+
+    return pd.DataFrame(
+        {
+            "trial_id": np.repeat(np.array(list(rows), dtype=object), sizes),
+            "row": np.concatenate([np.arange(n, dtype=np.int32) for n in sizes])
+            if sizes
+            else np.array([], np.int32),
+            "label": column("label"),
+            "prediction": column("prediction"),
+            "correct": column("correct").astype(bool),
+        }
+    )
 
 
 def _upgrade(frame: pd.DataFrame, version: int) -> pd.DataFrame:
