@@ -201,9 +201,7 @@ def _launch(
         # A mid-trial checkpoint is reported to Tune before any objective is measured; Tune's check that a trial's
         # first result holds every objective would fail the trial for it.
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # A new Tuner for a resumed search gets a sampler seeded past the trials already asked: the search's own
-    # seed would propose the first configs again.
-    searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url, reseed=resume and not restored)
+    searcher = tuning.make_searcher(cfg, prep, home.results.optuna_url)
     home.upload()
     table = TrialTable(
         home.results,

@@ -360,9 +360,10 @@ def _tell(study, frozen, record: TrialResult, own: TrialResult | None, state, ob
 
 
 def _set_counter(state: TuneState, finished: dict[str, TrialResult], remaining: int) -> list[str] | None:
-    """Write Tune's state back as the records say: trials it shows unfinished that finished are finished there,
-    and the search generator's counter leaves exactly ``remaining`` new trials. The files written; None if the
-    counter cannot say it."""
+    """Write Tune's state back as the records say: trials it shows unfinished that finished are finished there;
+    the search generator's counter leaves exactly ``remaining`` new trials; the concurrency limiter's live trials
+    are the ones Tune runs again (a finished trial left there would hold its slot for good, and the search would
+    wait forever). The files written; None if the counter cannot say it."""
     import ray.cloudpickle as cloudpickle
 
     total = int(state.generator.get("total_samples", 0))
@@ -382,8 +383,12 @@ def _set_counter(state: TuneState, finished: dict[str, TrialResult], remaining: 
     if changed:
         _replace(state.experiment, json.dumps({**state.data, "trial_data": trial_data}).encode())
         written.append(state.experiment.name)
-    if state.generator.get("counter") != counter or state.generator.get("finished"):
-        generator = {**state.generator, "counter": counter, "finished": False}
+    generator = {**state.generator, "counter": counter, "finished": False}
+    live = {i for i, t in state.trials.items() if i not in finished and t["status"] not in TUNE_FINISHED}
+    for key, wrapper in state.generator.items():  # the searcher's wrappers: ConcurrencyLimiter's state
+        if key.startswith("name:") and isinstance(wrapper, dict) and "live_trials" in wrapper:
+            generator[key] = {**wrapper, "live_trials": set(live), "num_unfinished_live_trials": len(live)}
+    if generator != state.generator:
         _replace(state.search_gen, cloudpickle.dumps(generator))
         written.append(state.search_gen.name)
     return written

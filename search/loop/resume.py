@@ -74,6 +74,7 @@ def load_saved_config(search_dir: str | Path):
 
 
 STALE_ATTR = "peft_search.stale"
+"""An Optuna trial asked by a driver that died before the trial was saved anywhere else (FAIL; re-queued)."""
 
 
 def close_stale_trials(storage: str, study_name: str) -> int:

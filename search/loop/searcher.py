@@ -7,6 +7,10 @@
 - Each trial's config carries the number of the Optuna trial that proposed it (``OPTUNA_TRIAL_KEY``), so the
   trials table links every row to its Optuna trial; the Optuna trial holds the resolved config (``CONFIG_ATTR``:
   candidate, method, quantization, PEFT config, learning rate), so ``optuna.load_study`` alone shows what ran.
+- Each trial is proposed by a sampler seeded by its place in the search (the number of the study's trials, less
+  those a resume marked stale, ``STALE_ATTR``): a sampler's saved random state lags the study after a kill, and
+  would propose the configs it had proposed since again; seeded by place, a resumed search proposes what an
+  uninterrupted one would.
 - Each Optuna trial also holds the id of the Tune trial it became (``TUNE_TRIAL_ATTR``). The study is written at
   once (a database) while Tune's saved state lags behind it, so a resumed search finds a trial's Optuna record
   by that id rather than by the searcher's saved map, and never tells Optuna twice about one trial.
@@ -14,8 +18,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ray.tune.search.optuna import OptunaSearch
 
+from peft_search.search.loop.resume import STALE_ATTR
 from peft_search.search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG_KEY, STATUS_KEY
 
 STATUS_ATTR = "peft_search.status"
@@ -25,7 +33,18 @@ CONFIG_KEYS = ("candidate", "method", "quantization", "peft_config", "learning_r
 
 
 class PeftOptunaSearch(OptunaSearch):
+    def __init__(self, *args, sampler_for_slot: Callable[[int], Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sampler_for_slot = sampler_for_slot
+
     def suggest(self, trial_id: str) -> dict | None:
+        if (
+            self._sampler_for_slot is not None
+            and self._ot_study is not None
+            and trial_id not in self._ot_trials
+        ):
+            slot = sum(STALE_ATTR not in t.user_attrs for t in self._ot_study.get_trials(deepcopy=False))
+            self._sampler = self._ot_study.sampler = self._sampler_for_slot(slot)
         config = super().suggest(trial_id)
         if config is not None and trial_id in self._ot_trials:
             ot_trial = self._ot_trials[trial_id]

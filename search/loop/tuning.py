@@ -26,9 +26,17 @@ def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | 
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
 
 
-def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str, *, reseed: bool = False):
+def sampler_for_slot(name: str, seed: int, num_trials: int, n_startup_trials: int | None, slot: int):
+    """The sampler that proposes the search's ``slot``-th trial: seeded by its place, so a resumed search proposes
+    what an uninterrupted one would, whatever the sampler's saved random state (``PeftOptunaSearch.suggest``)."""
+    return make_sampler(name, seed + slot, num_trials, n_startup_trials)
+
+
+def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
     """The Optuna study (created, or loaded when resuming) with the explicit candidates queued first, and the
-    Tune searcher that asks it. ``reseed``: the sampler's seed moves on by the trials the study holds."""
+    Tune searcher that asks it."""
+    import functools
+
     import optuna
 
     from peft_search.search.loop import warm_start
@@ -37,10 +45,7 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str, *, reseed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
     storage = optuna.storages.RDBStorage(storage_url)
-    asked = 0
-    if reseed and cfg.name in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}:
-        asked = len(optuna.load_study(study_name=cfg.name, storage=storage).trials)
-    sampler = make_sampler(s.sampler, s.seed + asked, s.num_trials, s.n_startup_trials)
+    sampler = make_sampler(s.sampler, s.seed, s.num_trials, s.n_startup_trials)
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.name,
@@ -62,6 +67,9 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str, *, reseed
         sampler=sampler,
         study_name=cfg.name,
         storage=storage,
+        sampler_for_slot=functools.partial(
+            sampler_for_slot, s.sampler, s.seed, s.num_trials, s.n_startup_trials
+        ),
     )
 
 

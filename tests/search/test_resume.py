@@ -166,8 +166,10 @@ def test_resume_reconciles_records_that_disagree(searches, tmp_path):
     """The state a kill leaves when Tune's copy of its state lags the table and the study (it is copied in the
     background, file by file): one finished trial Tune still shows pending, one cut off before Tune saved it (its
     row running, its Optuna trial running, its adapter saved), and the search generator's counter ahead of Tune's
-    trial list, as in a CI run that lost a trial."""
+    trial list, as in a CI run that lost a trial, and its concurrency limiter still counting both as running."""
     import sqlite3
+
+    import ray.cloudpickle as cloudpickle
 
     full_dir, _, _ = searches
     search = tmp_path / "full"
@@ -186,6 +188,13 @@ def test_resume_reconciles_records_that_disagree(searches, tmp_path):
             trial["status"] = "PENDING"
         kept.append([json.dumps(trial), metadata])
     state_file.write_text(json.dumps({**state, "trial_data": kept}))
+    # Tune's concurrency limiter still holding both as running (saved mid-search): a slot each, for good.
+    (generator_file,) = (search / "tune").glob("search_gen_state-*.json")
+    generator = cloudpickle.loads(generator_file.read_bytes())
+    generator["name:ConcurrencyLimiter"].update(
+        live_trials={pending["trial_id"], cut_off["trial_id"]}, num_unfinished_live_trials=2
+    )
+    generator_file.write_bytes(cloudpickle.dumps(generator))
     # The fourth trial: running in the table, in the study and in its own results (its last line not written).
     table = pd.read_parquet(search / "trials.parquet")
     table.loc[table["trial_id"] == cut_off["trial_id"], "status"] = "running"
@@ -197,7 +206,7 @@ def test_resume_reconciles_records_that_disagree(searches, tmp_path):
     assert Path(cut_off["adapter_path"].replace(str(full_dir), str(search))).is_dir()
 
     resumed = _cli("resume", str(search), stdout=subprocess.PIPE)
-    out, err = resumed.communicate(timeout=900)
+    out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "restored 3 finished trial(s), re-queued 1, marked 1 stale; 1 new to ask for" in out, out
 
