@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_search.search.loop.repair import _trial as trial_record
+from peft_search.search.loop.repair import trial_record
 from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
 from peft_search.search.results.records import OPTUNA_TRIAL_KEY, TrialResult
 
@@ -264,14 +264,7 @@ def _write_table(
     added: dict[str, TrialResult],
     own: dict[str, tuple[TrialResult, dict | None]],
 ) -> None:
-    predictions = {}
-    frame = results.read_predictions()
-    for trial_id, group in frame.groupby("trial_id"):
-        if str(trial_id) in rows:
-            group = group.sort_values("row")
-            predictions[str(trial_id)] = {
-                c: group[c].astype(int).tolist() for c in ("label", "prediction", "correct")
-            }
+    predictions = {i: held for i, held in results.prediction_rows().items() if i in rows}
     for trial_id, record in added.items():
         held_out = own.get(trial_id, (None, None))[1]
         if record.status == "complete" and held_out and trial_id not in predictions:

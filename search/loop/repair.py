@@ -32,7 +32,7 @@ def rebuild(results: ResultsDir) -> tuple[list[TrialResult], dict[str, dict[str,
     predictions: dict[str, dict[str, list[int]]] = {}
     stale = _stale_numbers(results)
     for trial_dir in sorted(results.path.glob("tune*/trial-*")):
-        record, rows = _trial(trial_dir)
+        record, rows = trial_record(trial_dir)
         if record is None or (record.status == "running" and record.optuna_trial in stale):
             continue  # cut off, and a resume already asked for its config again
         records[record.trial_id] = record
@@ -56,7 +56,8 @@ def _stale_numbers(results: ResultsDir) -> set[int]:
     return {t.number for t in study.get_trials(deepcopy=False) if STALE_ATTR in t.user_attrs}
 
 
-def _trial(trial_dir: Path) -> tuple[TrialResult | None, dict | None]:
+def trial_record(trial_dir: Path) -> tuple[TrialResult | None, dict | None]:
+    """A trial's record from its own files, and its held-out rows (None where it has none)."""
     try:
         config = json.loads((trial_dir / "params.json").read_text())
     except (OSError, ValueError):

@@ -113,12 +113,7 @@ class TrialTable(tune.Callback):
         self._started = time.monotonic()
         if self.results.trials_path.exists() and not self.records:
             self.records = {r.trial_id: r for r in self.results.read_records()}
-            frame = self.results.read_predictions()
-            for trial_id, group in frame.groupby("trial_id"):
-                group = group.sort_values("row")
-                self.predictions[str(trial_id)] = {
-                    c: group[c].astype(int).tolist() for c in ("label", "prediction", "correct")
-                }
+            self.predictions = self.results.prediction_rows()
         self._done_before = self._done()
         if self.echo:
             self.bar = ProgressBar(self.num_trials, self._done_before)

@@ -182,6 +182,14 @@ class ResultsDir:
         frame = self.read_predictions().sort_values(["trial_id", "row"], kind="stable")
         return {str(t): group["correct"].astype(bool).tolist() for t, group in frame.groupby("trial_id")}
 
+    def prediction_rows(self) -> dict[str, dict[str, list[int]]]:
+        """What ``write_predictions`` takes, read back: trial id -> ``label``/``prediction``/``correct`` lists."""
+        frame = self.read_predictions().sort_values(["trial_id", "row"], kind="stable")
+        return {
+            str(t): {c: group[c].astype(int).tolist() for c in ("label", "prediction", "correct")}
+            for t, group in frame.groupby("trial_id")
+        }
+
     def write_predictions(self, rows: dict[str, dict[str, list[int]]]) -> None:
         """Rewrite the predictions of these trials (trial id -> ``label``/``prediction``/``correct`` lists)."""
         with replacing(self.path / PREDICTIONS_FILE) as tmp:
