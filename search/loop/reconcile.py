@@ -12,8 +12,8 @@ A search keeps four records, written at different moments:
 So, for every trial any record knows:
 
 - finished (complete, stopped early, infeasible, failed) in any record: kept, never run again. Its row is in the
-  table (rebuilt from its own files when the table lacks it), the study knows its outcome, and a trial Tune's
-  state still shows unfinished is marked finished there;
+  table (rebuilt from its own files when the table lacks it, or, when only the study knows its outcome, from the
+  study), the study knows its outcome, and a trial Tune's state still shows unfinished is marked finished there;
 - unfinished, in Tune's state: Tune runs it again (from its mid-trial checkpoint when it has one);
 - unfinished and unknown to Tune's state (it started after Tune last saved), or an Optuna trial that was asked
   and never became a trial: marked stale in the study (FAIL, with the reason) and re-queued there with the same
@@ -35,7 +35,7 @@ from typing import Any
 
 from peft_search.search.loop.repair import trial_record
 from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
-from peft_search.search.results.records import OPTUNA_TRIAL_KEY, TrialResult
+from peft_search.search.results.records import OPTUNA_TRIAL_KEY, RUNG_KEY, TrialResult
 
 FINISHED = ("complete", "stopped_early", "infeasible", "failed")
 TUNE_FINISHED = ("TERMINATED", "ERROR")
@@ -120,11 +120,14 @@ def reconcile(
     table = {r.trial_id: r for r in results.read_records()} if results.trials_path.exists() else {}
     own = _own_records(tune_dir)
     study = _study(results, study_name)
+    told = _told(study)
 
     ids = set(table) | set(own) | (set(state.trials) if state else set())
     finished: dict[str, TrialResult] = {}
     for trial_id in ids:
         record = _finished_record(trial_id, table, own, state)
+        if record is None and trial_id in told:
+            record = _study_record(results, trial_id, told[trial_id], table.get(trial_id), objectives)
         if record is not None:
             finished[trial_id] = record
     tune_known = set(state.trials) if state else set()
@@ -234,6 +237,55 @@ def _study(results: ResultsDir, study_name: str):
         return optuna.load_study(study_name=study_name, storage=results.optuna_url)
     except KeyError:  # the driver died before it made the study
         return None
+
+
+def _told(study) -> dict[str, Any]:
+    """Tune trial id -> its Optuna trial, for the trials the study holds an outcome of (those a resume marked stale
+    aside: their config was asked again)."""
+    if study is None:
+        return {}
+    from peft_search.search.loop.resume import STALE_ATTR
+    from peft_search.search.loop.searcher import TUNE_TRIAL_ATTR
+
+    return {
+        t.user_attrs[TUNE_TRIAL_ATTR]: t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and TUNE_TRIAL_ATTR in t.user_attrs and STALE_ATTR not in t.user_attrs
+    }
+
+
+def _study_record(
+    results: ResultsDir, trial_id: str, frozen, row: TrialResult | None, objectives: list[str]
+) -> TrialResult:
+    """A finished trial only the study knows the outcome of: the driver was told and died before the table was
+    written (the table is written first for complete and early-stopped trials, so in practice a failed one). Its
+    row holds what the study holds: the config, the objectives' values or the rung's, the status."""
+    import optuna
+
+    from peft_search.search.loop.searcher import CONFIG_ATTR, STATUS_ATTR
+
+    attrs = frozen.user_attrs
+    config = {**attrs.get(CONFIG_ATTR, {}), OPTUNA_TRIAL_KEY: frozen.number}
+    if row is not None:
+        config["seed"] = row.seed
+    state = frozen.state
+    if state == optuna.trial.TrialState.COMPLETE and attrs.get(STATUS_ATTR) == "infeasible":
+        return TrialResult.from_report(
+            trial_id, "infeasible", config, {}, str(attrs.get("peft_search.error", ""))
+        )
+    if state == optuna.trial.TrialState.COMPLETE:
+        result: dict[str, Any] = dict(zip(objectives, frozen.values, strict=True))
+        adapter = next((results.train_path / f"train-{trial_id}").glob("*/adapter_config.json"), None)
+        if adapter is not None:
+            result["checkpoint_path"] = str(adapter.parent)
+        return TrialResult.from_report(trial_id, "complete", config, result)
+    if state == optuna.trial.TrialState.PRUNED:
+        rung = {m: attrs[f"peft_search.rung.{m}"] for m in objectives if f"peft_search.rung.{m}" in attrs}
+        result = {**rung, RUNG_KEY: attrs.get("peft_search.stopped_at_step", 0)}
+        return TrialResult.from_report(trial_id, "stopped_early", config, result, "stopped early at a rung")
+    return TrialResult.from_report(
+        trial_id, "failed", config, {}, "trial failed; its error was lost with the driver that ran it"
+    )
 
 
 def _finished_record(

@@ -1,11 +1,14 @@
 """The trials table as a Tune callback: one ``TrialResult`` per trial, rewritten as trials start and end so the
 table can be read mid-search.
 
-What a step of Tune's loop changed is written in ``on_step_end``. Tune's own saved state lags behind the table (it
-is saved every 10 s or more and copied in the background), so a resume first reconciles the two (``reconcile``):
-a trial the table shows finished is never run again, whatever Tune's state says. A trial Tune's state shows
-finished that the table lacks or shows running is filled in, at the resumed search's first step, from the result
-Tune restored.
+What a step of Tune's loop changed is written in ``on_step_end``, except a trial's end: that is written as its
+final result arrives (``on_trial_result``), before Tune tells the searcher and so the study (Tune tells the searcher
+first, then the callbacks' ``on_trial_complete``). A kill between the two would otherwise leave the study holding an
+outcome the table lacks, with the trial's predictions only in the driver's memory. Tune's own saved state lags behind
+the table (it is saved every 10 s or more and copied in the background), so a resume first reconciles the records
+(``reconcile``): a trial the table shows finished is never run again, whatever Tune's state says. A trial Tune's
+state shows finished that the table lacks or shows running is filled in, at the resumed search's first step, from the
+result Tune restored.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ class TrialTable(tune.Callback):
         self._started, self._done_before = time.monotonic(), 0
         self._dirty = self._dirty_predictions = False
         self._reconciled = False
+        self._ended_here: set[str] = set()
+        """Trials this run recorded as ended from their final result (``on_trial_result``)."""
         self.bar: ProgressBar | None = None
 
     def setup(self, **info):
@@ -149,16 +154,26 @@ class TrialTable(tune.Callback):
         record = self._record(trial, "running")
         self._say(f"trial {trial.trial_id} started: {_what(record)} {record.peft_config}")
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trial)
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """A trial's last result (the worker's final one, or a rung's the scheduler stops it at): its row is written
+        now, before Tune tells the searcher (and so the study) that the trial ended."""
+        if result.get(STATUS_KEY) in ("complete", "infeasible") or result.get("done"):
+            self._ended(trial, result=result)
+            self._ended_here.add(trial.trial_id)
+            self.flush()
 
-    def _ended(self, trial, quiet: bool = False) -> None:
-        status, note = ended_status(trial.last_result or {})
-        rows = (trial.last_result or {}).get(PREDICTIONS_KEY)
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self._ended_here:  # recorded from its final result already
+            self._ended(trial)
+
+    def _ended(self, trial, quiet: bool = False, result: dict | None = None) -> None:
+        result = (trial.last_result or {}) if result is None else result
+        status, note = ended_status(result)
+        rows = result.get(PREDICTIONS_KEY)
         if status == "complete" and rows:
             self.predictions[trial.trial_id] = rows
             self._dirty_predictions = True  # written only when a trial adds its rows
-        record = self._record(trial, status, note)
+        record = self._record(trial, status, note, result)
         if quiet:
             return
         self._say(
@@ -216,8 +231,9 @@ class TrialTable(tune.Callback):
     def _done(self) -> int:
         return sum(r.status != "running" for r in self.records.values())
 
-    def _record(self, trial, status: TrialStatus, error: str = "") -> TrialResult:
-        record = TrialResult.from_report(trial.trial_id, status, trial.config, trial.last_result or {}, error)
+    def _record(self, trial, status: TrialStatus, error: str = "", result: dict | None = None) -> TrialResult:
+        result = (trial.last_result or {}) if result is None else result
+        record = TrialResult.from_report(trial.trial_id, status, trial.config, result, error)
         self.records[record.trial_id] = record
         self._dirty = True
         return record

@@ -59,25 +59,35 @@ class _Trial:
         self.config = {"method": "lora", "quantization": "none", "peft_config": {}, "learning_rate": 1e-3}
 
 
-def test_the_table_is_written_after_tunes_own_state_and_filled_in_on_resume(tmp_path):
+def test_a_trials_end_is_written_as_its_final_result_arrives_and_filled_in_on_resume(tmp_path):
     results = ResultsDir(tmp_path)
-    table = TrialTable(results, 2, ["accuracy"], echo=False)
+    table = TrialTable(results, 3, ["accuracy"], echo=False)
     table.setup()
     done = {
         "trial_status": "complete",
         "accuracy": 0.75,
         "heldout_rows": {"label": [1], "prediction": [1], "correct": [1]},
     }
-    table.on_trial_complete(0, [], _Trial("a", "TERMINATED", done))
-    # Not on disk until Tune has saved its state for the step (on_step_end): a driver killed in between
-    # resumes with the trial still to run, and the table never said it had finished.
-    assert not results.trials_path.exists()
-    table.on_step_end(0, [])
+    table.on_trial_start(0, [], _Trial("a", "RUNNING"))
+    table.on_trial_result(0, [], _Trial("a", "RUNNING"), {"trial_status": "running", "accuracy": 0.5})
+    assert not results.trials_path.exists()  # a start and a rung's result wait for the step's end
+    # The final result is on disk, predictions too, before Tune tells the searcher (and the study) the trial
+    # ended: a driver killed in between leaves no outcome that the study holds and the table lacks.
+    table.on_trial_result(0, [], _Trial("a", "RUNNING"), done)
     assert results.read_trials().set_index("trial_id").loc["a", "status"] == "complete"
     assert results.correct_by_trial() == {"a": [True]}
+    # A rung's result the scheduler stops the trial at (Tune marks it done) ends it there too.
+    table.on_trial_result(
+        0, [], _Trial("s", "RUNNING"), {"trial_status": "running", "rung_step": 2, "done": True}
+    )
+    stopped = results.read_trials().set_index("trial_id").loc["s"]
+    assert stopped["status"] == "stopped_early" and stopped["stopped_at_step"] == 2
+    recorded = table.records["a"]
+    table.on_trial_complete(0, [], _Trial("a", "TERMINATED", done))  # recorded already: left as it is
+    assert table.records["a"] is recorded and table._done() == 2
     # Killed after Tune saved a finished trial "b" but before the table wrote it: the resumed search's first
     # step records it from the result Tune restored; a trial Tune will run again stays as it is.
-    resumed = TrialTable(results, 2, ["accuracy"], echo=False)
+    resumed = TrialTable(results, 3, ["accuracy"], echo=False)
     resumed.setup()
     restored = [
         _Trial("a", "TERMINATED", done),

@@ -223,3 +223,41 @@ def test_resume_reconciles_records_that_disagree(searches, tmp_path):
     assert states.count("COMPLETE") == NUM_TRIALS and states.count("FAIL") == 1 and "RUNNING" not in states
     (stale,) = [t for t in study.trials if t.state.name == "FAIL"]
     assert stale.number == cut_off["optuna_trial"] and STALE_ATTR in stale.user_attrs
+
+
+def test_a_trial_only_the_study_saw_end_is_kept_not_run_again(searches, tmp_path):
+    """Tune tells the searcher (and so the study) that a trial ended before the callbacks hear of it: a kill
+    between the two leaves the study's outcome alone (the table shows the trial running; Tune never saved it; its
+    own results lack their last line). The resume keeps that outcome rather than asking for a trial more, which
+    would leave the study one complete trial too many (as a CI run of the chaos test saw)."""
+    full_dir, _, _ = searches
+    search = tmp_path / "full"
+    shutil.copytree(full_dir, search)
+    rows = pd.read_parquet(search / "trials.parquet").sort_values("optuna_trial").reset_index(drop=True)
+    last = rows.iloc[-1]
+    (state_file,) = (search / "tune").glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    state["trial_data"] = [
+        [s, m] for s, m in state["trial_data"] if json.loads(s)["trial_id"] != last["trial_id"]
+    ]
+    state_file.write_text(json.dumps(state))
+    table = pd.read_parquet(search / "trials.parquet")
+    table.loc[table["trial_id"] == last["trial_id"], "status"] = "running"
+    table.to_parquet(search / "trials.parquet", index=False)
+    (search / "tune" / f"trial-{last['trial_id']}" / "result.json").write_text("")
+
+    resumed = _cli("resume", str(search), stdout=subprocess.PIPE)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert (
+        f"restored {NUM_TRIALS} finished trial(s), re-queued 0, marked 0 stale; nothing left to run" in out
+    ), out
+
+    after = pd.read_parquet(search / "trials.parquet").set_index("trial_id")
+    assert len(after) == NUM_TRIALS and (after["status"] == "complete").all(), out + err
+    kept = after.loc[last["trial_id"]]
+    study = optuna.load_study(study_name="full", storage=f"sqlite:///{search / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * NUM_TRIALS
+    told = study.trials[int(last["optuna_trial"])]
+    assert kept["accuracy"] == told.values[0] and kept["peft_config"] == last["peft_config"]
+    assert Path(kept["adapter_path"]).is_dir() and str(search) in kept["adapter_path"]
