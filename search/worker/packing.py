@@ -1,0 +1,499 @@
+"""Packed trials: several LoRA-family trials trained at once on one base model, by one ``transformers.Trainer``.
+
+A search trains many adapters on the same frozen base model, each at the small batch its config asks for; one step
+over K trials' micro-batches together fills the device better than K steps (on 2 CPU cores a sample costs about 3x
+less at batch 64 than at batch 16). So a group of K trials loads the base model once, adds each trial's adapter under
+its own name, and trains them all in each step:
+
+- the step's batch is each member's own micro-batch, one after the other; each row goes through its member's adapter
+  only, by PEFT's mixed-adapter-batch forward (the ``adapter_names`` pre-forward hooks PEFT registers for inference,
+  registered here in training too: ``AdapterRouter``);
+- the loss is the sum of the members' own losses (each the mean over its own rows), so each adapter's gradient is
+  that of its own loss: the adapters share no parameter and the base model is frozen;
+- the optimizer holds each member's parameters in its own groups, with its own learning rate and weight decay; the
+  scheduler (one ``LambdaLR`` factor for all groups, as the Trainer builds it) scales each group's own rate, so each
+  member follows its own schedule; each member's gradients are clipped to its own ``max_grad_norm``;
+- members share the search's seed and micro-batch size, so they see the same rows in the same order, and each
+  adapter is initialised from the random state the base model left, as it would be alone.
+
+Trained so, a member's adapter equals the one it would get alone (``tests/search/test_packing.py``), dropout aside:
+dropout masks are drawn for the whole packed batch, so with dropout a member's run is a different draw from the
+same distribution. Which configs can pack, and with which others, is ``packing_refusal`` and ``pack_key``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
+from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker.batches import pad_batch
+from peft_search.search.worker.costs import check_budget, plan_trial
+from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
+from peft_search.search.worker.evaluation import evaluate
+from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
+from peft_search.search.worker.trainer import StepCallback, training_arguments, trial_arguments
+
+PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
+"""``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
+SHARED_INIT = (True, False, "gaussian")
+"""LoRA initialisations that leave the base weights as they are (PiSSA, OLoRA, LoftQ, EVA and CorDA change them,
+so such an adapter cannot share its base model)."""
+ROUTE = "peft_search_member"
+"""The batch's column naming each row's member (its index in the group); taken off before the forward."""
+OnRung = Callable[[str, dict[str, Any]], bool]
+"""``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
+
+
+def packing_refusal(peft_config: dict[str, Any]) -> str | None:
+    """Why this adapter cannot train in a packed group (None when it can): the LoRA family, through PEFT's
+    mixed-adapter batches, on a base model it leaves as it is."""
+    if str(peft_config.get("peft_type", "")).upper() != "LORA":
+        return f"{peft_config.get('peft_type')} has no mixed-adapter batches in PEFT (the LoRA family has)"
+    if peft_config.get("use_dora"):
+        return "DoRA: PEFT refuses mixed-adapter batches with DoRA"
+    if peft_config.get("init_lora_weights", True) not in SHARED_INIT:
+        return f"init_lora_weights={peft_config['init_lora_weights']!r} changes the base weights"
+    for key in ("layer_replication", "alora_invocation_tokens", "megatron_config"):
+        if peft_config.get(key):
+            return f"{key} is set"
+    return None
+
+
+def pack_key(trial: TrialConfig, settings: TrialSettings) -> str:
+    """Trials with equal keys can train in one group: same quantization level, seed and training arguments (bar
+    ``PER_MEMBER``), so one base model, one data order and one Trainer serve them all."""
+    shared = {k: v for k, v in trial_arguments(trial, settings).items() if k not in PER_MEMBER}
+    seed = settings.seed if trial.seed is None else trial.seed
+    return json.dumps([trial.quantization, seed, shared], sort_keys=True, default=str)
+
+
+@dataclasses.dataclass
+class Member:
+    """One trial of a group: its adapter's name in the shared model, its config and its own optimisation."""
+
+    trial_id: str
+    trial: TrialConfig
+    name: str
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    active: bool = True
+    """False once the search stopped it at a rung (its rows leave the batches) or it failed."""
+    trainable: int = 0
+    error: str = ""
+    """Why PEFT refused its adapter (an infeasible trial)."""
+    losses: list[torch.Tensor] = dataclasses.field(default_factory=list, repr=False)
+    curve: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    grad_norm: float | None = None
+    learning_rate_used: float = 0.0
+    """The rate of its last optimizer step (what the Trainer logs for a step, not the next step's)."""
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def owns(self, parameter_name: str) -> bool:
+        return re.search(rf"\.{re.escape(self.name)}(\.|$)", parameter_name) is not None
+
+
+class AdapterRouter:
+    """Sends each row of a batch through its own adapter: PEFT's mixed-adapter-batch forward, by the pre-forward
+    hooks PEFT registers when ``adapter_names`` is passed (which PEFT allows at inference only; the LoRA layers'
+    mixed-batch forward is differentiable, so it trains too). ``names`` is a name per row, or one name for all."""
+
+    def __init__(self, model) -> None:
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        self.names: str | list[str] | None = None
+        self._handles = [
+            module.register_forward_pre_hook(self._hook, with_kwargs=True)
+            for module in model.modules()
+            if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper))
+        ]
+
+    def _hook(self, module, args, kwargs):
+        if self.names is None:
+            return args, kwargs
+        rows = (args[0] if args else next(iter(kwargs.values()))).shape[0]
+        names = [self.names] * rows if isinstance(self.names, str) else self.names
+        return args, {**kwargs, "adapter_names": names}
+
+    @contextlib.contextmanager
+    def only(self, name: str) -> Iterator[None]:
+        """Every row through one member's adapter (its evaluations)."""
+        before, self.names = self.names, name
+        try:
+            yield
+        finally:
+            self.names = before
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class PackedCollator:
+    """Each member's copy of the micro-batch, one after the other, padded together, with each row's member."""
+
+    def __init__(self, members: Sequence[Member], pad_token_id: int) -> None:
+        self.members, self.pad_token_id = members, pad_token_id
+        self.samples = self.tokens = 0
+        """Rows and real tokens served, over all members: the group's throughput."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        live = [i for i, m in enumerate(self.members) if m.active]
+        batch = pad_batch([r for _ in live for r in rows], self.pad_token_id)
+        batch[ROUTE] = torch.tensor([i for i in live for _ in rows])
+        self.samples += batch["input_ids"].shape[0]
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+class PackedTrainer(Trainer):
+    """The Trainer for a group: per-member loss, optimizer groups, learning rates and gradient clipping."""
+
+    loss_is_scaled_for_ga = (
+        False  # each member's loss is a mean over its micro-batch's rows (or answer tokens)
+    )
+
+    def __init__(self, *args, members: list[Member], router: AdapterRouter, task: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.members, self.router, self.task = members, router, task
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = []
+        for index, member in enumerate(self.members):
+            own = [(n, p) for n, p in named if member.owns(n)]
+            for decays in (True, False):
+                groups.append(
+                    {
+                        "params": [p for n, p in own if (n in decay) == decays],
+                        "lr": member.learning_rate,
+                        "weight_decay": member.weight_decay if decays else 0.0,
+                        "member": index,
+                    }
+                )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        self.optimizer.register_step_pre_hook(self._clip)
+        return self.optimizer
+
+    def _clip(self, optimizer, args, kwargs) -> None:
+        """Each member's gradients clipped to its own norm, as the Trainer clips a trial's alone."""
+        for index, member in enumerate(self.members):
+            groups = [g for g in optimizer.param_groups if g["member"] == index]
+            if groups:
+                member.learning_rate_used = float(groups[0]["lr"])
+            params = [p for g in groups for p in g["params"] if p.grad is not None]
+            if params and member.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, member.max_grad_norm)
+                member.grad_norm = float(norm)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        route = inputs.pop(ROUTE)
+        live = torch.tensor([m.active for m in self.members], device=route.device)[route]
+        if not bool(live.all()):  # a member stopped after this batch was made: its rows go
+            inputs = {k: v[live] for k, v in inputs.items()}
+            route = route[live]
+        labels = inputs.pop("labels")
+        self.router.names = [self.members[i].name for i in route.tolist()]
+        try:
+            outputs = model(**inputs)
+        finally:
+            self.router.names = None
+        total = outputs.logits.new_zeros(())
+        for index in route.unique().tolist():
+            rows = route == index
+            loss = _loss(outputs.logits[rows], labels[rows], self.task)
+            self.members[index].losses.append(loss.detach())
+            total = total + loss
+        return (total, outputs) if return_outputs else total
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """A member's loss on its rows, as its model computes it alone: cross-entropy over the rows (classification) or
+    over the answer tokens, next-token shifted (causal LM)."""
+    if task == "sequence-classification":
+        return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1))
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return torch.nn.functional.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+class _MemberCurves(TrainerCallback):
+    """Each member's learning curve: its mean loss since the last log, its learning rate and gradient norm."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        for member in self.members:
+            if not member.losses:
+                continue
+            loss = float(torch.stack(member.losses).mean())
+            member.losses.clear()
+            if not torch.isfinite(torch.tensor(loss)):
+                raise FloatingPointError(f"training loss became non-finite by step {state.global_step}")
+            curve = member.curve
+            curve.setdefault("step", []).append(int(state.global_step))
+            curve.setdefault("loss", []).append(loss)
+            curve.setdefault("learning_rate", []).append(member.learning_rate_used)
+            if member.grad_norm is not None:
+                curve.setdefault("grad_norm", []).append(member.grad_norm)
+
+
+def run_group(
+    trials: Sequence[tuple[str, TrialConfig]],
+    settings: TrialSettings,
+    data: TokenizedSplits,
+    *,
+    device: torch.device,
+    on_rung: OnRung | None = None,
+) -> dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]]:
+    """Train and evaluate a group of packable trials (``(trial_id, config)`` pairs with one ``pack_key``) together.
+
+    Returns, for each member, what ``run_trial`` returns for one trial: its metrics (an infeasible member's say so,
+    as the trial's result would) and the directory holding its adapter (None unless it completed). With
+    ``on_rung``, each active member's part-way result goes there at each rung; a member ``on_rung`` says was
+    stopped leaves the group's batches from the next step.
+    """
+    import_training_libraries(trials[0][1].quantization)
+    keys = {pack_key(t, settings) for _, t in trials}
+    if len(keys) > 1:
+        raise ValueError(f"a packed group needs one pack_key, got {len(keys)}")
+    peak = PeakMemory(device)
+    peak.start()
+    results: dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]] = {}
+    members: list[Member] = []
+    plans = {}
+    for trial_id, trial in trials:
+        refusal = packing_refusal(trial.peft_config)
+        if refusal is not None:
+            raise ValueError(f"trial {trial_id} cannot pack: {refusal}")
+        try:
+            plan = plan_trial(
+                trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
+            )
+            check_budget(plan, settings.budget)
+        except InfeasibleTrialError as err:
+            results[trial_id] = ({STATUS_KEY: "infeasible", ERROR_KEY: str(err)}, None)
+            continue
+        plans[trial_id] = plan
+        arguments = trial_arguments(trial, settings)
+        members.append(
+            Member(
+                trial_id,
+                trial,
+                f"member_{len(members)}",
+                trial.learning_rate,
+                float(arguments.get("weight_decay", 0.0)),
+                float(arguments.get("max_grad_norm", 1.0)),
+            )
+        )
+    if not members:
+        return results
+
+    first = members[0].trial
+    seed = settings.seed if first.seed is None else first.seed
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    model, infeasible = _load_group(members, settings, data, device)
+    for member in infeasible:
+        results[member.trial_id] = ({STATUS_KEY: "infeasible", ERROR_KEY: member.error}, None)
+    members = [m for m in members if m not in infeasible]
+    if not members:
+        return results
+    load_s = time.perf_counter() - t0
+    total_params = sum(p.numel() for p in model.parameters())
+    adapters = sum(m.trainable for m in members)
+    router = AdapterRouter(model)
+
+    with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
+        args = training_arguments(first, settings, data, output_dir=output_dir, seed=seed, device=device)
+        args.max_grad_norm = 0.0  # each member's own clipping (PackedTrainer._clip)
+        collator = PackedCollator(members, data.pad_token_id)
+        callbacks: list = [_MemberCurves(members)]
+        rung_data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
+        timer = {"started": 0.0, "rungs": 0.0}
+
+        def rung(step: int) -> None:
+            if on_rung is None or step not in settings.rungs or step >= settings.steps:
+                return
+            t = time.perf_counter()
+            for member in [m for m in members if m.active]:
+                with router.only(member.name), generic_4bit_cpu_path(model):
+                    partial = evaluate(
+                        model, rung_data, settings.task, settings.training.eval_batch_size, device
+                    )
+                metrics = partial.metrics()
+                member.evaluations.append({"step": step, **metrics})
+                member.active = on_rung(
+                    member.trial_id,
+                    {
+                        STATUS_KEY: "running",
+                        RUNG_KEY: step,
+                        **metrics,
+                        **_costs(member, members, plans, peak, load_s, total_params - adapters),
+                        "train_time_s": (t - timer["started"] - timer["rungs"]) / len(members),
+                        "adapter_bytes": plans[member.trial_id].adapter_bytes,
+                        "train_steps": step,
+                        "eval_rows": len(rung_data.eval),
+                    },
+                )
+            model.train()
+            timer["rungs"] += time.perf_counter() - t
+
+        if on_rung is not None:
+            callbacks.append(StepCallback(rung))
+        trainer = PackedTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            data_collator=collator,
+            callbacks=callbacks,
+            members=members,
+            router=router,
+            task=settings.task,
+        )
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        for printer in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(printer)
+        timer["started"] = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - timer["started"] - timer["rungs"]
+        trainer = None  # the optimizer state: freed before evaluating
+
+    for member in members:
+        if not member.active:
+            continue
+        t2 = time.perf_counter()
+        with router.only(member.name):
+            evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
+        eval_s = time.perf_counter() - t2
+        adapter_dir, adapter_bytes = _save(model, member.name)
+        curve = dict(member.curve)
+        if member.evaluations:
+            curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
+            curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
+            curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
+        metrics = {
+            STATUS_KEY: "complete",
+            **evaluation.metrics(),
+            PREDICTIONS_KEY: evaluation.rows(),
+            CURVE_KEY: curve,
+            **_costs(member, members, plans, peak, load_s, total_params - adapters),
+            "train_time_s": train_s / len(members),
+            "samples_per_s": collator.samples / len(members) / train_s if train_s > 0 else 0.0,
+            "tokens_per_s": collator.tokens / len(members) / train_s if train_s > 0 else 0.0,
+            "group_train_time_s": train_s,
+            "group_samples_per_s": collator.samples / train_s if train_s > 0 else 0.0,
+            "eval_time_s": eval_s,
+            "rung_eval_time_s": timer["rungs"] / len(members),
+            "eval_rows": len(data.eval),
+            "train_steps": settings.steps,
+            "adapter_bytes": adapter_bytes,
+            "world_size": 1,
+            "device": str(device.type),
+            "node_id": node_id(),
+            "cpu_allocator": heap_allocator(),
+            "resumed_from_step": 0,
+        }
+        results[member.trial_id] = (metrics, adapter_dir)
+    for member in members:
+        if not member.active and member.trial_id not in results:
+            results[member.trial_id] = (
+                {STATUS_KEY: "running", RUNG_KEY: member.evaluations[-1]["step"]},
+                None,
+            )
+    router.remove()
+    model = None
+    release_accelerator_memory()
+    return results
+
+
+def _load_group(members: list[Member], settings: TrialSettings, data: TokenizedSplits, device: torch.device):
+    """The base model once, then each member's adapter under its name, each from the random state the base model
+    left (as it would be initialised alone); all of them trainable. Members PEFT refuses come back apart."""
+    from peft import get_peft_config, get_peft_model
+
+    t = settings.training
+    base = load_base_model(
+        settings.model_path,
+        settings.task,
+        num_labels=data.num_labels,
+        quantization=members[0].trial.quantization,
+        device=device,
+        precision=t.precision,
+        pad_token_id=data.pad_token_id,
+        revision=settings.revision,
+        gradient_checkpointing=t.gradient_checkpointing,
+    )
+    state = torch.get_rng_state()
+    model, refused = None, []
+    for member in members:
+        torch.set_rng_state(state)
+        try:
+            config = get_peft_config(dict(member.trial.peft_config))
+            if model is None:
+                model = get_peft_model(base, config, adapter_name=member.name)
+            else:
+                model.add_adapter(member.name, config)
+        except (ValueError, TypeError, NotImplementedError, KeyError) as err:
+            member.error = f"{type(err).__name__}: {err}"
+            refused.append(member)
+    kept = [m for m in members if m not in refused]
+    if model is None:
+        return base, refused
+    model.base_model.set_requires_grad([m.name for m in kept], True)
+    for member in kept:
+        member.trainable = sum(p.numel() for n, p in model.named_parameters() if member.owns(n))
+    model.train()
+    return model, refused
+
+
+def _costs(member: Member, members: list[Member], plans, peak: PeakMemory, load_s: float, base: int) -> dict:
+    """What the member costs: its own parameter counts; the peak memory measured is the group's (the process
+    that trained it), with an even share of it; the load time is shared evenly too."""
+    group_peak = peak.peak_bytes()
+    return {
+        "trainable_params": member.trainable,
+        "total_params": base + member.trainable,
+        "peak_memory_bytes": group_peak,
+        "peak_memory_share_bytes": group_peak // len(members),
+        "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
+        "peak_memory_kind": f"{peak.kind} (group of {len(members)})",
+        "load_time_s": load_s / len(members),
+        "group_size": len(members),
+    }
+
+
+def _save(model, name: str) -> tuple[tempfile.TemporaryDirectory, int]:
+    """One member's adapter in a temporary directory, as a trial alone saves it (PEFT writes a named adapter to a
+    subdirectory of that name: its files move up)."""
+    adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
+    model.save_pretrained(adapter_dir.name, selected_adapters=[name])
+    saved = Path(adapter_dir.name) / name
+    for path in saved.iterdir():
+        path.rename(Path(adapter_dir.name) / path.name)
+    saved.rmdir()
+    return adapter_dir, (Path(adapter_dir.name) / "adapter_model.safetensors").stat().st_size

@@ -1,0 +1,105 @@
+"""Packed trials (``search.worker.packing``): a member of a group trains to the adapter it would get alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from peft_search.search.loop.prepare import prepare
+from peft_search.search.settings.trial import TrialConfig
+from peft_search.search.worker.packing import pack_key, packing_refusal, run_group
+from peft_search.search.worker.training import run_trial
+from tests.helpers import tiny_config
+
+BASE = {"peft_type": "LORA", "task_type": "SEQ_CLS", "lora_dropout": 0.0}
+TRIALS = [
+    # Different ranks, targets, scaling (rsLoRA), learning rates, weight decay and clipping: each its own.
+    TrialConfig(
+        "lora", "none", {**BASE, "r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}, 0.02
+    ),
+    TrialConfig(
+        "rslora",
+        "none",
+        {
+            **BASE,
+            "r": 2,
+            "lora_alpha": 4,
+            "use_rslora": True,
+            "target_modules": ["query", "key", "value", "dense"],
+        },
+        0.005,
+        training={"weight_decay": 0.1, "max_grad_norm": 0.05},
+    ),
+    TrialConfig("lora", "none", {**BASE, "r": 8, "lora_alpha": 8, "target_modules": ["value"]}, 0.05),
+]
+
+
+@pytest.fixture(scope="module")
+def prep(bert_without_dropout, classification_csv, tmp_path_factory):
+    cfg = tiny_config(
+        bert_without_dropout,
+        classification_csv,
+        results_dir=str(tmp_path_factory.mktemp("packing")),
+        training={"max_steps": 6, "batch_size": 8, "warmup_ratio": 0.34, "logging_steps": 1},
+    )
+    return prepare(cfg)
+
+
+def _weights(adapter) -> dict[str, torch.Tensor]:
+    weights = load_file(f"{adapter.name}/adapter_model.safetensors")
+    adapter.cleanup()
+    return weights
+
+
+def test_a_member_of_a_group_trains_to_the_adapter_it_gets_alone(prep):
+    settings, data = prep.settings, prep.data
+    cpu = torch.device("cpu")
+    assert len({pack_key(t, settings) for t in TRIALS}) == 1
+    packed = run_group([(f"t{i}", t) for i, t in enumerate(TRIALS)], settings, data, device=cpu)
+    for i, trial in enumerate(TRIALS):
+        alone, adapter = run_trial(trial, settings, data, device=cpu)
+        together, packed_adapter = packed[f"t{i}"]
+        mine, theirs = _weights(adapter), _weights(packed_adapter)
+        assert mine.keys() == theirs.keys(), trial.method
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (i, key)
+        assert (mine[key] != 0).any()  # trained: lora_B starts at zero
+        assert together["accuracy"] == alone["accuracy"]
+        assert together["eval_loss"] == pytest.approx(alone["eval_loss"], abs=1e-5)
+        assert together["trainable_params"] == alone["trainable_params"]
+        assert together["total_params"] == alone["total_params"]
+        assert together["heldout_rows"] == alone["heldout_rows"]
+        for key in ("loss", "learning_rate"):
+            assert together["learning_curve"][key] == pytest.approx(alone["learning_curve"][key], rel=1e-4)
+        assert together["group_size"] == len(TRIALS)
+
+
+def test_a_member_stopped_at_a_rung_leaves_and_the_others_train_on(prep):
+    settings = dataclasses.replace(prep.settings, rungs=(2, 4))
+    seen: list[tuple[str, int]] = []
+
+    def on_rung(member: str, result: dict) -> bool:
+        seen.append((member, result["rung_step"]))
+        return member != "t1"  # the search stops t1 at its first rung
+
+    packed = run_group(
+        [(f"t{i}", t) for i, t in enumerate(TRIALS)],
+        settings,
+        prep.data,
+        device=torch.device("cpu"),
+        on_rung=on_rung,
+    )
+    assert seen == [("t0", 2), ("t1", 2), ("t2", 2), ("t0", 4), ("t2", 4)]
+    assert packed["t1"] == ({"trial_status": "running", "rung_step": 2}, None)
+    assert {packed[t][0]["trial_status"] for t in ("t0", "t2")} == {"complete"}
+    assert packed["t0"][0]["learning_curve"]["eval_step"] == [2, 4]
+
+
+def test_what_cannot_pack_says_why():
+    assert packing_refusal(TRIALS[0].peft_config) is None
+    assert "DoRA" in packing_refusal({**BASE, "use_dora": True})
+    assert "base weights" in packing_refusal({**BASE, "init_lora_weights": "pissa"})
+    assert "IA3" in packing_refusal({"peft_type": "IA3"})
