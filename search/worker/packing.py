@@ -323,6 +323,7 @@ def run_group(
     if not members:
         return results
     load_s = time.perf_counter() - t0
+    shared = peak.peak_bytes()  # the base model (and the small adapters), loaded once for all members
     total_params = sum(p.numel() for p in model.parameters())
     adapters = sum(m.trainable for m in members)
     router = AdapterRouter(model)
@@ -352,7 +353,7 @@ def run_group(
                         STATUS_KEY: "running",
                         RUNG_KEY: step,
                         **metrics,
-                        **_costs(member, members, plans, peak, load_s, total_params - adapters),
+                        **_costs(member, members, plans, peak, shared, load_s, total_params - adapters),
                         "train_time_s": (t - timer["started"] - timer["rungs"]) / len(members),
                         "adapter_bytes": plans[member.trial_id].adapter_bytes,
                         "train_steps": step,
@@ -401,7 +402,7 @@ def run_group(
             **evaluation.metrics(),
             PREDICTIONS_KEY: evaluation.rows(),
             CURVE_KEY: curve,
-            **_costs(member, members, plans, peak, load_s, total_params - adapters),
+            **_costs(member, members, plans, peak, shared, load_s, total_params - adapters),
             "train_time_s": train_s / len(members),
             "samples_per_s": collator.samples / len(members) / train_s if train_s > 0 else 0.0,
             "tokens_per_s": collator.tokens / len(members) / train_s if train_s > 0 else 0.0,
@@ -471,17 +472,21 @@ def _load_group(members: list[Member], settings: TrialSettings, data: TokenizedS
     return model, refused
 
 
-def _costs(member: Member, members: list[Member], plans, peak: PeakMemory, load_s: float, base: int) -> dict:
-    """What the member costs: its own parameter counts; the peak memory measured is the group's (the process
-    that trained it), with an even share of it; the load time is shared evenly too."""
+def _costs(
+    member: Member, members: list[Member], plans, peak: PeakMemory, shared: int, load_s: float, base: int
+) -> dict:
+    """What the member costs: its own parameter counts; of the group's measured peak memory, the part loaded once
+    for all (the base model, measured when loaded) and an even share of the rest (optimizer states, activations:
+    what each member adds), so a member's figure is near what it would take alone; the group's peak beside it.
+    The load time is shared evenly."""
     group_peak = peak.peak_bytes()
     return {
         "trainable_params": member.trainable,
         "total_params": base + member.trainable,
-        "peak_memory_bytes": group_peak,
-        "peak_memory_share_bytes": group_peak // len(members),
+        "peak_memory_bytes": shared + (group_peak - shared) // len(members),
+        "group_peak_memory_bytes": group_peak,
         "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
-        "peak_memory_kind": f"{peak.kind} (group of {len(members)})",
+        "peak_memory_kind": peak.kind,
         "load_time_s": load_s / len(members),
         "group_size": len(members),
     }
