@@ -52,3 +52,28 @@ def suggest_virtual_tokens(trial: optuna.Trial, ctx: SpaceContext, prefix: str) 
 
 def base(ctx: SpaceContext, peft_type: str) -> dict[str, Any]:
     return {"peft_type": peft_type, "task_type": ctx.task_type}
+
+
+REDUCTION_FACTORS = (8, 16, 32)
+"""Bottleneck adapters' hidden size over their bottleneck's (AdapterHub's ``reduction_factor``)."""
+NON_LINEARITIES = ("relu", "swish")
+
+
+def suggest_bottleneck(
+    trial: optuna.Trial, ctx: SpaceContext, prefix: str, adapter_type: str
+) -> dict[str, Any]:
+    """An AdapterHub bottleneck adapter's config (``adapter_type`` names its config class): reduction factor,
+    non-linearity, and the layers it leaves out (``leave_out``: the placement's complement)."""
+    choice = trial.suggest_categorical(f"{prefix}.layers", list(ctx.layers))
+    layers = layers_to_transform(choice, ctx.num_layers)
+    config: dict[str, Any] = {
+        "peft_type": adapter_type,
+        "task_type": ctx.task_type,
+        "reduction_factor": int(
+            trial.suggest_categorical(f"{prefix}.reduction_factor", list(REDUCTION_FACTORS))
+        ),
+        "non_linearity": trial.suggest_categorical(f"{prefix}.non_linearity", list(NON_LINEARITIES)),
+    }
+    if layers is not None:
+        config["leave_out"] = [i for i in range(ctx.num_layers) if i not in layers]
+    return config

@@ -58,13 +58,25 @@ class MethodSpace:
     quantization: frozenset[str]
     """Quantization levels this method can train on; other combinations are excluded from the space."""
     description: str = ""
+    library: str = "peft"
+    """The library that builds the adapter: ``peft``, or ``adapters`` (AdapterHub, an optional extra)."""
+    family: str = ""
+    """The family the report groups it in (its own name unless set)."""
 
 
+EXTRAS = {"adapters": "adapters"}
+"""Optional library -> the ``peft-search`` extra that installs it."""
 _REGISTRY: dict[str, MethodSpace] = {}
 
 
 def register(
-    name: str, *, peft_type: str, quantization: Sequence[str] = QUANTIZATION_LEVELS, description: str = ""
+    name: str,
+    *,
+    peft_type: str,
+    quantization: Sequence[str] = QUANTIZATION_LEVELS,
+    description: str = "",
+    library: str = "peft",
+    family: str = "",
 ) -> Callable[[Sampler], Sampler]:
     """Register a sampler as the method family ``name``. Registering a name twice is an error."""
 
@@ -75,21 +87,44 @@ def register(
     def decorator(fn: Sampler) -> Sampler:
         if name in _REGISTRY:
             raise ValueError(f"PEFT method family {name!r} is already registered")
-        _REGISTRY[name] = MethodSpace(name, peft_type, fn, frozenset(quantization), description)
+        _REGISTRY[name] = MethodSpace(
+            name, peft_type, fn, frozenset(quantization), description, library, family or name
+        )
         return fn
 
     return decorator
+
+
+def library_installed(library: str) -> bool:
+    """Whether an adapter library can be imported here (found, not imported: the config loader stays fast)."""
+    import importlib.util
+
+    return importlib.util.find_spec(library) is not None
+
+
+def install_hint(name: str) -> str | None:
+    """For a method registered but not installed here: the one line that says how to install it."""
+    space = _REGISTRY.get(name)
+    if space is None or library_installed(space.library):
+        return None
+    extra = EXTRAS.get(space.library, space.library)
+    return (
+        f"method {name!r} needs the {space.library!r} library, not installed here; "
+        f'pip install "peft-search[{extra}]"'
+    )
 
 
 def get_method(name: str) -> MethodSpace:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown PEFT method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        known = ", ".join(sorted(registered_methods()))
+        raise KeyError(f"unknown PEFT method {name!r}; known: {known}") from None
 
 
 def registered_methods() -> dict[str, MethodSpace]:
-    return dict(_REGISTRY)
+    """The method families this environment can train: those of an optional library only where it is installed."""
+    return {n: s for n, s in _REGISTRY.items() if s.library == "peft" or library_installed(s.library)}
 
 
 def method_for_peft_type(peft_type: str) -> str:

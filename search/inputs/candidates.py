@@ -58,11 +58,19 @@ def _peft_config(peft_config: dict[str, Any], field: str):
     from peft import get_peft_config
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
+    from peft_search.search.inputs import adapterhub
+
     peft_type = peft_config["peft_type"]
-    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+    if adapterhub.is_adapterhub(peft_config):
+        hint = spaces.install_hint(spaces.method_for_peft_type(peft_type))
+        if hint is not None:
+            raise ConfigError(f"{field}.peft_type: {hint}")
+    elif peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
         known = ", ".join(sorted(str(getattr(t, "value", t)) for t in PEFT_TYPE_TO_CONFIG_MAPPING))
         raise ConfigError(f"{field}.peft_type: unknown PEFT type {peft_type!r}; choose from {known}")
     try:
+        if adapterhub.is_adapterhub(peft_config):
+            return adapterhub.adapterhub_config(peft_config)
         return get_peft_config(dict(peft_config))
     except TypeError as err:
         unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
@@ -122,7 +130,12 @@ def normal_peft_config(peft_config: Mapping[str, Any]) -> dict[str, Any]:
     config compare equal (``spaces.sampling.describe_candidate`` matches candidates to the space with it)."""
     import peft
 
-    full = peft.get_peft_config(dict(peft_config)).to_dict()
+    from peft_search.search.inputs import adapterhub
+
+    if adapterhub.is_adapterhub(peft_config):
+        full = {**adapterhub.adapterhub_config(peft_config).to_dict(), **dict(peft_config)}
+    else:
+        full = peft.get_peft_config(dict(peft_config)).to_dict()
     return {
         k: sorted(v) if isinstance(v, (set, frozenset)) else v
         for k, v in full.items()

@@ -194,9 +194,14 @@ def fit_head(model: nn.Module, num_labels: int) -> None:
 
 
 def inject_adapter(model: nn.Module, peft_config: dict[str, Any]):
-    """Wrap ``model`` with the adapter described by a PEFT ``adapter_config.json``-shaped dict."""
+    """Wrap ``model`` with the adapter described by a PEFT ``adapter_config.json``-shaped dict (an AdapterHub
+    adapter's: ``search.inputs.adapterhub``)."""
     from peft import get_peft_config, get_peft_model
 
+    from peft_search.search.inputs import adapterhub
+
+    if adapterhub.is_adapterhub(peft_config):
+        return adapterhub.inject(model, peft_config)
     try:
         config = get_peft_config(dict(peft_config))
         return get_peft_model(model, config)

@@ -149,10 +149,15 @@ def plan_candidate(
     weights = _weight_bytes(base, quantization, dtype_bytes)
     from peft import get_peft_config
 
+    from peft_search.search.inputs import adapterhub
+
     # Layer adapters are created on the meta device too (moving them there afterwards would turn AdaLoRA's frozen
     # `ranknum` trainable), BOFT's with empty permutation matrices (see _boft_shapes_only). Not the prompt learning
     # methods, whose small encoder and token ids PEFT runs to save the prompt embeddings.
-    real = get_peft_config(dict(peft_config)).is_prompt_learning
+    # AdapterHub's adapters (search.inputs.adapterhub) are counted and traced on the whole model: their layers
+    # are placed by leave_out, which the few-block copies of search.plan.depth do not remap.
+    hub = adapterhub.is_adapterhub(peft_config)
+    real = not hub and get_peft_config(dict(peft_config)).is_prompt_learning
 
     def injector(config: dict[str, Any]) -> Callable[[nn.Module], nn.Module]:
         def inject(model: nn.Module) -> nn.Module:
@@ -167,11 +172,15 @@ def plan_candidate(
             # PEFT moved the encoder beside the meta base: give it real, uninitialised memory again.
             peft_model.prompt_encoder.to_empty(device="cpu")
         trainable, total = peft_model.get_nb_trainable_parameters()
+        if hub:  # what its save holds: the adapter's tensors and the head's (all that trains)
+            state = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+            return Counts(int(trainable), int(total), state)
         return Counts(int(trainable), int(total), get_peft_model_state_dict(peft_model))
 
     # Prompt learning adds no per-block modules (and is cheap to inject whole); layer adapters are counted on a
     # few blocks of a deep model (search.plan.depth).
-    counts = count(copy.deepcopy(base), peft_config) if real else counts_by_depth(base, peft_config, count)
+    whole = real or hub
+    counts = count(copy.deepcopy(base), peft_config) if whole else counts_by_depth(base, peft_config, count)
     trainable, total, state = counts.trainable, counts.total, counts.state
     causal = peft_config.get("task_type") == "CAUSAL_LM"
 
@@ -192,7 +201,10 @@ def plan_candidate(
     try:
         # One training step traced on the meta device (on a few blocks of a deep model: search.plan.depth):
         # activations, their gradients, the adapter's gradients.
-        step = step_by_depth(base, peft_config, trace, gradient_checkpointing=gradient_checkpointing)
+        if hub:
+            step = max(trace(base, peft_config))
+        else:
+            step = step_by_depth(base, peft_config, trace, gradient_checkpointing=gradient_checkpointing)
         # Trainable adapter weights in fp32 and AdamW's two moments (the gradients are in the traced step).
         adapter_state, traced = trainable * 4 * 3, True
     except Exception:  # a model whose forward pass cannot run on meta tensors (data-dependent code)

@@ -62,6 +62,9 @@ class SpaceConfig(_Strict):
     def _known_methods(cls, value: list[str]) -> list[str]:
         known = spaces.registered_methods()
         for name in value:
+            hint = spaces.install_hint(name)
+            if hint is not None:
+                raise ValueError(hint)
             if name not in known:
                 raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(known))}")
         return value

@@ -191,9 +191,11 @@ def _load(trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, de
 def _save(model) -> tuple[tempfile.TemporaryDirectory, int]:
     """The adapter in a temporary directory, and the size of its weights file (what ships, what ``plan``
     predicts)."""
+    from peft_search.search.inputs.adapterhub import adapter_files
+
     adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
     model.save_pretrained(adapter_dir.name)
-    return adapter_dir, (Path(adapter_dir.name) / "adapter_model.safetensors").stat().st_size
+    return adapter_dir, sum(p.stat().st_size for p in adapter_files(adapter_dir.name))
 
 
 class _Rung:

@@ -16,7 +16,7 @@ from peft_search.search.worker.training import run_trial
 from peft_search.spaces import registered_methods
 from tests.helpers import prepared, sample_trial
 
-CASES = [(m, {}) for m in sorted(registered_methods())] + [
+CASES = [(m, {}) for m, s in sorted(registered_methods().items()) if s.library == "peft"] + [
     ("lora", {"lora.use_dora": True}),
     ("lora", {"lora.use_rslora": True}),
     ("lora", {"lora.layers": "top-half", "lora.targets": "attention+mlp"}),

@@ -1,0 +1,17 @@
+"""Houlsby bottleneck adapters after attention and feed-forward (Houlsby et al. 2019),
+from AdapterHub's `adapters` library (the `adapters` extra)."""
+
+from peft_search.spaces.common import suggest_bottleneck
+from peft_search.spaces.registry import register
+
+
+@register(
+    "double_seq_bn",
+    peft_type="DOUBLE_SEQ_BN",
+    quantization=("none",),
+    description="Houlsby bottleneck adapters after attention and feed-forward",
+    library="adapters",
+    family="adapters",
+)
+def sample_double_seq_bn(trial, ctx):
+    return suggest_bottleneck(trial, ctx, "double_seq_bn", "DOUBLE_SEQ_BN")
