@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from peft_search.reports.data import Front2D, ReportData
 from peft_search.search.results.metrics import Objective, get_metric, metrics
+from peft_search.spaces.registry import family_of
 
 _SYMBOLS = {"none": "circle", "int8": "square", "nf4": "diamond", "fp4": "triangle-up"}
 _PALETTE = [
@@ -134,6 +135,8 @@ def pareto_scatter(data: ReportData, pair: Front2D, hover: pd.Series) -> go.Figu
                 y=_shown(group, y, sy),
                 mode="markers",
                 name=f"{method} · {quant}",
+                legendgroup=family_of(str(method)),
+                legendgrouptitle_text=family_of(str(method)),
                 marker={
                     "color": colors[str(method)],
                     "symbol": _SYMBOLS.get(quant, "circle"),

@@ -14,6 +14,7 @@ import pandas as pd
 
 from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Objective
 from peft_search.search.results.pareto import hypervolume, pareto_mask
+from peft_search.spaces.registry import family_of
 
 COMPLETE = "complete"
 
@@ -100,6 +101,7 @@ def method_summary(
     first, second = objectives[0], objectives[1] if len(objectives) > 1 else objectives[0]
     columns = [
         "method",
+        "family",
         "trials",
         "complete",
         f"best_{first.metric}",
@@ -120,6 +122,7 @@ def method_summary(
         rows.append(
             [
                 method,
+                family_of(str(method)),
                 int((trials["method"] == method).sum()),
                 len(group),
                 best,

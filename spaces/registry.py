@@ -98,7 +98,10 @@ def register(
 def library_installed(library: str) -> bool:
     """Whether an adapter library can be imported here (found, not imported: the config loader stays fast)."""
     import importlib.util
+    import sys
 
+    if sys.modules.get(library) is not None:  # imported already (a lazy module may have no __spec__)
+        return True
     return importlib.util.find_spec(library) is not None
 
 
@@ -125,6 +128,12 @@ def get_method(name: str) -> MethodSpace:
 def registered_methods() -> dict[str, MethodSpace]:
     """The method families this environment can train: those of an optional library only where it is installed."""
     return {n: s for n, s in _REGISTRY.items() if s.library == "peft" or library_installed(s.library)}
+
+
+def family_of(method: str) -> str:
+    """The family a method is shown in (installed here or not: a report may read another machine's search)."""
+    space = _REGISTRY.get(method)
+    return space.family if space is not None else method
 
 
 def method_for_peft_type(peft_type: str) -> str:

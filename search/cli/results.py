@@ -105,8 +105,12 @@ def best(args: argparse.Namespace) -> int:
         if note is not None:
             print(f"[peft-search] the search is {note}")
         if exported is not None:
+            import json
+
+            library = json.loads((Path(exported) / "peft_search.json").read_text()).get("library", "peft")
+            fmt = "AdapterHub's load_adapter" if library == "adapters" else "PEFT"
             print(
-                f"Exported to {exported}: the adapter (PEFT), its tokenizer, peft_search.json (labels, "
+                f"Exported to {exported}: the adapter ({fmt}), its tokenizer, peft_search.json (labels, "
                 "quantization, the recorded evaluation), reproduce.yaml, README.md with a loading snippet; "
                 f"`peft-search evaluate {exported}` re-scores it"
             )

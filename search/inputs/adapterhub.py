@@ -6,15 +6,17 @@ A sampled config keeps PEFT's ``adapter_config.json`` shape: ``peft_type`` names
 (``reduction_factor``, ``non_linearity``, ``leave_out``, ``phm_dim``), so ``adapters.SeqBnConfig(**rest)`` is the
 config a user writes. ``AdapterHubModel`` holds the model with its adapter and answers the few ``PeftModel`` calls
 the worker makes (trainable parameter counts, the base model, saving). As with PEFT's ``modules_to_save``, a
-classifier's head trains with the adapter and is saved beside it (``HEAD_FILE``).
+classifier's head trains with the adapter; AdapterHub saves and loads it with the adapter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from peft_search.search.errors import InfeasibleTrialError
@@ -27,8 +29,6 @@ CONFIG_CLASSES = {
 }
 ADAPTER_NAME = "peft_search"
 """The adapter's name inside the model (and in the saved ``adapter_config.json``)."""
-HEAD_FILE = "head.safetensors"
-"""A classifier's trained head, saved beside the adapter (AdapterHub saves only its own flex heads)."""
 HEADS = ("classifier", "score")
 """The task heads that train with the adapter (PEFT's ``modules_to_save`` for sequence classification)."""
 
@@ -74,22 +74,9 @@ class AdapterHubModel(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, sum(p.numel() for p in self.parameters())
 
-    def head(self) -> dict[str, torch.Tensor]:
-        """The trained head's weights, by their names in the model."""
-        return {
-            n: p.detach().contiguous()
-            for n, p in self.model.named_parameters()
-            if p.requires_grad and n.split(".")[0] in HEADS
-        }
-
     def save_pretrained(self, directory: str) -> None:
-        """``save_adapter`` (what AdapterHub's ``load_adapter`` reads), and the head beside it."""
-        from safetensors.torch import save_file
-
+        """``save_adapter``: the adapter and the task head, as AdapterHub's ``load_adapter`` reads them."""
         self.model.save_adapter(directory, ADAPTER_NAME, use_safetensors=True)
-        head = self.head()
-        if head:
-            save_file({k: v.cpu() for k, v in head.items()}, str(Path(directory) / HEAD_FILE))
 
 
 def inject(model: nn.Module, peft_config: dict[str, Any]) -> AdapterHubModel:
@@ -99,16 +86,31 @@ def inject(model: nn.Module, peft_config: dict[str, Any]) -> AdapterHubModel:
 
     try:
         config = adapterhub_config(peft_config)
-        adapters.init(model)
-        model.add_adapter(ADAPTER_NAME, config=config)
-        model.train_adapter(ADAPTER_NAME)
-    except (ValueError, TypeError, NotImplementedError, KeyError, AttributeError) as err:
+        with quiet():
+            adapters.init(model)
+            model.add_adapter(ADAPTER_NAME, config=config)
+            model.train_adapter(ADAPTER_NAME)
+    # The library refuses some shapes with an assert (Compacter: the bottleneck must divide by phm_dim).
+    except (ValueError, TypeError, NotImplementedError, KeyError, AttributeError, AssertionError) as err:
         raise InfeasibleTrialError(f"{type(err).__name__}: {err}") from err
     if peft_config.get("task_type") == "SEQ_CLS":
         for name, parameter in model.named_parameters():
             if name.split(".")[0] in HEADS:
                 parameter.requires_grad_(True)
     return AdapterHubModel(model, peft_config)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The library's warnings off: adding or loading an adapter runs the model before the adapter is active, and
+    says so each time (not the user's concern)."""
+    library_log = logging.getLogger("adapters")
+    level = library_log.level
+    library_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        library_log.setLevel(level)
 
 
 def adapter_files(directory: str | Path) -> list[Path]:

@@ -139,6 +139,15 @@ def load_export(export_dir: Path, manifest: dict[str, Any], device, pad_token_id
         unpacked_narrow_layers(model)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
+    if manifest.get("library") == "adapters":  # AdapterHub's own loading: the adapter and the task head
+        import adapters
+
+        from peft_search.search.inputs.adapterhub import quiet
+
+        with quiet():
+            adapters.init(model)
+            model.set_active_adapters(model.load_adapter(str(export_dir), use_safetensors=True))
+        return model.eval()
     return PeftModel.from_pretrained(model, str(export_dir)).eval()
 
 

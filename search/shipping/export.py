@@ -2,7 +2,8 @@
 
 ``best --export DIR`` writes, in formats users already read:
 
-- ``adapter_config.json``, ``adapter_model.safetensors``: PEFT's own format. ``base_model_name_or_path`` is the
+- ``adapter_config.json``, ``adapter_model.safetensors``: PEFT's own format (for an AdapterHub adapter, what its
+  ``save_adapter`` writes, the task head included, which ``load_adapter`` reads). ``base_model_name_or_path`` is the
   hub id, or the model directory relative to the export; never an absolute path of the search machine.
 - The tokenizer, saved with the search's tokenization as its settings (``model_max_length``, truncation and
   padding sides): ``tokenizer(texts, truncation=True, padding=True)`` gives the rows the search scored.
@@ -77,6 +78,7 @@ def _write(
     tmp: Path,
     out: Path,
 ) -> None:
+    from peft_search.search.inputs import adapterhub
     from peft_search.search.inputs.modeling import precision_dtype, quantization_config, quantization_kwargs
 
     model = ModelSpec(**config["model"])
@@ -84,10 +86,14 @@ def _write(
     base = base_model_entry(model, out)
     # Contents only (not the mode bits of the trial's files): the export gets this process's umask.
     source = Path(trial["adapter_path"])
-    for name in ADAPTER_FILES:
+    hub = adapterhub.is_adapterhub({"peft_type": trial.get("peft_type")})
+    for name in (
+        [p.name for p in source.iterdir() if p.suffix in (".json", ".safetensors")] if hub else ADAPTER_FILES
+    ):
         shutil.copyfile(source / name, tmp / name)
     adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = base["name_or_path"]
+    # The base model as this export finds it (AdapterHub's file names it model_name, PEFT's base_model_name_or_path).
+    adapter_config["model_name" if hub else "base_model_name_or_path"] = base["name_or_path"]
     (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
     training = config.get("training", {})
@@ -101,6 +107,7 @@ def _write(
         "format": FORMAT,
         "trial_id": str(trial["trial_id"]),
         "method": trial["method"],
+        "library": "adapters" if hub else "peft",
         "candidate": trial.get("candidate"),
         "task": task,
         "base_model": base,
@@ -309,6 +316,7 @@ def model_card(manifest: dict[str, Any], bnb_kwargs: dict[str, Any] | None) -> s
 
 def _snippet(manifest: dict[str, Any], bnb_kwargs: dict[str, Any] | None) -> str:
     base = manifest["base_model"]
+    hub = manifest.get("library") == "adapters"
     classify = manifest["task"] == "sequence-classification"
     auto = "AutoModelForSequenceClassification" if classify else "AutoModelForCausalLM"
     imports = f"from transformers import {auto}, AutoTokenizer" + (
@@ -346,7 +354,7 @@ def _snippet(manifest: dict[str, Any], bnb_kwargs: dict[str, Any] | None) -> str
         "import os",
         "",
         "import torch",
-        "from peft import PeftModel",
+        "import adapters" if hub else "from peft import PeftModel",
         imports,
         "",
         'export = "."  # this directory',
@@ -356,8 +364,15 @@ def _snippet(manifest: dict[str, Any], bnb_kwargs: dict[str, Any] | None) -> str
     ]
     if not bnb_kwargs:
         body.append("model.to(device)")
+    if hub:  # AdapterHub's adapters: its load_adapter restores the adapter and the task head
+        body += [
+            "adapters.init(model)",
+            "model.set_active_adapters(model.load_adapter(export, use_safetensors=True))",
+            "model.eval()",
+        ]
+    else:
+        body.append("model = PeftModel.from_pretrained(model, export).eval()")
     body += [
-        "model = PeftModel.from_pretrained(model, export).eval()",
         "tokenizer = AutoTokenizer.from_pretrained(export)",
         "if model.config.pad_token_id is None:",
         "    model.config.pad_token_id = tokenizer.pad_token_id",

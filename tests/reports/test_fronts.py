@@ -125,7 +125,8 @@ def test_method_summary_of_minimised_objectives_is_relative():
         ]
     )
     summary = method_summary(trials, completed(trials, objectives), objectives)
-    assert list(summary.columns)[3:] == [
+    assert list(summary.columns)[:4] == ["method", "family", "trials", "complete"]
+    assert list(summary.columns)[4:] == [
         "best_eval_loss",
         "cheapest_trial",
         "cheapest_eval_loss",

@@ -87,4 +87,4 @@ def test_report_shows_the_toy_metric(toy_search):
     assert 'id="min-toy_score"' in page and 'id="max-trainable_params"' in page
     data = load_report_data(toy_search)
     assert data.front["trial_id"].tolist() == ["t2"]
-    assert data.methods.columns[3] == "best_toy_score"
+    assert data.methods.columns[4] == "best_toy_score"

@@ -79,9 +79,6 @@ def _library_model(model_path: str, num_labels: int, peft_config: dict):
 @pytest.mark.adapters
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_plans_exactly_trains_and_reloads_as_adapterhub_loads_it(seq_cls, method):
-    from safetensors.torch import load_file
-
-    from peft_search.search.inputs.adapterhub import HEAD_FILE
     from peft_search.search.inputs.modeling import meta_model
     from peft_search.search.plan.planning import plan_candidate
     from peft_search.search.worker.evaluation import evaluate
@@ -90,7 +87,9 @@ def test_each_method_plans_exactly_trains_and_reloads_as_adapterhub_loads_it(seq
 
     prep, settings = seq_cls
     assert method in registered_methods() and registered_methods()[method].family == "adapters"
-    trial = sample_trial(prep, method, **{f"{method}.layers": "top-half"})
+    # The tiny model's hidden size is 32: a bottleneck of 32 / 8 = 4, which Compacter's phm_dim 4 divides.
+    pinned = {"compacter.reduction_factor": 8, "compacter.phm_dim": 4} if method == "compacter" else {}
+    trial = sample_trial(prep, method, **{f"{method}.layers": "top-half", **pinned})
     assert trial.peft_config["leave_out"] == [0]  # the tiny model's 2 blocks: the top half is block 1
     mine = _library_model(settings.model_path, prep.data.num_labels, trial.peft_config)
     expected = sum(p.numel() for p in mine.parameters() if p.requires_grad)
@@ -110,17 +109,91 @@ def test_each_method_plans_exactly_trains_and_reloads_as_adapterhub_loads_it(seq
         import adapters
         from transformers import AutoModelForSequenceClassification
 
-        torch.manual_seed(1)  # a different head init: only the saved head may make it score the same
+        torch.manual_seed(1)  # another head init: only the head load_adapter restores scores the same
         model = AutoModelForSequenceClassification.from_pretrained(
             settings.model_path, num_labels=prep.data.num_labels, ignore_mismatched_sizes=True
         )
         adapters.init(model)
-        name = model.load_adapter(adapter_dir.name)
+        name = model.load_adapter(adapter_dir.name, use_safetensors=True)
         model.set_active_adapters(name)
-        head = load_file(f"{adapter_dir.name}/{HEAD_FILE}")
-        model.load_state_dict(head, strict=False)
         again = evaluate(model, prep.data, settings.task, 8, torch.device("cpu"))
         assert again.accuracy == metrics["accuracy"]
         assert again.eval_loss == pytest.approx(metrics["eval_loss"], abs=1e-5)
     finally:
         adapter_dir.cleanup()
+
+
+@needs_adapters
+@pytest.mark.adapters
+def test_a_shape_the_library_refuses_is_an_infeasible_trial(seq_cls):
+    from peft_search.search.errors import InfeasibleTrialError
+    from peft_search.search.inputs.modeling import inject_adapter, meta_model
+    from tests.helpers import sample_trial
+
+    prep, settings = seq_cls
+    # A bottleneck of 32 / 16 = 2 rows cannot be split into phm_dim 4 Kronecker factors: AdapterHub asserts.
+    trial = sample_trial(prep, "compacter", **{"compacter.reduction_factor": 16, "compacter.phm_dim": 4})
+    with pytest.raises(InfeasibleTrialError, match="phm_dim"):
+        inject_adapter(
+            meta_model(settings.model_path, settings.task, prep.data.num_labels), trial.peft_config
+        )
+
+
+@needs_adapters
+@pytest.mark.adapters
+@pytest.mark.slow
+def test_a_search_of_every_adapterhub_method_beside_lora_exports_and_rescores(
+    ray_local, tiny_bert, classification_csv, tmp_path
+):
+    """Each of the four (and LoRA) as an explicit candidate of one search on local Ray: all complete, the report
+    groups the four as the family ``adapters``, and an exported one re-scores what it recorded."""
+    import pandas as pd
+
+    from peft_search.reports.data import load_report_data
+    from peft_search.search.loop.driver import run_search
+    from peft_search.search.shipping.evaluate import evaluate_export
+    from peft_search.search.shipping.export import export_trial
+    from tests.helpers import tiny_config
+
+    shapes = {"reduction_factor": 8, "non_linearity": "relu"}
+    candidates = [
+        {
+            "name": m,
+            "learning_rate": 0.01,
+            "peft_config": {"peft_type": m.upper(), "task_type": "SEQ_CLS", **shapes},
+        }
+        for m in METHODS
+    ]
+    candidates[-1]["peft_config"]["phm_dim"] = 4
+    candidates.append(
+        {
+            "name": "lora",
+            "learning_rate": 0.01,
+            "peft_config": {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 2, "target_modules": ["query"]},
+        }
+    )
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(tmp_path),
+        space={"methods": ["lora", *METHODS], "candidates": candidates},
+        search={"num_trials": len(candidates), "seed": 0, "max_concurrent": 2},
+        training={"max_steps": 3},
+        resources={"cpus_per_worker": 1},
+    )
+    search_dir = run_search(cfg, echo=False)
+    trials = pd.read_parquet(f"{search_dir}/trials.parquet")
+    assert sorted(trials["method"]) == sorted(["lora", *METHODS]), trials[["method", "status", "error"]]
+    assert (trials["status"] == "complete").all(), trials[["method", "status", "error"]]
+    summary = load_report_data(search_dir).methods.set_index("method")
+    assert {summary.loc[m, "family"] for m in METHODS} == {"adapters"} and summary.loc[
+        "lora", "family"
+    ] == "lora"
+
+    row = trials[trials["method"] == "seq_bn"].iloc[0].to_dict()
+    export = export_trial(search_dir, row, tmp_path / "export")
+    assert (export / "adapter.safetensors").is_file() and str(tmp_path) not in (
+        export / "adapter_config.json"
+    ).read_text()
+    score = evaluate_export(export)
+    assert score.evaluation.accuracy == row["accuracy"]
