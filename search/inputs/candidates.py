@@ -33,6 +33,7 @@ def check_candidates(
     for i, candidate in enumerate(candidates):
         field = f"space.candidates[{i}].peft_config"
         config = _peft_config(candidate.peft_config, field)
+        _check_quantization(candidate, f"space.candidates[{i}].quantization")
         task_type = candidate.peft_config.get("task_type")
         if task_type is not None and task_type != _TASK_TYPES[task]:
             raise ConfigError(
@@ -51,6 +52,21 @@ def check_candidates(
                     f"{field}.layers_to_transform: {outside} outside this model's layers 0..{num_layers - 1}; "
                     "fix the indices"
                 )
+
+
+def _check_quantization(candidate: CandidateSpec, field: str) -> None:
+    """An AdapterHub adapter on a quantization level it does not train on here, refused before anything runs."""
+    from peft_search.search.inputs import adapterhub
+
+    if not adapterhub.is_adapterhub(candidate.peft_config):
+        return
+    method = spaces.method_for_peft_type(candidate.peft_config["peft_type"])
+    allowed = sorted(spaces.get_method(method).quantization)
+    if candidate.quantization not in allowed:
+        raise ConfigError(
+            f"{field}: {method} trains on {' or '.join(allowed)} bases only (AdapterHub's adapters fail on "
+            f"bitsandbytes 4-bit layers on CPU); use {allowed[-1]}"
+        )
 
 
 def _peft_config(peft_config: dict[str, Any], field: str):

@@ -197,3 +197,31 @@ def test_a_search_of_every_adapterhub_method_beside_lora_exports_and_rescores(
     ).read_text()
     score = evaluate_export(export)
     assert score.evaluation.accuracy == row["accuracy"]
+
+
+@needs_adapters
+@pytest.mark.adapters
+def test_an_8_bit_base_trains_and_a_4_bit_candidate_is_refused_in_one_line(seq_cls):
+    from peft_search.search.errors import ConfigError
+    from peft_search.search.inputs.candidates import check_candidates
+    from peft_search.search.settings.space_config import CandidateSpec
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.training import run_trial
+
+    prep, settings = seq_cls
+    assert registered_methods()["seq_bn"].quantization == frozenset({"none", "int8"})
+    config = {"peft_type": "SEQ_BN", "task_type": "SEQ_CLS", "reduction_factor": 8, "non_linearity": "relu"}
+    metrics, adapter_dir = run_trial(
+        TrialConfig("seq_bn", "int8", config, 0.01), settings, prep.data, device=torch.device("cpu")
+    )
+    adapter_dir.cleanup()
+    assert metrics["trial_status"] == "complete" and metrics["trainable_params"] > 0
+    with pytest.raises(
+        ConfigError, match=r"^space\.candidates\[0\]\.quantization: seq_bn trains on int8 or none"
+    ):
+        check_candidates(
+            [CandidateSpec(name="q", quantization="nf4", peft_config=config)],
+            ["bert"],
+            2,
+            "sequence-classification",
+        )
