@@ -55,7 +55,7 @@ def step_cost(model_path: str, batches=(16, 32, 64), seq: int = 64, reps: int = 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from peft_search.search.worker.packing import AdapterRouter
+    from peft_search.search.worker.packed_trainer import AdapterRouter
 
     def model(k: int):
         torch.manual_seed(0)

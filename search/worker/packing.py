@@ -23,29 +23,32 @@ same distribution. Which configs can pack, and with which others, is ``packing_r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
-from peft_search.search.worker.batches import pad_batch
 from peft_search.search.worker.costs import check_budget, plan_trial
 from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
 from peft_search.search.worker.evaluation import evaluate
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
+from peft_search.search.worker.packed_trainer import (
+    AdapterRouter,
+    Member,
+    MemberCurves,
+    PackedCollator,
+    PackedTrainer,
+)
 from peft_search.search.worker.trainer import StepCallback, training_arguments, trial_arguments
 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
@@ -53,8 +56,6 @@ PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 SHARED_INIT = (True, False, "gaussian")
 """LoRA initialisations that leave the base weights as they are (PiSSA, OLoRA, LoftQ, EVA and CorDA change them,
 so such an adapter cannot share its base model)."""
-ROUTE = "peft_search_member"
-"""The batch's column naming each row's member (its index in the group); taken off before the forward."""
 OnRung = Callable[[str, dict[str, Any]], bool]
 """``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
 
@@ -80,185 +81,6 @@ def pack_key(trial: TrialConfig, settings: TrialSettings) -> str:
     shared = {k: v for k, v in trial_arguments(trial, settings).items() if k not in PER_MEMBER}
     seed = settings.seed if trial.seed is None else trial.seed
     return json.dumps([trial.quantization, seed, shared], sort_keys=True, default=str)
-
-
-@dataclasses.dataclass
-class Member:
-    """One trial of a group: its adapter's name in the shared model, its config and its own optimisation."""
-
-    trial_id: str
-    trial: TrialConfig
-    name: str
-    learning_rate: float
-    weight_decay: float
-    max_grad_norm: float
-    active: bool = True
-    """False once the search stopped it at a rung (its rows leave the batches) or it failed."""
-    trainable: int = 0
-    error: str = ""
-    """Why PEFT refused its adapter (an infeasible trial)."""
-    losses: list[torch.Tensor] = dataclasses.field(default_factory=list, repr=False)
-    curve: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    grad_norm: float | None = None
-    learning_rate_used: float = 0.0
-    """The rate of its last optimizer step (what the Trainer logs for a step, not the next step's)."""
-    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def owns(self, parameter_name: str) -> bool:
-        return re.search(rf"\.{re.escape(self.name)}(\.|$)", parameter_name) is not None
-
-
-class AdapterRouter:
-    """Sends each row of a batch through its own adapter: PEFT's mixed-adapter-batch forward, by the pre-forward
-    hooks PEFT registers when ``adapter_names`` is passed (which PEFT allows at inference only; the LoRA layers'
-    mixed-batch forward is differentiable, so it trains too). ``names`` is a name per row, or one name for all."""
-
-    def __init__(self, model) -> None:
-        from peft.tuners.lora import LoraLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        self.names: str | list[str] | None = None
-        self._handles = [
-            module.register_forward_pre_hook(self._hook, with_kwargs=True)
-            for module in model.modules()
-            if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper))
-        ]
-
-    def _hook(self, module, args, kwargs):
-        if self.names is None:
-            return args, kwargs
-        rows = (args[0] if args else next(iter(kwargs.values()))).shape[0]
-        names = [self.names] * rows if isinstance(self.names, str) else self.names
-        return args, {**kwargs, "adapter_names": names}
-
-    @contextlib.contextmanager
-    def only(self, name: str) -> Iterator[None]:
-        """Every row through one member's adapter (its evaluations)."""
-        before, self.names = self.names, name
-        try:
-            yield
-        finally:
-            self.names = before
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-class PackedCollator:
-    """Each member's copy of the micro-batch, one after the other, padded together, with each row's member."""
-
-    def __init__(self, members: Sequence[Member], pad_token_id: int) -> None:
-        self.members, self.pad_token_id = members, pad_token_id
-        self.samples = self.tokens = 0
-        """Rows and real tokens served, over all members: the group's throughput."""
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        live = [i for i, m in enumerate(self.members) if m.active]
-        batch = pad_batch([r for _ in live for r in rows], self.pad_token_id)
-        batch[ROUTE] = torch.tensor([i for i in live for _ in rows])
-        self.samples += batch["input_ids"].shape[0]
-        self.tokens += int(batch["attention_mask"].sum())
-        return batch
-
-
-class PackedTrainer(Trainer):
-    """The Trainer for a group: per-member loss, optimizer groups, learning rates and gradient clipping."""
-
-    loss_is_scaled_for_ga = (
-        False  # each member's loss is a mean over its micro-batch's rows (or answer tokens)
-    )
-
-    def __init__(self, *args, members: list[Member], router: AdapterRouter, task: str, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.members, self.router, self.task = members, router, task
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None:
-            return self.optimizer
-        model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = []
-        for index, member in enumerate(self.members):
-            own = [(n, p) for n, p in named if member.owns(n)]
-            for decays in (True, False):
-                groups.append(
-                    {
-                        "params": [p for n, p in own if (n in decay) == decays],
-                        "lr": member.learning_rate,
-                        "weight_decay": member.weight_decay if decays else 0.0,
-                        "member": index,
-                    }
-                )
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
-        self.optimizer.register_step_pre_hook(self._clip)
-        return self.optimizer
-
-    def _clip(self, optimizer, args, kwargs) -> None:
-        """Each member's gradients clipped to its own norm, as the Trainer clips a trial's alone."""
-        for index, member in enumerate(self.members):
-            groups = [g for g in optimizer.param_groups if g["member"] == index]
-            if groups:
-                member.learning_rate_used = float(groups[0]["lr"])
-            params = [p for g in groups for p in g["params"] if p.grad is not None]
-            if params and member.max_grad_norm > 0:
-                norm = torch.nn.utils.clip_grad_norm_(params, member.max_grad_norm)
-                member.grad_norm = float(norm)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        route = inputs.pop(ROUTE)
-        live = torch.tensor([m.active for m in self.members], device=route.device)[route]
-        if not bool(live.all()):  # a member stopped after this batch was made: its rows go
-            inputs = {k: v[live] for k, v in inputs.items()}
-            route = route[live]
-        labels = inputs.pop("labels")
-        self.router.names = [self.members[i].name for i in route.tolist()]
-        try:
-            outputs = model(**inputs)
-        finally:
-            self.router.names = None
-        total = outputs.logits.new_zeros(())
-        for index in route.unique().tolist():
-            rows = route == index
-            loss = _loss(outputs.logits[rows], labels[rows], self.task)
-            self.members[index].losses.append(loss.detach())
-            total = total + loss
-        return (total, outputs) if return_outputs else total
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    """A member's loss on its rows, as its model computes it alone: cross-entropy over the rows (classification) or
-    over the answer tokens, next-token shifted (causal LM)."""
-    if task == "sequence-classification":
-        return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1))
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return torch.nn.functional.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
-
-
-class _MemberCurves(TrainerCallback):
-    """Each member's learning curve: its mean loss since the last log, its learning rate and gradient norm."""
-
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        for member in self.members:
-            if not member.losses:
-                continue
-            loss = float(torch.stack(member.losses).mean())
-            member.losses.clear()
-            if not torch.isfinite(torch.tensor(loss)):
-                raise FloatingPointError(f"training loss became non-finite by step {state.global_step}")
-            curve = member.curve
-            curve.setdefault("step", []).append(int(state.global_step))
-            curve.setdefault("loss", []).append(loss)
-            curve.setdefault("learning_rate", []).append(member.learning_rate_used)
-            if member.grad_norm is not None:
-                curve.setdefault("grad_norm", []).append(member.grad_norm)
 
 
 def run_group(
@@ -332,7 +154,7 @@ def run_group(
         args = training_arguments(first, settings, data, output_dir=output_dir, seed=seed, device=device)
         args.max_grad_norm = 0.0  # each member's own clipping (PackedTrainer._clip)
         collator = PackedCollator(members, data.pad_token_id)
-        callbacks: list = [_MemberCurves(members)]
+        callbacks: list = [MemberCurves(members)]
         rung_data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
         timer = {"started": 0.0, "rungs": 0.0}
 
