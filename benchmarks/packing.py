@@ -9,6 +9,8 @@ Two measurements:
 1. Is the device full at the trial's batch? A forward and backward of the default model with one LoRA adapter at
    batch 16, 32 and 64 (seconds per row): packing K trials only pays if a K-times fuller step costs less than K
    steps. The same at batch 64 with four adapters through PEFT's mixed-adapter-batch forward: the routing's cost.
+On a GPU (when one is there, it is used) the same two measurements say whether packing pays there.
+
 2. The configs alone and packed: wall time, training time, each config's held-out accuracy both ways (with
    dropout the two runs are different draws, so accuracies agree within noise, not exactly), peak memory.
 """
@@ -49,7 +51,9 @@ def configs(n: int, quantization: str):
     return out
 
 
-def step_cost(model_path: str, batches=(16, 32, 64), seq: int = 64, reps: int = 4) -> list[dict[str, Any]]:
+def step_cost(
+    model_path: str, batches=(16, 32, 64), seq: int = 64, reps: int = 4, device=None
+) -> list[dict[str, Any]]:
     """Seconds per forward and backward of the default model with LoRA, by batch size (and mixed, 4 adapters)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -68,11 +72,11 @@ def step_cost(model_path: str, batches=(16, 32, 64), seq: int = 64, reps: int = 
             else:
                 peft_model.add_adapter(f"a{i}", config)
         peft_model.base_model.set_requires_grad([f"a{i}" for i in range(k)], True)
-        return peft_model.train()
+        return peft_model.train().to(device or "cpu")
 
     def timed(m, batch: int, names=None) -> float:
-        x = torch.randint(1000, 20000, (batch, seq))
-        y = torch.randint(0, 5, (batch,))
+        x = torch.randint(1000, 20000, (batch, seq), device=device)
+        y = torch.randint(0, 5, (batch,), device=device)
         router = AdapterRouter(m) if names else None
         times = []
         for rep in range(reps + 1):
@@ -83,6 +87,8 @@ def step_cost(model_path: str, batches=(16, 32, 64), seq: int = 64, reps: int = 
                 m(input_ids=x, attention_mask=torch.ones_like(x)).logits, y
             )
             loss.backward()
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize()
             if rep:  # the first is warm-up
                 times.append(time.perf_counter() - t)
         if router is not None:
@@ -125,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         {"training.max_steps": args.steps, "results_dir": tempfile.mkdtemp(prefix="packing-")},
     )
     prep = prepare(cfg)
-    cpu = torch.device("cpu")
-    steps = step_cost(prep.settings.model_path)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    steps = step_cost(prep.settings.model_path, device=device)
     print(table(steps, ["case", "step_s", "ms_per_row"]), flush=True)
 
     trials = configs(args.configs, args.quantization)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     packed: dict[str, dict] = {}
     for start in range(0, len(trials), args.group):
         group = [(t.candidate, t) for t in trials[start : start + args.group]]
-        for trial_id, (metrics, adapter) in run_group(group, prep.settings, prep.data, device=cpu).items():
+        for trial_id, (metrics, adapter) in run_group(group, prep.settings, prep.data, device=device).items():
             packed[trial_id] = metrics
             if adapter is not None:
                 adapter.cleanup()
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t1 = time.perf_counter()
     alone: dict[str, dict] = {}
     for trial in trials:
-        metrics, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
+        metrics, adapter = run_trial(trial, prep.settings, prep.data, device=device)
         alone[trial.candidate] = metrics
         if adapter is not None:
             adapter.cleanup()
