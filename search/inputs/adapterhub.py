@@ -48,9 +48,9 @@ def adapterhub_config(peft_config: dict[str, Any]):
 class AdapterHubModel(nn.Module):
     """The base model with its AdapterHub adapter active and training: the ``PeftModel`` calls the worker makes."""
 
-    accepts_loss_kwargs = (
-        False  # a classifier's loss is the mean over its rows (as for PEFT models, build_trainer)
-    )
+    # A classifier's loss is the mean over its rows: the Trainer must not pass num_items_in_batch (as for PEFT
+    # models, search.worker.trainer.build_trainer).
+    accepts_loss_kwargs = False
 
     def __init__(self, model: nn.Module, peft_config: dict[str, Any]) -> None:
         super().__init__()

@@ -225,3 +225,29 @@ def test_an_8_bit_base_trains_and_a_4_bit_candidate_is_refused_in_one_line(seq_c
             2,
             "sequence-classification",
         )
+
+
+@needs_adapters
+@pytest.mark.adapters
+@pytest.mark.parametrize("method", ["seq_bn", "par_bn"])
+def test_a_causal_lm_trains_with_one(tiny_llama, qa_jsonl, tmp_path, method):
+    from peft_search.search.inputs.modeling import meta_model
+    from peft_search.search.plan.planning import plan_candidate
+    from peft_search.search.worker.training import run_trial
+    from tests.helpers import prepared, sample_trial
+
+    prep, settings = prepared(tiny_llama, qa_jsonl, "causal-lm", tmp_path)
+    trial = sample_trial(prep, method, **{f"{method}.reduction_factor": 8})
+    assert trial.peft_config["task_type"] == "CAUSAL_LM"
+    metrics, adapter_dir = run_trial(trial, settings, prep.data, device=torch.device("cpu"))
+    adapter_dir.cleanup()
+    assert metrics["trial_status"] == "complete" and 0.0 <= metrics["accuracy"] <= 1.0
+    plan = plan_candidate(
+        meta_model(settings.model_path, settings.task),
+        trial.peft_config,
+        quantization="none",
+        batch_size=4,
+        seq_len=24,
+        device="cpu",
+    )
+    assert plan.trainable_params == metrics["trainable_params"]
