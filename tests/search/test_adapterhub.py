@@ -251,3 +251,35 @@ def test_a_causal_lm_trains_with_one(tiny_llama, qa_jsonl, tmp_path, method):
         device="cpu",
     )
     assert plan.trainable_params == metrics["trainable_params"]
+
+
+@needs_adapters
+@pytest.mark.adapters
+def test_rungs_and_a_budget_work_as_for_peft(tiny_bert, classification_csv, tmp_path):
+    """Early stopping's rung evaluations reach the search, and a memory budget rules a trial out before it loads."""
+    from peft_search.search.errors import InfeasibleTrialError
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.training import run_trial
+    from tests.helpers import tiny_config
+
+    config = {"peft_type": "SEQ_BN", "task_type": "SEQ_CLS", "reduction_factor": 8, "non_linearity": "relu"}
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(tmp_path),
+        training={"max_steps": 6, "batch_size": 4},
+        search={"early_stopping": {"rule": "asha", "grace_steps": 2, "reduction_factor": 2, "eval_size": 4}},
+    )
+    prep = prepare(cfg)
+    reported: list[dict] = []
+    trial = TrialConfig("seq_bn", "none", config, 0.01)
+    metrics, adapter = run_trial(
+        trial, prep.settings, prep.data, device=torch.device("cpu"), on_rung=reported.append
+    )
+    adapter.cleanup()
+    assert [r["rung_step"] for r in reported] == [2, 4] and all(r["eval_rows"] == 4 for r in reported)
+    assert metrics["learning_curve"]["eval_step"] == [2, 4]
+    tight = prep.settings.with_config(budget={"max_memory": 10**6})
+    with pytest.raises(InfeasibleTrialError, match="budget|memory"):
+        run_trial(trial, tight, prep.data, device=torch.device("cpu"))
