@@ -11,7 +11,7 @@ from typing import Any
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.home import SearchHome, claim, record_run, stage
 from peft_search.search.loop.prepare import Prepared, prepare
-from peft_search.search.results.layout import TUNE_DIR
+from peft_search.search.results.layout import TRAIN_DIR, TUNE_DIR
 from peft_search.search.settings.schema import SearchConfig
 
 
@@ -137,6 +137,8 @@ def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool, trust_tune: bool
                 home.results, Path(local), cfg.name, cfg.search.num_trials, objectives, trust_tune=trust_tune
             )
             storage.sync_back(Path(local), tune_uri, said.touched)
+        for trial_id in said.dropped:  # the adapters live on the store; reconcile removed only local copies
+            storage.remove_dir(home.uri, f"{TRAIN_DIR}/train-{trial_id}")
     if echo:
         print(f"[peft-search] {said.line()}", flush=True)
     return said

@@ -73,6 +73,9 @@ class Reconciled:
     touched: list[str] = field(default_factory=list)
     """Files of Tune's state this wrote, renamed or set aside (names in ``tune_dir``): what a search on an object
     store copies back."""
+    dropped: list[str] = field(default_factory=list)
+    """Trials that run again from scratch: their adapters went from ``train/`` (a search on an object store removes
+    them there too)."""
 
     def line(self) -> str:
         """``restored 4 finished trials, re-queued 1, marked 1 stale``, and what runs now."""
@@ -159,7 +162,7 @@ def reconcile(
             )
         touched += written
     return Reconciled(
-        state is not None, remaining, done, len(rerun), requeued, stale, set_aside, why, touched
+        state is not None, remaining, done, len(rerun), requeued, stale, set_aside, why, touched, sorted(gone)
     )
 
 

@@ -142,6 +142,15 @@ def put_dir(local_dir: str | Path, uri: str, name: str) -> str:
     return target
 
 
+def remove_dir(uri: str, name: str) -> None:
+    """Remove the directory ``name`` under ``uri`` and all it holds (nothing to do when it is not there)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.NotFound:
+        fs.delete_dir(f"{path}/{name}")
+
+
 def fetch_adapter(adapter_path: str, uri: str, dest: Path) -> Path:
     """Copy a checkpoint written to the search's filesystem (``adapter_path`` is a path inside it) to ``dest``."""
     fs, _ = filesystem(uri)

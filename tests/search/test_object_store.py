@@ -84,3 +84,18 @@ def test_search_writes_to_and_reads_from_an_object_store(
     assert cli.main(["run", str(config)]) == 2
     assert "already holds a search" in capsys.readouterr().err
     assert _keys(client) == before
+
+
+def test_an_adapter_a_resume_drops_goes_from_the_store_too(bucket, tmp_path):
+    """A trial that runs again from scratch loses the adapter it saved before the kill (``Reconciled.dropped``):
+    on an object store that copy is removed from the store, not only from the local staging directory."""
+    from peft_search.search.results import storage
+
+    uri, _, client = bucket
+    (tmp_path / "adapter_config.json").write_text("{}")
+    storage.put_dir(tmp_path, uri, "train/train-gone/checkpoint_000000")
+    storage.put_dir(tmp_path, uri, "train/train-kept/checkpoint_000000")
+    storage.remove_dir(uri, "train/train-gone")
+    storage.remove_dir(uri, "train/train-never")  # nothing there: nothing to do
+    keys = {k for k in _keys(client) if "/train/" in k and not k.endswith("/")}  # pyarrow keeps dir markers
+    assert keys == {"results/train/train-kept/checkpoint_000000/adapter_config.json"}, keys
