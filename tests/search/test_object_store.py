@@ -91,11 +91,14 @@ def test_an_adapter_a_resume_drops_goes_from_the_store_too(bucket, tmp_path):
     on an object store that copy is removed from the store, not only from the local staging directory."""
     from peft_search.search.results import storage
 
-    uri, _, client = bucket
+    base, _, client = bucket
+    uri = storage.join(base, "dropping")  # a search of its own in the module's bucket
     (tmp_path / "adapter_config.json").write_text("{}")
     storage.put_dir(tmp_path, uri, "train/train-gone/checkpoint_000000")
     storage.put_dir(tmp_path, uri, "train/train-kept/checkpoint_000000")
     storage.remove_dir(uri, "train/train-gone")
     storage.remove_dir(uri, "train/train-never")  # nothing there: nothing to do
-    keys = {k for k in _keys(client) if "/train/" in k and not k.endswith("/")}  # pyarrow keeps dir markers
-    assert keys == {"results/train/train-kept/checkpoint_000000/adapter_config.json"}, keys
+    keys = {
+        k for k in _keys(client) if k.startswith("results/dropping/") and not k.endswith("/")
+    }  # dir markers
+    assert keys == {"results/dropping/train/train-kept/checkpoint_000000/adapter_config.json"}, keys
