@@ -64,15 +64,19 @@ def plan(
     overrides: Mapping[str, Any] | None = None,
     samples: int = 0,
     num_labels: int | None = None,
+    jobs: int = 1,
 ) -> pd.DataFrame:
     """``peft-search plan`` as a DataFrame: one row per explicit candidate (and per sampled config), with PEFT's
-    trainable and total parameter counts, the adapter's size and the estimated peak memory; no weights loaded."""
+    trainable and total parameter counts, the adapter's size and the estimated peak memory; no weights loaded.
+    ``jobs``: processes planning candidates side by side, forked from this one (0: one per CPU; the CLI's default).
+    One by default, as forking a process that runs threads (a notebook's kernel) is not always safe."""
     import pandas as pd
 
     from peft_search.search.plan.planning import plan_search
 
     cfg = config(source, overrides)
-    return pd.DataFrame(plan_search(cfg, samples=samples, num_labels=num_labels, seed=cfg.search.seed))
+    rows = plan_search(cfg, samples=samples, num_labels=num_labels, seed=cfg.search.seed, jobs=jobs)
+    return pd.DataFrame(rows)
 
 
 def evaluate(export_dir: str | Path, data: str | Path | None = None, **options: Any):

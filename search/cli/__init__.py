@@ -77,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
     )
+    plan.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="candidates planned side by side in this many processes (default 0: one per CPU)",
+    )
     _add_set(plan)
+    plan.add_argument("-v", "--verbose", action="store_true", help="show everything: library warnings")
     plan.set_defaults(func=searching.plan)
     best = sub.add_parser(
         "best", help="the best trial by the search's objectives under limits; --export writes its adapter"
@@ -239,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     from peft_search.search.redact import redact_text
     from peft_search.search.worker.environment import quiet_bitsandbytes
 
+    if getattr(
+        args, "verbose", False
+    ):  # before anything is filtered, and before Ray starts: trials inherit it
+        from peft_search.search.verbosity import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     quiet_bitsandbytes()  # checking training: imports transformers, and with it bitsandbytes, which says too much
 
     try:

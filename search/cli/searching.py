@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,11 +29,6 @@ def set_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from peft_search.search.settings.loading import default_config_path, load_config
-
-    if getattr(args, "verbose", False):  # before Ray starts: its workers inherit it
-        from peft_search.search.worker.environment import VERBOSE_ENV
-
-        os.environ[VERBOSE_ENV] = "1"
 
     overrides = set_overrides(args)
     if args.num_trials is not None:
@@ -86,7 +80,9 @@ def plan(args: argparse.Namespace) -> int:
     from peft_search.search.settings.loading import load_config
 
     cfg = load_config(args.config, set_overrides(args))
-    rows = plan_search(cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed)
+    rows = plan_search(
+        cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed, jobs=args.jobs
+    )
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         print(resolution_note(cfg.dataset.eval_size), file=sys.stderr)  # stdout stays machine-readable

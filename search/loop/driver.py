@@ -147,7 +147,7 @@ def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool, trust_tune: bool
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
     """CPU trials' heap allocator, preloaded into every worker Ray starts for this search (GPU trials keep theirs)."""
     from peft_search.cluster import worker_env
-    from peft_search.search.worker.environment import VERBOSE_ENV, verbose
+    from peft_search.search.verbosity import VERBOSE_ENV, verbose
 
     try:
         env = worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)

@@ -12,7 +12,7 @@ import json
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model
+from peft_search.search.plan.baseline import RuntimeBaseline
 from peft_search.search.plan.depth import Counts, counts_by_depth, step_by_depth
 from peft_search.search.plan.memtrace import StepPeaks, patched, quantized_linear_names, step_peaks
 from peft_search.spaces import method_for_peft_type
@@ -227,32 +228,25 @@ def plan_candidate(
 __all__ = ["InfeasibleTrialError", "Plan", "meta_model", "plan_candidate", "safetensors_bytes"]
 
 
-def runtime_baseline_bytes() -> int:
-    """Resident memory of a fresh worker-like process (Python, torch, transformers, PEFT, bitsandbytes, Ray
-    Train imported): what a CPU trial holds before its model. Measured here, in a subprocess."""
-    import subprocess
-    import sys
-
-    code = (
-        "import torch, transformers, peft, bitsandbytes, ray.train, psutil;"
-        "print(psutil.Process().memory_info().rss)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
-
-
 def plan_search(
-    cfg, *, samples: int = 0, num_labels: int | None = None, seed: int = 0
+    cfg, *, samples: int = 0, num_labels: int | None = None, seed: int = 0, jobs: int | None = 1
 ) -> list[dict[str, Any]]:
-    """One row per explicit candidate and per sampled config: counts, adapter size and memory estimate."""
+    """One row per explicit candidate and per sampled config: counts, adapter size and memory estimate.
+
+    ``jobs``: candidates planned side by side in that many forked processes (``None`` or 0: one per CPU).
+    """
     import optuna
 
     from peft_search.search.errors import ConfigError
     from peft_search.search.inputs.candidates import check_candidates
     from peft_search.search.inputs.modeling import model_facts
+    from peft_search.search.plan.pool import map_forked, resolve_jobs
     from peft_search.search.settings.space import space_context, space_spec
     from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 
+    workers = resolve_jobs(jobs)
+    gpu = cfg.resources.gpus_per_worker > 0
+    baseline = None if gpu else RuntimeBaseline()  # measured while the plan runs
     path = cfg.model.resolved_path()
     if cfg.model.task == "sequence-classification" and num_labels is None:
         num_labels = _dataset_num_labels(cfg)
@@ -284,35 +278,45 @@ def plan_search(
         space = DefineByRun(SpaceSpec(spec.methods, spec.quantization, spec.learning_rate), ctx)
         for _ in range(samples):
             todo.append({k: v for k, v in space(study.ask()).items() if k != "learning_rate"})
-    gpu = cfg.resources.gpus_per_worker > 0
-    runtime = 0 if gpu else runtime_baseline_bytes()
     allocator = _cpu_allocator(cfg.resources.cpu_allocator)
     # Rows per forward pass on a worker; a searched gradient_accumulation_steps is planned at its fullest batch.
     accumulation = min(cfg.training.arguments().values("gradient_accumulation_steps", 1))
     micro_batch = cfg.training.batch_size // (cfg.resources.num_workers * int(accumulation))
+
+    def plan_one(index: int) -> Plan | str:
+        """The candidate's plan, or why PEFT refused it."""
+        item = todo[index]
+        try:
+            with _quiet_planning():
+                return plan_candidate(
+                    base,
+                    item["peft_config"],
+                    quantization=item["quantization"],
+                    batch_size=micro_batch,
+                    seq_len=cfg.training.max_seq_length,
+                    precision=cfg.training.precision,
+                    gradient_checkpointing=cfg.training.gradient_checkpointing,
+                    device="cuda" if gpu else "cpu",
+                )
+        except InfeasibleTrialError as err:
+            return str(err)
+
+    if workers > 1:  # imported once here, not once in each forked worker
+        _import_planning_libraries(any(item["quantization"] != "none" for item in todo))
+    plans = map_forked(plan_one, len(todo), workers)
+    runtime = baseline.bytes() if baseline is not None else 0
     rows = []
-    for item in todo:
+    for item, p in zip(todo, plans, strict=True):
         row = {
             "candidate": item["candidate"],
             "method": item["method"],
             "peft_config": item["peft_config"],
             "quantization": item["quantization"],
         }
-        try:
-            p = plan_candidate(
-                base,
-                item["peft_config"],
-                quantization=item["quantization"],
-                batch_size=micro_batch,
-                seq_len=cfg.training.max_seq_length,
-                precision=cfg.training.precision,
-                gradient_checkpointing=cfg.training.gradient_checkpointing,
-                runtime_bytes=runtime,
-                device="cuda" if gpu else "cpu",
-            )
-        except InfeasibleTrialError as err:
-            rows.append({**row, "error": str(err)})
+        if isinstance(p, str):
+            rows.append({**row, "error": p})
             continue
+        p = replace(p, runtime_bytes=runtime)
         over = []
         if cfg.budget.max_trainable_params and p.trainable_params > cfg.budget.max_trainable_params:
             over.append("max_trainable_params")
@@ -338,6 +342,31 @@ def plan_search(
             }
         )
     return rows
+
+
+def _import_planning_libraries(quantized: bool) -> None:
+    import peft.tuners  # noqa: F401
+    from peft.utils import get_peft_model_state_dict  # noqa: F401
+
+    if quantized:
+        import bitsandbytes  # noqa: F401
+
+
+@contextlib.contextmanager
+def _quiet_planning():
+    """Library warnings that say nothing about the plan: BOFT's CUDA kernel is not built on a meta device, its
+    butterfly factor of 1 is the config's own, and transformers' deprecations are its own business. ``-v`` shows
+    them."""
+    import warnings
+
+    from peft_search.search.verbosity import verbose
+
+    with warnings.catch_warnings():
+        if not verbose():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message="Failed to load the CUDA extension")
+            warnings.filterwarnings("ignore", message="Setting boft_n_butterfly_factor to 1")
+        yield
 
 
 def _cpu_allocator(choice: str) -> str:

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from peft_search.search.verbosity import verbose
+
 
 class _DropPrefix(logging.Filter):
     """Drops one library log message by its start, leaving that logger's other messages alone."""
@@ -24,14 +26,6 @@ _INT8_CAST = _DropPrefix("MatMul8bitLt: inputs will be cast")
 # bitsandbytes (0.50) looks for an optional faster CPU 4-bit kernel (the `kernels` package) at import and says so
 # when it is missing; the generic CPU path it falls back to is the one every CPU trial is measured on.
 _NO_KERNELS = _DropPrefix("Failed to load CPU gemm_4bit_forward")
-
-
-VERBOSE_ENV = "PEFT_SEARCH_VERBOSE"
-"""Set by ``-v``: nothing is filtered, in the driver or (passed through Ray) in the trials."""
-
-
-def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def quiet_bitsandbytes() -> None:

@@ -21,9 +21,10 @@ from peft_search.search.inputs.modeling import generic_4bit_cpu_path, inject_ada
 from peft_search.search.plan.planning import Plan
 from peft_search.search.results.records import CURVE_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.verbosity import verbose
 from peft_search.search.worker import faults
 from peft_search.search.worker.costs import check_budget, plan_trial
-from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id, verbose
+from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
 from peft_search.search.worker.evaluation import evaluate
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
 from peft_search.search.worker.trainer import (

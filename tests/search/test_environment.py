@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+from peft_search.search.verbosity import VERBOSE_ENV
 from peft_search.search.worker.environment import quiet_libraries
 
 
@@ -41,10 +42,10 @@ def test_verbose_keeps_every_library_message(monkeypatch):
         logger.name, logging.WARNING, __file__, 1, "MatMul8bitLt: inputs will be cast", None, None
     )
     monkeypatch.setattr(logger, "filters", [])
-    monkeypatch.setenv(environment.VERBOSE_ENV, "1")
+    monkeypatch.setenv(VERBOSE_ENV, "1")
     environment.quiet_libraries()
     assert logger.filter(cast)  # -v: shown
-    monkeypatch.delenv(environment.VERBOSE_ENV)
+    monkeypatch.delenv(VERBOSE_ENV)
     environment.quiet_libraries()
     assert not logger.filter(cast)  # by default: filtered, by its message only
     other = logging.LogRecord(logger.name, logging.WARNING, __file__, 1, "something else", None, None)

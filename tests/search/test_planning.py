@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -394,3 +395,63 @@ def test_plan_warns_when_cpu_trials_would_run_on_glibc(tiny_bert, classification
     from peft_search.cluster import allocator_preload
 
     assert expected == (allocator_preload("auto") is None)
+
+
+def test_candidates_planned_side_by_side_give_the_same_rows(
+    tiny_bert, classification_csv, monkeypatch, tmp_path
+):
+    """``--jobs``: candidates planned in forked processes give the rows planned one by one, in the same order,
+    refusals included; the runtime baseline is measured once and then read from the cache."""
+    from peft_search.search.plan import baseline as runtime
+    from peft_search.search.plan.planning import plan_search
+    from tests.helpers import tiny_config
+
+    monkeypatch.setenv("PEFT_SEARCH_CACHE", str(tmp_path / "cache"))
+    refused = {**CONFIGS["boft"], "task_type": "SEQ_CLS", "boft_block_size": 5}  # 5 does not divide 32
+    candidates = [
+        {"name": "lora", "peft_config": {**CONFIGS["lora"], "task_type": "SEQ_CLS"}},
+        {
+            "name": "ia3-int8",
+            "quantization": "int8",
+            "peft_config": {**CONFIGS["ia3"], "task_type": "SEQ_CLS"},
+        },
+        {"name": "boft-5", "peft_config": refused},
+    ]
+    cfg = tiny_config(
+        tiny_bert, classification_csv, space={"methods": ["lora", "loha"], "candidates": candidates}
+    )
+    measured = []
+    real = runtime.RuntimeBaseline.bytes
+
+    def bytes_(self):
+        measured.append(self.measured)
+        return real(self)
+
+    monkeypatch.setattr(runtime.RuntimeBaseline, "bytes", bytes_)
+    alone = plan_search(cfg, samples=3, jobs=1)
+    forked = plan_search(cfg, samples=3, jobs=2)
+    assert forked == alone
+    assert [r["candidate"] for r in alone][:3] == ["lora", "ia3-int8", "boft-5"] and len(alone) == 6
+    assert "error" in alone[2] and "error" not in alone[0]
+    assert measured == [True, False]  # the second plan read the first one's measurement
+    assert alone[0]["est_breakdown"]["runtime"] > 100 * 2**20  # Python + torch + transformers resident
+
+
+def test_map_forked_keeps_order_and_raises_a_workers_error():
+    from peft_search.search.plan.pool import map_forked, resolve_jobs
+
+    assert list(map_forked(lambda i: (i, os.getpid()), 5, 1)) == [(i, os.getpid()) for i in range(5)]
+    results = map_forked(lambda i: (i * i, os.getpid()), 6, 2)
+    assert [r[0] for r in results] == [i * i for i in range(6)]
+    assert os.getpid() not in {r[1] for r in results}  # they ran in forked workers
+
+    def fails(i):
+        if i == 3:
+            raise ValueError("candidate 3 failed")
+        return i
+
+    with pytest.raises(ValueError, match="candidate 3 failed"):
+        map_forked(fails, 5, 2)
+    assert resolve_jobs(0) >= 1 and resolve_jobs(3) == 3
+    with pytest.raises(ValueError, match="jobs: -1"):
+        resolve_jobs(-1)

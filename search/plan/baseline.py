@@ -1,0 +1,101 @@
+"""The memory a CPU trial holds before its model: Python and the libraries it imports, measured on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RUNTIME_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "ray")
+
+
+class RuntimeBaseline:
+    """Resident memory of a fresh worker-like process (Python, torch, transformers, PEFT, bitsandbytes, Ray Train
+    imported): what a CPU trial holds before its model.
+
+    Measured on this machine in a subprocess (seconds of imports, run while the plan does) once per Python and
+    library versions, then read from the cache (``PEFT_SEARCH_CACHE``, else ``$XDG_CACHE_HOME/peft-search`` or
+    ``~/.cache/peft-search``)."""
+
+    _CODE = (
+        "import torch, transformers, peft, bitsandbytes, ray.train, psutil;"
+        "print(psutil.Process().memory_info().rss)"
+    )
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._key = self.environment_key()
+        self._cached = self._read_cache().get(self._key)
+        self._process = None
+        if self._cached is None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", self._CODE],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+
+    @staticmethod
+    def environment_key() -> str:
+        """What the baseline depends on: the interpreter and the versions of the libraries a trial imports."""
+        import platform
+        import sys
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "-"
+
+        libraries = " ".join(f"{name}=={installed(name)}" for name in RUNTIME_LIBRARIES)
+        return f"{sys.executable} (Python {platform.python_version()}, {platform.machine()}): {libraries}"
+
+    @staticmethod
+    def cache_file() -> Path:
+        root = os.environ.get("PEFT_SEARCH_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-search"
+        )
+        return Path(root) / "runtime-baseline.json"
+
+    def _read_cache(self) -> dict[str, int]:
+        try:
+            cached = json.loads(self.cache_file().read_text())
+        except (OSError, ValueError):
+            return {}
+        return cached if isinstance(cached, dict) else {}
+
+    def _write_cache(self, nbytes: int) -> None:
+        path = self.cache_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**self._read_cache(), self._key: nbytes}, indent=1))
+            tmp.replace(path)
+        except OSError:  # a read-only home: measured again next time
+            pass
+
+    @property
+    def measured(self) -> bool:
+        """Whether this plan measured the baseline (rather than reading it from the cache)."""
+        return self._process is not None
+
+    def bytes(self) -> int:
+        import subprocess
+
+        if self._process is None:
+            return int(self._cached or 0)
+        try:
+            out, _ = self._process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            return 0
+        lines = out.strip().splitlines()
+        if self._process.returncode != 0 or not lines:
+            return 0
+        self._cached = int(lines[-1])
+        self._write_cache(self._cached)
+        return self._cached
