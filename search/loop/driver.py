@@ -177,7 +177,7 @@ def _launch(
     from peft_search.search.loop import tuning
     from peft_search.search.loop.table import TrialTable
     from peft_search.search.loop.tracking import tracking_callbacks
-    from peft_search.search.worker.environment import verbose
+    from peft_search.search.verbosity import verbose
     from peft_search.search.worker.trial import trial_driver, trial_resources
 
     resources = connect(address, num_cpus=num_cpus, env_vars=env)

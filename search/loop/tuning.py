@@ -10,7 +10,7 @@ from ray.tune.search import Searcher
 from peft_search import spaces
 from peft_search.search.loop.prepare import Prepared
 from peft_search.search.settings.schema import SearchConfig
-from peft_search.search.worker.environment import verbose
+from peft_search.search.verbosity import verbose
 
 
 def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | None = None):
@@ -23,7 +23,12 @@ def make_sampler(name: str, seed: int, num_trials: int, n_startup_trials: int | 
     # Grouped multivariate TPE models the conditional space (method -> its knobs) jointly; the constant liar
     # keeps concurrent trials from piling onto the same point.
     startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
+    with warnings.catch_warnings():
+        if not verbose():  # `group` and `constant_liar` are marked experimental: chosen, and measured, here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True, **startup
+        )
 
 
 def sampler_for_slot(name: str, seed: int, num_trials: int, n_startup_trials: int | None, slot: int):
