@@ -185,3 +185,28 @@ def test_plan(tmp_path):
     assert big["candidates"] == 18 and big["plan_s"] > 0
     assert all("error" not in r and r["step_estimate"] == "traced" for r in big["rows"])
     assert result["estimate_vs_measured"][0]["error"] == pytest.approx(-0.05)
+
+
+def test_peer(tiny_bert, classification_csv, tmp_path):
+    """The peer comparison on tiny BERT: both searches run every config, and the table pairs them."""
+    from benchmarks import peer
+
+    sets = {
+        "model.name_or_path": tiny_bert,
+        "dataset.source": classification_csv,
+        "dataset.train_per_class": 8,
+        "dataset.eval_size": 12,
+        "training.batch_size": 4,
+        "training.eval_batch_size": 8,
+        "training.max_seq_length": 24,
+        "resources.cpus_per_worker": 1,
+    }
+    args = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+    peer.main(["--ranks", "2", "--steps", "2", "--repeats", "1", "--out-dir", str(tmp_path), *args])
+    result = json.loads((tmp_path / "peer.json").read_text())
+    assert result["configs"] == 3 and result["ours_complete"] == [3]
+    assert {r["config"] for r in result["per_config"]} == {c["name"] for c in peer.configs([2])}
+    for row in result["per_config"]:
+        assert 0 <= row["peer_accuracy"] <= 1 and 0 <= row["ours_accuracy"] <= 1
+        assert row["peer_train_s"] > 0 and row["ours_train_s"] > 0
+    assert result["walls_s"]["peer"][0] > 0 and result["walls_s"]["peft-search"][0] > 0

@@ -40,3 +40,24 @@ def test_a_process_reports_the_allocator_it_runs_with():
     if JEMALLOC is None:
         pytest.skip("jemalloc is not installed here (CI installs libjemalloc2)")
     assert _reported({**env, "LD_PRELOAD": JEMALLOC}) == "jemalloc"
+
+
+def test_a_reused_actor_hands_freed_jemalloc_pages_back():
+    """Between trials a reused actor returns what the last trial freed, whichever allocator it runs on: with
+    jemalloc kept from decaying its pages (as a user's ``MALLOC_CONF`` may), 400 MiB freed leave the resident set."""
+    if JEMALLOC is None:
+        pytest.skip("jemalloc is not installed here (CI installs libjemalloc2)")
+    code = (
+        "import psutil, torch\n"
+        "from peft_search.search.worker.environment import return_freed_memory\n"
+        "rss = lambda: psutil.Process().memory_info().rss\n"
+        "blocks = [torch.ones(2**20 * 2) for _ in range(50)]\n"
+        "del blocks\n"
+        "kept = rss()\n"
+        "return_freed_memory()\n"
+        "print(kept - rss())\n"
+    )
+    env = {**os.environ, "LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip().splitlines()[-1]) > 300 * 2**20

@@ -1,0 +1,349 @@
+"""``peft-search run`` against the search a user would write without it: ``Trainer.hyperparameter_search``.
+
+    python -m benchmarks.peer                      # 9 LoRA configs (r 4/8/16 x 3 target sets), 30 steps each
+    python -m benchmarks.peer --ranks 4 8 16 32    # 12 configs
+
+Both run the same configs on the same model (the default config's MiniLM), the same training rows and held-out
+rows (the search's own split, tokenized once by ``peft_search``'s data preparation), the same batch size, steps,
+learning rate, schedule, seed and torch threads, one trial at a time on this machine:
+
+- **peer**: a fresh Python process builds a ``transformers.Trainer`` with ``model_init`` (the trial's PEFT LoRA
+  model) and ``compute_metrics`` (accuracy), and runs ``trainer.hyperparameter_search(backend="optuna")`` over the
+  configs (an Optuna ``GridSampler``, so each runs once); each trial ends with ``trainer.evaluate()`` on the
+  held-out rows, as the peer does when no evaluation strategy is set;
+- **peft-search**: ``peft-search run`` with the same configs as explicit candidates (``search.num_trials`` = their
+  count), a fresh process as a user runs it: Ray starts, trials run in Ray Tune, the table, the predictions and
+  the report are written.
+
+Both are timed end to end (process start to exit), alternated over ``--repeats`` with the order swapped each time
+(this machine's speed drifts under sustained load); the best wall of each counts, and each trial's own training
+and held-out scoring times and each config's accuracy are the medians over the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import machine, table, write_result
+
+TARGETS = {
+    "qv": ["query", "value"],
+    "attention": ["query", "key", "value", "attention.output.dense"],
+    "attention+mlp": [
+        "query",
+        "key",
+        "value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ],
+}
+
+
+def configs(ranks: list[int]) -> list[dict[str, Any]]:
+    """The searched configs: plain LoRA at each rank on each target set, as PEFT's ``adapter_config.json``."""
+    return [
+        {
+            "name": f"lora-r{r}-{where}",
+            "peft_config": {
+                "peft_type": "LORA",
+                "task_type": "SEQ_CLS",
+                "r": r,
+                "lora_alpha": 2 * r,
+                "lora_dropout": 0.05,
+                "target_modules": targets,
+            },
+        }
+        for r in ranks
+        for where, targets in TARGETS.items()
+    ]
+
+
+def search_config(
+    base: Path, candidates: list[dict[str, Any]], steps: int, learning_rate: float, sets: list[str] = ()
+) -> dict:
+    """The default config with the candidates as the whole search: no sampled trials, no early stopping;
+    ``sets``: ``KEY.PATH=VALUE`` overrides of the search's own settings (``resources.cpu_allocator=system``)."""
+    raw = yaml.safe_load(base.read_text())
+    raw["name"] = "peer-bench"
+    raw["space"] = {
+        "methods": ["lora"],
+        "quantization": ["none"],
+        "candidates": [{**c, "quantization": "none", "learning_rate": learning_rate} for c in candidates],
+    }
+    raw["search"] = {**raw.get("search", {}), "num_trials": len(candidates), "early_stopping": "none"}
+    raw["training"] = {**raw.get("training", {}), "max_steps": steps, "learning_rate": learning_rate}
+    for text in sets:
+        key, _, value = text.partition("=")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def run_peer(config_path: Path, out: Path) -> None:
+    """The peer's search, in this (fresh) process: what a user writes with transformers, PEFT and Optuna."""
+    import optuna
+    import torch
+    from peft import get_peft_config, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.loading import load_config
+    from peft_search.search.worker.environment import quiet_libraries
+
+    quiet_libraries()
+    started = time.perf_counter()
+    cfg = load_config(config_path)
+    torch.set_num_threads(int(cfg.resources.cpus_per_worker))
+    prep = prepare(cfg)
+    settings, data = prep.settings, prep.data
+    candidates = [dict(c.peft_config) for c in cfg.space.candidates]
+    names = [c.name for c in cfg.space.candidates]
+
+    def rows(split):
+        return [{"input_ids": r["input_ids"], "labels": r["label"]} for r in split]
+
+    chosen: list[int] = []  # each trial's config, in the order the peer ran them
+
+    def model_init(trial):
+        # Called before the Trainer asks hp_space (transformers 5): suggest here; Optuna answers the same again.
+        index = 0 if trial is None else trial.suggest_categorical("config", list(range(len(candidates))))
+        if trial is not None:
+            chosen.append(index)
+        torch.manual_seed(settings.seed)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            settings.model_path, num_labels=data.num_labels, ignore_mismatched_sizes=True
+        )
+        return get_peft_model(base, get_peft_config(dict(candidates[index])))
+
+    def accuracy(prediction):
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    class Clock(TrainerCallback):
+        """Each trial's training and evaluation time, as the peer's own callbacks see them."""
+
+        def __init__(self) -> None:
+            self.trials: list[dict[str, float]] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.trials.append({"train_begin": time.perf_counter()})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.trials[-1]["train_s"] = time.perf_counter() - self.trials[-1]["train_begin"]
+            self.trials[-1]["eval_begin"] = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.trials[-1]["eval_s"] = time.perf_counter() - self.trials[-1]["eval_begin"]
+            self.trials[-1]["accuracy"] = float((metrics or {}).get("eval_accuracy", float("nan")))
+
+    clock = Clock()
+    t = cfg.training
+    tokenizer = prep.tokenizer  # the one the rows were tokenized with (its padding side and pad token)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=t.eval_batch_size,
+            max_steps=settings.steps,
+            learning_rate=float(cfg.space.candidates[0].learning_rate),  # every candidate's
+            warmup_steps=int(settings.steps * t.warmup_ratio),
+            lr_scheduler_type="linear",
+            weight_decay=float(t.arguments().fixed.get("weight_decay", 0.0)),
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=settings.seed,
+        )
+        trainer = Trainer(
+            model_init=model_init,
+            args=args,
+            train_dataset=rows(data.train),
+            eval_dataset=rows(data.eval),
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=accuracy,
+            callbacks=[clock],
+        )
+        trainer.hyperparameter_search(
+            hp_space=lambda trial: {
+                "config": trial.suggest_categorical("config", list(range(len(candidates))))
+            },
+            backend="optuna",
+            direction="maximize",
+            n_trials=len(candidates),
+            compute_objective=lambda metrics: metrics["eval_accuracy"],
+            sampler=optuna.samplers.GridSampler({"config": list(range(len(candidates)))}, seed=settings.seed),
+        )
+    out.write_text(
+        json.dumps(
+            {
+                "in_process_s": time.perf_counter() - started,
+                "trials": [
+                    {"config": names[i], **{k: v for k, v in rec.items() if not k.endswith("_begin")}}
+                    for i, rec in zip(chosen, clock.trials, strict=True)
+                ],
+            }
+        )
+    )
+
+
+def timed(command: list[str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    from peft_search.search.settings.loading import default_config_path
+
+    candidates = configs(args.ranks)
+    with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
+        config_path = Path(tmp) / "search.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                search_config(
+                    Path(args.config or default_config_path()),
+                    candidates,
+                    args.steps,
+                    args.learning_rate,
+                    args.set,
+                )
+            )
+        )
+        peer_out = Path(tmp) / "peer.json"
+        walls: dict[str, list[float]] = {"peer": [], "peft-search": []}
+        peer_runs: list[dict[str, Any]] = []
+        ours_runs: list[Any] = []
+        for repeat in range(args.repeats):
+            # Alternated, and the order swapped each repeat (peer first, then ours first): this machine's speed
+            # drifts under sustained load, which would otherwise favour whichever always runs first.
+            order = ["peer", "peft-search"] if repeat % 2 == 0 else ["peft-search", "peer"]
+            for which in order:
+                if which == "peer":
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.peer",
+                        "peer",
+                        str(config_path),
+                        str(peer_out),
+                    ]
+                    walls["peer"].append(timed(command))
+                    peer_runs.append(json.loads(peer_out.read_text()))
+                else:
+                    results = Path(tmp) / f"results-{repeat}"
+                    command = [sys.executable, "-m", "peft_search", "run", str(config_path)]
+                    walls["peft-search"].append(timed([*command, "--results-dir", str(results)]))
+                    ours_runs.append(pd.read_parquet(results / "peer-bench" / "trials.parquet"))
+
+    def median(values: list[float]) -> float | None:
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    ours = [
+        {r["candidate"]: r for r in trials.to_dict("records") if r["status"] == "complete"}
+        for trials in ours_runs
+    ]
+    per_config = []
+    for name in [p["config"] for p in peer_runs[0]["trials"]]:
+        peer = [next(p for p in run["trials"] if p["config"] == name) for run in peer_runs]
+        mine = [run.get(name, {}) for run in ours]  # a config missing from a run has no figures from it
+        per_config.append(
+            {
+                "config": name,
+                "peer_accuracy": median([p.get("accuracy") for p in peer]),
+                "ours_accuracy": median([o.get("accuracy") for o in mine]),
+                "peer_train_s": median([p.get("train_s") for p in peer]),
+                "ours_train_s": median([o.get("train_time_s") for o in mine]),
+                "peer_eval_s": median([p.get("eval_s") for p in peer]),
+                "ours_eval_s": median([o.get("eval_time_s") for o in mine]),
+            }
+        )
+    best = {k: min(v) for k, v in walls.items()}
+    return {
+        "benchmark": "peer",
+        "machine": machine(),
+        "configs": len(candidates),
+        "steps": args.steps,
+        "learning_rate": args.learning_rate,
+        "walls_s": walls,
+        "best_wall_s": best,
+        "peer_over_ours": best["peer"] / best["peft-search"],
+        "ours_complete": [len(run) for run in ours],
+        "peer_in_process_s": [run["in_process_s"] for run in peer_runs],
+        "per_config": per_config,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["peer"]:  # the peer's own process
+        run_peer(Path(argv[1]), Path(argv[2]))
+        return None
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of each, alternated; the best wall and median times count",
+    )
+    parser.add_argument(
+        "--config", default=None, help="the search config to start from (default: the default)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="KEY.PATH=VALUE in the search's config")
+    parser.add_argument("--out-dir", default=None)
+    args = parser.parse_args(argv)
+    result = run(args)
+    path = write_result("peer", result, args.out_dir)
+    print(
+        table(
+            result["per_config"],
+            [
+                "config",
+                "peer_accuracy",
+                "ours_accuracy",
+                "peer_train_s",
+                "ours_train_s",
+                "peer_eval_s",
+                "ours_eval_s",
+            ],
+        )
+    )
+    print(
+        f"{result['configs']} configs, {result['steps']} steps: Trainer.hyperparameter_search {result['best_wall_s']['peer']:.1f} s, "
+        f"peft-search run {result['best_wall_s']['peft-search']:.1f} s end to end "
+        f"(peft-search is {result['peer_over_ours']:.2f}x the peer's speed); written to {path}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
