@@ -3,6 +3,11 @@ configs trained in packed groups (``search.worker.packing.run_group``), on the d
 
     python -m benchmarks.packing                        # 16 configs, groups of 4, 30 steps, unquantized
     python -m benchmarks.packing --configs 8 --group 4 --quantization int8
+    python -m benchmarks.packing --step-cost llama-1b   # the step cost on Llama-3.2-1B's shape (random weights)
+
+On a machine without the search's data and model packages (a lent GPU: ``benchmarks/gpu_session.sh``), the task
+travels: ``--export-inputs DIR`` writes the prepared default task (tokenized splits, settings, the model in fp16)
+here, ``--inputs DIR`` runs from it there; neither Ray, Optuna, datasets nor the data packages are needed to run.
 
 Two measurements:
 
@@ -18,9 +23,14 @@ On a GPU (when one is there, it is used) the same two measurements say whether p
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import pickle
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from benchmarks.common import machine, table, write_result
 
@@ -51,22 +61,44 @@ def configs(n: int, quantization: str):
     return out
 
 
-def step_cost(
-    model_path: str, batches=(16, 32, 64), seq: int = 64, reps: int = 4, device=None
-) -> list[dict[str, Any]]:
-    """Seconds per forward and backward of the default model with LoRA, by batch size (and mixed, 4 adapters)."""
+STEP_SHAPES = {
+    # name: (batches, sequence length, LoRA targets); "default" is the default task's model.
+    "default": ((16, 32, 64), 64, ["query", "value"]),
+    "llama-1b": ((8, 16, 32), 512, ["q_proj", "v_proj"]),
+    "llama-tiny": ((2, 4, 8), 32, ["q_proj", "v_proj"]),  # the smoke test's
+}
+
+
+def _step_base(shape: str, model_path: str, device):
+    """The base model a step is timed on: the default task's, or a Llama shape from config with random weights; in
+    bf16 on a GPU, fp32 on CPU (whatever dtype the weights were saved in)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    dtype = torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+    if shape == "default":
+        return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=5, dtype=dtype)
+    from benchmarks.llama_throughput import SHAPES
+
+    config = LlamaConfig(**SHAPES[shape.removeprefix("llama-")], num_labels=5, pad_token_id=0)
+    return LlamaForSequenceClassification(config).to(dtype)
+
+
+def step_cost(model_path: str, shape: str = "default", reps: int = 4, device=None) -> list[dict[str, Any]]:
+    """Seconds per forward and backward of a model with LoRA, by batch size (and mixed, 4 adapters)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
 
     from peft_search.search.worker.packed_trainer import AdapterRouter
 
+    batches, seq, targets = STEP_SHAPES[shape]
+
     def model(k: int):
         torch.manual_seed(0)
-        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=5)
+        base = _step_base(shape, model_path, device)
         peft_model = None
         for i in range(k):
-            config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"])
+            config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=targets)
             if peft_model is None:
                 peft_model = get_peft_model(base, config, adapter_name=f"a{i}")
             else:
@@ -75,7 +107,8 @@ def step_cost(
         return peft_model.train().to(device or "cpu")
 
     def timed(m, batch: int, names=None) -> float:
-        x = torch.randint(1000, 20000, (batch, seq), device=device)
+        vocab = m.get_base_model().config.vocab_size
+        x = torch.randint(vocab // 20, vocab // 2, (batch, seq), device=device)
         y = torch.randint(0, 5, (batch,), device=device)
         router = AdapterRouter(m) if names else None
         times = []
@@ -95,25 +128,70 @@ def step_cost(
             router.remove()
         return sum(times) / len(times)
 
+    from benchmarks.llama_throughput import peak_flops
+
+    peak = peak_flops()
+
+    def row(m, case: str, batch: int, s: float) -> dict[str, Any]:
+        # Model FLOPs as benchmarks.llama_throughput counts them: 4 per frozen matmul weight, 6 per trainable
+        # parameter, attention 12 x layers x hidden x sequence; per token, over the step's tokens.
+        config = m.get_base_model().config
+        frozen = sum(
+            mod.weight.numel()
+            for mod in m.modules()
+            if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad
+        )
+        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        per_token = 4 * frozen + 6 * trainable + 12 * config.num_hidden_layers * config.hidden_size * seq
+        tflops = per_token * batch * seq / s / 1e12
+        return {
+            "shape": shape,
+            "case": case,
+            "step_s": s,
+            "ms_per_row": 1000 * s / batch,
+            "model_tflops": tflops,
+            "mfu": tflops * 1e12 / peak if peak else None,
+        }
+
     one = model(1)
-    rows = []
-    for b in batches:
-        s = timed(one, b)
-        rows.append({"case": f"1 adapter, batch {b}", "step_s": s, "ms_per_row": 1000 * s / b})
+    rows = [row(one, f"1 adapter, batch {b}", b, timed(one, b)) for b in batches]
+    one = None
     four = model(4)
     names = [f"a{i}" for i in range(4) for _ in range(batches[-1] // 4)]
-    s = timed(four, batches[-1], names)
     rows.append(
-        {"case": f"4 adapters mixed, batch {batches[-1]}", "step_s": s, "ms_per_row": 1000 * s / batches[-1]}
+        row(four, f"4 adapters mixed, batch {batches[-1]}", batches[-1], timed(four, batches[-1], names))
     )
     return rows
+
+
+def export_inputs(prep, out: str) -> Path:
+    """The prepared task (settings, tokenized splits) and its model (fp16 safetensors: half the bytes to carry) in
+    ``out``, for ``--inputs`` on a machine without the data and model packages."""
+    import torch
+    from transformers import AutoModel
+
+    root = Path(out)
+    model = AutoModel.from_pretrained(prep.settings.model_path)  # the encoder as shipped: no task head
+    model.to(torch.float16).save_pretrained(root / "model")
+    (root / "inputs.pkl").write_bytes(pickle.dumps((prep.settings, prep.data)))
+    return root
+
+
+def load_inputs(path: str, precision: str | None):
+    """What ``export_inputs`` wrote: settings (their model now the exported copy; ``precision`` overriding the
+    config's ``training.precision``) and the tokenized splits."""
+    root = Path(path).resolve()
+    settings, data = pickle.loads((root / "inputs.pkl").read_bytes())
+    config = settings.config
+    if precision is not None:
+        training = config.training.model_copy(update={"precision": precision})
+        config = config.model_copy(update={"training": training})
+    return dataclasses.replace(settings, config=config, model_path=str(root / "model")), data
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from peft_search.search.loop.prepare import prepare
-    from peft_search.search.settings.loading import default_config_path, load_config
     from peft_search.search.worker.packing import run_group
     from peft_search.search.worker.training import run_trial
 
@@ -123,24 +201,64 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quantization", default="none")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], help="training.precision (default: the config's)"
+    )
+    parser.add_argument(
+        "--step-cost",
+        action="append",
+        choices=sorted(STEP_SHAPES),
+        help="a shape to time the step of (repeatable; default: the default task's model)",
+    )
+    parser.add_argument("--step-cost-only", action="store_true", help="time the steps, not the configs")
+    parser.add_argument("--export-inputs", metavar="DIR", help="write the prepared task here, and stop")
+    parser.add_argument(
+        "--inputs", metavar="DIR", help="run from a task --export-inputs wrote (its steps are the export's)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="KEY.PATH=VALUE in the default search's config"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(
-        default_config_path(),
-        {"training.max_steps": args.steps, "results_dir": tempfile.mkdtemp(prefix="packing-")},
-    )
-    prep = prepare(cfg)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    steps = step_cost(prep.settings.model_path, device=device)
-    print(table(steps, ["case", "step_s", "ms_per_row"]), flush=True)
+    if args.inputs:
+        settings, data = load_inputs(args.inputs, args.precision)
+    else:
+        from peft_search.search.loop.prepare import prepare
+        from peft_search.search.settings.loading import default_config_path, load_config
+
+        overrides: dict[str, Any] = {
+            "training.max_steps": args.steps,
+            "results_dir": tempfile.mkdtemp(prefix="packing-"),
+        }
+        if args.precision:
+            overrides["training.precision"] = args.precision
+        for text in args.set:
+            key, _, value = text.partition("=")
+            overrides[key] = yaml.safe_load(value)
+        prep = prepare(load_config(default_config_path(), overrides))
+        if args.export_inputs:
+            print(f"written to {export_inputs(prep, args.export_inputs)}")
+            return {}
+        settings, data = prep.settings, prep.data
+    steps = [
+        row
+        for shape in args.step_cost or ["default"]
+        for row in step_cost(settings.model_path, shape, device=device)
+    ]
+    print(table(steps, ["shape", "case", "step_s", "ms_per_row", "model_tflops", "mfu"]), flush=True)
+    if args.step_cost_only:
+        result = {"machine": machine(), "step_cost": steps, "argv": argv}
+        print(f"written to {write_result('packing_step_cost', result, args.out)}")
+        return result
 
     trials = configs(args.configs, args.quantization)
     t0 = time.perf_counter()
     packed: dict[str, dict] = {}
     for start in range(0, len(trials), args.group):
         group = [(t.candidate, t) for t in trials[start : start + args.group]]
-        for trial_id, (metrics, adapter) in run_group(group, prep.settings, prep.data, device=device).items():
+        for trial_id, (metrics, adapter) in run_group(group, settings, data, device=device).items():
             packed[trial_id] = metrics
             if adapter is not None:
                 adapter.cleanup()
@@ -148,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t1 = time.perf_counter()
     alone: dict[str, dict] = {}
     for trial in trials:
-        metrics, adapter = run_trial(trial, prep.settings, prep.data, device=device)
+        metrics, adapter = run_trial(trial, settings, data, device=device)
         alone[trial.candidate] = metrics
         if adapter is not None:
             adapter.cleanup()
@@ -168,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {
         "configs": len(trials),
         "group": args.group,
-        "steps": args.steps,
+        "steps": settings.steps,
         "quantization": args.quantization,
         "alone_wall_s": alone_s,
         "packed_wall_s": packed_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 from peft_search.search.verbosity import verbose
@@ -73,9 +74,8 @@ def heap_allocator() -> str:
 
 def node_id() -> str | None:
     """The Ray node this trial ran on (rank 0's for several workers): which machine, on a cluster."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    ray = sys.modules.get("ray")  # not imported: no Ray here (a benchmark's own process, say)
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
 
 
 def return_freed_memory() -> None:

