@@ -295,6 +295,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "packed_train_s": sum(m["group_train_time_s"] for m in packed.values()) / args.group,
         "alone_peak_mib": max(m["peak_memory_bytes"] for m in alone.values()) / 2**20,
         "packed_group_peak_mib": max(m["group_peak_memory_bytes"] for m in packed.values()) / 2**20,
+        "packed_group_est_mib": max(m["est_group_peak_memory_bytes"] for m in packed.values()) / 2**20,
+        "group_est_errors_pct": sorted(
+            {
+                round(100 * (m["est_group_peak_memory_bytes"] / m["group_peak_memory_bytes"] - 1), 1)
+                for m in packed.values()
+            }
+        ),
         "mean_acc_alone": sum(r["acc_alone"] for r in rows) / len(rows),
         "mean_acc_packed": sum(r["acc_packed"] for r in rows) / len(rows),
     }

@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -225,7 +225,28 @@ def plan_candidate(
     )
 
 
-__all__ = ["InfeasibleTrialError", "Plan", "meta_model", "plan_candidate", "safetensors_bytes"]
+def group_peak_bytes(plans: Sequence[Plan]) -> int:
+    """The estimated peak of a packed group (``search.worker.packing``) from its members' own plans: the base
+    model's weights and the process's runtime once; each member's adapter state; and the packed step, whose batch is
+    the members' micro-batches one after another, each through its own adapter only, so its activations and
+    gradients are the sum of the members' traced steps (rows add linearly)."""
+    if not plans:
+        raise ValueError("a group has at least one member")
+    return (
+        max(p.weight_bytes for p in plans)
+        + max(p.runtime_bytes for p in plans)
+        + sum(p.adapter_state_bytes + p.activation_bytes for p in plans)
+    )
+
+
+__all__ = [
+    "InfeasibleTrialError",
+    "Plan",
+    "group_peak_bytes",
+    "meta_model",
+    "plan_candidate",
+    "safetensors_bytes",
+]
 
 
 def plan_search(

@@ -36,6 +36,7 @@ import torch
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
+from peft_search.search.plan.planning import group_peak_bytes
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.costs import check_budget, plan_trial
@@ -307,6 +308,7 @@ def _costs(
         "total_params": base + member.trainable,
         "peak_memory_bytes": shared + (group_peak - shared) // len(members),
         "group_peak_memory_bytes": group_peak,
+        "est_group_peak_memory_bytes": group_peak_bytes([plans[m.trial_id] for m in members]),
         "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
         "peak_memory_kind": peak.kind,
         "load_time_s": load_s / len(members),

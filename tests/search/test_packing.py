@@ -75,6 +75,10 @@ def test_a_member_of_a_group_trains_to_the_adapter_it_gets_alone(prep):
         for key in ("loss", "learning_rate"):
             assert together["learning_curve"][key] == pytest.approx(alone["learning_curve"][key], rel=1e-4)
         assert together["group_size"] == len(TRIALS)
+    # The group's plan holds the base model once: above any member's own plan, below their sum.
+    alone_plans = [packed[f"t{i}"][0]["est_peak_memory_bytes"] for i in range(len(TRIALS))]
+    group_plan = packed["t0"][0]["est_group_peak_memory_bytes"]
+    assert max(alone_plans) < group_plan < sum(alone_plans)
 
 
 def test_a_member_stopped_at_a_rung_leaves_and_the_others_train_on(prep):
