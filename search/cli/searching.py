@@ -76,17 +76,19 @@ def run(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     import json
 
-    from peft_search.search.plan.planning import format_plan, plan_search, resolution_note
+    from peft_search.search.plan.planning import format_plan, packing_note, plan_search, resolution_note
     from peft_search.search.settings.loading import load_config
 
     cfg = load_config(args.config, set_overrides(args))
     rows = plan_search(
         cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed, jobs=args.jobs
     )
+    notes = [resolution_note(cfg.dataset.eval_size)]
+    notes += filter(None, [packing_note(rows, cfg.members_per_group(), cfg.budget.max_memory)])
     if args.format == "json":
         print(json.dumps(rows, indent=2))
-        print(resolution_note(cfg.dataset.eval_size), file=sys.stderr)  # stdout stays machine-readable
+        print("\n".join(notes), file=sys.stderr)  # stdout stays machine-readable
     else:
         print(format_plan(rows))
-        print(resolution_note(cfg.dataset.eval_size))
+        print("\n".join(notes))
     return 0

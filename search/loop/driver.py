@@ -51,7 +51,7 @@ def run_search(
         rebuilt = resume and _rebuild_study_if_damaged(cfg, prep, home, echo)
         reconciled = _reconcile(cfg, home, echo, trust_tune=not rebuilt) if resume else None
         # Launch.
-        tuner, facts, table, restored, concurrency = _launch(
+        tuner, facts, table, restored, concurrency, _coordinator = _launch(
             cfg, prep, home, address, num_cpus, env, resume, echo, reconciled
         )
         # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
@@ -170,7 +170,7 @@ def _launch(
     reconciled,
 ):
     """Start or join Ray, record the run, and build the Tuner (new, or restored from Tune's saved state; None when
-    a resumed search has no trial left to run)."""
+    a resumed search has no trial left to run), and with ``search.packing`` the packed groups' coordinator."""
     from ray import tune
 
     from peft_search.cluster import connect, plan_concurrency
@@ -189,6 +189,15 @@ def _launch(
         gpus_per_worker=r.gpus_per_worker,
         requested=cfg.search.max_concurrent,
     )
+    coordinator = None
+    if prep.settings.packing > 1:  # each packed trial's own function holds no CPU: its group's task does
+        from peft_search.search.worker.pack_groups import start_coordinator
+
+        if (
+            cfg.search.max_concurrent is None
+        ):  # room for every group's members (an explicit one counts trials)
+            concurrency *= prep.settings.packing
+        coordinator = start_coordinator(prep.settings, prep.data)  # kept alive by its handle, returned
     restored = reconciled is not None and reconciled.restore
     facts = record_run(cfg, prep, home, resources, concurrency, resume)
     # Tune saves its experiment state on its own schedule (every 10 s or more: the state holds every trial, so
@@ -226,7 +235,7 @@ def _launch(
         tuner = tuning.new_tuner(
             trainable, searcher, concurrency, callbacks, cfg, home.storage_path, num_samples=owed
         )
-    return tuner, facts, table, restored, concurrency
+    return tuner, facts, table, restored, concurrency, coordinator
 
 
 def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, concurrency: int) -> int:
@@ -248,7 +257,8 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
     if not configs:
         return 0
     table.num_trials = len(table.records) + len(configs)
-    settings = dataclasses.replace(prep.settings, rungs=())  # repeats train to the end: no rung evaluations
+    # Repeats train to the end (no rung evaluations), each alone (a repeat's seed is its own: none would pack).
+    settings = dataclasses.replace(prep.settings, rungs=(), packing=1)
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, settings=settings, data=prep.data), trial_resources(settings)
     )

@@ -65,6 +65,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         steps=steps,
         rungs=tuple(early_stopping_rungs(cfg, steps)),
         adapters_path=adapters_path(cfg),
+        packing=cfg.members_per_group(),
         faults=faults_from_env(),  # chaos tests only (search.worker.faults); empty normally
     )
     space = describe_candidates(spaces.DefineByRun(space_spec(cfg), space_context(cfg, facts, steps)))

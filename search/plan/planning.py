@@ -452,6 +452,41 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def packing_note(rows: list[dict[str, Any]], members: int, max_memory: int | None) -> str | None:
+    """With ``search.packing``: which candidates can pack, and the planned peak of the heaviest group (the
+    ``members`` largest packable plans; ``group_peak_bytes``), against ``budget.max_memory``. None when off."""
+    from peft_search.search.plan.packable import packing_refusal
+    from peft_search.search.results.metrics import get_metric
+
+    if members <= 1:
+        return None
+    planned = [r for r in rows if "error" not in r]
+    packable = [r for r in planned if packing_refusal(r["peft_config"]) is None]
+    note = f"packing (search.packing, up to {members} a group): {len(packable)} of {len(planned)} candidates can pack"
+    if not packable:
+        return note + "; every trial trains alone"
+    heaviest = sorted(packable, key=lambda r: r["est_peak_memory_bytes"], reverse=True)[:members]
+    group = group_peak_bytes([_plan_of(r) for r in heaviest])
+    show = get_metric("est_peak_memory_bytes").format
+    note += f"; est. peak of a group of the {len(heaviest)} heaviest: {show(group)}"
+    if max_memory and group > max_memory:
+        note += f" (over budget.max_memory {show(max_memory)}: groups stop growing before it)"
+    return note
+
+
+def _plan_of(row: dict[str, Any]) -> Plan:
+    b = row["est_breakdown"]
+    return Plan(
+        trainable_params=row["trainable_params"],
+        total_params=row["total_params"],
+        adapter_bytes=row["adapter_bytes"],
+        weight_bytes=b["weights"],
+        adapter_state_bytes=b["adapter_grads_optimizer"],
+        activation_bytes=b["training_step"],
+        runtime_bytes=b["runtime"],
+    )
+
+
 RESOLVE_WARN = 0.03
 """``plan`` warns when the held-out split cannot tell apart two trials this far apart in accuracy."""
 

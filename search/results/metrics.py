@@ -254,6 +254,17 @@ for _metric in (
     ),
     Metric("train_steps", "count", "min", "training steps", "optimizer steps trained"),
     Metric("world_size", "count", "min", "workers", "Ray Train workers the trial trained on"),
+    Metric(
+        "group_size", "count", "min", "group size", "trials its packed group trained at once (search.packing)"
+    ),
+    Metric(
+        "group_peak_memory_bytes",
+        "bytes",
+        "min",
+        "group peak memory",
+        "peak training memory of its whole packed group (peak_memory_bytes: the base model and an even share of "
+        "the rest)",
+    ),
 ):
     register_metric(_metric)
 

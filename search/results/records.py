@@ -33,8 +33,9 @@ REPEAT_OF_KEY = "repeat_of"
 """In a seed repeat's config: the trial id of the original it trains again."""
 """In a trial's config: the number of the Optuna trial that proposed it."""
 
-INFO_FIELDS: tuple[str, ...] = ("peak_memory_kind", "device", "node_id", "cpu_allocator")
-"""Facts about where and how a trial ran that are not metrics (text)."""
+INFO_FIELDS: tuple[str, ...] = ("peak_memory_kind", "device", "node_id", "cpu_allocator", "group")
+"""Facts about where and how a trial ran that are not metrics (text); ``group``: the packed group it trained in
+(``search.packing``)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class TrialResult:
     metrics: dict[str, float] = field(default_factory=dict)
     """Keyed by the metric registry's names (part-way values for a stopped trial)."""
     info: dict[str, str] = field(default_factory=dict)
-    """``INFO_FIELDS``: the peak memory's kind, device, Ray node, heap allocator."""
+    """``INFO_FIELDS``: the peak memory's kind, device, Ray node, heap allocator, packed group."""
     stopped_at_step: int | None = None
     wall_time_s: float | None = None
     """Seconds from the trial's start to its last result (Tune's ``time_total_s``)."""

@@ -24,6 +24,8 @@ Task = Literal["sequence-classification", "causal-lm"]
 
 AUTO_CHECKPOINT_S = 15 * 60.0
 """``training.checkpoint_every: auto``: a mid-trial checkpoint every 15 minutes of training."""
+AUTO_PACK = 4
+"""``search.packing: auto``: members per packed group at most (the group size benchmarks/packing.py measures)."""
 
 
 def _local_path(value: str, what: str) -> str:
@@ -183,7 +185,8 @@ class SearchSettings(_Strict):
     num_trials: int = Field(10, ge=1)
     """Trials in all, explicit candidates included."""
     max_concurrent: int | None = Field(None, ge=1)
-    """Trials at once; derived from the cluster's resources when unset."""
+    """Trials at once; derived from the cluster's resources when unset (times the packed group's size with
+    ``packing``: a packed trial's own function holds no CPU)."""
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     """Optuna's sampler: ``tpe`` (multivariate, grouped, constant liar), ``nsga2`` or ``random``. Up to its start-up
     trials TPE samples exactly as ``random`` does; benchmarks/RESULTS.md (replay) has why ``tpe`` is the default."""
@@ -195,9 +198,23 @@ class SearchSettings(_Strict):
     """``asha`` (or a mapping: rule, grace_steps, reduction_factor, eval_size) stops dominated trials at rungs."""
     repeats: Repeats | None = None
     """Opt-in seed repeats of the front's best configs, e.g. ``{top: 3, seeds: 3}`` (off when unset)."""
+    packing: Literal["off", "auto"] | int = "off"
+    """Packed trials: LoRA-family trials that share the quantization level and training arguments train K at a
+    time through one base model (``search.worker.pack_groups``), each still its own trial. ``auto``: up to 4
+    at a time, fewer where ``budget.max_memory`` refuses the group; an integer: at most that many;
+    ``off`` (or 1): every trial alone. Packed trials keep no mid-trial checkpoints."""
     warm_start: str | None = None
     """A previous search's directory (RESULTS_DIR/NAME; same model, data, space and training): its finished trials
     join the new Optuna study before it samples, so the sampler starts from what that search learned."""
+
+    @field_validator("packing")
+    @classmethod
+    def _members(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(
+                f"a packed group has at least 1 member, not {value}; use off, auto or a number >= 1"
+            )
+        return value
 
 
 class TrainingSettings(_Strict):
@@ -389,6 +406,27 @@ class SearchConfig(_Strict):
                 "or search.early_stopping: none"
             )
         return self
+
+    @model_validator(mode="after")
+    def _packing_in_place(self) -> SearchConfig:
+        if self.search.packing in ("off", 1):
+            return self
+        if self.resources.num_workers > 1:
+            raise ValueError(
+                "search.packing: packed groups train on one worker; set resources.num_workers 1 or "
+                "search.packing: off"
+            )
+        if self.training.checkpoint_every not in (None, "auto"):
+            raise ValueError(
+                "search.packing: packed groups keep no mid-trial checkpoints; remove training.checkpoint_every "
+                "or set search.packing: off"
+            )
+        return self
+
+    def members_per_group(self) -> int:
+        """``search.packing`` as a number: the most trials one packed group trains (1: packing is off)."""
+        packing = self.search.packing
+        return 1 if packing == "off" else AUTO_PACK if packing == "auto" else int(packing)
 
     @model_validator(mode="after")
     def _checkpoints_in_place(self) -> SearchConfig:

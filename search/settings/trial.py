@@ -28,6 +28,8 @@ class TrialSettings:
     """Steps at which a trial is evaluated part-way for early stopping (empty: none)."""
     adapters_path: str = ""
     """Where each trial's adapter is saved: a local directory or a path on the search's object store."""
+    packing: int = 1
+    """The most trials one packed group trains (``search.packing``; 1: every trial alone)."""
     faults: Mapping[str, str] = field(default_factory=dict)
     """Chaos tests only (``search.worker.faults``): candidate name -> fault kind; empty normally."""
 

@@ -46,6 +46,10 @@ class Member:
         return re.search(rf"\.{re.escape(self.name)}(\.|$)", parameter_name) is not None
 
 
+def _copy_output(module, args, output):
+    return output.clone()
+
+
 class AdapterRouter:
     """Sends each row of a batch through its own adapter: PEFT's mixed-adapter-batch forward, by the pre-forward
     hooks PEFT registers when ``adapter_names`` is passed (which PEFT allows at inference only; the LoRA layers'
@@ -56,10 +60,15 @@ class AdapterRouter:
         from peft.utils.other import AuxiliaryTrainingWrapper
 
         self.names: str | list[str] | None = None
-        self._handles = [
-            module.register_forward_pre_hook(self._hook, with_kwargs=True)
-            for module in model.modules()
-            if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper))
+        routed = [m for m in model.modules() if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper))]
+        self._handles = [module.register_forward_pre_hook(self._hook, with_kwargs=True) for module in routed]
+        # The mixed-batch forward adds each adapter's output into the base layer's output in place; a bitsandbytes
+        # layer's output is a view made inside its autograd Function, which autograd refuses to see changed in
+        # place (PEFT's own single-adapter 4-bit forward clones it for the same reason): give it a copy.
+        self._handles += [
+            module.base_layer.register_forward_hook(_copy_output)
+            for module in routed
+            if isinstance(module, LoraLayer) and type(module.base_layer).__module__.startswith("bitsandbytes")
         ]
 
     def _hook(self, module, args, kwargs):

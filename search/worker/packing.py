@@ -36,6 +36,7 @@ import torch
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
+from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.plan.planning import group_peak_bytes
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
@@ -54,26 +55,8 @@ from peft_search.search.worker.trainer import StepCallback, training_arguments, 
 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 """``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
-SHARED_INIT = (True, False, "gaussian")
-"""LoRA initialisations that leave the base weights as they are (PiSSA, OLoRA, LoftQ, EVA and CorDA change them,
-so such an adapter cannot share its base model)."""
 OnRung = Callable[[str, dict[str, Any]], bool]
 """``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
-
-
-def packing_refusal(peft_config: dict[str, Any]) -> str | None:
-    """Why this adapter cannot train in a packed group (None when it can): the LoRA family, through PEFT's
-    mixed-adapter batches, on a base model it leaves as it is."""
-    if str(peft_config.get("peft_type", "")).upper() != "LORA":
-        return f"{peft_config.get('peft_type')} has no mixed-adapter batches in PEFT (the LoRA family has)"
-    if peft_config.get("use_dora"):
-        return "DoRA: PEFT refuses mixed-adapter batches with DoRA"
-    if peft_config.get("init_lora_weights", True) not in SHARED_INIT:
-        return f"init_lora_weights={peft_config['init_lora_weights']!r} changes the base weights"
-    for key in ("layer_replication", "alora_invocation_tokens", "megatron_config"):
-        if peft_config.get(key):
-            return f"{key} is set"
-    return None
 
 
 def pack_key(trial: TrialConfig, settings: TrialSettings) -> str:

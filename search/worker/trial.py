@@ -9,10 +9,8 @@ paths report the same metrics and save the adapter to the same place (``train/tr
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +22,9 @@ from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
 from peft_search.search.worker.infeasible import penalty_result
 from peft_search.search.worker.memory import release_accelerator_memory
+from peft_search.search.worker.pack_groups import PackedResources, packs, train_packed
+from peft_search.search.worker.placement import CHECKPOINT, store_adapter, worker_resources
 from peft_search.search.worker.training import checkpoint_step, run_trial
-
-CHECKPOINT = "checkpoint_000000"
 
 
 def trial_driver(config: dict[str, Any], *, settings: TrialSettings, data: TokenizedSplits) -> None:
@@ -36,7 +34,9 @@ def trial_driver(config: dict[str, Any], *, settings: TrialSettings, data: Token
     trial = TrialConfig.from_mapping(config)
     trial_id = ray.tune.get_context().get_trial_id()
     try:
-        if settings.resources.num_workers == 1:
+        if packs(trial, settings):
+            result = train_packed(trial, settings, data, trial_id)
+        elif settings.resources.num_workers == 1:
             result = train_in_place(trial, settings, data, trial_id)
         else:
             result = _train_distributed(trial, settings, data, trial_id)
@@ -47,13 +47,16 @@ def trial_driver(config: dict[str, Any], *, settings: TrialSettings, data: Token
         ray.tune.report(result)
 
 
-def trial_resources(settings: TrialSettings) -> dict[str, float]:
+def trial_resources(settings: TrialSettings):
     """What the Tune trial itself holds: the worker's share when it trains in place, next to nothing otherwise.
 
-    A multi-worker trial's function only launches the Ray Train run, so it holds no CPU and the workers get them.
+    A multi-worker trial's function only launches the Ray Train run, so it holds no CPU and the workers get them;
+    so does a packed trial's, whose group's task holds the worker's share (``PackedResources``: per config).
     """
+    if settings.packing > 1:
+        return PackedResources(settings, worker_resources(settings))
     if settings.resources.num_workers == 1:
-        return _worker_resources(settings)
+        return worker_resources(settings)
     return {"CPU": 0, "memory": 64 * 1024**2}
 
 
@@ -101,7 +104,7 @@ def train_in_place(
     assert adapter_dir is not None  # rank 0 always saves
     t1 = time.perf_counter()
     with adapter_dir:
-        target = _store_adapter(adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}")
+        target = store_adapter(adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}")
     # Where the trial's time went, for benchmarks/overhead.py (Tune's result.json keeps every reported key).
     timing = {
         "trial_started_at": started_at,
@@ -135,20 +138,6 @@ def _restored_checkpoint(trial_id: str) -> tempfile.TemporaryDirectory | None:
         flush=True,
     )
     return local
-
-
-def _store_adapter(local: str, adapters_path: str, name: str) -> str:
-    """Copy the adapter to the search's adapters directory (or object store); its path there."""
-    if "://" in adapters_path:  # an object store: a path inside its filesystem, as Ray Train's
-        from peft_search.search.results import storage
-
-        return storage.put_dir(local, adapters_path, name)
-    target = Path(adapters_path) / name
-    if target.exists():  # a trial restarted by a resumed search
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(local, target)
-    return str(target)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -187,7 +176,7 @@ def _train_distributed(
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers,
             use_gpu=r.gpus_per_worker > 0,
-            resources_per_worker=_worker_resources(settings),
+            resources_per_worker=worker_resources(settings),
         ),
         run_config=ray.train.RunConfig(
             # Stable name (the trial id, no timestamp) so Ray can restore the run.
@@ -207,14 +196,6 @@ def _train_distributed(
             raise cause from None
         raise
     return None
-
-
-def _worker_resources(settings: TrialSettings) -> dict[str, float]:
-    r = settings.resources
-    resources = {"CPU": float(r.cpus_per_worker)}
-    if r.gpus_per_worker > 0:
-        resources["GPU"] = float(r.gpus_per_worker)
-    return resources
 
 
 def _worker_cause(err: BaseException) -> BaseException | None:

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from peft_search.search.loop.prepare import prepare
+from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.settings.trial import TrialConfig
-from peft_search.search.worker.packing import pack_key, packing_refusal, run_group
+from peft_search.search.worker.packing import pack_key, run_group
 from peft_search.search.worker.training import run_trial
 from tests.helpers import tiny_config
 
@@ -79,6 +80,23 @@ def test_a_member_of_a_group_trains_to_the_adapter_it_gets_alone(prep):
     alone_plans = [packed[f"t{i}"][0]["est_peak_memory_bytes"] for i in range(len(TRIALS))]
     group_plan = packed["t0"][0]["est_group_peak_memory_bytes"]
     assert max(alone_plans) < group_plan < sum(alone_plans)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_a_quantized_group_trains_each_member_to_its_alone_adapter(prep, quantization):
+    """bitsandbytes layers' outputs are views autograd will not see changed in place, which PEFT's mixed-batch
+    forward does: the router hands it a copy, and each member still trains to its adapter alone."""
+    cpu = torch.device("cpu")
+    trials = [dataclasses.replace(t, quantization=quantization) for t in TRIALS[:2]]
+    packed = run_group([(f"t{i}", t) for i, t in enumerate(trials)], prep.settings, prep.data, device=cpu)
+    for i, trial in enumerate(trials):
+        alone, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
+        together, packed_adapter = packed[f"t{i}"]
+        mine, theirs = _weights(adapter), _weights(packed_adapter)
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (quantization, i, key)
+        assert together["eval_loss"] == pytest.approx(alone["eval_loss"], abs=1e-5)
 
 
 def test_a_member_stopped_at_a_rung_leaves_and_the_others_train_on(prep):

@@ -1,0 +1,304 @@
+"""Packed trials in a search (``search.packing``): trials that can share a base model meet in a group and train
+together (``search.worker.packing.run_group``), each still its own Tune trial and its own Optuna trial.
+
+A search that packs runs one ``PackCoordinator`` actor. A packable trial's Tune function (``train_packed``) holds
+next to nothing (``PackedResources``) and joins the coordinator under its ``pack_key``. A group closes when it has
+``settings.packing`` members, when one more would take the group's planned peak over ``budget.max_memory``
+(``group_peak_bytes``), or when no trial has joined it for ``GATHER_S`` seconds; the coordinator then starts a Ray
+task holding one worker's resources (``train_group``) that trains the members.
+
+A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
+scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
+stopped member from its next step. The Tune trial slot a stopped member frees goes to a new trial, which joins the
+next group. Each member's final result, its adapter stored where a trial alone stores it, is reported by its own
+trial, with the group's name (``GROUP_KEY``) beside its metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.inputs.data import TokenizedSplits
+from peft_search.search.plan.packable import packing_refusal
+from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
+from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker.packing import pack_key
+
+GROUP_KEY = "group"
+"""In a packed trial's results: the name of the group it trained in."""
+GATHER_S = 15.0
+"""Seconds a forming group waits for one more member before it trains with the ones it has (trial actors start
+a few seconds apart: each imports torch first)."""
+POLL_S = 5.0
+"""Seconds a member's wait for its next message lasts; each wait tells the coordinator the member is alive."""
+LOST_S = 120.0
+"""A member not heard from for this long while its group waits on it is taken as stopped (its actor died)."""
+
+
+def coordinator_name(settings: TrialSettings) -> str:
+    """The coordinator's Ray actor name: one per search."""
+    return f"peft-search-packing:{settings.config.name}"
+
+
+def packs(trial: TrialConfig, settings: TrialSettings) -> bool:
+    """Whether this trial trains in a packed group in this search."""
+    return settings.packing > 1 and packing_refusal(trial.peft_config) is None
+
+
+@dataclass(frozen=True)
+class PackedResources:
+    """Tune's resource request per trial (``tune.with_resources``): a packable trial's own function holds next to
+    nothing (its group's task holds the worker's resources); any other trial holds the worker's, as without
+    packing."""
+
+    settings: TrialSettings
+    worker: dict[str, float]
+
+    def __call__(self, config: dict[str, Any]):
+        from ray.tune import PlacementGroupFactory
+
+        if packs(TrialConfig.from_mapping(config), self.settings):
+            return PlacementGroupFactory([{"CPU": 0, "memory": 64 * 1024**2}])
+        return PlacementGroupFactory([self.worker])
+
+
+def train_packed(
+    trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, trial_id: str
+) -> dict[str, Any]:
+    """A packable trial's Tune function: join a group, relay its rung results to Tune and Tune's answers back, and
+    return its final result (raises ``InfeasibleTrialError`` for an infeasible member, as a trial alone would)."""
+    import ray
+    import ray.tune
+
+    coordinator = ray.get_actor(coordinator_name(settings))
+    ray.get(coordinator.join.remote(trial_id, trial, _plan(trial, settings, data.num_labels)))
+    while True:
+        message = ray.get(coordinator.next.remote(trial_id, POLL_S))
+        if message is None:
+            continue
+        kind, payload = message
+        if kind == "rung":
+            try:
+                ray.tune.report(payload)  # blocks until Tune has it; the scheduler may end the trial here
+            except BaseException:
+                coordinator.answer.remote(trial_id, False)
+                raise
+            coordinator.answer.remote(trial_id, True)
+        elif kind == "result":
+            return payload
+        elif kind == "infeasible":
+            raise InfeasibleTrialError(payload)
+        else:
+            raise RuntimeError(payload)
+
+
+def _plan(trial: TrialConfig, settings: TrialSettings, num_labels: int):
+    """The member's plan, for the group's memory budget (None without a budget: nothing to check)."""
+    if not settings.budget.max_memory:
+        return None
+    from peft_search.search.worker.costs import plan_trial
+
+    try:
+        return plan_trial(trial, settings, num_labels, runtime_bytes=0, device="cpu")
+    except InfeasibleTrialError:
+        return None  # the group's own check says why, as the trial's result
+
+
+def start_coordinator(settings: TrialSettings, data: TokenizedSplits, gather_s: float = GATHER_S):
+    """The search's ``PackCoordinator`` actor (on this node: it holds no resources and does no work); it ends with
+    the driver's Ray job."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    actor = ray.remote(PackCoordinator).options(
+        name=coordinator_name(settings), num_cpus=0, max_concurrency=1000, scheduling_strategy=here
+    )
+    return actor.remote(settings, [ray.put(data)], gather_s)
+
+
+@dataclass
+class _Forming:
+    name: str
+    members: list[tuple[str, TrialConfig]] = field(default_factory=list)
+    plans: list[Any] = field(default_factory=list)
+    last_join: float = 0.0
+
+
+class PackCoordinator:
+    """The search's packed groups (a threaded Ray actor: members and groups block in its methods)."""
+
+    def __init__(self, settings: TrialSettings, data: list, gather_s: float = GATHER_S) -> None:
+        self._settings = settings
+        self._data = data[0]  # an ObjectRef, kept unresolved (inside a list) so the actor holds no copy
+        self._gather_s = gather_s
+        self._lock = threading.Condition()
+        self._forming: dict[str, _Forming] = {}
+        self._inbox: dict[str, deque] = {}
+        self._answers: dict[str, bool] = {}
+        self._seen: dict[str, float] = {}
+        self._names = (f"g{n}" for n in itertools.count())
+        self._groups: list[str] = []
+        threading.Thread(target=self._close_idle, daemon=True).start()
+
+    def join(self, trial_id: str, trial: TrialConfig, plan: Any = None) -> None:
+        with self._lock:
+            self._inbox.setdefault(trial_id, deque())
+            self._seen[trial_id] = time.monotonic()
+            key = pack_key(trial, self._settings)
+            forming = self._forming.get(key)
+            if forming is not None and not self._fits(forming, plan):
+                self._start(self._forming.pop(key))
+                forming = None
+            if forming is None:
+                forming = self._forming[key] = _Forming(next(self._names))
+            forming.members.append((trial_id, trial))
+            forming.plans.append(plan)
+            forming.last_join = time.monotonic()
+            if len(forming.members) >= self._settings.packing:
+                self._start(self._forming.pop(key))
+
+    def next(self, trial_id: str, timeout: float) -> tuple[str, Any] | None:
+        """The member's next message (``rung``, ``result``, ``infeasible``, ``error``), or None after ``timeout``."""
+        with self._lock:
+            self._seen[trial_id] = time.monotonic()
+            inbox = self._inbox.setdefault(trial_id, deque())
+            self._lock.wait_for(lambda: bool(inbox), timeout=timeout)
+            self._seen[trial_id] = time.monotonic()
+            return inbox.popleft() if inbox else None
+
+    def answer(self, trial_id: str, keep: bool) -> None:
+        with self._lock:
+            self._answers[trial_id] = keep
+            self._lock.notify_all()
+
+    def post(self, trial_id: str, message: tuple[str, Any]) -> None:
+        with self._lock:
+            self._inbox.setdefault(trial_id, deque()).append(message)
+            self._lock.notify_all()
+
+    def rung(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """A member's rung result to its trial; whether the search keeps it (False: stopped there, or gone)."""
+        with self._lock:
+            self._answers.pop(trial_id, None)
+            self._inbox.setdefault(trial_id, deque()).append(("rung", result))
+            self._lock.notify_all()
+            while trial_id not in self._answers:
+                if time.monotonic() - self._seen.get(trial_id, 0.0) > LOST_S:
+                    return False
+                self._lock.wait(timeout=POLL_S)
+            return self._answers.pop(trial_id)
+
+    def groups(self) -> list[str]:
+        """The groups started so far (tests, and a search's own account)."""
+        with self._lock:
+            return list(self._groups)
+
+    def _fits(self, forming: _Forming, plan: Any) -> bool:
+        budget = self._settings.budget.max_memory
+        plans = [*forming.plans, plan]
+        if not budget or any(p is None for p in plans):
+            return True
+        from peft_search.search.plan.planning import group_peak_bytes
+
+        return group_peak_bytes(plans) <= budget
+
+    def _close_idle(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                now = time.monotonic()
+                for key in [k for k, f in self._forming.items() if now - f.last_join >= self._gather_s]:
+                    self._start(self._forming.pop(key))
+
+    def _start(self, forming: _Forming) -> None:
+        import ray
+
+        from peft_search.search.worker.placement import worker_resources
+
+        resources = worker_resources(self._settings)
+        task = _group_task().options(
+            num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_retries=0
+        )
+        me = ray.get_runtime_context().current_actor
+        ref = task.remote(me, forming.name, forming.members, self._settings, self._data)
+        self._groups.append(forming.name)
+        threading.Thread(target=self._watch, args=(ref, forming), daemon=True).start()
+
+    def _watch(self, ref, forming: _Forming) -> None:
+        """A group whose task died (its process killed, out of memory) fails its members' trials, saying why."""
+        import ray
+
+        try:
+            ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - any failure of the task is each member's failure
+            reason = f"packed group {forming.name} failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            for trial_id, _ in forming.members:
+                self.post(trial_id, ("error", reason))
+
+
+def _train_group(coordinator, name: str, members, settings: TrialSettings, data) -> None:
+    import ray
+    import torch
+
+    from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
+    from peft_search.search.worker.packing import run_group
+    from peft_search.search.worker.placement import CHECKPOINT, store_adapter
+
+    quiet_libraries()
+    gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+
+    def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
+        return ray.get(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
+
+    try:
+        results = run_group(
+            members, settings, data, device=device, on_rung=on_rung if settings.rungs else None
+        )
+    except Exception as err:
+        for trial_id, _ in members:
+            coordinator.post.remote(trial_id, ("error", f"packed group {name}: {type(err).__name__}: {err}"))
+        raise
+    finally:
+        return_freed_memory()
+    for trial_id, (metrics, adapter_dir) in results.items():
+        status = metrics[STATUS_KEY]
+        if status == "infeasible":
+            coordinator.post.remote(trial_id, ("infeasible", metrics[ERROR_KEY]))
+        elif status == "complete" and adapter_dir is not None:
+            with adapter_dir:
+                target = store_adapter(
+                    adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}"
+                )
+            result = {**metrics, GROUP_KEY: name, "worker_pid": os.getpid(), "checkpoint_path": target}
+            coordinator.post.remote(trial_id, ("result", result))
+        # a member stopped at a rung: its trial has ended there
+
+
+@functools.cache
+def _group_task():
+    """``_train_group`` as a Ray task, made on first use (this module imports without Ray)."""
+    import ray
+
+    return ray.remote(_train_group)
+
+
+__all__ = [
+    "GROUP_KEY",
+    "PackCoordinator",
+    "PackedResources",
+    "coordinator_name",
+    "packs",
+    "start_coordinator",
+    "train_packed",
+]
