@@ -207,6 +207,12 @@ class SearchSettings(_Strict):
     """A previous search's directory (RESULTS_DIR/NAME; same model, data, space and training): its finished trials
     join the new Optuna study before it samples, so the sampler starts from what that search learned."""
 
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` / ``on`` as false / true."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("packing")
     @classmethod
     def _members(cls, value: str | int) -> str | int:

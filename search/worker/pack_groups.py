@@ -2,10 +2,11 @@
 together (``search.worker.packing.run_group``), each still its own Tune trial and its own Optuna trial.
 
 A search that packs runs one ``PackCoordinator`` actor. A packable trial's Tune function (``train_packed``) holds
-next to nothing (``PackedResources``) and joins the coordinator under its ``pack_key``. A group closes when it has
-``settings.packing`` members, when one more would take the group's planned peak over ``budget.max_memory``
-(``group_peak_bytes``), or when no trial has joined it for ``GATHER_S`` seconds; the coordinator then starts a Ray
-task holding one worker's resources (``train_group``) that trains the members.
+next to nothing (``PackedResources``) and joins the coordinator under its ``pack_key``. The first member of a group
+starts its Ray task (``_train_group``: one worker's resources), which waits in Ray's queue for them; members join
+until the task runs and claims them, so a group fills while the device is busy. It takes at most
+``settings.packing`` members, none that would take its planned peak over ``budget.max_memory``
+(``group_peak_bytes``), and once running waits up to ``GATHER_S`` seconds after the last one joined for more.
 
 A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
 scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
@@ -35,8 +36,8 @@ from peft_search.search.worker.packing import pack_key
 GROUP_KEY = "group"
 """In a packed trial's results: the name of the group it trained in."""
 GATHER_S = 15.0
-"""Seconds a forming group waits for one more member before it trains with the ones it has (trial actors start
-a few seconds apart: each imports torch first)."""
+"""Seconds a group whose task has its resources waits for one more member before it trains with the ones it has
+(trial actors start a few seconds apart: each imports torch first)."""
 POLL_S = 5.0
 """Seconds a member's wait for its next message lasts; each wait tells the coordinator the member is alive."""
 LOST_S = 120.0
@@ -44,8 +45,12 @@ LOST_S = 120.0
 
 
 def coordinator_name(settings: TrialSettings) -> str:
-    """The coordinator's Ray actor name: one per search."""
-    return f"peft-search-packing:{settings.config.name}"
+    """The coordinator's Ray actor name: one per search (its name and where it keeps adapters: two searches of one
+    name in other results directories may share a cluster)."""
+    import hashlib
+
+    where = hashlib.sha256(settings.adapters_path.encode()).hexdigest()[:12]
+    return f"peft-search-packing:{settings.config.name}:{where}"
 
 
 def packs(trial: TrialConfig, settings: TrialSettings) -> bool:
@@ -128,26 +133,31 @@ def start_coordinator(settings: TrialSettings, data: TokenizedSplits, gather_s: 
 @dataclass
 class _Forming:
     name: str
+    key: str
     members: list[tuple[str, TrialConfig]] = field(default_factory=list)
     plans: list[Any] = field(default_factory=list)
     last_join: float = 0.0
+    closed: bool = False
 
 
 class PackCoordinator:
-    """The search's packed groups (a threaded Ray actor: members and groups block in its methods)."""
+    """The search's packed groups (a threaded Ray actor: members and groups block in its methods).
+
+    A group's task is started with its first member and waits in Ray's queue for a worker's resources; members keep
+    joining until it runs and claims them (``claim``), so a group fills while the device is busy with others.
+    """
 
     def __init__(self, settings: TrialSettings, data: list, gather_s: float = GATHER_S) -> None:
         self._settings = settings
         self._data = data[0]  # an ObjectRef, kept unresolved (inside a list) so the actor holds no copy
         self._gather_s = gather_s
         self._lock = threading.Condition()
-        self._forming: dict[str, _Forming] = {}
+        self._forming: dict[str, _Forming] = {}  # by pack_key: the group still taking members
+        self._groups: dict[str, _Forming] = {}  # by name: every group started
         self._inbox: dict[str, deque] = {}
         self._answers: dict[str, bool] = {}
         self._seen: dict[str, float] = {}
         self._names = (f"g{n}" for n in itertools.count())
-        self._groups: list[str] = []
-        threading.Thread(target=self._close_idle, daemon=True).start()
 
     def join(self, trial_id: str, trial: TrialConfig, plan: Any = None) -> None:
         with self._lock:
@@ -156,15 +166,30 @@ class PackCoordinator:
             key = pack_key(trial, self._settings)
             forming = self._forming.get(key)
             if forming is not None and not self._fits(forming, plan):
-                self._start(self._forming.pop(key))
+                self._close(forming)
                 forming = None
             if forming is None:
-                forming = self._forming[key] = _Forming(next(self._names))
+                forming = self._forming[key] = _Forming(next(self._names), key)
+                self._start(forming)
             forming.members.append((trial_id, trial))
             forming.plans.append(plan)
             forming.last_join = time.monotonic()
             if len(forming.members) >= self._settings.packing:
-                self._start(self._forming.pop(key))
+                self._close(forming)
+            self._lock.notify_all()
+
+    def claim(self, name: str) -> list[tuple[str, TrialConfig]]:
+        """The group's members, once its task runs: it takes whoever joined by then, waiting until it is full or
+        ``gather_s`` has passed since the last one joined."""
+        with self._lock:
+            forming = self._groups[name]
+            while not forming.closed:
+                left = self._gather_s - (time.monotonic() - forming.last_join)
+                if left <= 0:
+                    self._close(forming)
+                    break
+                self._lock.wait(timeout=left)
+            return list(forming.members)
 
     def next(self, trial_id: str, timeout: float) -> tuple[str, Any] | None:
         """The member's next message (``rung``, ``result``, ``infeasible``, ``error``), or None after ``timeout``."""
@@ -197,10 +222,10 @@ class PackCoordinator:
                 self._lock.wait(timeout=POLL_S)
             return self._answers.pop(trial_id)
 
-    def groups(self) -> list[str]:
-        """The groups started so far (tests, and a search's own account)."""
+    def groups(self) -> dict[str, list[str]]:
+        """Each group started so far and its members' trial ids (tests, and a search's own account)."""
         with self._lock:
-            return list(self._groups)
+            return {name: [t for t, _ in g.members] for name, g in self._groups.items()}
 
     def _fits(self, forming: _Forming, plan: Any) -> bool:
         budget = self._settings.budget.max_memory
@@ -211,13 +236,11 @@ class PackCoordinator:
 
         return group_peak_bytes(plans) <= budget
 
-    def _close_idle(self) -> None:
-        while True:
-            time.sleep(0.5)
-            with self._lock:
-                now = time.monotonic()
-                for key in [k for k, f in self._forming.items() if now - f.last_join >= self._gather_s]:
-                    self._start(self._forming.pop(key))
+    def _close(self, forming: _Forming) -> None:
+        forming.closed = True
+        if self._forming.get(forming.key) is forming:
+            del self._forming[forming.key]
+        self._lock.notify_all()
 
     def _start(self, forming: _Forming) -> None:
         import ray
@@ -229,8 +252,8 @@ class PackCoordinator:
             num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_retries=0
         )
         me = ray.get_runtime_context().current_actor
-        ref = task.remote(me, forming.name, forming.members, self._settings, self._data)
-        self._groups.append(forming.name)
+        ref = task.remote(me, forming.name, self._settings, self._data)
+        self._groups[forming.name] = forming
         threading.Thread(target=self._watch, args=(ref, forming), daemon=True).start()
 
     def _watch(self, ref, forming: _Forming) -> None:
@@ -241,11 +264,14 @@ class PackCoordinator:
             ray.get(ref)
         except Exception as err:  # noqa: BLE001 - any failure of the task is each member's failure
             reason = f"packed group {forming.name} failed: {type(err).__name__}: {str(err).splitlines()[0]}"
-            for trial_id, _ in forming.members:
+            with self._lock:
+                self._close(forming)  # no one joins a group that died before it claimed its members
+                members = list(forming.members)
+            for trial_id, _ in members:
                 self.post(trial_id, ("error", reason))
 
 
-def _train_group(coordinator, name: str, members, settings: TrialSettings, data) -> None:
+def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
     import ray
     import torch
 
@@ -261,6 +287,7 @@ def _train_group(coordinator, name: str, members, settings: TrialSettings, data)
     def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
         return ray.get(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
 
+    members = ray.get(coordinator.claim.remote(name))
     try:
         results = run_group(
             members, settings, data, device=device, on_rung=on_rung if settings.rungs else None

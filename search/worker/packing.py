@@ -40,6 +40,7 @@ from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.plan.planning import group_peak_bytes
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker import faults
 from peft_search.search.worker.costs import check_budget, plan_trial
 from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
 from peft_search.search.worker.evaluation import evaluate
@@ -129,6 +130,8 @@ def run_group(
     if not members:
         return results
     load_s = time.perf_counter() - t0
+    for member in members:  # chaos tests only: a member's fault is its whole group's (one process)
+        faults.inject(settings.faults, member.trial.candidate, device)
     shared = peak.peak_bytes()  # the base model (and the small adapters), loaded once for all members
     total_params = sum(p.numel() for p in model.parameters())
     adapters = sum(m.trainable for m in members)

@@ -88,6 +88,16 @@ def test_packing_where_it_cannot_apply_is_refused_before_ray(tiny_bert, classifi
         tiny_config(tiny_bert, classification_csv, results_dir=str(tmp_path), search={"packing": 0})
 
 
+@pytest.mark.parametrize(("text", "members"), [("off", 1), ("on", 4), ("auto", 4), ("3", 3), ("1", 1)])
+def test_packing_reads_as_yaml_writes_it(tiny_bert, classification_csv, tmp_path, text, members):
+    """A bare ``off`` in YAML is false: it still means off."""
+    import yaml
+
+    search = yaml.safe_load(f"packing: {text}")
+    cfg = tiny_config(tiny_bert, classification_csv, results_dir=str(tmp_path), search=search)
+    assert cfg.members_per_group() == members
+
+
 def _saved(path: str) -> bool:
     return (Path(path) / "adapter_model.safetensors").is_file()
 
@@ -103,30 +113,71 @@ def test_a_member_the_scheduler_stops_leaves_its_group_and_the_other_trains_on(
 ):
     """Tune's own scheduler answers each member's rung report; the one it stops leaves the group at that step."""
     import ray
-    from ray import tune
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    from peft_search.search.loop.prepare import prepare
-    from peft_search.search.loop.tuning import FixedConfigs
     from peft_search.search.results.records import RUNG_KEY, STATUS_KEY
-    from peft_search.search.worker.pack_groups import LOST_S, start_coordinator
-    from peft_search.search.worker.trial import trial_driver, trial_resources
+    from peft_search.search.worker.pack_groups import LOST_S
 
     class StopOne(FIFOScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             stop = trial.config["candidate"] == "stopped" and result.get(RUNG_KEY) == 2
             return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
+    prep = _prepared(bert_without_dropout, classification_csv, tmp_path)
+    last, coordinator = _tune_pair(prep.settings, prep.data, tmp_path, StopOne())
+    assert last["stopped"][STATUS_KEY] == "running" and last["stopped"][RUNG_KEY] == 2
+    assert last["kept"][STATUS_KEY] == "complete" and last["kept"]["train_steps"] == 6
+    # Tune's answer reached the group at once (a member never heard from is dropped only after LOST_S).
+    assert last["kept"]["time_total_s"] < LOST_S
+    assert last["kept"]["group"] == last["stopped"]["group"] == "g0"
+    groups = ray.get(coordinator.groups.remote())
+    assert list(groups) == ["g0"] and len(groups["g0"]) == 2
+    assert last["kept"]["learning_curve"]["eval_step"][0] == 2
+
+
+def test_a_group_whose_process_dies_fails_its_members_saying_so(
+    ray_local, bert_without_dropout, classification_csv, tmp_path
+):
+    """One process trains the group: when it dies, each member's trial fails with the reason, and nothing hangs."""
+    import dataclasses
+
+    from ray.tune.schedulers import FIFOScheduler
+
+    prep = _prepared(bert_without_dropout, classification_csv, tmp_path)
+    settings = dataclasses.replace(
+        prep.settings, faults={"kept": "exit"}
+    )  # os._exit once the model is loaded
+    results = _tune_pair(settings, prep.data, tmp_path, FIFOScheduler(), results=True)
+    assert len(results.errors) == 2
+    for error in results.errors:
+        assert "packed group g0 failed" in str(error)
+
+
+def _prepared(model, data, tmp_path):
+    from peft_search.search.loop.prepare import prepare
+
     cfg = tiny_config(
-        bert_without_dropout,
-        classification_csv,
+        model,
+        data,
         results_dir=str(tmp_path),
         search={"packing": 2, "early_stopping": {"rule": "asha", "grace_steps": 2, "eval_size": 8}},
         training={"max_steps": 6},
     )
     prep = prepare(cfg)
     assert prep.settings.rungs[0] == 2
-    coordinator = start_coordinator(prep.settings, prep.data)
+    return prep
+
+
+def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False):
+    """Two LoRA trials (``kept``, ``stopped``) in one packed group, run by Tune with ``scheduler``: the last result
+    of each and the coordinator (or, with ``results``, Tune's ResultGrid)."""
+    from ray import tune
+
+    from peft_search.search.loop.tuning import FixedConfigs
+    from peft_search.search.worker.pack_groups import start_coordinator
+    from peft_search.search.worker.trial import trial_driver, trial_resources
+
+    coordinator = start_coordinator(settings, data)
     configs = [
         {
             "method": "lora",
@@ -138,22 +189,40 @@ def test_a_member_the_scheduler_stops_leaves_its_group_and_the_other_trains_on(
         for name, peft in [("kept", CANDIDATES[0]["peft_config"]), ("stopped", CANDIDATES[1]["peft_config"])]
     ]
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, settings=prep.settings, data=prep.data),
-        trial_resources(prep.settings),
+        tune.with_parameters(trial_driver, settings=settings, data=data), trial_resources(settings)
     )
-    results = tune.Tuner(
+    grid = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=FixedConfigs(configs), num_samples=2, scheduler=StopOne(), max_concurrent_trials=4
+            search_alg=FixedConfigs(configs), num_samples=2, scheduler=scheduler, max_concurrent_trials=4
         ),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="stop"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="pair"),
     ).fit()
-    last = {r.config["candidate"]: r.metrics for r in results}
-    assert last["stopped"][STATUS_KEY] == "running" and last["stopped"][RUNG_KEY] == 2
-    assert last["kept"][STATUS_KEY] == "complete" and last["kept"]["train_steps"] == 6
-    # Tune's answer reached the group at once (a member never heard from is dropped only after LOST_S).
-    assert last["kept"]["time_total_s"] < LOST_S
-    assert last["kept"]["group"] == last["stopped"]["group"] == "g0"
-    assert ray.get(coordinator.groups.remote()) == ["g0"]
-    # The kept member went on alone: its rung evaluations after step 2 are its own only.
-    assert last["kept"]["learning_curve"]["eval_step"][0] == 2
+    if results:
+        return grid
+    return {r.config["candidate"]: r.metrics for r in grid}, coordinator
+
+
+def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(tiny_bert, classification_csv, tmp_path):
+    from peft_search.search.plan.planning import _plan_of, group_peak_bytes, packing_note, plan_search
+    from peft_search.search.results.metrics import get_metric
+
+    cfg = tiny_config(
+        tiny_bert,
+        classification_csv,
+        results_dir=str(tmp_path),
+        space={"methods": ["lora"], "candidates": CANDIDATES},
+        search={"packing": 3},
+    )
+    rows = plan_search(cfg)
+    note = packing_note(rows, cfg.members_per_group(), None)
+    assert note.startswith("packing (search.packing, up to 3 a group): 4 of 5 candidates can pack")
+    lora = [r for r in rows if r["method"] == "lora"]
+    heaviest = max(r["est_peak_memory_bytes"] for r in lora)
+    assert "est. peak of a group of the 3 heaviest" in note
+    # Over a budget the heaviest group would break, the note says groups stop growing before it.
+    assert "over budget.max_memory" in packing_note(rows, 3, heaviest + 1)
+    assert packing_note(rows, 1, None) is None
+    top = sorted(lora, key=lambda r: r["est_peak_memory_bytes"], reverse=True)[:3]
+    figure = get_metric("est_peak_memory_bytes").format(group_peak_bytes([_plan_of(r) for r in top]))
+    assert note.endswith(f"3 heaviest: {figure}")
