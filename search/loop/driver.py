@@ -193,9 +193,8 @@ def _launch(
     if prep.settings.packing > 1:  # each packed trial's own function holds no CPU: its group's task does
         from peft_search.search.worker.pack_groups import start_coordinator
 
-        if (
-            cfg.search.max_concurrent is None
-        ):  # room for every group's members (an explicit one counts trials)
+        # Room for every group's members (an explicit search.max_concurrent counts trials as it says).
+        if cfg.search.max_concurrent is None:
             concurrency *= prep.settings.packing
         coordinator = start_coordinator(prep.settings, prep.data)  # kept alive by its handle, returned
     restored = reconciled is not None and reconciled.restore

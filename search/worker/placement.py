@@ -12,6 +12,7 @@ CHECKPOINT = "checkpoint_000000"
 
 
 def worker_resources(settings: TrialSettings) -> dict[str, float]:
+    """What one worker holds in Ray: its CPUs, and its GPU share when it has one."""
     r = settings.resources
     resources = {"CPU": float(r.cpus_per_worker)}
     if r.gpus_per_worker > 0:

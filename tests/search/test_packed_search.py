@@ -203,7 +203,9 @@ def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False):
     return {r.config["candidate"]: r.metrics for r in grid}, coordinator
 
 
-def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(tiny_bert, classification_csv, tmp_path):
+def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(
+    tiny_bert, classification_csv, tmp_path
+):
     from peft_search.search.plan.planning import _plan_of, group_peak_bytes, packing_note, plan_search
     from peft_search.search.results.metrics import get_metric
 
