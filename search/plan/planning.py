@@ -454,7 +454,8 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
 
 def packing_note(rows: list[dict[str, Any]], members: int, max_memory: int | None) -> str | None:
     """With ``search.packing``: which candidates can pack, and the planned peak of the heaviest group (the
-    ``members`` largest packable plans; ``group_peak_bytes``), against ``budget.max_memory``. None when off."""
+    ``members`` largest packable plans of one quantization level; ``group_peak_bytes``), against
+    ``budget.max_memory``. None when off."""
     from peft_search.search.plan.packable import packing_refusal
     from peft_search.search.results.metrics import get_metric
 
@@ -465,10 +466,14 @@ def packing_note(rows: list[dict[str, Any]], members: int, max_memory: int | Non
     note = f"packing (search.packing, up to {members} a group): {len(packable)} of {len(planned)} candidates can pack"
     if not packable:
         return note + "; every trial trains alone"
-    heaviest = sorted(packable, key=lambda r: r["est_peak_memory_bytes"], reverse=True)[:members]
-    group = group_peak_bytes([_plan_of(r) for r in heaviest])
+    groups = []  # per quantization level (a group shares one base model): its heaviest members
+    for level in sorted({r["quantization"] for r in packable}):
+        same = [r for r in packable if r["quantization"] == level]
+        heaviest = sorted(same, key=lambda r: r["est_peak_memory_bytes"], reverse=True)[:members]
+        groups.append((group_peak_bytes([_plan_of(r) for r in heaviest]), level, len(heaviest)))
+    group, level, size = max(groups)
     show = get_metric("est_peak_memory_bytes").format
-    note += f"; est. peak of a group of the {len(heaviest)} heaviest: {show(group)}"
+    note += f"; est. peak of the heaviest group ({size} x {level}): {show(group)}"
     if max_memory and group > max_memory:
         note += f" (over budget.max_memory {show(max_memory)}: groups stop growing before it)"
     return note

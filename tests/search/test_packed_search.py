@@ -209,22 +209,21 @@ def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(
     from peft_search.search.plan.planning import _plan_of, group_peak_bytes, packing_note, plan_search
     from peft_search.search.results.metrics import get_metric
 
+    candidates = [*CANDIDATES[:3], {**CANDIDATES[3], "quantization": "int8"}, CANDIDATES[4]]
     cfg = tiny_config(
         tiny_bert,
         classification_csv,
         results_dir=str(tmp_path),
-        space={"methods": ["lora"], "candidates": CANDIDATES},
-        search={"packing": 3},
+        space={"methods": ["lora"], "candidates": candidates},
+        search={"packing": 4},
     )
     rows = plan_search(cfg)
     note = packing_note(rows, cfg.members_per_group(), None)
-    assert note.startswith("packing (search.packing, up to 3 a group): 4 of 5 candidates can pack")
-    lora = [r for r in rows if r["method"] == "lora"]
-    heaviest = max(r["est_peak_memory_bytes"] for r in lora)
-    assert "est. peak of a group of the 3 heaviest" in note
+    assert note.startswith("packing (search.packing, up to 4 a group): 4 of 5 candidates can pack")
+    # One group holds one quantization level: the 3 unquantized LoRA candidates, not the int8 one.
+    plain = [r for r in rows if r["method"] == "lora" and r["quantization"] == "none"]
+    figure = get_metric("est_peak_memory_bytes").format(group_peak_bytes([_plan_of(r) for r in plain]))
+    assert note.endswith(f"est. peak of the heaviest group (3 x none): {figure}")
     # Over a budget the heaviest group would break, the note says groups stop growing before it.
-    assert "over budget.max_memory" in packing_note(rows, 3, heaviest + 1)
+    assert "over budget.max_memory" in packing_note(rows, 4, max(r["est_peak_memory_bytes"] for r in plain))
     assert packing_note(rows, 1, None) is None
-    top = sorted(lora, key=lambda r: r["est_peak_memory_bytes"], reverse=True)[:3]
-    figure = get_metric("est_peak_memory_bytes").format(group_peak_bytes([_plan_of(r) for r in top]))
-    assert note.endswith(f"3 heaviest: {figure}")
