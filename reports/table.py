@@ -82,6 +82,7 @@ def summary_table(trials: pd.DataFrame, objectives: Sequence[Objective] | None =
     names += [m.name for m in metrics() if m.summary and m.name not in names]
     names = [n for n in names if n in trials]
     repeated = "runs" in trials and bool((trials["runs"].fillna(1) > 1).any())
+    packed = "group" in trials and bool(trials["group"].notna().any())  # search.packing
     rows = []
     for _, row in _ordered(trials, objectives).iterrows():
         cells = [
@@ -99,10 +100,14 @@ def summary_table(trials: pd.DataFrame, objectives: Sequence[Objective] | None =
         if repeated:
             runs = row.get("runs")
             cells.append(str(int(runs)) if pd.notna(runs) else "-")
+        if packed:
+            cells.append(str(row["group"]) if pd.notna(row.get("group")) else "-")
         rows.append((cells, _brief(row)))
     header = ["trial", "status", "method", "quant", *(get_metric(n).label for n in names), "est err"]
     if repeated:
         header.append("runs")
+    if packed:
+        header.append("group")
     widths = [max(len(header[i]), *(len(c[i]) for c, _ in rows)) for i in range(len(header))]
     left = 4  # trial, status, method, quant: text, left-aligned; numbers right-aligned
 

@@ -89,6 +89,19 @@ def test_columns_are_the_objectives_then_summary_metrics_formatted_by_the_regist
     assert lines[2].startswith("c ") and "2.0s" in lines[2] and "0.9000" in lines[2]
 
 
+def test_a_packed_search_shows_each_trials_group():
+    rows = _rows().assign(group=["g0", None, None])
+    lines = summary_table(rows).splitlines()
+    assert lines[0].split()[-2:] == ["group", "config"]
+    assert (
+        lines[3].startswith("a ") and lines[3].split()[-3] == "g0"
+    )  # before its config: r=8, target_modules=
+    assert (
+        lines[2].startswith("c ") and lines[2].split()[-1] == "-"
+    )  # trained alone (no config brief: bitfit)
+    assert "group" not in summary_table(_rows()).splitlines()[0]  # searches without packing: as before
+
+
 def test_load_trials_upgrades_old_tables_and_carries_the_objectives(tmp_path):
     """A table written before the schema version: "stopped" reads as "stopped_early"; the search's objectives
     travel with the frame, so the summary follows them."""
