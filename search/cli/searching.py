@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     import json
 
-    from peft_search.search.plan.planning import format_plan, packing_note, plan_search, resolution_note
+    from peft_search.search.plan.packable import packing_note
+    from peft_search.search.plan.planning import format_plan, plan_search, resolution_note
     from peft_search.search.settings.loading import load_config
 
     cfg = load_config(args.config, set_overrides(args))

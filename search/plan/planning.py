@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -225,24 +225,9 @@ def plan_candidate(
     )
 
 
-def group_peak_bytes(plans: Sequence[Plan]) -> int:
-    """The estimated peak of a packed group (``search.worker.packing``) from its members' own plans: the base
-    model's weights and the process's runtime once; each member's adapter state; and the packed step, whose batch is
-    the members' micro-batches one after another, each through its own adapter only, so its activations and
-    gradients are the sum of the members' traced steps (rows add linearly)."""
-    if not plans:
-        raise ValueError("a group has at least one member")
-    return (
-        max(p.weight_bytes for p in plans)
-        + max(p.runtime_bytes for p in plans)
-        + sum(p.adapter_state_bytes + p.activation_bytes for p in plans)
-    )
-
-
 __all__ = [
     "InfeasibleTrialError",
     "Plan",
-    "group_peak_bytes",
     "meta_model",
     "plan_candidate",
     "safetensors_bytes",
@@ -450,46 +435,6 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
     elif kinds:
         lines.append("est. peak: GPU allocator peak over the trial")
     return "\n".join(lines)
-
-
-def packing_note(rows: list[dict[str, Any]], members: int, max_memory: int | None) -> str | None:
-    """With ``search.packing``: which candidates can pack, and the planned peak of the heaviest group (the
-    ``members`` largest packable plans of one quantization level; ``group_peak_bytes``), against
-    ``budget.max_memory``. None when off."""
-    from peft_search.search.plan.packable import packing_refusal
-    from peft_search.search.results.metrics import get_metric
-
-    if members <= 1:
-        return None
-    planned = [r for r in rows if "error" not in r]
-    packable = [r for r in planned if packing_refusal(r["peft_config"]) is None]
-    note = f"packing (search.packing, up to {members} a group): {len(packable)} of {len(planned)} candidates can pack"
-    if not packable:
-        return note + "; every trial trains alone"
-    groups = []  # per quantization level (a group shares one base model): its heaviest members
-    for level in sorted({r["quantization"] for r in packable}):
-        same = [r for r in packable if r["quantization"] == level]
-        heaviest = sorted(same, key=lambda r: r["est_peak_memory_bytes"], reverse=True)[:members]
-        groups.append((group_peak_bytes([_plan_of(r) for r in heaviest]), level, len(heaviest)))
-    group, level, size = max(groups)
-    show = get_metric("est_peak_memory_bytes").format
-    note += f"; est. peak of the heaviest group ({size} x {level}): {show(group)}"
-    if max_memory and group > max_memory:
-        note += f" (over budget.max_memory {show(max_memory)}: groups stop growing before it)"
-    return note
-
-
-def _plan_of(row: dict[str, Any]) -> Plan:
-    b = row["est_breakdown"]
-    return Plan(
-        trainable_params=row["trainable_params"],
-        total_params=row["total_params"],
-        adapter_bytes=row["adapter_bytes"],
-        weight_bytes=b["weights"],
-        adapter_state_bytes=b["adapter_grads_optimizer"],
-        activation_bytes=b["training_step"],
-        runtime_bytes=b["runtime"],
-    )
 
 
 RESOLVE_WARN = 0.03

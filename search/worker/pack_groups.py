@@ -232,7 +232,7 @@ class PackCoordinator:
         plans = [*forming.plans, plan]
         if not budget or any(p is None for p in plans):
             return True
-        from peft_search.search.plan.planning import group_peak_bytes
+        from peft_search.search.plan.packable import group_peak_bytes
 
         return group_peak_bytes(plans) <= budget
 

@@ -36,8 +36,7 @@ import torch
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
-from peft_search.search.plan.packable import packing_refusal
-from peft_search.search.plan.planning import group_peak_bytes
+from peft_search.search.plan.packable import group_peak_bytes, packing_refusal
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults

@@ -206,7 +206,8 @@ def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False):
 def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(
     tiny_bert, classification_csv, tmp_path
 ):
-    from peft_search.search.plan.planning import _plan_of, group_peak_bytes, packing_note, plan_search
+    from peft_search.search.plan.packable import _plan_of, group_peak_bytes, packing_note
+    from peft_search.search.plan.planning import plan_search
     from peft_search.search.results.metrics import get_metric
 
     candidates = [*CANDIDATES[:3], {**CANDIDATES[3], "quantization": "int8"}, CANDIDATES[4]]
