@@ -7,8 +7,8 @@
 - Each trial's config carries the number of the Optuna trial that proposed it (``OPTUNA_TRIAL_KEY``), so the
   trials table links every row to its Optuna trial; the Optuna trial holds the resolved config (``CONFIG_ATTR``:
   candidate, method, quantization, PEFT config, learning rate), so ``optuna.load_study`` alone shows what ran.
-- Each trial is proposed by a sampler seeded by its place in the search (the number of the study's trials, less
-  those a resume marked stale, ``STALE_ATTR``): a sampler's saved random state lags the study after a kill, and
+- Each trial is proposed by a sampler seeded by its place in the search (the number of the study's trials asked so
+  far, less those a resume marked stale, ``STALE_ATTR``): a sampler's saved random state lags the study after a kill, and
   would propose the configs it had proposed since again; seeded by place, a resumed search proposes what an
   uninterrupted one would.
 - Each Optuna trial also holds the id of the Tune trial it became (``TUNE_TRIAL_ATTR``). The study is written at
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from peft_search.search.loop.resume import STALE_ATTR
@@ -43,7 +44,12 @@ class PeftOptunaSearch(OptunaSearch):
             and self._ot_study is not None
             and trial_id not in self._ot_trials
         ):
-            slot = sum(STALE_ATTR not in t.user_attrs for t in self._ot_study.get_trials(deepcopy=False))
+            # Trials asked so far, less stale ones; a queued trial not asked yet (WAITING: a candidate, or a stale
+            # trial re-queued by a resume) has no place until it is asked.
+            slot = sum(
+                STALE_ATTR not in t.user_attrs and t.state != TrialState.WAITING
+                for t in self._ot_study.get_trials(deepcopy=False)
+            )
             self._sampler = self._ot_study.sampler = self._sampler_for_slot(slot)
         config = super().suggest(trial_id)
         if config is not None and trial_id in self._ot_trials:
