@@ -164,6 +164,8 @@ def small_search(ray_local, tiny_bert, classification_csv, tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # Marked ``last`` after the rest (a stable sort: the others keep their order).
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
