@@ -55,8 +55,15 @@ def map_forked(job: Callable[[int], T], count: int, jobs: int) -> Sequence[T]:
     global _JOB
     _JOB = job
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
+        try:
             # One item at a time: candidates differ in cost by 10x (BOFT against prompt tuning).
             return pool.map(_run, range(count), chunksize=1)
+        finally:
+            # The workers are told to end and exit on their own. Not terminate() (Pool's `with`): its SIGTERM meets,
+            # in a parent that runs Ray, Ray's own handler (it logs a stack trace), which in a forked child, where
+            # the parent's other threads are gone with any lock they held, can hang for good, and the join with it.
+            pool.close()
+            pool.join()
     finally:
         _JOB = None

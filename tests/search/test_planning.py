@@ -437,6 +437,16 @@ def test_candidates_planned_side_by_side_give_the_same_rows(
     assert alone[0]["est_breakdown"]["runtime"] > 100 * 2**20  # Python + torch + transformers resident
 
 
+def test_map_forked_workers_end_on_their_own_beside_ray(ray_local, capfd):
+    """Under Ray (the driver plans after it connects), the pool's workers are not ended by SIGTERM: Ray's handler,
+    inherited by a forked child, logs a stack trace and can hang there for good (a CI run waited 900 s)."""
+    from peft_search.search.plan.pool import map_forked
+
+    for _ in range(5):
+        assert [r[0] for r in map_forked(lambda i: (i * i, os.getpid()), 4, 2)] == [0, 1, 4, 9]
+    assert "SIGTERM received" not in capfd.readouterr().err
+
+
 def test_map_forked_keeps_order_and_raises_a_workers_error():
     from peft_search.search.plan.pool import map_forked, resolve_jobs
 
