@@ -85,7 +85,14 @@ def plan(args: argparse.Namespace) -> int:
         cfg, samples=args.samples, num_labels=args.num_labels, seed=cfg.search.seed, jobs=args.jobs
     )
     notes = [resolution_note(cfg.dataset.eval_size)]
-    notes += filter(None, [packing_note(rows, cfg.members_per_group(), cfg.budget.max_memory)])
+    notes += filter(
+        None,
+        [
+            packing_note(
+                rows, cfg.members_per_group(), cfg.budget.max_memory, measured=cfg.search.packing == "auto"
+            )
+        ],
+    )
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         print("\n".join(notes), file=sys.stderr)  # stdout stays machine-readable

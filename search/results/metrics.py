@@ -265,6 +265,14 @@ for _metric in (
         "peak training memory of its whole packed group (peak_memory_bytes: the base model and an even share of "
         "the rest)",
     ),
+    Metric(
+        "packing_speedup",
+        "ratio",
+        "max",
+        "packing speedup",
+        "how much cheaper a training row was packed than alone, as its group measured (search.packing: auto "
+        "packs where it is at least 1.15)",
+    ),
 ):
     register_metric(_metric)
 

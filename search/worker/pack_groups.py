@@ -7,6 +7,9 @@ starts its Ray task (``_train_group``: one worker's resources), which waits in R
 until the task runs and claims them, so a group fills while the device is busy. It takes at most
 ``settings.packing`` members, none that would take its planned peak over ``budget.max_memory``
 (``group_peak_bytes``), and once running waits up to ``GATHER_S`` seconds after the last one joined for more.
+With ``search.packing: auto`` the first group of each kind (``pack_key``) measures whether packing pays on the device
+(``search.worker.packing.packing_speedup``); where it does not, that group's members train one after another and
+each later group of that kind takes one member.
 
 A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
 scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
@@ -28,7 +31,7 @@ from typing import Any
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.plan.packable import packing_refusal
+from peft_search.search.plan.packable import PACKING_PAYS, packing_refusal
 from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.packing import pack_key
@@ -157,6 +160,7 @@ class PackCoordinator:
         self._inbox: dict[str, deque] = {}
         self._answers: dict[str, bool] = {}
         self._seen: dict[str, float] = {}
+        self._speedups: dict[str, float] = {}  # by pack_key: what the kind's first group measured (auto)
         self._names = (f"g{n}" for n in itertools.count())
 
     def join(self, trial_id: str, trial: TrialConfig, plan: Any = None) -> None:
@@ -174,13 +178,14 @@ class PackCoordinator:
             forming.members.append((trial_id, trial))
             forming.plans.append(plan)
             forming.last_join = time.monotonic()
-            if len(forming.members) >= self._settings.packing:
+            if len(forming.members) >= self._cap(key):
                 self._close(forming)
             self._lock.notify_all()
 
-    def claim(self, name: str) -> list[tuple[str, TrialConfig]]:
+    def claim(self, name: str) -> tuple[list[tuple[str, TrialConfig]], float | None]:
         """The group's members, once its task runs: it takes whoever joined by then, waiting until it is full or
-        ``gather_s`` has passed since the last one joined."""
+        ``gather_s`` has passed since the last one joined; with them, the packing speedup a group of their kind
+        measured (None: not measured yet)."""
         with self._lock:
             forming = self._groups[name]
             while not forming.closed:
@@ -189,7 +194,22 @@ class PackCoordinator:
                     self._close(forming)
                     break
                 self._lock.wait(timeout=left)
-            return list(forming.members)
+            return list(forming.members), self._speedups.get(forming.key)
+
+    def measured(self, key: str, speedup: float) -> None:
+        """A group's measured packing speedup for its kind: where packing does not pay, the group forming now takes
+        no more members and each later one takes one."""
+        with self._lock:
+            self._speedups[key] = speedup
+            forming = self._forming.get(key)
+            if forming is not None and self._cap(key) <= len(forming.members):
+                self._close(forming)
+
+    def _cap(self, key: str) -> int:
+        """The most members a group of this kind takes: ``settings.packing``, or one under ``auto`` once its kind
+        measured that packing does not pay."""
+        speedup = self._speedups.get(key)
+        return 1 if speedup is not None and speedup < PACKING_PAYS else self._settings.packing
 
     def next(self, trial_id: str, timeout: float) -> tuple[str, Any] | None:
         """The member's next message (``rung``, ``result``, ``infeasible``, ``error``), or None after ``timeout``."""
@@ -287,10 +307,17 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
     def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
         return ray.get(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
 
-    members = ray.get(coordinator.claim.remote(name))
+    members, speedup = ray.get(coordinator.claim.remote(name))
+    key = pack_key(members[0][1], settings)
     try:
         results = run_group(
-            members, settings, data, device=device, on_rung=on_rung if settings.rungs else None
+            members,
+            settings,
+            data,
+            device=device,
+            on_rung=on_rung if settings.rungs else None,
+            speedup=speedup,
+            on_speedup=lambda measured: ray.get(coordinator.measured.remote(key, measured)),
         )
     except Exception as err:
         for trial_id, _ in members:

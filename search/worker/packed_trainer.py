@@ -161,7 +161,8 @@ class PackedTrainer(Trainer):
             inputs = {k: v[live] for k, v in inputs.items()}
             route = route[live]
         labels = inputs.pop("labels")
-        self.router.names = [self.members[i].name for i in route.tolist()]
+        # One member: PEFT's plain forward through the model's active adapter (set to it), as a trial alone.
+        self.router.names = [self.members[i].name for i in route.tolist()] if len(self.members) > 1 else None
         try:
             outputs = model(**inputs)
         finally:
@@ -169,13 +170,13 @@ class PackedTrainer(Trainer):
         total = outputs.logits.new_zeros(())
         for index in route.unique().tolist():
             rows = route == index
-            loss = _loss(outputs.logits[rows], labels[rows], self.task)
+            loss = member_loss(outputs.logits[rows], labels[rows], self.task)
             self.members[index].losses.append(loss.detach())
             total = total + loss
         return (total, outputs) if return_outputs else total
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+def member_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
     """A member's loss on its rows, as its model computes it alone: cross-entropy over the rows (classification) or
     over the answer tokens, next-token shifted (causal LM)."""
     if task == "sequence-classification":

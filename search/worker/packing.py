@@ -1,9 +1,9 @@
 """Packed trials: several LoRA-family trials trained at once on one base model, by one ``transformers.Trainer``.
 
-A search trains many adapters on the same frozen base model, each at the small batch its config asks for; one step
-over K trials' micro-batches together fills the device better than K steps (on 2 CPU cores a sample costs about 3x
-less at batch 64 than at batch 16). So a group of K trials loads the base model once, adds each trial's adapter under
-its own name, and trains them all in each step:
+A search trains many adapters on the same frozen base model, each at the small batch its config asks for. Where the
+device is under-filled at that batch (a GPU at a LoRA trial's batch), one step over K trials' micro-batches together
+costs less than K steps; where it is full (2 CPU cores at batch 16), it costs the same. So a group of K trials loads
+the base model once, adds each trial's adapter under its own name, and trains them all in each step:
 
 - the step's batch is each member's own micro-batch, one after the other; each row goes through its member's adapter
   only, by PEFT's mixed-adapter-batch forward (the ``adapter_names`` pre-forward hooks PEFT registers for inference,
@@ -16,6 +16,11 @@ its own name, and trains them all in each step:
 - members share the search's seed and micro-batch size, so they see the same rows in the same order, and each
   adapter is initialised from the random state the base model left, as it would be alone.
 
+With ``search.packing: auto`` a group first measures whether packing pays on its device (``packing_speedup``: one
+packed step against each member's step alone, on the first training batch); where a packed row is not at least
+``PACKING_PAYS`` times cheaper, its members train one after another on the base model it loaded, each by PEFT's
+plain single-adapter forward, and the search's later groups of that kind take one member each.
+
 Trained so, a member's adapter equals the one it would get alone (``tests/search/test_packing.py``), dropout aside:
 dropout masks are drawn for the whole packed batch, so with dropout a member's run is a different draw from the
 same distribution. Which configs can pack, and with which others, is ``packing_refusal`` and ``pack_key``.
@@ -24,6 +29,7 @@ same distribution. Which configs can pack, and with which others, is ``packing_r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -36,7 +42,7 @@ import torch
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
-from peft_search.search.plan.packable import group_peak_bytes, packing_refusal
+from peft_search.search.plan.packable import PACKING_PAYS, group_peak_bytes, packing_refusal
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults
@@ -45,16 +51,20 @@ from peft_search.search.worker.environment import heap_allocator, import_trainin
 from peft_search.search.worker.evaluation import evaluate
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
 from peft_search.search.worker.packed_trainer import (
+    ROUTE,
     AdapterRouter,
     Member,
     MemberCurves,
     PackedCollator,
     PackedTrainer,
+    member_loss,
 )
 from peft_search.search.worker.trainer import StepCallback, training_arguments, trial_arguments
 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 """``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
+SPEEDUP_KEY = "packing_speedup"
+"""In a packed trial's results (``auto``): how much cheaper a row trained packed than alone, as its group measured."""
 OnRung = Callable[[str, dict[str, Any]], bool]
 """``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
 
@@ -74,6 +84,8 @@ def run_group(
     *,
     device: torch.device,
     on_rung: OnRung | None = None,
+    speedup: float | None = None,
+    on_speedup: Callable[[float], None] | None = None,
 ) -> dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]]:
     """Train and evaluate a group of packable trials (``(trial_id, config)`` pairs with one ``pack_key``) together.
 
@@ -81,6 +93,10 @@ def run_group(
     as the trial's result would) and the directory holding its adapter (None unless it completed). With
     ``on_rung``, each active member's part-way result goes there at each rung; a member ``on_rung`` says was
     stopped leaves the group's batches from the next step.
+
+    With ``search.packing: auto`` the members train packed only where that pays (``PACKING_PAYS``): by ``speedup``,
+    what an earlier group of this kind measured, or else measured here first (``packing_speedup``) and handed to
+    ``on_speedup``; otherwise one after another. An explicit group size packs them without measuring.
     """
     import_training_libraries(trials[0][1].quantization)
     keys = {pack_key(t, settings) for _, t in trials}
@@ -132,15 +148,108 @@ def run_group(
     for member in members:  # chaos tests only: a member's fault is its whole group's (one process)
         faults.inject(settings.faults, member.trial.candidate, device)
     shared = peak.peak_bytes()  # the base model (and the small adapters), loaded once for all members
-    total_params = sum(p.numel() for p in model.parameters())
-    adapters = sum(m.trainable for m in members)
+    base_params = sum(p.numel() for p in model.parameters()) - sum(m.trainable for m in members)
     router = AdapterRouter(model)
 
+    together = len(members) > 1
+    if together and settings.config.search.packing == "auto":
+        if speedup is None:
+            speedup = packing_speedup(model, router, members, data, settings, device)
+            if on_speedup is not None:
+                on_speedup(speedup)
+        together = speedup >= PACKING_PAYS
+    rounds = [members] if together else [[m] for m in members]
+    trained: dict[str, dict[str, float]] = {}
+    for group in rounds:
+        costs = functools.partial(
+            _costs,
+            members=members,
+            group=group,
+            plans=plans,
+            peak=peak,
+            shared=shared,
+            load_s=load_s,
+            base_params=base_params,
+        )
+        figures = _train_round(model, router, group, settings, data, device, seed, on_rung, plans, costs)
+        trained.update({m.trial_id: figures for m in group})
+
+    for member in members:
+        if not member.active:
+            continue
+        group = next(g for g in rounds if member in g)
+        figures = trained[member.trial_id]
+        t2 = time.perf_counter()
+        with router.only(member.name):
+            evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
+        eval_s = time.perf_counter() - t2
+        adapter_dir, adapter_bytes = _save(model, member.name)
+        curve = dict(member.curve)
+        if member.evaluations:
+            curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
+            curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
+            curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
+        train_s, size = figures["train_s"], len(group)
+        metrics = {
+            STATUS_KEY: "complete",
+            **evaluation.metrics(),
+            PREDICTIONS_KEY: evaluation.rows(),
+            CURVE_KEY: curve,
+            **figures["costs"](member),
+            "train_time_s": train_s / size,
+            "samples_per_s": figures["samples"] / size / train_s if train_s > 0 else 0.0,
+            "tokens_per_s": figures["tokens"] / size / train_s if train_s > 0 else 0.0,
+            "group_train_time_s": train_s,
+            "group_samples_per_s": figures["samples"] / train_s if train_s > 0 else 0.0,
+            "eval_time_s": eval_s,
+            "rung_eval_time_s": figures["rungs_s"] / size,
+            "eval_rows": len(data.eval),
+            "train_steps": settings.steps,
+            "adapter_bytes": adapter_bytes,
+            "world_size": 1,
+            "device": str(device.type),
+            "node_id": node_id(),
+            "cpu_allocator": heap_allocator(),
+            "resumed_from_step": 0,
+            **({SPEEDUP_KEY: speedup} if speedup is not None else {}),
+        }
+        results[member.trial_id] = (metrics, adapter_dir)
+    for member in members:
+        if not member.active and member.trial_id not in results:
+            results[member.trial_id] = (
+                {STATUS_KEY: "running", RUNG_KEY: member.evaluations[-1]["step"]},
+                None,
+            )
+    router.remove()
+    model = None
+    release_accelerator_memory()
+    return results
+
+
+def _train_round(
+    model,
+    router: AdapterRouter,
+    group: list[Member],
+    settings: TrialSettings,
+    data: TokenizedSplits,
+    device: torch.device,
+    seed: int,
+    on_rung: OnRung | None,
+    plans: dict,
+    costs: Callable[[Member], dict],
+) -> dict[str, Any]:
+    """Train these members together (one of them: by PEFT's plain forward, its adapter the model's active one), with
+    their rung results to ``on_rung``; the round's training seconds (rung evaluations left out), rows, tokens and
+    its members' ``costs``."""
+    if len(group) == 1:
+        model.set_adapter(group[0].name)  # the others' parameters freeze until their own round
     with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
-        args = training_arguments(first, settings, data, output_dir=output_dir, seed=seed, device=device)
+        args = training_arguments(
+            group[0].trial, settings, data, output_dir=output_dir, seed=seed, device=device
+        )
         args.max_grad_norm = 0.0  # each member's own clipping (PackedTrainer._clip)
-        collator = PackedCollator(members, data.pad_token_id)
-        callbacks: list = [MemberCurves(members)]
+        collator = PackedCollator(group, data.pad_token_id)
+        callbacks: list = [MemberCurves(group)]
         rung_data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
         timer = {"started": 0.0, "rungs": 0.0}
 
@@ -148,7 +257,7 @@ def run_group(
             if on_rung is None or step not in settings.rungs or step >= settings.steps:
                 return
             t = time.perf_counter()
-            for member in [m for m in members if m.active]:
+            for member in [m for m in group if m.active]:
                 with router.only(member.name), generic_4bit_cpu_path(model):
                     partial = evaluate(
                         model, rung_data, settings.task, settings.training.eval_batch_size, device
@@ -161,8 +270,8 @@ def run_group(
                         STATUS_KEY: "running",
                         RUNG_KEY: step,
                         **metrics,
-                        **_costs(member, members, plans, peak, shared, load_s, total_params - adapters),
-                        "train_time_s": (t - timer["started"] - timer["rungs"]) / len(members),
+                        **costs(member),
+                        "train_time_s": (t - timer["started"] - timer["rungs"]) / len(group),
                         "adapter_bytes": plans[member.trial_id].adapter_bytes,
                         "train_steps": step,
                         "eval_rows": len(rung_data.eval),
@@ -179,7 +288,7 @@ def run_group(
             train_dataset=data.train,
             data_collator=collator,
             callbacks=callbacks,
-            members=members,
+            members=group,
             router=router,
             task=settings.task,
         )
@@ -190,54 +299,67 @@ def run_group(
         timer["started"] = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - timer["started"] - timer["rungs"]
-        trainer = None  # the optimizer state: freed before evaluating
+        trainer = None  # the optimizer state: freed before the next round and the evaluations
+    return {
+        "train_s": train_s,
+        "rungs_s": timer["rungs"],
+        "samples": collator.samples,
+        "tokens": collator.tokens,
+        "costs": costs,
+    }
 
-    for member in members:
-        if not member.active:
-            continue
-        t2 = time.perf_counter()
-        with router.only(member.name):
-            evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
-        eval_s = time.perf_counter() - t2
-        adapter_dir, adapter_bytes = _save(model, member.name)
-        curve = dict(member.curve)
-        if member.evaluations:
-            curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
-            curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
-            curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
-        metrics = {
-            STATUS_KEY: "complete",
-            **evaluation.metrics(),
-            PREDICTIONS_KEY: evaluation.rows(),
-            CURVE_KEY: curve,
-            **_costs(member, members, plans, peak, shared, load_s, total_params - adapters),
-            "train_time_s": train_s / len(members),
-            "samples_per_s": collator.samples / len(members) / train_s if train_s > 0 else 0.0,
-            "tokens_per_s": collator.tokens / len(members) / train_s if train_s > 0 else 0.0,
-            "group_train_time_s": train_s,
-            "group_samples_per_s": collator.samples / train_s if train_s > 0 else 0.0,
-            "eval_time_s": eval_s,
-            "rung_eval_time_s": timer["rungs"] / len(members),
-            "eval_rows": len(data.eval),
-            "train_steps": settings.steps,
-            "adapter_bytes": adapter_bytes,
-            "world_size": 1,
-            "device": str(device.type),
-            "node_id": node_id(),
-            "cpu_allocator": heap_allocator(),
-            "resumed_from_step": 0,
-        }
-        results[member.trial_id] = (metrics, adapter_dir)
-    for member in members:
-        if not member.active and member.trial_id not in results:
-            results[member.trial_id] = (
-                {STATUS_KEY: "running", RUNG_KEY: member.evaluations[-1]["step"]},
-                None,
-            )
-    router.remove()
-    model = None
-    release_accelerator_memory()
-    return results
+
+def packing_speedup(
+    model,
+    router: AdapterRouter,
+    members: list[Member],
+    data: TokenizedSplits,
+    settings: TrialSettings,
+    device: torch.device,
+) -> float:
+    """How much cheaper a training row is packed than alone on this device: the seconds of each member's own
+    forward and backward on the first training micro-batch (PEFT's plain forward, its adapter active), summed,
+    over the seconds of one packed step of them all. Each is timed once after one untimed pass (allocators and
+    kernels warm up); no weight changes and the random state is put back, so training goes on as if unmeasured."""
+    rows = [data.train[i] for i in range(min(len(data.train), settings.micro_batch_size()))]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    model.train()
+
+    def step(group: list[Member]) -> float:
+        batch = PackedCollator(group, data.pad_token_id)(rows)
+        route = batch.pop(ROUTE).tolist()
+        labels = batch.pop("labels").to(device)
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        if len(group) == 1:
+            model.set_adapter(group[0].name)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        router.names = [group[i].name for i in route] if len(group) > 1 else None
+        try:
+            logits = model(**inputs).logits
+        finally:
+            router.names = None
+        index = torch.tensor(route, device=device)
+        loss = sum(member_loss(logits[index == i], labels[index == i], settings.task) for i in set(route))
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t
+        model.zero_grad(set_to_none=True)
+        return seconds
+
+    try:
+        for _ in range(2):  # the first pass warms up; the second is timed
+            packed = step(members)
+            alone = sum(step([m]) for m in members)
+    finally:
+        model.base_model.set_requires_grad([m.name for m in members], True)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    return alone / packed if packed > 0 else 0.0
 
 
 def _load_group(members: list[Member], settings: TrialSettings, data: TokenizedSplits, device: torch.device):
@@ -281,23 +403,32 @@ def _load_group(members: list[Member], settings: TrialSettings, data: TokenizedS
 
 
 def _costs(
-    member: Member, members: list[Member], plans, peak: PeakMemory, shared: int, load_s: float, base: int
+    member: Member,
+    *,
+    members: list[Member],
+    group: list[Member],
+    plans: dict,
+    peak: PeakMemory,
+    shared: int,
+    load_s: float,
+    base_params: int,
 ) -> dict:
     """What the member costs: its own parameter counts; of the group's measured peak memory, the part loaded once
     for all (the base model, measured when loaded) and an even share of the rest (optimizer states, activations:
-    what each member adds), so a member's figure is near what it would take alone; the group's peak beside it.
-    The load time is shared evenly."""
+    what each member adds), so a member's figure is near what it would take alone; the group's peak beside it, and
+    its plan (all ``members`` packed: what the group was admitted on). The load time is shared evenly;
+    ``group_size`` counts the members that trained at once with this one (``group``: its round)."""
     group_peak = peak.peak_bytes()
     return {
         "trainable_params": member.trainable,
-        "total_params": base + member.trainable,
+        "total_params": base_params + member.trainable,
         "peak_memory_bytes": shared + (group_peak - shared) // len(members),
         "group_peak_memory_bytes": group_peak,
         "est_group_peak_memory_bytes": group_peak_bytes([plans[m.trial_id] for m in members]),
         "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
         "peak_memory_kind": peak.kind,
         "load_time_s": load_s / len(members),
-        "group_size": len(members),
+        "group_size": len(group),
     }
 
 

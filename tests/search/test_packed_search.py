@@ -75,6 +75,35 @@ def test_lora_trials_train_in_groups_and_each_stays_a_trial(packed):
     assert sorted(t.number for t in study.trials) == sorted(trials["optuna_trial"].astype(int))
 
 
+def test_auto_packs_a_kind_only_where_its_group_measured_a_gain(
+    ray_local, bert_without_dropout, classification_csv, tmp_path
+):
+    """``auto``: a group of several members measures whether packing pays here before it trains; its members (and
+    the later groups of their kind) carry the figure, and trained together only where it is at least
+    ``PACKING_PAYS`` (which way it goes on this machine is its measurement's: test_pack_groups.py and
+    test_packing.py take each way on purpose)."""
+    from peft_search.search.plan.packable import PACKING_PAYS
+
+    cfg = tiny_config(
+        bert_without_dropout,
+        classification_csv,
+        results_dir=str(tmp_path),
+        space={"methods": ["lora"], "candidates": CANDIDATES[:4]},
+        search={"num_trials": 4, "packing": "auto"},
+        training={"max_steps": 2},
+        resources={"cpus_per_worker": 2},
+    )
+    trials = ResultsDir(run_search(cfg, echo=False)).read_trials()
+    assert (trials["status"] == "complete").all() and trials["adapter_path"].map(_saved).all()
+    assert trials["group"].notna().all()
+    for _, members in trials.groupby("group"):
+        if len(members) > 1:  # a group of several measured before it trained
+            assert members["packing_speedup"].notna().all() and members["packing_speedup"].nunique() == 1
+        for row in members.dropna(subset=["packing_speedup"]).itertuples():
+            together = row.packing_speedup >= PACKING_PAYS
+            assert row.group_size == (len(members) if together else 1), row
+
+
 def test_packing_where_it_cannot_apply_is_refused_before_ray(tiny_bert, classification_csv, tmp_path):
     with pytest.raises(ConfigError, match="search.packing: packed groups train on one worker"):
         tiny_config(
@@ -228,3 +257,6 @@ def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(
     # Over a budget the heaviest group would break, the note says groups stop growing before it.
     assert "over budget.max_memory" in packing_note(rows, 4, max(r["est_peak_memory_bytes"] for r in plain))
     assert packing_note(rows, 1, None) is None
+    # auto says a group packs only where it measures a gain.
+    assert "auto: a kind's first group measures" in packing_note(rows, 4, None, measured=True)
+    assert "auto:" not in note

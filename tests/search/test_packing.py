@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from peft_search.search.loop.prepare import prepare
 from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.settings.trial import TrialConfig
-from peft_search.search.worker.packing import pack_key, run_group
+from peft_search.search.worker import packing
+from peft_search.search.worker.packing import SPEEDUP_KEY, pack_key, run_group
 from peft_search.search.worker.training import run_trial
 from tests.helpers import tiny_config
 
@@ -125,3 +126,59 @@ def test_what_cannot_pack_says_why():
     assert "DoRA" in packing_refusal({**BASE, "use_dora": True})
     assert "base weights" in packing_refusal({**BASE, "init_lora_weights": "pissa"})
     assert "IA3" in packing_refusal({"peft_type": "IA3"})
+
+
+@pytest.fixture(scope="module")
+def auto(prep):
+    return prep.settings.with_config(search={"packing": "auto"})
+
+
+def test_where_packing_does_not_pay_members_train_one_after_another_to_their_alone_adapters(prep, auto):
+    """``auto`` with a measured speedup under ``PACKING_PAYS`` (an earlier group's): one base model, each member
+    trained by itself through PEFT's plain forward, each to its alone adapter; nothing is measured again."""
+    cpu = torch.device("cpu")
+    measured: list[float] = []
+    group = run_group(
+        [(f"t{i}", t) for i, t in enumerate(TRIALS)],
+        auto,
+        prep.data,
+        device=cpu,
+        speedup=0.9,
+        on_speedup=measured.append,
+    )
+    assert measured == []
+    for i, trial in enumerate(TRIALS):
+        alone, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
+        mine, (theirs_metrics, theirs_adapter) = _weights(adapter), group[f"t{i}"]
+        theirs = _weights(theirs_adapter)
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (i, key)
+        assert theirs_metrics["group_size"] == 1 and theirs_metrics[SPEEDUP_KEY] == 0.9
+        assert theirs_metrics["eval_loss"] == pytest.approx(alone["eval_loss"], abs=1e-5)
+        assert theirs_metrics["learning_curve"]["loss"] == pytest.approx(
+            alone["learning_curve"]["loss"], rel=1e-4
+        )
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_auto_measures_packing_first_and_leaves_no_trace_of_it(prep, auto, monkeypatch, pays):
+    """The first group of a kind measures the speedup (reported once) and packs or not by it (the bar set so each
+    way is taken); either way its members train to their alone adapters: the measuring passes change no weight,
+    no trainable flag and no random state."""
+    monkeypatch.setattr(packing, "PACKING_PAYS", 0.0 if pays else float("inf"))
+    cpu = torch.device("cpu")
+    measured: list[float] = []
+    trials = TRIALS[:2]
+    group = run_group(
+        [(f"t{i}", t) for i, t in enumerate(trials)], auto, prep.data, device=cpu, on_speedup=measured.append
+    )
+    assert len(measured) == 1 and 0 < measured[0] < 100
+    for i, trial in enumerate(trials):
+        _, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
+        metrics, group_adapter = group[f"t{i}"]
+        mine, theirs = _weights(adapter), _weights(group_adapter)
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (i, key)
+        assert metrics["group_size"] == (len(trials) if pays else 1)
+        assert metrics[SPEEDUP_KEY] == measured[0]
