@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,7 +293,6 @@ class PackCoordinator:
 
 
 def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
-    import ray
     import torch
 
     from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
@@ -305,9 +305,9 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
     torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
 
     def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
-        return ray.get(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
+        return wait_holding(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
 
-    members, speedup = ray.get(coordinator.claim.remote(name))
+    members, speedup = wait_holding(coordinator.claim.remote(name))
     key = pack_key(members[0][1], settings)
     try:
         results = run_group(
@@ -317,7 +317,7 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
             device=device,
             on_rung=on_rung if settings.rungs else None,
             speedup=speedup,
-            on_speedup=lambda measured: ray.get(coordinator.measured.remote(key, measured)),
+            on_speedup=lambda measured: wait_holding(coordinator.measured.remote(key, measured)),
         )
     except Exception as err:
         for trial_id, _ in members:
@@ -339,6 +339,18 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
         # a member stopped at a rung: its trial has ended there
 
 
+def wait_holding(ref) -> Any:
+    """``ray.get(ref)`` that keeps this task's resources. While a task's own thread blocks in ``ray.get`` (or
+    ``ray.wait``), Ray lends the task's CPUs to other work, against deadlocks between nested tasks; a group's task
+    waits for its members and for each rung's answer, and a trial or another group would start training on the
+    cores this group trains on. A wait on another thread lends nothing (``tests/search/test_pack_groups.py``
+    checks it with a live Ray)."""
+    import ray
+
+    with ThreadPoolExecutor(1, thread_name_prefix="wait-holding") as waits:
+        return waits.submit(ray.get, ref).result()
+
+
 @functools.cache
 def _group_task():
     """``_train_group`` as a Ray task, made on first use (this module imports without Ray)."""
@@ -355,4 +367,5 @@ __all__ = [
     "packs",
     "start_coordinator",
     "train_packed",
+    "wait_holding",
 ]

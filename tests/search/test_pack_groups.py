@@ -1,6 +1,7 @@
-"""The packed groups' coordinator (``search.worker.pack_groups.PackCoordinator``): how it forms groups. Its groups'
-Ray tasks are recorded here instead of started (``tests/search/test_packed_search.py`` runs them in real searches),
-so each rule is checked exactly, whatever a measurement on this machine would say."""
+"""The packed groups' coordinator (``search.worker.pack_groups.PackCoordinator``): how it forms groups, and that a
+group's task keeps its worker's CPUs while it waits (with a live Ray). In the grouping tests its groups' Ray tasks
+are recorded instead of started (``tests/search/test_packed_search.py`` runs them in real searches), so each rule
+is checked exactly, whatever a measurement on this machine would say."""
 
 from __future__ import annotations
 
@@ -53,3 +54,36 @@ def test_a_kind_measured_to_pay_fills_its_groups(coordinator):
     _join(coordinator, 1, 2, 3, 4, 5)
     assert coordinator.groups() == {"g0": ["t0", "t1", "t2", "t3"], "g1": ["t4", "t5"]}
     assert coordinator.claim("g1") == ([("t4", TRIALS[4]), ("t5", TRIALS[5])], PACKING_PAYS + 1.0)
+
+
+def test_a_group_keeps_its_cpus_while_it_waits(ray_local):
+    """A group's task waits (for members, for a rung's answer) holding its worker's CPUs: a second task asking for
+    them starts only once the first has finished. A plain ``ray.get`` on the task's own thread would lend them."""
+    import time
+
+    import ray
+
+    from peft_search.search.worker.pack_groups import wait_holding
+
+    cpus = ray.cluster_resources()["CPU"]
+
+    @ray.remote(num_cpus=0)
+    def answer_after(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @ray.remote(num_cpus=cpus)
+    def group(holding: bool) -> tuple[float, float]:
+        start, ref = time.time(), answer_after.remote(4.0)
+        (wait_holding if holding else ray.get)(ref)
+        return start, time.time()
+
+    @ray.remote(num_cpus=cpus)
+    def other() -> float:
+        return time.time()
+
+    for holding in (True, False):
+        first = group.remote(holding)
+        time.sleep(1.0)  # the first is waiting by now
+        (start, end), started = ray.get([first, other.remote()])
+        assert (started >= end) == holding, (holding, start, end, started)
