@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ for _key, _value in {
     "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ.setdefault(_key, _value)
+# What searches measure once per machine and cache (the CPU runtime baseline, packing's speedup) goes to this test
+# session's own directory, for the tests and the Ray workers they start, never to the user's cache.
+os.environ["PEFT_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="peft-search-cache-")
 
 # The tiny model and data builders live in benchmarks/tiny.py (the chaos benchmark builds the same search); tests
 # import WORDS, FILLER, make_text and _tokenizer from here.

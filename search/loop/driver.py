@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -190,6 +191,13 @@ def _launch(
         requested=cfg.search.max_concurrent,
     )
     coordinator = None
+    level = _packing_level(prep) if prep.settings.packing > 1 else None
+    if level is None:
+        prep = dataclasses.replace(prep, settings=dataclasses.replace(prep.settings, packing=1))
+    elif cfg.search.packing == "auto":  # pack only where the workers' device measures a gain
+        from peft_search.search.worker.pack_groups import decide_packing
+
+        prep = dataclasses.replace(prep, settings=decide_packing(prep.settings, prep.data, level, echo))
     if prep.settings.packing > 1:  # each packed trial's own function holds no CPU: its group's task does
         from peft_search.search.worker.pack_groups import start_coordinator
 
@@ -237,11 +245,21 @@ def _launch(
     return tuner, facts, table, restored, concurrency, coordinator
 
 
+def _packing_level(prep: Prepared) -> str | None:
+    """The quantization level ``search.packing: auto`` measures at: unquantized where the search's LoRA-family trials
+    may train so, else their first level; None when none of its trials can pack."""
+    from peft_search.search.plan.packable import packing_refusal
+    from peft_search.spaces.sampling import feasible_quantization
+
+    spec = prep.space_spec
+    levels = feasible_quantization("lora", spec.quantization) if "lora" in spec.methods else []
+    levels += [c.quantization for c in spec.candidates if packing_refusal(c.peft_config) is None]
+    return "none" if "none" in levels else (levels[0] if levels else None)
+
+
 def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, concurrency: int) -> int:
     """Train the front's best configs again with new seeds as ordinary trials linked to their original (the
     repeats a resumed search already ran are not run again); returns how many ran."""
-    import dataclasses
-
     from ray import tune
 
     from peft_search.search.loop.tracking import tracking_callbacks

@@ -30,6 +30,9 @@ class TrialSettings:
     """Where each trial's adapter is saved: a local directory or a path on the search's object store."""
     packing: int = 1
     """The most trials one packed group trains (``search.packing``; 1: every trial alone)."""
+    packing_speedup: float | None = None
+    """What ``search.packing: auto`` measured on the workers' device before the search (``packing_speedup``; None:
+    not measured)."""
     faults: Mapping[str, str] = field(default_factory=dict)
     """Chaos tests only (``search.worker.faults``): candidate name -> fault kind; empty normally."""
 

@@ -7,9 +7,8 @@ starts its Ray task (``_train_group``: one worker's resources), which waits in R
 until the task runs and claims them, so a group fills while the device is busy. It takes at most
 ``settings.packing`` members, none that would take its planned peak over ``budget.max_memory``
 (``group_peak_bytes``), and once running waits up to ``GATHER_S`` seconds after the last one joined for more.
-With ``search.packing: auto`` the first group of each kind (``pack_key``) measures whether packing pays on the device
-(``search.worker.packing.packing_speedup``); where it does not, that group's members train one after another and
-each later group of that kind takes one member.
+With ``search.packing: auto`` the search first measures whether packing pays on the workers' device
+(``decide_packing``); where it does not, every trial trains alone, as with ``off``.
 
 A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
 scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
@@ -20,6 +19,7 @@ trial, with the group's name (``GROUP_KEY``) beside its metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -161,7 +161,6 @@ class PackCoordinator:
         self._inbox: dict[str, deque] = {}
         self._answers: dict[str, bool] = {}
         self._seen: dict[str, float] = {}
-        self._speedups: dict[str, float] = {}  # by pack_key: what the kind's first group measured (auto)
         self._names = (f"g{n}" for n in itertools.count())
 
     def join(self, trial_id: str, trial: TrialConfig, plan: Any = None) -> None:
@@ -179,14 +178,13 @@ class PackCoordinator:
             forming.members.append((trial_id, trial))
             forming.plans.append(plan)
             forming.last_join = time.monotonic()
-            if len(forming.members) >= self._cap(key):
+            if len(forming.members) >= self._settings.packing:
                 self._close(forming)
             self._lock.notify_all()
 
-    def claim(self, name: str) -> tuple[list[tuple[str, TrialConfig]], float | None]:
+    def claim(self, name: str) -> list[tuple[str, TrialConfig]]:
         """The group's members, once its task runs: it takes whoever joined by then, waiting until it is full or
-        ``gather_s`` has passed since the last one joined; with them, the packing speedup a group of their kind
-        measured (None: not measured yet)."""
+        ``gather_s`` has passed since the last one joined."""
         with self._lock:
             forming = self._groups[name]
             while not forming.closed:
@@ -195,22 +193,7 @@ class PackCoordinator:
                     self._close(forming)
                     break
                 self._lock.wait(timeout=left)
-            return list(forming.members), self._speedups.get(forming.key)
-
-    def measured(self, key: str, speedup: float) -> None:
-        """A group's measured packing speedup for its kind: where packing does not pay, the group forming now takes
-        no more members and each later one takes one."""
-        with self._lock:
-            self._speedups[key] = speedup
-            forming = self._forming.get(key)
-            if forming is not None and self._cap(key) <= len(forming.members):
-                self._close(forming)
-
-    def _cap(self, key: str) -> int:
-        """The most members a group of this kind takes: ``settings.packing``, or one under ``auto`` once its kind
-        measured that packing does not pay."""
-        speedup = self._speedups.get(key)
-        return 1 if speedup is not None and speedup < PACKING_PAYS else self._settings.packing
+            return list(forming.members)
 
     def next(self, trial_id: str, timeout: float) -> tuple[str, Any] | None:
         """The member's next message (``rung``, ``result``, ``infeasible``, ``error``), or None after ``timeout``."""
@@ -307,17 +290,10 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
     def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
         return wait_holding(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
 
-    members, speedup = wait_holding(coordinator.claim.remote(name))
-    key = pack_key(members[0][1], settings)
+    members = wait_holding(coordinator.claim.remote(name))
     try:
         results = run_group(
-            members,
-            settings,
-            data,
-            device=device,
-            on_rung=on_rung if settings.rungs else None,
-            speedup=speedup,
-            on_speedup=lambda measured: wait_holding(coordinator.measured.remote(key, measured)),
+            members, settings, data, device=device, on_rung=on_rung if settings.rungs else None
         )
     except Exception as err:
         for trial_id, _ in members:
@@ -337,6 +313,87 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
             result = {**metrics, GROUP_KEY: name, "worker_pid": os.getpid(), "checkpoint_path": target}
             coordinator.post.remote(trial_id, ("result", result))
         # a member stopped at a rung: its trial has ended there
+
+
+def decide_packing(
+    settings: TrialSettings, data: TokenizedSplits, quantization: str, echo: bool = True
+) -> TrialSettings:
+    """``search.packing: auto``, before the search: measure on a worker (a Ray task with a worker's resources)
+    whether a packed step of ``settings.packing`` LoRA adapters costs at least ``PACKING_PAYS`` times less a row
+    than their steps alone (``search.worker.packing.measure_packing``, at this quantization level), and return the
+    settings that pack up to ``settings.packing`` if so, else train every trial alone. The figure is cached per
+    device, model and step shape (``PEFT_SEARCH_CACHE``), so a machine measures a search's kind once."""
+    import ray
+
+    from peft_search.search.worker.placement import worker_resources
+
+    resources = worker_resources(settings)
+    task = ray.remote(_measure_packing).options(
+        num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_retries=0
+    )
+    speedup, device, cached = ray.get(task.remote(settings, data, quantization))
+    members = settings.packing if speedup >= PACKING_PAYS else 1
+    if echo:
+        how = f"up to {members} a group" if members > 1 else "each alone (as with off)"
+        where = "cached" if cached else "measured"
+        print(
+            f"[peft-search] packing (auto): a row trains {speedup:.2f}x as fast packed ({settings.packing} LoRA "
+            f"adapters a step) as alone on {device} ({where}; packs from {PACKING_PAYS:g}x): LoRA-family trials "
+            f"train {how}",
+            flush=True,
+        )
+    return dataclasses.replace(settings, packing=members, packing_speedup=speedup)
+
+
+def _measure_packing(
+    settings: TrialSettings, data: TokenizedSplits, quantization: str
+) -> tuple[float, str, bool]:
+    """``decide_packing``'s task: the speedup (read from the cache, else measured and cached), the device's name and
+    whether it was cached."""
+    import json
+
+    import torch
+
+    from peft_search.search.plan.baseline import RuntimeBaseline
+    from peft_search.search.worker.environment import quiet_libraries
+    from peft_search.search.worker.packing import measure_packing
+
+    quiet_libraries()
+    gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+    name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    t = settings.training
+    key = json.dumps(
+        [
+            RuntimeBaseline.environment_key(),
+            name,
+            settings.model_path,
+            settings.revision,
+            settings.task,
+            quantization,
+            t.precision,
+            settings.micro_batch_size(),
+            t.max_seq_length,
+            settings.packing,
+        ]
+    )
+    path = RuntimeBaseline.cache_file().with_name("packing-speedup.json")
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), float):
+        return cache[key], name, True
+    speedup = measure_packing(settings, data, quantization, device=device)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**(cache if isinstance(cache, dict) else {}), key: speedup}, indent=1))
+        tmp.replace(path)
+    except OSError:  # a read-only home: measured again next time
+        pass
+    return speedup, name, False
 
 
 def wait_holding(ref) -> Any:
@@ -364,6 +421,7 @@ __all__ = [
     "PackCoordinator",
     "PackedResources",
     "coordinator_name",
+    "decide_packing",
     "packs",
     "start_coordinator",
     "train_packed",

@@ -16,10 +16,9 @@ the base model once, adds each trial's adapter under its own name, and trains th
 - members share the search's seed and micro-batch size, so they see the same rows in the same order, and each
   adapter is initialised from the random state the base model left, as it would be alone.
 
-With ``search.packing: auto`` a group first measures whether packing pays on its device (``packing_speedup``: one
-packed step against each member's step alone, on the first training batch); where a packed row is not at least
-``PACKING_PAYS`` times cheaper, its members train one after another on the base model it loaded, each by PEFT's
-plain single-adapter forward, and the search's later groups of that kind take one member each.
+With ``search.packing: auto`` the search first measures whether packing pays on the workers' device
+(``measure_packing``: one packed step of K LoRA adapters against each adapter's step alone) and packs only where a
+packed row is at least ``PACKING_PAYS`` times cheaper (``search.worker.pack_groups.decide_packing``).
 
 Trained so, a member's adapter equals the one it would get alone (``tests/search/test_packing.py``), dropout aside:
 dropout masks are drawn for the whole packed batch, so with dropout a member's run is a different draw from the
@@ -42,7 +41,7 @@ import torch
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
-from peft_search.search.plan.packable import PACKING_PAYS, group_peak_bytes, packing_refusal
+from peft_search.search.plan.packable import group_peak_bytes, packing_refusal
 from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults
@@ -84,8 +83,6 @@ def run_group(
     *,
     device: torch.device,
     on_rung: OnRung | None = None,
-    speedup: float | None = None,
-    on_speedup: Callable[[float], None] | None = None,
 ) -> dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]]:
     """Train and evaluate a group of packable trials (``(trial_id, config)`` pairs with one ``pack_key``) together.
 
@@ -93,10 +90,6 @@ def run_group(
     as the trial's result would) and the directory holding its adapter (None unless it completed). With
     ``on_rung``, each active member's part-way result goes there at each rung; a member ``on_rung`` says was
     stopped leaves the group's batches from the next step.
-
-    With ``search.packing: auto`` the members train packed only where that pays (``PACKING_PAYS``): by ``speedup``,
-    what an earlier group of this kind measured, or else measured here first (``packing_speedup``) and handed to
-    ``on_speedup``; otherwise one after another. An explicit group size packs them without measuring.
     """
     import_training_libraries(trials[0][1].quantization)
     keys = {pack_key(t, settings) for _, t in trials}
@@ -138,7 +131,7 @@ def run_group(
     seed = settings.seed if first.seed is None else first.seed
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    model, infeasible = _load_group(members, settings, data, device)
+    model, infeasible = load_group(members, settings, data, device)
     for member in infeasible:
         results[member.trial_id] = ({STATUS_KEY: "infeasible", ERROR_KEY: member.error}, None)
     members = [m for m in members if m not in infeasible]
@@ -151,34 +144,14 @@ def run_group(
     base_params = sum(p.numel() for p in model.parameters()) - sum(m.trainable for m in members)
     router = AdapterRouter(model)
 
-    together = len(members) > 1
-    if together and settings.config.search.packing == "auto":
-        if speedup is None:
-            speedup = packing_speedup(model, router, members, data, settings, device)
-            if on_speedup is not None:
-                on_speedup(speedup)
-        together = speedup >= PACKING_PAYS
-    rounds = [members] if together else [[m] for m in members]
-    trained: dict[str, dict[str, float]] = {}
-    for group in rounds:
-        costs = functools.partial(
-            _costs,
-            members=members,
-            group=group,
-            plans=plans,
-            peak=peak,
-            shared=shared,
-            load_s=load_s,
-            base_params=base_params,
-        )
-        figures = _train_round(model, router, group, settings, data, device, seed, on_rung, plans, costs)
-        trained.update({m.trial_id: figures for m in group})
+    costs = functools.partial(
+        _costs, members=members, plans=plans, peak=peak, shared=shared, load_s=load_s, base_params=base_params
+    )
+    figures = _train_round(model, router, members, settings, data, device, seed, on_rung, plans, costs)
 
     for member in members:
         if not member.active:
             continue
-        group = next(g for g in rounds if member in g)
-        figures = trained[member.trial_id]
         t2 = time.perf_counter()
         with router.only(member.name):
             evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
@@ -189,13 +162,13 @@ def run_group(
             curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
             curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
             curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
-        train_s, size = figures["train_s"], len(group)
+        train_s, size = figures["train_s"], len(members)
         metrics = {
             STATUS_KEY: "complete",
             **evaluation.metrics(),
             PREDICTIONS_KEY: evaluation.rows(),
             CURVE_KEY: curve,
-            **figures["costs"](member),
+            **costs(member),
             "train_time_s": train_s / size,
             "samples_per_s": figures["samples"] / size / train_s if train_s > 0 else 0.0,
             "tokens_per_s": figures["tokens"] / size / train_s if train_s > 0 else 0.0,
@@ -211,7 +184,7 @@ def run_group(
             "node_id": node_id(),
             "cpu_allocator": heap_allocator(),
             "resumed_from_step": 0,
-            **({SPEEDUP_KEY: speedup} if speedup is not None else {}),
+            **({SPEEDUP_KEY: settings.packing_speedup} if settings.packing_speedup is not None else {}),
         }
         results[member.trial_id] = (metrics, adapter_dir)
     for member in members:
@@ -238,11 +211,10 @@ def _train_round(
     plans: dict,
     costs: Callable[[Member], dict],
 ) -> dict[str, Any]:
-    """Train these members together (one of them: by PEFT's plain forward, its adapter the model's active one), with
-    their rung results to ``on_rung``; the round's training seconds (rung evaluations left out), rows, tokens and
-    its members' ``costs``."""
+    """Train these members together (one alone: by PEFT's plain forward, its adapter the model's active one), with
+    their rung results to ``on_rung``; the training seconds (rung evaluations left out), rows and tokens."""
     if len(group) == 1:
-        model.set_adapter(group[0].name)  # the others' parameters freeze until their own round
+        model.set_adapter(group[0].name)
     with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
         args = training_arguments(
             group[0].trial, settings, data, output_dir=output_dir, seed=seed, device=device
@@ -299,13 +271,12 @@ def _train_round(
         timer["started"] = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - timer["started"] - timer["rungs"]
-        trainer = None  # the optimizer state: freed before the next round and the evaluations
+        trainer = None  # the optimizer state: freed before the evaluations
     return {
         "train_s": train_s,
         "rungs_s": timer["rungs"],
         "samples": collator.samples,
         "tokens": collator.tokens,
-        "costs": costs,
     }
 
 
@@ -319,8 +290,9 @@ def packing_speedup(
 ) -> float:
     """How much cheaper a training row is packed than alone on this device: the seconds of each member's own
     forward and backward on the first training micro-batch (PEFT's plain forward, its adapter active), summed,
-    over the seconds of one packed step of them all. Each is timed once after one untimed pass (allocators and
-    kernels warm up); no weight changes and the random state is put back, so training goes on as if unmeasured."""
+    over the seconds of one packed step of them all. After an untimed pass (allocators and kernels warm up), each
+    is timed twice, in both orders, and the fastest counts (another process's burst only slows a pass down). No
+    weight changes and the random state is put back."""
     rows = [data.train[i] for i in range(min(len(data.train), settings.micro_batch_size()))]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
@@ -351,9 +323,14 @@ def packing_speedup(
         return seconds
 
     try:
-        for _ in range(2):  # the first pass warms up; the second is timed
-            packed = step(members)
-            alone = sum(step([m]) for m in members)
+        times: dict[str, list[float]] = {"packed": [], "alone": []}
+        for rep in range(3):  # a pass to warm up, then two timed, in both orders; the fastest of each counts
+            first, second = ("packed", "alone") if rep % 2 == 0 else ("alone", "packed")
+            for arm in (first, second):
+                seconds = step(members) if arm == "packed" else sum(step([m]) for m in members)
+                if rep:
+                    times[arm].append(seconds)
+        packed, alone = min(times["packed"]), min(times["alone"])
     finally:
         model.base_model.set_requires_grad([m.name for m in members], True)
         torch.set_rng_state(cpu_rng)
@@ -362,7 +339,38 @@ def packing_speedup(
     return alone / packed if packed > 0 else 0.0
 
 
-def _load_group(members: list[Member], settings: TrialSettings, data: TokenizedSplits, device: torch.device):
+def measure_packing(
+    settings: TrialSettings, data: TokenizedSplits, quantization: str, *, device: torch.device
+) -> float:
+    """``packing_speedup`` on this device for a group of ``settings.packing`` LoRA adapters (r 8 on every linear
+    layer, the search's micro-batch and sequence length) on the base model at this quantization level: how much
+    cheaper a training row is packed than alone. What an adapter adds to a step is small beside its base model's
+    forward and backward, so one representative stands for the search's LoRA trials."""
+    import_training_libraries(quantization)
+    task_type = "SEQ_CLS" if settings.task == "sequence-classification" else "CAUSAL_LM"
+    lora = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+    }
+    trial = TrialConfig("lora", quantization, lora, 1e-4)
+    members = [Member(f"m{i}", trial, f"member_{i}", 1e-4, 0.0, 1.0) for i in range(settings.packing)]
+    torch.manual_seed(settings.seed)
+    model, refused = load_group(members, settings, data, device)
+    if refused:
+        raise ValueError(f"PEFT refused the measuring adapter: {refused[0].error}")
+    router = AdapterRouter(model)
+    try:
+        return packing_speedup(model, router, members, data, settings, device)
+    finally:
+        router.remove()
+        model = None
+        release_accelerator_memory()
+
+
+def load_group(members: list[Member], settings: TrialSettings, data: TokenizedSplits, device: torch.device):
     """The base model once, then each member's adapter under its name, each from the random state the base model
     left (as it would be initialised alone); all of them trainable. Members PEFT refuses come back apart."""
     from peft import get_peft_config, get_peft_model
@@ -406,7 +414,6 @@ def _costs(
     member: Member,
     *,
     members: list[Member],
-    group: list[Member],
     plans: dict,
     peak: PeakMemory,
     shared: int,
@@ -416,8 +423,7 @@ def _costs(
     """What the member costs: its own parameter counts; of the group's measured peak memory, the part loaded once
     for all (the base model, measured when loaded) and an even share of the rest (optimizer states, activations:
     what each member adds), so a member's figure is near what it would take alone; the group's peak beside it, and
-    its plan (all ``members`` packed: what the group was admitted on). The load time is shared evenly;
-    ``group_size`` counts the members that trained at once with this one (``group``: its round)."""
+    and its plan. The load time is shared evenly."""
     group_peak = peak.peak_bytes()
     return {
         "trainable_params": member.trainable,
@@ -428,7 +434,7 @@ def _costs(
         "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
         "peak_memory_kind": peak.kind,
         "load_time_s": load_s / len(members),
-        "group_size": len(group),
+        "group_size": len(members),
     }
 
 

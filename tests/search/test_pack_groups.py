@@ -5,10 +5,12 @@ is checked exactly, whatever a measurement on this machine would say."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from peft_search.search.plan.packable import PACKING_PAYS
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
+from peft_search.search.worker import pack_groups
 from peft_search.search.worker.pack_groups import PackCoordinator
 from peft_search.search.worker.packing import pack_key
 from tests.helpers import tiny_config
@@ -24,6 +26,14 @@ class RecordedTasks(PackCoordinator):
         self._groups[forming.name] = forming
 
 
+@pytest.fixture(scope="module")
+def prep(tiny_bert, classification_csv, tmp_path_factory):
+    from peft_search.search.loop.prepare import prepare
+
+    cfg = tiny_config(tiny_bert, classification_csv, results_dir=str(tmp_path_factory.mktemp("decide")))
+    return prepare(cfg)
+
+
 @pytest.fixture
 def coordinator(tiny_bert, classification_csv, tmp_path):
     cfg = tiny_config(tiny_bert, classification_csv, results_dir=str(tmp_path), search={"packing": "auto"})
@@ -36,24 +46,27 @@ def _join(coordinator, *indices: int) -> None:
         coordinator.join(f"t{i}", TRIALS[i])
 
 
-def test_a_kind_measured_not_to_pay_takes_one_member_a_group(coordinator):
-    coordinator, key = coordinator
-    _join(coordinator, 0, 1)
-    assert coordinator.groups() == {"g0": ["t0", "t1"]}  # not measured yet: the group takes up to 4
-    coordinator.measured(key, PACKING_PAYS - 0.2)
-    _join(coordinator, 2, 3)  # the measuring group took no more; each later one takes one member
-    assert coordinator.groups() == {"g0": ["t0", "t1"], "g1": ["t2"], "g2": ["t3"]}
-    assert coordinator.claim("g0") == ([("t0", TRIALS[0]), ("t1", TRIALS[1])], PACKING_PAYS - 0.2)
-    assert coordinator.claim("g2") == ([("t3", TRIALS[3])], PACKING_PAYS - 0.2)
-
-
-def test_a_kind_measured_to_pay_fills_its_groups(coordinator):
-    coordinator, key = coordinator
-    _join(coordinator, 0)
-    coordinator.measured(key, PACKING_PAYS + 1.0)
-    _join(coordinator, 1, 2, 3, 4, 5)
+def test_a_group_takes_members_of_its_kind_up_to_the_search_s_size(coordinator):
+    coordinator, _ = coordinator
+    _join(coordinator, 0, 1, 2, 3, 4, 5)
     assert coordinator.groups() == {"g0": ["t0", "t1", "t2", "t3"], "g1": ["t4", "t5"]}
-    assert coordinator.claim("g1") == ([("t4", TRIALS[4]), ("t5", TRIALS[5])], PACKING_PAYS + 1.0)
+    assert coordinator.claim("g1") == [("t4", TRIALS[4]), ("t5", TRIALS[5])]  # gather_s 0: at once
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_auto_packs_where_the_workers_device_measures_a_gain(ray_local, prep, monkeypatch, capsys, pays):
+    """``decide_packing`` measures on a worker (a Ray task with a worker's resources), then reads the figure from
+    the cache; the search packs up to its size where the figure reaches the bar (set here so each way is taken),
+    else trains each trial alone."""
+    monkeypatch.setattr(pack_groups, "PACKING_PAYS", 0.0 if pays else float("inf"))
+    settings = dataclasses.replace(prep.settings, packing=3)
+    first = pack_groups.decide_packing(settings, prep.data, "none")
+    again = pack_groups.decide_packing(settings, prep.data, "none")
+    assert first.packing == again.packing == (3 if pays else 1)
+    assert 0 < first.packing_speedup == again.packing_speedup < 100
+    lines = capsys.readouterr().out.splitlines()
+    assert "packing (auto): a row trains" in lines[0] and "(3 LoRA adapters a step)" in lines[0]
+    assert "(cached;" in lines[1] and ("up to 3 a group" if pays else "each alone") in lines[1]
 
 
 def test_a_group_keeps_its_cpus_while_it_waits(ray_local):

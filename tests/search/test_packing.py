@@ -11,8 +11,14 @@ from safetensors.torch import load_file
 from peft_search.search.loop.prepare import prepare
 from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.settings.trial import TrialConfig
-from peft_search.search.worker import packing
-from peft_search.search.worker.packing import SPEEDUP_KEY, pack_key, run_group
+from peft_search.search.worker.packed_trainer import AdapterRouter, Member
+from peft_search.search.worker.packing import (
+    load_group,
+    measure_packing,
+    pack_key,
+    packing_speedup,
+    run_group,
+)
 from peft_search.search.worker.training import run_trial
 from tests.helpers import tiny_config
 
@@ -128,57 +134,26 @@ def test_what_cannot_pack_says_why():
     assert "IA3" in packing_refusal({"peft_type": "IA3"})
 
 
-@pytest.fixture(scope="module")
-def auto(prep):
-    return prep.settings.with_config(search={"packing": "auto"})
-
-
-def test_where_packing_does_not_pay_members_train_one_after_another_to_their_alone_adapters(prep, auto):
-    """``auto`` with a measured speedup under ``PACKING_PAYS`` (an earlier group's): one base model, each member
-    trained by itself through PEFT's plain forward, each to its alone adapter; nothing is measured again."""
+def test_measuring_packing_changes_no_weight_flag_or_random_state(prep):
+    """``packing_speedup`` (what ``search.packing: auto`` decides by) is a ratio of step costs, and runs forward and
+    backward passes only: every weight, trainable flag and the random state are as they were, no gradient is left."""
     cpu = torch.device("cpu")
-    measured: list[float] = []
-    group = run_group(
-        [(f"t{i}", t) for i, t in enumerate(TRIALS)],
-        auto,
-        prep.data,
-        device=cpu,
-        speedup=0.9,
-        on_speedup=measured.append,
+    members = [Member(f"t{i}", t, f"member_{i}", t.learning_rate, 0.0, 1.0) for i, t in enumerate(TRIALS)]
+    model, refused = load_group(members, prep.settings, prep.data, cpu)
+    assert refused == []
+    router = AdapterRouter(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    rng = torch.get_rng_state()
+    speedup = packing_speedup(model, router, members, prep.data, prep.settings, cpu)
+    assert 0 < speedup < 100
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    assert all(torch.equal(p, weights[n]) and p.grad is None for n, p in model.named_parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert router.names is None
+    # What a search measures: the same ratio, for K copies of one LoRA on every linear layer.
+    assert (
+        0
+        < measure_packing(dataclasses.replace(prep.settings, packing=3), prep.data, "none", device=cpu)
+        < 100
     )
-    assert measured == []
-    for i, trial in enumerate(TRIALS):
-        alone, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
-        mine, (theirs_metrics, theirs_adapter) = _weights(adapter), group[f"t{i}"]
-        theirs = _weights(theirs_adapter)
-        assert mine.keys() == theirs.keys()
-        for key in mine:
-            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (i, key)
-        assert theirs_metrics["group_size"] == 1 and theirs_metrics[SPEEDUP_KEY] == 0.9
-        assert theirs_metrics["eval_loss"] == pytest.approx(alone["eval_loss"], abs=1e-5)
-        assert theirs_metrics["learning_curve"]["loss"] == pytest.approx(
-            alone["learning_curve"]["loss"], rel=1e-4
-        )
-
-
-@pytest.mark.parametrize("pays", [True, False])
-def test_auto_measures_packing_first_and_leaves_no_trace_of_it(prep, auto, monkeypatch, pays):
-    """The first group of a kind measures the speedup (reported once) and packs or not by it (the bar set so each
-    way is taken); either way its members train to their alone adapters: the measuring passes change no weight,
-    no trainable flag and no random state."""
-    monkeypatch.setattr(packing, "PACKING_PAYS", 0.0 if pays else float("inf"))
-    cpu = torch.device("cpu")
-    measured: list[float] = []
-    trials = TRIALS[:2]
-    group = run_group(
-        [(f"t{i}", t) for i, t in enumerate(trials)], auto, prep.data, device=cpu, on_speedup=measured.append
-    )
-    assert len(measured) == 1 and 0 < measured[0] < 100
-    for i, trial in enumerate(trials):
-        _, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
-        metrics, group_adapter = group[f"t{i}"]
-        mine, theirs = _weights(adapter), _weights(group_adapter)
-        for key in mine:
-            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (i, key)
-        assert metrics["group_size"] == (len(trials) if pays else 1)
-        assert metrics[SPEEDUP_KEY] == measured[0]
