@@ -192,7 +192,7 @@ def load_inputs(path: str, precision: str | None):
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from peft_search.search.worker.packing import run_group
+    from peft_search.search.worker.packing import measure_packing, run_group
     from peft_search.search.worker.training import run_trial
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -248,8 +248,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for row in step_cost(settings.model_path, shape, device=device)
     ]
     print(table(steps, ["shape", "case", "step_s", "ms_per_row", "model_tflops", "mfu"]), flush=True)
+    # What search.packing: auto would decide here (it packs from PACKING_PAYS).
+    auto = measure_packing(
+        dataclasses.replace(settings, packing=args.group), data, args.quantization, device=device
+    )
+    print(
+        f"search.packing auto's measure, {args.group} adapters: a row trains {auto:.2f}x as fast packed",
+        flush=True,
+    )
     if args.step_cost_only:
-        result = {"machine": machine(), "step_cost": steps, "argv": argv}
+        result = {"machine": machine(), "step_cost": steps, "auto_packing_speedup": auto, "argv": argv}
         print(f"written to {write_result('packing_step_cost', result, args.out)}")
         return result
 
@@ -288,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "group": args.group,
         "steps": settings.steps,
         "quantization": args.quantization,
+        "auto_packing_speedup": auto,
         "alone_wall_s": alone_s,
         "packed_wall_s": packed_s,
         "speedup": alone_s / packed_s,

@@ -150,6 +150,8 @@ def run_facts(
         "early_stopping": {**cfg.search.early_stopping.model_dump(), "rungs": list(prep.rungs)},
         "repeats": cfg.search.repeats.model_dump() if cfg.search.repeats else None,
         "concurrency": concurrency,
+        # search.packing as it ran: the most trials a group trains (1: each alone), and what auto measured
+        "packing": {"members": prep.settings.packing, "speedup": prep.settings.packing_speedup},
         "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
         "platform": platform.platform(),
         "python": platform.python_version(),

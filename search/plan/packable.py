@@ -12,8 +12,8 @@ SHARED_INIT = (True, False, "gaussian")
 """LoRA initialisations that leave the base weights as they are (PiSSA, OLoRA, LoftQ, EVA and CorDA change them,
 so such an adapter cannot share its base model)."""
 PACKING_PAYS = 1.15
-"""``search.packing: auto`` packs a group where its measured ``packing_speedup`` is at least this (timing noise and
-the routing's own cost kept out: 2 CPU cores measure 0.9-1.0, an under-filled GPU should measure 2 or more)."""
+"""``search.packing: auto`` packs where the measured ``packing_speedup`` is at least this (timing noise and the
+routing's own cost kept out: 2 CPU cores measure 0.8-0.9, an under-filled GPU should measure 2 or more)."""
 
 
 def packing_refusal(peft_config: dict[str, Any]) -> str | None:
@@ -73,8 +73,8 @@ def packing_note(
         note += f" (over budget.max_memory {show(max_memory)}: groups stop growing before it)"
     if measured:
         note += (
-            f"; auto: a kind's first group measures a packed step against its members' steps alone and packs only"
-            f" where a row is at least {PACKING_PAYS:g}x cheaper (else its trials train one at a time)"
+            f"; auto: the search first times a packed step against its members' steps alone on a worker and packs"
+            f" only where a row trains at least {PACKING_PAYS:g}x as fast (else every trial trains alone)"
         )
     return note
 

@@ -270,8 +270,8 @@ for _metric in (
         "ratio",
         "max",
         "packing speedup",
-        "how much cheaper a training row was packed than alone, as its group measured (search.packing: auto "
-        "packs where it is at least 1.15)",
+        "how many times as fast a training row trains packed as alone, as the search measured before its trials "
+        "(search.packing: auto packs from 1.15)",
     ),
 ):
     register_metric(_metric)

@@ -201,7 +201,8 @@ class SearchSettings(_Strict):
     packing: Literal["off", "auto"] | int = "off"
     """Packed trials: LoRA-family trials that share the quantization level and training arguments train K at a
     time through one base model (``search.worker.pack_groups``), each still its own trial. ``auto``: up to 4
-    at a time, fewer where ``budget.max_memory`` refuses the group; an integer: at most that many;
+    at a time, fewer where ``budget.max_memory`` refuses the group, and only where the search measured, before its
+    trials, that a packed step pays on the workers' device; an integer: at most that many, without measuring;
     ``off`` (or 1): every trial alone. Packed trials keep no mid-trial checkpoints."""
     warm_start: str | None = None
     """A previous search's directory (RESULTS_DIR/NAME; same model, data, space and training): its finished trials

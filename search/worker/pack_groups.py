@@ -331,11 +331,13 @@ def decide_packing(
     task = ray.remote(_measure_packing).options(
         num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_retries=0
     )
+    started = time.monotonic()
     speedup, device, cached = ray.get(task.remote(settings, data, quantization))
+    took = time.monotonic() - started
     members = settings.packing if speedup >= PACKING_PAYS else 1
     if echo:
         how = f"up to {members} a group" if members > 1 else "each alone (as with off)"
-        where = "cached" if cached else "measured"
+        where = "cached" if cached else f"measured in {took:.0f} s"
         print(
             f"[peft-search] packing (auto): a row trains {speedup:.2f}x as fast packed ({settings.packing} LoRA "
             f"adapters a step) as alone on {device} ({where}; packs from {PACKING_PAYS:g}x): LoRA-family trials "

@@ -63,7 +63,8 @@ from peft_search.search.worker.trainer import StepCallback, training_arguments, 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 """``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
 SPEEDUP_KEY = "packing_speedup"
-"""In a packed trial's results (``auto``): how much cheaper a row trained packed than alone, as its group measured."""
+"""In a packed trial's results (``auto``): how many times as fast a row trains packed as alone, as the search
+measured before its trials."""
 OnRung = Callable[[str, dict[str, Any]], bool]
 """``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
 
