@@ -321,8 +321,9 @@ def decide_packing(
     """``search.packing: auto``, before the search: measure on a worker (a Ray task with a worker's resources)
     whether a packed step of ``settings.packing`` LoRA adapters costs at least ``PACKING_PAYS`` times less a row
     than their steps alone (``search.worker.packing.measure_packing``, at this quantization level), and return the
-    settings that pack up to ``settings.packing`` if so, else train every trial alone. The figure is cached per
-    device, model and step shape (``PEFT_SEARCH_CACHE``), so a machine measures a search's kind once."""
+    settings that pack up to ``settings.packing`` if so, else train every trial alone (as where the measurement
+    fails: the search goes on). The figure is cached per device, model and step shape (``PEFT_SEARCH_CACHE``), so a
+    machine measures a search's kind once."""
     import ray
 
     from peft_search.search.worker.placement import worker_resources
@@ -332,7 +333,17 @@ def decide_packing(
         num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_retries=0
     )
     started = time.monotonic()
-    speedup, device, cached = ray.get(task.remote(settings, data, quantization))
+    try:
+        speedup, device, cached = ray.get(task.remote(settings, data, quantization))
+    except Exception as err:  # noqa: BLE001 - whatever stopped the measurement, the search goes on unpacked
+        if echo:
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            print(
+                f"[peft-search] packing (auto): not measured ({reason[:300]}): LoRA-family trials train each alone "
+                "(as with off)",
+                flush=True,
+            )
+        return dataclasses.replace(settings, packing=1)
     took = time.monotonic() - started
     members = settings.packing if speedup >= PACKING_PAYS else 1
     if echo:

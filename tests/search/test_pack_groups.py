@@ -69,6 +69,14 @@ def test_auto_packs_where_the_workers_device_measures_a_gain(ray_local, prep, mo
     assert "(cached;" in lines[1] and ("up to 3 a group" if pays else "each alone") in lines[1]
 
 
+def test_a_measurement_that_fails_leaves_the_search_unpacked_saying_why(ray_local, prep, capsys, tmp_path):
+    settings = dataclasses.replace(prep.settings, packing=3, model_path=str(tmp_path / "no-model-here"))
+    decided = pack_groups.decide_packing(settings, prep.data, "none")
+    assert decided.packing == 1 and decided.packing_speedup is None
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("[peft-search] packing (auto): not measured (") and "train each alone" in line
+
+
 def test_a_group_keeps_its_cpus_while_it_waits(ray_local):
     """A group's task waits (for members, for a rung's answer) holding its worker's CPUs: a second task asking for
     them starts only once the first has finished. A plain ``ray.get`` on the task's own thread would lend them."""
