@@ -16,7 +16,8 @@ from peft_search import spaces
 from peft_search.search.errors import ConfigError
 from peft_search.search.settings.space_config import CandidateSpec
 
-_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+"""PEFT's ``task_type`` for each ``model.task``."""
 
 
 def check_candidates(
@@ -35,9 +36,9 @@ def check_candidates(
         config = _peft_config(candidate.peft_config, field)
         _check_quantization(candidate, f"space.candidates[{i}].quantization")
         task_type = candidate.peft_config.get("task_type")
-        if task_type is not None and task_type != _TASK_TYPES[task]:
+        if task_type is not None and task_type != TASK_TYPES[task]:
             raise ConfigError(
-                f"{field}.task_type: {task_type!r} does not fit model.task {task}; use {_TASK_TYPES[task]}"
+                f"{field}.task_type: {task_type!r} does not fit model.task {task}; use {TASK_TYPES[task]}"
             )
         # None leaves PEFT to pick its default targets for the architecture; 'all-linear' is PEFT's shorthand.
         targets = candidate.peft_config.get("target_modules") if hasattr(config, "target_modules") else None

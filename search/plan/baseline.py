@@ -5,8 +5,39 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 RUNTIME_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "ray")
+
+
+def cache_file(name: str) -> Path:
+    """A file of figures measured once per machine: in ``PEFT_SEARCH_CACHE``, else ``$XDG_CACHE_HOME/peft-search`` or
+    ``~/.cache/peft-search``."""
+    root = os.environ.get("PEFT_SEARCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-search"
+    )
+    return Path(root) / name
+
+
+def read_cache(name: str) -> dict[str, Any]:
+    """A cache file's figures by key (empty when it is missing or unreadable)."""
+    try:
+        cached = json.loads(cache_file(name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def write_cache(name: str, key: str, value: Any) -> None:
+    """Add one figure to a cache file, replacing it whole (a reader never sees half a file)."""
+    path = cache_file(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**read_cache(name), key: value}, indent=1))
+        tmp.replace(path)
+    except OSError:  # a read-only home: measured again next time
+        pass
 
 
 class RuntimeBaseline:
@@ -53,29 +84,13 @@ class RuntimeBaseline:
         libraries = " ".join(f"{name}=={installed(name)}" for name in RUNTIME_LIBRARIES)
         return f"{sys.executable} (Python {platform.python_version()}, {platform.machine()}): {libraries}"
 
-    @staticmethod
-    def cache_file() -> Path:
-        root = os.environ.get("PEFT_SEARCH_CACHE") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-search"
-        )
-        return Path(root) / "runtime-baseline.json"
+    CACHE = "runtime-baseline.json"
 
     def _read_cache(self) -> dict[str, int]:
-        try:
-            cached = json.loads(self.cache_file().read_text())
-        except (OSError, ValueError):
-            return {}
-        return cached if isinstance(cached, dict) else {}
+        return read_cache(self.CACHE)
 
     def _write_cache(self, nbytes: int) -> None:
-        path = self.cache_file()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**self._read_cache(), self._key: nbytes}, indent=1))
-            tmp.replace(path)
-        except OSError:  # a read-only home: measured again next time
-            pass
+        write_cache(self.CACHE, self._key, nbytes)
 
     @property
     def measured(self) -> bool:

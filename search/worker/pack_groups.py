@@ -44,6 +44,8 @@ GATHER_S = 15.0
 (trial actors start a few seconds apart: each imports torch first)."""
 POLL_S = 5.0
 """Seconds a member's wait for its next message lasts; each wait tells the coordinator the member is alive."""
+SPEEDUP_CACHE = "packing-speedup.json"
+"""The cache file (``search.plan.baseline.cache_file``) of ``decide_packing``'s figures."""
 LOST_S = 120.0
 """A member not heard from for this long while its group waits on it is taken as stopped (its actor died)."""
 
@@ -367,7 +369,7 @@ def _measure_packing(
 
     import torch
 
-    from peft_search.search.plan.baseline import RuntimeBaseline
+    from peft_search.search.plan.baseline import RuntimeBaseline, read_cache, write_cache
     from peft_search.search.worker.environment import quiet_libraries
     from peft_search.search.worker.packing import measure_packing
 
@@ -391,21 +393,11 @@ def _measure_packing(
             settings.packing,
         ]
     )
-    path = RuntimeBaseline.cache_file().with_name("packing-speedup.json")
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache, dict) and isinstance(cache.get(key), float):
-        return cache[key], name, True
+    cached = read_cache(SPEEDUP_CACHE).get(key)
+    if isinstance(cached, float):
+        return cached, name, True
     speedup = measure_packing(settings, data, quantization, device=device)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**(cache if isinstance(cache, dict) else {}), key: speedup}, indent=1))
-        tmp.replace(path)
-    except OSError:  # a read-only home: measured again next time
-        pass
+    write_cache(SPEEDUP_CACHE, key, speedup)
     return speedup, name, False
 
 

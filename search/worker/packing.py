@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.inputs.candidates import TASK_TYPES
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
 from peft_search.search.plan.packable import group_peak_bytes, packing_refusal
@@ -148,7 +149,8 @@ def run_group(
     costs = functools.partial(
         _costs, members=members, plans=plans, peak=peak, shared=shared, load_s=load_s, base_params=base_params
     )
-    figures = _train_round(model, router, members, settings, data, device, seed, on_rung, plans, costs)
+    figures = _train_members(model, router, members, settings, data, device, seed, on_rung, plans, costs)
+    size, train_s = len(members), figures["train_s"]
 
     for member in members:
         if not member.active:
@@ -163,7 +165,6 @@ def run_group(
             curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
             curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
             curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
-        train_s, size = figures["train_s"], len(members)
         metrics = {
             STATUS_KEY: "complete",
             **evaluation.metrics(),
@@ -200,7 +201,7 @@ def run_group(
     return results
 
 
-def _train_round(
+def _train_members(
     model,
     router: AdapterRouter,
     group: list[Member],
@@ -348,10 +349,9 @@ def measure_packing(
     cheaper a training row is packed than alone. What an adapter adds to a step is small beside its base model's
     forward and backward, so one representative stands for the search's LoRA trials."""
     import_training_libraries(quantization)
-    task_type = "SEQ_CLS" if settings.task == "sequence-classification" else "CAUSAL_LM"
     lora = {
         "peft_type": "LORA",
-        "task_type": task_type,
+        "task_type": TASK_TYPES[settings.task],
         "r": 8,
         "lora_alpha": 16,
         "target_modules": "all-linear",
@@ -424,7 +424,7 @@ def _costs(
     """What the member costs: its own parameter counts; of the group's measured peak memory, the part loaded once
     for all (the base model, measured when loaded) and an even share of the rest (optimizer states, activations:
     what each member adds), so a member's figure is near what it would take alone; the group's peak beside it, and
-    and its plan. The load time is shared evenly."""
+    its plan. The load time is shared evenly."""
     group_peak = peak.peak_bytes()
     return {
         "trainable_params": member.trainable,
