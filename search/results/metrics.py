@@ -255,7 +255,19 @@ for _metric in (
     Metric("train_steps", "count", "min", "training steps", "optimizer steps trained"),
     Metric("world_size", "count", "min", "workers", "Ray Train workers the trial trained on"),
     Metric(
-        "group_size", "count", "min", "group size", "trials its packed group trained at once (search.packing)"
+        "group_size",
+        "count",
+        "min",
+        "group size",
+        "the most trials its packed group trained at once while it was in it (search.packing)",
+    ),
+    Metric(
+        "group_start_step",
+        "count",
+        "min",
+        "group start step",
+        "its packed group's step when it joined: 0 for the group's first members, more for a trial that took the "
+        "slot of a member stopped or done (it trains its own steps from there)",
     ),
     Metric(
         "group_peak_memory_bytes",

@@ -12,9 +12,11 @@ With ``search.packing: auto`` the search first measures whether packing pays on 
 
 A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
 scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
-stopped member from its next step. The Tune trial slot a stopped member frees goes to a new trial, which joins the
-next group. Each member's final result, its adapter stored where a trial alone stores it, is reported by its own
-trial, with the group's name (``GROUP_KEY``) beside its metrics.
+stopped member from its next step. Each member's final result, its adapter stored where a trial alone stores it,
+is reported by its own trial as soon as it is done, with the group's name (``GROUP_KEY``) beside its metrics. The
+Tune trial slot a stopped or finished member frees goes to a new trial, which joins the running group of its kind
+that has room (``take``: it trains from the step it joins, as it would alone), else forms the next group; a group
+ends once it has no member left (``retire``: a trial routed to it that it did not take forms the next group).
 """
 
 from __future__ import annotations
@@ -144,6 +146,12 @@ class _Forming:
     plans: list[Any] = field(default_factory=list)
     last_join: float = 0.0
     closed: bool = False
+    running: bool = False
+    """Training: it takes new members into free slots (``take``) until it retires."""
+    live: list[str] = field(default_factory=list)
+    """Its members training, as it last said (``take``)."""
+    queue: list[tuple[str, TrialConfig]] = field(default_factory=list)
+    """Members routed to it while it trains, not taken yet."""
 
 
 class PackCoordinator:
@@ -163,25 +171,62 @@ class PackCoordinator:
         self._inbox: dict[str, deque] = {}
         self._answers: dict[str, bool] = {}
         self._seen: dict[str, float] = {}
+        self._plans: dict[str, Any] = {}
         self._names = (f"g{n}" for n in itertools.count())
 
     def join(self, trial_id: str, trial: TrialConfig, plan: Any = None) -> None:
         with self._lock:
             self._inbox.setdefault(trial_id, deque())
             self._seen[trial_id] = time.monotonic()
-            key = pack_key(trial, self._settings)
-            forming = self._forming.get(key)
-            if forming is not None and not self._fits(forming, plan):
-                self._close(forming)
-                forming = None
-            if forming is None:
-                forming = self._forming[key] = _Forming(next(self._names), key)
-                self._start(forming)
-            forming.members.append((trial_id, trial))
-            forming.plans.append(plan)
-            forming.last_join = time.monotonic()
-            if len(forming.members) >= self._settings.packing:
-                self._close(forming)
+            self._plans[trial_id] = plan
+            self._route(trial_id, trial)
+            self._lock.notify_all()
+
+    def _route(self, trial_id: str, trial: TrialConfig) -> None:
+        """Into a running group of its kind with a free slot, else the group forming (a new one if none fits)."""
+        key, plan = pack_key(trial, self._settings), self._plans.get(trial_id)
+        for group in self._groups.values():
+            if group.running and group.key == key and self._has_room(group, plan):
+                group.queue.append((trial_id, trial))
+                group.members.append((trial_id, trial))
+                return
+        forming = self._forming.get(key)
+        if forming is not None and not self._fits(forming.plans, plan):
+            self._close(forming)
+            forming = None
+        if forming is None:
+            forming = self._forming[key] = _Forming(next(self._names), key)
+            self._start(forming)
+        forming.members.append((trial_id, trial))
+        forming.plans.append(plan)
+        forming.last_join = time.monotonic()
+        if len(forming.members) >= self._settings.packing:
+            self._close(forming)
+
+    def _has_room(self, group: _Forming, plan: Any) -> bool:
+        taking = [*group.live, *(t for t, _ in group.queue)]
+        if len(taking) >= self._settings.packing:
+            return False
+        return self._fits([self._plans.get(t) for t in taking], plan)
+
+    def take(self, name: str, live: list[str]) -> list[tuple[str, TrialConfig]]:
+        """A running group's new members: those routed to it since it last asked (``live``: its members training
+        now; its free slots are the search's size less those)."""
+        with self._lock:
+            group = self._groups[name]
+            taken, group.queue = group.queue, []
+            group.live = [*live, *(t for t, _ in taken)]
+            return taken
+
+    def retire(self, name: str) -> None:
+        """A group has no member left and ends: trials routed to it that it did not take join another group."""
+        with self._lock:
+            group = self._groups[name]
+            group.running = False
+            left, group.queue = group.queue, []
+            group.members = [m for m in group.members if m not in left]
+            for trial_id, trial in left:
+                self._route(trial_id, trial)
             self._lock.notify_all()
 
     def claim(self, name: str) -> list[tuple[str, TrialConfig]]:
@@ -195,6 +240,7 @@ class PackCoordinator:
                     self._close(forming)
                     break
                 self._lock.wait(timeout=left)
+            forming.running, forming.live = True, [t for t, _ in forming.members]
             return list(forming.members)
 
     def next(self, trial_id: str, timeout: float) -> tuple[str, Any] | None:
@@ -233,9 +279,9 @@ class PackCoordinator:
         with self._lock:
             return {name: [t for t, _ in g.members] for name, g in self._groups.items()}
 
-    def _fits(self, forming: _Forming, plan: Any) -> bool:
+    def _fits(self, plans: list[Any], plan: Any) -> bool:
         budget = self._settings.budget.max_memory
-        plans = [*forming.plans, plan]
+        plans = [*plans, plan]
         if not budget or any(p is None for p in plans):
             return True
         from peft_search.search.plan.packable import group_peak_bytes
@@ -272,6 +318,10 @@ class PackCoordinator:
             reason = f"packed group {forming.name} failed: {type(err).__name__}: {str(err).splitlines()[0]}"
             with self._lock:
                 self._close(forming)  # no one joins a group that died before it claimed its members
+                forming.running, left, forming.queue = False, forming.queue, []  # nor one that died training
+                forming.members = [m for m in forming.members if m not in left]
+                for trial_id, trial in left:  # routed to it, not taken yet: another group trains them
+                    self._route(trial_id, trial)
                 members = list(forming.members)
             for trial_id, _ in members:
                 self.post(trial_id, ("error", reason))
@@ -292,29 +342,38 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
     def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
         return wait_holding(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
 
-    members = wait_holding(coordinator.claim.remote(name))
+    def take(live: list[str]) -> list[tuple[str, TrialConfig]]:
+        taken = wait_holding(coordinator.take.remote(name, live))
+        members.extend(taken)
+        return taken
+
+    def on_done(trial_id: str, metrics: dict[str, Any], adapter_dir) -> None:
+        if metrics[STATUS_KEY] == "infeasible":
+            coordinator.post.remote(trial_id, ("infeasible", metrics[ERROR_KEY]))
+            return
+        with adapter_dir:
+            target = store_adapter(adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}")
+        result = {**metrics, GROUP_KEY: name, "worker_pid": os.getpid(), "checkpoint_path": target}
+        coordinator.post.remote(trial_id, ("result", result))
+
+    members = list(wait_holding(coordinator.claim.remote(name)))
     try:
-        results = run_group(
-            members, settings, data, device=device, on_rung=on_rung if settings.rungs else None
+        run_group(
+            list(members),
+            settings,
+            data,
+            device=device,
+            on_rung=on_rung if settings.rungs else None,
+            take=take,
+            on_done=on_done,
         )
     except Exception as err:
-        for trial_id, _ in members:
+        for trial_id, _ in members:  # a member already done has its result: its trial ignores this
             coordinator.post.remote(trial_id, ("error", f"packed group {name}: {type(err).__name__}: {err}"))
         raise
     finally:
+        wait_holding(coordinator.retire.remote(name))
         return_freed_memory()
-    for trial_id, (metrics, adapter_dir) in results.items():
-        status = metrics[STATUS_KEY]
-        if status == "infeasible":
-            coordinator.post.remote(trial_id, ("infeasible", metrics[ERROR_KEY]))
-        elif status == "complete" and adapter_dir is not None:
-            with adapter_dir:
-                target = store_adapter(
-                    adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}"
-                )
-            result = {**metrics, GROUP_KEY: name, "worker_pid": os.getpid(), "checkpoint_path": target}
-            coordinator.post.remote(trial_id, ("result", result))
-        # a member stopped at a rung: its trial has ended there
 
 
 def decide_packing(

@@ -27,12 +27,12 @@ same distribution. Which configs can pack, and with which others, is ``packing_r
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import itertools
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +41,39 @@ import torch
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.candidates import TASK_TYPES
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.inputs.modeling import generic_4bit_cpu_path, load_base_model
+from peft_search.search.inputs.modeling import load_base_model
 from peft_search.search.plan.packable import group_peak_bytes, packing_refusal
-from peft_search.search.results.records import CURVE_KEY, ERROR_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
+from peft_search.search.results.records import ERROR_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults
 from peft_search.search.worker.costs import check_budget, plan_trial
-from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
-from peft_search.search.worker.evaluation import evaluate
+from peft_search.search.worker.environment import import_training_libraries
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
+from peft_search.search.worker.packed_group import SPEEDUP_KEY, GroupLife, GroupParts, OnDone, OnRung, Take
 from peft_search.search.worker.packed_trainer import (
     ROUTE,
     AdapterRouter,
     Member,
-    MemberCurves,
     PackedCollator,
     PackedTrainer,
     member_loss,
 )
-from peft_search.search.worker.trainer import StepCallback, training_arguments, trial_arguments
+from peft_search.search.worker.trainer import CountingCollator, training_arguments, trial_arguments
 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 """``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
-SPEEDUP_KEY = "packing_speedup"
-"""In a packed trial's results (``auto``): how many times as fast a row trains packed as alone, as the search
-measured before its trials."""
-OnRung = Callable[[str, dict[str, Any]], bool]
-"""``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
+OPEN_ENDED = 1_000_000
+"""A group that takes new members trains up to this many times a member's steps (it stops once none is left)."""
+__all__ = [
+    "SPEEDUP_KEY",
+    "OnDone",
+    "OnRung",
+    "Take",
+    "load_group",
+    "measure_packing",
+    "pack_key",
+    "run_group",
+]
 
 
 def pack_key(trial: TrialConfig, settings: TrialSettings) -> str:
@@ -85,47 +91,38 @@ def run_group(
     *,
     device: torch.device,
     on_rung: OnRung | None = None,
+    take: Take | None = None,
+    on_done: OnDone | None = None,
 ) -> dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]]:
     """Train and evaluate a group of packable trials (``(trial_id, config)`` pairs with one ``pack_key``) together.
 
     Returns, for each member, what ``run_trial`` returns for one trial: its metrics (an infeasible member's say so,
     as the trial's result would) and the directory holding its adapter (None unless it completed). With
     ``on_rung``, each active member's part-way result goes there at each rung; a member ``on_rung`` says was
-    stopped leaves the group's batches from the next step.
+    stopped leaves the group's batches from the next step. With ``take``, the slots members free (stopped, or done)
+    go to new members ``take`` gives, each training from the step it joins as it would alone; with ``on_done``,
+    each member's result goes there as soon as it is known (its adapter directory with it, not in the return).
     """
+    results: dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]] = {}
+
+    def done(trial_id: str, metrics: dict[str, Any], adapter_dir) -> None:
+        results[trial_id] = (metrics, adapter_dir if on_done is None else None)
+        if on_done is not None:
+            on_done(trial_id, metrics, adapter_dir)
+
     import_training_libraries(trials[0][1].quantization)
     keys = {pack_key(t, settings) for _, t in trials}
     if len(keys) > 1:
         raise ValueError(f"a packed group needs one pack_key, got {len(keys)}")
     peak = PeakMemory(device)
     peak.start()
-    results: dict[str, tuple[dict[str, Any], tempfile.TemporaryDirectory | None]] = {}
-    members: list[Member] = []
-    plans = {}
-    for trial_id, trial in trials:
-        refusal = packing_refusal(trial.peft_config)
-        if refusal is not None:
-            raise ValueError(f"trial {trial_id} cannot pack: {refusal}")
-        try:
-            plan = plan_trial(
-                trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
-            )
-            check_budget(plan, settings.budget)
-        except InfeasibleTrialError as err:
-            results[trial_id] = ({STATUS_KEY: "infeasible", ERROR_KEY: str(err)}, None)
-            continue
-        plans[trial_id] = plan
-        arguments = trial_arguments(trial, settings)
-        members.append(
-            Member(
-                trial_id,
-                trial,
-                f"member_{len(members)}",
-                trial.learning_rate,
-                float(arguments.get("weight_decay", 0.0)),
-                float(arguments.get("max_grad_norm", 1.0)),
-            )
-        )
+    plans: dict[str, Any] = {}
+    names = (f"member_{n}" for n in itertools.count())
+    planned = [
+        _planned(trial_id, trial, next(names), settings, data, device, peak, plans, done)
+        for trial_id, trial in trials
+    ]
+    members = [m for m in planned if m is not None]
     if not members:
         return results
 
@@ -133,64 +130,42 @@ def run_group(
     seed = settings.seed if first.seed is None else first.seed
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    model, infeasible = load_group(members, settings, data, device)
+    model, infeasible, init_rng = load_group(members, settings, data, device)
     for member in infeasible:
-        results[member.trial_id] = ({STATUS_KEY: "infeasible", ERROR_KEY: member.error}, None)
+        done(member.trial_id, {STATUS_KEY: "infeasible", ERROR_KEY: member.error}, None)
     members = [m for m in members if m not in infeasible]
     if not members:
         return results
-    load_s = time.perf_counter() - t0
+    for member in members:
+        member.load_s = (time.perf_counter() - t0) / len(members)
     for member in members:  # chaos tests only: a member's fault is its whole group's (one process)
         faults.inject(settings.faults, member.trial.candidate, device)
     shared = peak.peak_bytes()  # the base model (and the small adapters), loaded once for all members
     base_params = sum(p.numel() for p in model.parameters()) - sum(m.trainable for m in members)
     router = AdapterRouter(model)
 
-    costs = functools.partial(
-        _costs, members=members, plans=plans, peak=peak, shared=shared, load_s=load_s, base_params=base_params
-    )
-    figures = _train_members(model, router, members, settings, data, device, seed, on_rung, plans, costs)
-    size, train_s = len(members), figures["train_s"]
+    def admit(trial_id: str, trial: TrialConfig, step: int, live: list[str]) -> Member | None:
+        """A member joining at ``step``: planned and checked as any, its adapter initialised as it would be alone."""
+        if pack_key(trial, settings) not in keys:
+            raise ValueError(f"trial {trial_id} cannot join this group: another pack_key")
+        member = _planned(trial_id, trial, next(names), settings, data, device, peak, plans, done)
+        if member is None:
+            return None
+        member.start = step
+        t = time.perf_counter()
+        if not add_adapter(model, member, init_rng, live):
+            done(trial_id, {STATUS_KEY: "infeasible", ERROR_KEY: member.error}, None)
+            return None
+        router.attach(model)
+        faults.inject(settings.faults, trial.candidate, device)
+        member.load_s = time.perf_counter() - t
+        return member
 
-    for member in members:
-        if not member.active:
-            continue
-        t2 = time.perf_counter()
-        with router.only(member.name):
-            evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
-        eval_s = time.perf_counter() - t2
-        adapter_dir, adapter_bytes = _save(model, member.name)
-        curve = dict(member.curve)
-        if member.evaluations:
-            curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
-            curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
-            curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
-        metrics = {
-            STATUS_KEY: "complete",
-            **evaluation.metrics(),
-            PREDICTIONS_KEY: evaluation.rows(),
-            CURVE_KEY: curve,
-            **costs(member),
-            "train_time_s": train_s / size,
-            "samples_per_s": figures["samples"] / size / train_s if train_s > 0 else 0.0,
-            "tokens_per_s": figures["tokens"] / size / train_s if train_s > 0 else 0.0,
-            "group_train_time_s": train_s,
-            "group_samples_per_s": figures["samples"] / train_s if train_s > 0 else 0.0,
-            "eval_time_s": eval_s,
-            "rung_eval_time_s": figures["rungs_s"] / size,
-            "eval_rows": len(data.eval),
-            "train_steps": settings.steps,
-            "adapter_bytes": adapter_bytes,
-            "world_size": 1,
-            "device": str(device.type),
-            "node_id": node_id(),
-            "cpu_allocator": heap_allocator(),
-            "resumed_from_step": 0,
-            **({SPEEDUP_KEY: settings.packing_speedup} if settings.packing_speedup is not None else {}),
-        }
-        results[member.trial_id] = (metrics, adapter_dir)
-    for member in members:
-        if not member.active and member.trial_id not in results:
+    costs = functools.partial(_costs, plans=plans, peak=peak, shared=shared, base_params=base_params)
+    parts = GroupParts(model, router, settings, data, device, plans, costs, _save, admit, done, on_rung, take)
+    trainer_members = _train_members(parts, members, seed)
+    for member in trainer_members:
+        if member.trial_id not in results:  # stopped at a rung: its trial ended there
             results[member.trial_id] = (
                 {STATUS_KEY: "running", RUNG_KEY: member.evaluations[-1]["step"]},
                 None,
@@ -201,85 +176,66 @@ def run_group(
     return results
 
 
-def _train_members(
-    model,
-    router: AdapterRouter,
-    group: list[Member],
-    settings: TrialSettings,
-    data: TokenizedSplits,
-    device: torch.device,
-    seed: int,
-    on_rung: OnRung | None,
-    plans: dict,
-    costs: Callable[[Member], dict],
-) -> dict[str, Any]:
-    """Train these members together (one alone: by PEFT's plain forward, its adapter the model's active one), with
-    their rung results to ``on_rung``; the training seconds (rung evaluations left out), rows and tokens."""
-    if len(group) == 1:
-        model.set_adapter(group[0].name)
+def _planned(trial_id, trial, name, settings, data, device, peak, plans, done) -> Member | None:
+    """The member for this trial, its plan checked against the budget (None: infeasible, said to ``done``)."""
+    refusal = packing_refusal(trial.peft_config)
+    if refusal is not None:
+        raise ValueError(f"trial {trial_id} cannot pack: {refusal}")
+    try:
+        plan = plan_trial(
+            trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
+        )
+        check_budget(plan, settings.budget)
+    except InfeasibleTrialError as err:
+        done(trial_id, {STATUS_KEY: "infeasible", ERROR_KEY: str(err)}, None)
+        return None
+    plans[trial_id] = plan
+    arguments = trial_arguments(trial, settings)
+    return Member(
+        trial_id,
+        trial,
+        name,
+        trial.learning_rate,
+        float(arguments.get("weight_decay", 0.0)),
+        float(arguments.get("max_grad_norm", 1.0)),
+    )
+
+
+def _train_members(parts: GroupParts, members: list[Member], seed: int) -> list[Member]:
+    """Train the group in one Trainer (one member alone: by PEFT's plain forward, its adapter the model's active
+    one) until no member is left in it; every member it had."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import SaveStrategy
+
+    settings, data = parts.settings, parts.data
     with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
         args = training_arguments(
-            group[0].trial, settings, data, output_dir=output_dir, seed=seed, device=device
+            members[0].trial, settings, data, output_dir=output_dir, seed=seed, device=parts.device
         )
         args.max_grad_norm = 0.0  # each member's own clipping (PackedTrainer._clip)
-        collator = PackedCollator(group, data.pad_token_id)
-        callbacks: list = [MemberCurves(group)]
-        rung_data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
-        timer = {"started": 0.0, "rungs": 0.0}
-
-        def rung(step: int) -> None:
-            if on_rung is None or step not in settings.rungs or step >= settings.steps:
-                return
-            t = time.perf_counter()
-            for member in [m for m in group if m.active]:
-                with router.only(member.name), generic_4bit_cpu_path(model):
-                    partial = evaluate(
-                        model, rung_data, settings.task, settings.training.eval_batch_size, device
-                    )
-                metrics = partial.metrics()
-                member.evaluations.append({"step": step, **metrics})
-                member.active = on_rung(
-                    member.trial_id,
-                    {
-                        STATUS_KEY: "running",
-                        RUNG_KEY: step,
-                        **metrics,
-                        **costs(member),
-                        "train_time_s": (t - timer["started"] - timer["rungs"]) / len(group),
-                        "adapter_bytes": plans[member.trial_id].adapter_bytes,
-                        "train_steps": step,
-                        "eval_rows": len(rung_data.eval),
-                    },
-                )
-            model.train()
-            timer["rungs"] += time.perf_counter() - t
-
-        if on_rung is not None:
-            callbacks.append(StepCallback(rung))
+        args.save_strategy = SaveStrategy.NO  # a member's adapter is saved when it is done
+        if parts.take is not None:  # members join while it trains: it trains until none is left
+            args.max_steps = settings.steps * OPEN_ENDED
+        life = GroupLife(parts)
         trainer = PackedTrainer(
-            model=model,
+            model=parts.model,
             args=args,
             train_dataset=data.train,
-            data_collator=collator,
-            callbacks=callbacks,
-            members=group,
-            router=router,
+            data_collator=CountingCollator(data.pad_token_id),
+            callbacks=[life],
+            members=members,
+            router=parts.router,
             task=settings.task,
+            steps=settings.steps,
+            pad_token_id=data.pad_token_id,
         )
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
+        life.trainer = trainer
         for printer in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(printer)
-        timer["started"] = time.perf_counter()
         trainer.train()
-        train_s = time.perf_counter() - timer["started"] - timer["rungs"]
-        trainer = None  # the optimizer state: freed before the evaluations
-    return {
-        "train_s": train_s,
-        "rungs_s": timer["rungs"],
-        "samples": collator.samples,
-        "tokens": collator.tokens,
-    }
+        everyone = trainer.members
+        trainer = None  # the optimizer state: freed
+    return everyone
 
 
 def packing_speedup(
@@ -359,7 +315,7 @@ def measure_packing(
     trial = TrialConfig("lora", quantization, lora, 1e-4)
     members = [Member(f"m{i}", trial, f"member_{i}", 1e-4, 0.0, 1.0) for i in range(settings.packing)]
     torch.manual_seed(settings.seed)
-    model, refused = load_group(members, settings, data, device)
+    model, refused, _ = load_group(members, settings, data, device)
     if refused:
         raise ValueError(f"PEFT refused the measuring adapter: {refused[0].error}")
     router = AdapterRouter(model)
@@ -373,7 +329,8 @@ def measure_packing(
 
 def load_group(members: list[Member], settings: TrialSettings, data: TokenizedSplits, device: torch.device):
     """The base model once, then each member's adapter under its name, each from the random state the base model
-    left (as it would be initialised alone); all of them trainable. Members PEFT refuses come back apart."""
+    left (as it would be initialised alone); all of them trainable. Members PEFT refuses come back apart, and so
+    does that random state (``add_adapter`` initialises a member joining later from it)."""
     from peft import get_peft_config, get_peft_model
 
     t = settings.training
@@ -403,39 +360,53 @@ def load_group(members: list[Member], settings: TrialSettings, data: TokenizedSp
             refused.append(member)
     kept = [m for m in members if m not in refused]
     if model is None:
-        return base, refused
+        return base, refused, state
     model.base_model.set_requires_grad([m.name for m in kept], True)
     for member in kept:
         member.trainable = sum(p.numel() for n, p in model.named_parameters() if member.owns(n))
     model.train()
-    return model, refused
+    return model, refused, state
+
+
+def add_adapter(model, member: Member, init_rng: torch.Tensor, live: list[str]) -> bool:
+    """A member joining a group that trains: its adapter initialised from the random state the base model left
+    (``load_group``'s), as it would be alone, and trainable beside the ``live`` ones; False if PEFT refuses it
+    (``member.error`` says why). The group's own random state is untouched."""
+    from peft import get_peft_config
+
+    outside = torch.get_rng_state()
+    torch.set_rng_state(init_rng)
+    try:
+        model.add_adapter(member.name, get_peft_config(dict(member.trial.peft_config)))
+    except (ValueError, TypeError, NotImplementedError, KeyError) as err:
+        member.error = f"{type(err).__name__}: {err}"
+        return False
+    finally:
+        torch.set_rng_state(outside)
+    model.base_model.set_requires_grad([*live, member.name], True)
+    member.trainable = sum(p.numel() for n, p in model.named_parameters() if member.owns(n))
+    return True
 
 
 def _costs(
-    member: Member,
-    *,
-    members: list[Member],
-    plans: dict,
-    peak: PeakMemory,
-    shared: int,
-    load_s: float,
-    base_params: int,
+    member: Member, live: list[Member], *, plans: dict, peak: PeakMemory, shared: int, base_params: int
 ) -> dict:
     """What the member costs: its own parameter counts; of the group's measured peak memory, the part loaded once
     for all (the base model, measured when loaded) and an even share of the rest (optimizer states, activations:
-    what each member adds), so a member's figure is near what it would take alone; the group's peak beside it, and
-    its plan. The load time is shared evenly."""
+    what each member adds) among the most members it trained beside, so a member's figure is near what it would take
+    alone; the group's peak beside it, and the plan of the group it trains in now. Its load time is its share of
+    the group's load, or its adapter's if it joined later."""
     group_peak = peak.peak_bytes()
     return {
         "trainable_params": member.trainable,
         "total_params": base_params + member.trainable,
-        "peak_memory_bytes": shared + (group_peak - shared) // len(members),
+        "peak_memory_bytes": shared + (group_peak - shared) // member.most_members,
         "group_peak_memory_bytes": group_peak,
-        "est_group_peak_memory_bytes": group_peak_bytes([plans[m.trial_id] for m in members]),
+        "est_group_peak_memory_bytes": group_peak_bytes([plans[m.trial_id] for m in live]),
         "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
         "peak_memory_kind": peak.kind,
-        "load_time_s": load_s / len(members),
-        "group_size": len(members),
+        "load_time_s": member.load_s,
+        "group_size": member.most_members,
     }
 
 

@@ -53,6 +53,26 @@ def test_a_group_takes_members_of_its_kind_up_to_the_search_s_size(coordinator):
     assert coordinator.claim("g1") == [("t4", TRIALS[4]), ("t5", TRIALS[5])]  # gather_s 0: at once
 
 
+def test_a_running_group_takes_new_members_into_the_slots_others_free(coordinator):
+    """While a group trains, a trial of its kind joins it where a member left (``take`` says who is still in it);
+    a full group sends it to the next group, and a group that ends passes on whoever it did not take."""
+    coordinator, _ = coordinator
+    _join(coordinator, 0, 1, 2, 3)
+    assert [t for t, _ in coordinator.claim("g0")] == ["t0", "t1", "t2", "t3"]
+    _join(coordinator, 4)  # g0 is full: a new group forms
+    assert coordinator.groups() == {"g0": ["t0", "t1", "t2", "t3"], "g1": ["t4"]}
+    assert coordinator.take("g0", ["t0", "t2", "t3"]) == []  # t1 left: one slot free
+    _join(coordinator, 5)
+    assert coordinator.groups() == {"g0": ["t0", "t1", "t2", "t3", "t5"], "g1": ["t4"]}
+    assert coordinator.take("g0", ["t0", "t2", "t3"]) == [("t5", TRIALS[5])]
+    coordinator.take("g0", ["t0"])  # three left: three slots
+    coordinator.join("t6", TRIALS[0])
+    coordinator.retire("g0")  # it ended before taking t6: t6 joins the group forming
+    assert coordinator.groups() == {"g0": ["t0", "t1", "t2", "t3", "t5"], "g1": ["t4", "t6"]}
+    coordinator.join("t7", TRIALS[1])  # no group trains now: it joins the one forming
+    assert coordinator.groups()["g1"] == ["t4", "t6", "t7"]
+
+
 @pytest.mark.parametrize("pays", [True, False])
 def test_auto_packs_where_the_workers_device_measures_a_gain(ray_local, prep, monkeypatch, capsys, pays):
     """``decide_packing`` measures on a worker (a Ray task with a worker's resources), then reads the figure from

@@ -168,6 +168,34 @@ def test_a_member_the_scheduler_stops_leaves_its_group_and_the_other_trains_on(
     assert last["kept"]["learning_curve"]["eval_step"][0] == 2
 
 
+def test_the_slot_a_stopped_member_frees_goes_to_a_new_trial_in_the_running_group(
+    ray_local, bert_without_dropout, classification_csv, tmp_path
+):
+    """Tune runs two trials at once; when its scheduler stops one at a rung, the trial Tune starts in its place
+    joins the group still training the other (from that group's step, as its own trial), instead of waiting for a
+    group of its own."""
+    import ray
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    from peft_search.search.results.records import RUNG_KEY, STATUS_KEY
+
+    class StopOne(FIFOScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            stop = trial.config["candidate"] == "stopped" and result.get(RUNG_KEY) == 2
+            return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+    prep = _prepared(bert_without_dropout, classification_csv, tmp_path, steps=REFILL_STEPS)
+    last, coordinator = _tune_pair(prep.settings, prep.data, tmp_path, StopOne(), third=True)
+    assert last["stopped"][STATUS_KEY] == "running" and last["stopped"][RUNG_KEY] == 2
+    for name in ("kept", "third"):
+        assert last[name][STATUS_KEY] == "complete" and last[name]["train_steps"] == REFILL_STEPS, name
+        assert last[name]["group"] == "g0" and last[name]["group_size"] == 2, name
+    assert last["kept"]["group_start_step"] == 0 and 2 <= last["third"]["group_start_step"] < REFILL_STEPS
+    groups = ray.get(coordinator.groups.remote())
+    assert list(groups) == ["g0"] and groups["g0"][2] == last["third"]["trial_id"]
+    assert set(groups["g0"][:2]) == {last["kept"]["trial_id"], last["stopped"]["trial_id"]}
+
+
 def test_a_group_whose_process_dies_fails_its_members_saying_so(
     ray_local, bert_without_dropout, classification_csv, tmp_path
 ):
@@ -186,7 +214,12 @@ def test_a_group_whose_process_dies_fails_its_members_saying_so(
         assert "packed group g0 failed" in str(error)
 
 
-def _prepared(model, data, tmp_path):
+REFILL_STEPS = 3000
+"""Steps of each trial in the refill test: long enough that the trial replacing a stopped one (a new trial actor,
+which imports its libraries) arrives while the group still trains."""
+
+
+def _prepared(model, data, tmp_path, steps: int = 6):
     from peft_search.search.loop.prepare import prepare
 
     cfg = tiny_config(
@@ -194,16 +227,17 @@ def _prepared(model, data, tmp_path):
         data,
         results_dir=str(tmp_path),
         search={"packing": 2, "early_stopping": {"rule": "asha", "grace_steps": 2, "eval_size": 8}},
-        training={"max_steps": 6},
+        training={"max_steps": steps},
     )
     prep = prepare(cfg)
     assert prep.settings.rungs[0] == 2
     return prep
 
 
-def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False):
+def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False, third: bool = False):
     """Two LoRA trials (``kept``, ``stopped``) in one packed group, run by Tune with ``scheduler``: the last result
-    of each and the coordinator (or, with ``results``, Tune's ResultGrid)."""
+    of each and the coordinator (or, with ``results``, Tune's ResultGrid). With ``third``, a third trial Tune starts
+    once one of the two has ended (two trials at a time)."""
     from ray import tune
 
     from peft_search.search.loop.tuning import FixedConfigs
@@ -219,7 +253,11 @@ def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False):
             "candidate": name,
             "peft_config": peft,
         }
-        for name, peft in [("kept", CANDIDATES[0]["peft_config"]), ("stopped", CANDIDATES[1]["peft_config"])]
+        for name, peft in [
+            ("kept", CANDIDATES[0]["peft_config"]),
+            ("stopped", CANDIDATES[1]["peft_config"]),
+            ("third", CANDIDATES[2]["peft_config"]),
+        ][: 3 if third else 2]
     ]
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, settings=settings, data=data), trial_resources(settings)
@@ -227,7 +265,10 @@ def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False):
     grid = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=FixedConfigs(configs), num_samples=2, scheduler=scheduler, max_concurrent_trials=4
+            search_alg=FixedConfigs(configs),
+            num_samples=len(configs),
+            scheduler=scheduler,
+            max_concurrent_trials=2 if third else 4,
         ),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="pair"),
     ).fit()

@@ -127,6 +127,75 @@ def test_a_member_stopped_at_a_rung_leaves_and_the_others_train_on(prep):
     assert packed["t0"][0]["learning_curve"]["eval_step"] == [2, 4]
 
 
+@pytest.fixture(scope="module")
+def prep_accumulating(bert_without_dropout, classification_csv, tmp_path_factory):
+    """Batches of 9 rows in 3 micro-batches of 3: an epoch of the 24 training rows is 8 micro-batches, so its last
+    optimizer step takes 2 (as the Trainer does at an epoch's end)."""
+    cfg = tiny_config(
+        bert_without_dropout,
+        classification_csv,
+        results_dir=str(tmp_path_factory.mktemp("packing-accumulating")),
+        training={
+            "max_steps": 6,
+            "batch_size": 9,
+            "gradient_accumulation_steps": 3,
+            "warmup_ratio": 0.34,
+            "logging_steps": 1,
+        },
+    )
+    return prepare(cfg)
+
+
+@pytest.mark.parametrize("accumulating", [False, True])
+def test_a_member_joining_a_running_group_trains_to_the_adapter_it_gets_alone(request, accumulating):
+    """A slot a stopped member frees goes to a new trial while the group trains: the newcomer draws its own rows in
+    the order a trial alone draws them (epoch after epoch; with gradient accumulation, the shorter last step of an
+    epoch too), follows its own schedule from the step it joined and starts from the adapter it would start from
+    alone; its adapter (on layers no other member had) equals its alone twin's, and so does that of the member that
+    trained through."""
+    prep = request.getfixturevalue("prep_accumulating" if accumulating else "prep")
+    settings = dataclasses.replace(prep.settings, rungs=(2, 4), packing=2)
+    cpu = torch.device("cpu")
+    first, stopped, joiner = TRIALS[0], TRIALS[2], TRIALS[1]  # the joiner adds key and dense layers
+    asked: list[list[str]] = []
+    finished: list[str] = []
+    results: dict[str, tuple] = {}
+
+    def take(live: list[str]) -> list[tuple[str, TrialConfig]]:
+        asked.append(live)
+        return [("t2", joiner)] if live == ["t0"] and "t2" not in sum(asked[:-1], []) else []
+
+    def on_done(trial_id: str, metrics: dict, adapter) -> None:
+        finished.append(trial_id)
+        results[trial_id] = (metrics, adapter)
+
+    returned = run_group(
+        [("t0", first), ("t1", stopped)],
+        settings,
+        prep.data,
+        device=cpu,
+        on_rung=lambda member, result: member != "t1",
+        take=take,
+        on_done=on_done,
+    )
+    assert finished == ["t0", "t2"]  # each as soon as it was done: t0 at the group's step 6, t2 at its 8
+    assert returned["t1"] == ({"trial_status": "running", "rung_step": 2}, None)
+    assert results["t2"][0]["group_start_step"] == 2 and results["t0"][0]["group_start_step"] == 0
+    assert results["t2"][0]["learning_curve"]["eval_step"] == [2, 4]
+    for trial_id, trial in (("t0", first), ("t2", joiner)):
+        alone, adapter = run_trial(trial, settings, prep.data, device=cpu)
+        together, packed_adapter = results[trial_id]
+        mine, theirs = _weights(adapter), _weights(packed_adapter)
+        assert mine.keys() == theirs.keys(), trial_id
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (trial_id, key)
+        assert together["eval_loss"] == pytest.approx(alone["eval_loss"], abs=1e-5)
+        assert together["trainable_params"] == alone["trainable_params"]
+        for key in ("loss", "learning_rate"):
+            assert together["learning_curve"][key] == pytest.approx(alone["learning_curve"][key], rel=1e-4)
+        assert together["learning_curve"]["step"] == alone["learning_curve"]["step"]
+
+
 def test_what_cannot_pack_says_why():
     assert packing_refusal(TRIALS[0].peft_config) is None
     assert "DoRA" in packing_refusal({**BASE, "use_dora": True})
@@ -139,7 +208,7 @@ def test_measuring_packing_changes_no_weight_flag_or_random_state(prep):
     backward passes only: every weight, trainable flag and the random state are as they were, no gradient is left."""
     cpu = torch.device("cpu")
     members = [Member(f"t{i}", t, f"member_{i}", t.learning_rate, 0.0, 1.0) for i, t in enumerate(TRIALS)]
-    model, refused = load_group(members, prep.settings, prep.data, cpu)
+    model, refused, _ = load_group(members, prep.settings, prep.data, cpu)
     assert refused == []
     router = AdapterRouter(model)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
