@@ -203,7 +203,8 @@ class SearchSettings(_Strict):
     time through one base model (``search.worker.pack_groups``), each still its own trial. ``auto``: up to 4
     at a time, fewer where ``budget.max_memory`` refuses the group, and only where the search measured, before its
     trials, that a packed step pays on the workers' device; an integer: at most that many, without measuring;
-    ``off`` (or 1): every trial alone. Packed trials keep no mid-trial checkpoints."""
+    ``off`` (or 1): every trial alone. A member stopped or done frees its slot for the next trial, which joins the
+    group while it trains. Packed trials keep no mid-trial checkpoints."""
     warm_start: str | None = None
     """A previous search's directory (RESULTS_DIR/NAME; same model, data, space and training): its finished trials
     join the new Optuna study before it samples, so the sampler starts from what that search learned."""
