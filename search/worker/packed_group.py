@@ -66,7 +66,6 @@ class GroupLife(TrainerCallback):
         self.parts = parts
         self.trainer = None
         self.train_s = 0.0
-        self.rungs_s = 0.0
         self._t0 = 0.0
         self._asked = -math.inf
         self._rows = 0
@@ -86,7 +85,6 @@ class GroupLife(TrainerCallback):
             member.group_rows += rows - self._rows
             member.most_members = max(member.most_members, len(live))
         self._rows = rows
-        t = time.perf_counter()
         for member in live:
             step = state.global_step - member.start
             self._log(member, step, args)
@@ -98,7 +96,6 @@ class GroupLife(TrainerCallback):
         if not self.trainer.live():
             control.should_training_stop = True
         p.model.train()
-        self.rungs_s += time.perf_counter() - t
         return control
 
     def _refill(self, step: int, left: bool) -> None:
