@@ -80,6 +80,8 @@ class GroupLife(TrainerCallback):
         self.train_s += took
         rows = sum(m.samples for m in self.trainer.members)
         for member in live:
+            member.losses.append(member.step_loss)
+            member.step_loss = 0.0
             member.train_s += took / len(live)
             member.group_s += took
             member.group_rows += rows - self._rows

@@ -44,6 +44,9 @@ class Member:
     error: str = ""
     """Why PEFT refused its adapter (an infeasible trial)."""
     losses: list[torch.Tensor] = dataclasses.field(default_factory=list, repr=False)
+    """Its loss of each optimizer step since the curve's last point (as the Trainer logs a trial alone's)."""
+    step_loss: torch.Tensor | float = dataclasses.field(default=0.0, repr=False)
+    """Its loss so far in this optimizer step (the sum of its micro-batches' scaled losses)."""
     curve: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     grad_norm: float | None = None
     learning_rate_used: float = 0.0
@@ -148,13 +151,24 @@ class MemberRows:
         self.loader, self.rng_state = loader, rng_state.clone()
         self.batches: Iterator | None = None
         self.epoch, self.used, self.count = 0, 0, 0
+        self.step: list[dict[str, torch.Tensor]] = []
+        self.items: int | None = None
 
-    def plan_step(self, accumulation: int) -> None:
+    def plan_step(self, accumulation: int, task: str) -> None:
+        """Draw this optimizer step's micro-batches; ``items``: their answer tokens (causal LM), which the Trainer
+        divides a step's loss by (its ``num_items_in_batch``), else None."""
         if self.used >= len(self.loader):
             self.epoch, self.used, self.batches = self.epoch + 1, 0, None
         self.count = min(accumulation, len(self.loader) - self.used)
+        self.step = [self._draw() for _ in range(self.count)]
+        self.items = None
+        if task != "sequence-classification":
+            self.items = sum(int(b["labels"][..., 1:].ne(-100).sum()) for b in self.step)
 
     def next(self) -> dict[str, torch.Tensor]:
+        return self.step.pop(0)
+
+    def _draw(self) -> dict[str, torch.Tensor]:
         outside = torch.get_rng_state()
         torch.set_rng_state(self.rng_state)
         try:
@@ -225,7 +239,7 @@ class PackedTrainer(Trainer):
     """The Trainer for a group: per-member rows, loss, optimizer groups, schedules and gradient clipping; members
     join (``add_member``) and leave (``drop_member``) between optimizer steps."""
 
-    # Each member's loss is divided by its own micro-batch count of the step (``MemberRows.count``).
+    # Each member's loss is scaled to its own step: by its micro-batch count, or its answer tokens (``MemberRows``).
     loss_is_scaled_for_ga = True
 
     def __init__(
@@ -332,7 +346,7 @@ class PackedTrainer(Trainer):
         live = self.live()
         if self._micro == 0:
             for member in live:
-                self._rows(member).plan_step(accumulation)
+                self._rows(member).plan_step(accumulation, self.task)
         micro, self._micro = self._micro, (self._micro + 1) % accumulation
         parts = [(m, m.data.next()) for m in live if m.data.count > micro]
         if not parts:  # every member's epoch ended before this micro-batch
@@ -351,11 +365,16 @@ class PackedTrainer(Trainer):
         route = route.to(outputs.logits.device)
         for index, (member, rows) in enumerate(parts):
             mine = route == index
-            loss = member_loss(outputs.logits[mine], labels[mine], self.task)
-            member.losses.append(loss.detach())
+            if member.data.items is None:  # a mean over its rows, for each of the step's micro-batches
+                loss = member_loss(outputs.logits[mine], labels[mine], self.task) / member.data.count
+            else:  # over the answer tokens of all the step's micro-batches, as the model's loss alone
+                loss = member_loss(outputs.logits[mine], labels[mine], self.task, "sum") / max(
+                    member.data.items, 1
+                )
+            member.step_loss = member.step_loss + loss.detach()
             member.samples += len(rows["input_ids"])
             member.tokens += int(rows["attention_mask"].sum())
-            total = total + loss / member.data.count
+            total = total + loss
         return (total, outputs) if return_outputs else total
 
     def forget_single(self) -> None:
@@ -390,10 +409,14 @@ def pad_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str
     return {key: torch.cat(values) for key, values in out.items()}
 
 
-def member_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+def member_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task: str, reduction: str = "mean"
+) -> torch.Tensor:
     """A member's loss on its rows, as its model computes it alone: cross-entropy over the rows (classification) or
-    over the answer tokens, next-token shifted (causal LM)."""
+    over the answer tokens, next-token shifted (causal LM); ``reduction="sum"`` sums the answer tokens' instead."""
     if task == "sequence-classification":
         return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1))
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return torch.nn.functional.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        shifted, labels[:, 1:].reshape(-1), ignore_index=-100, reduction=reduction
+    )

@@ -226,3 +226,54 @@ def test_measuring_packing_changes_no_weight_flag_or_random_state(prep):
         < measure_packing(dataclasses.replace(prep.settings, packing=3), prep.data, "none", device=cpu)
         < 100
     )
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_a_causal_lm_member_trains_to_the_adapter_it_gets_alone(tiny_llama, tmp_path, accumulation):
+    """Causal LM: each member's loss is over its own answer tokens, as the model computes it alone (with gradient
+    accumulation, over the answer tokens of all the step's micro-batches, as the Trainer counts them: answers of
+    different lengths make that differ from a mean of each micro-batch's mean)."""
+    import random
+
+    import pandas as pd
+
+    from tests.conftest import WORDS, make_text
+
+    rng = random.Random(2)
+    rows = [
+        {
+            "prompt": make_text(label, rng) + " topic :",
+            "answer": " ".join(rng.sample(WORDS[label], rng.randint(1, 4))),
+        }
+        for label in WORDS
+        for _ in range(12)
+    ]
+    qa = tmp_path / "qa.jsonl"
+    pd.DataFrame(rows).to_json(qa, orient="records", lines=True)
+    cfg = tiny_config(
+        tiny_llama,
+        str(qa),
+        "causal-lm",
+        results_dir=str(tmp_path),
+        training={
+            "max_steps": 4,
+            "batch_size": 8,
+            "gradient_accumulation_steps": accumulation,
+            "logging_steps": 1,
+        },
+    )
+    prep = prepare(cfg)
+    lora = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "lora_dropout": 0.0}
+    trials = [
+        TrialConfig("lora", "none", {**lora, "r": 4, "target_modules": ["q_proj", "v_proj"]}, 0.01),
+        TrialConfig("lora", "none", {**lora, "r": 2, "target_modules": ["v_proj", "o_proj"]}, 0.02),
+    ]
+    cpu = torch.device("cpu")
+    packed = run_group([(f"t{i}", t) for i, t in enumerate(trials)], prep.settings, prep.data, device=cpu)
+    for i, trial in enumerate(trials):
+        alone, adapter = run_trial(trial, prep.settings, prep.data, device=cpu)
+        together, packed_adapter = packed[f"t{i}"]
+        mine, theirs = _weights(adapter), _weights(packed_adapter)
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (accumulation, i, key)
+        assert together["learning_curve"]["loss"] == pytest.approx(alone["learning_curve"]["loss"], rel=1e-4)
