@@ -221,13 +221,15 @@ class PackCoordinator:
     def retire(self, name: str) -> None:
         """A group has no member left and ends: trials routed to it that it did not take join another group."""
         with self._lock:
-            group = self._groups[name]
-            group.running = False
-            left, group.queue = group.queue, []
-            group.members = [m for m in group.members if m not in left]
-            for trial_id, trial in left:
-                self._route(trial_id, trial)
+            self._pass_on(self._groups[name])
             self._lock.notify_all()
+
+    def _pass_on(self, group: _Forming) -> None:
+        """A group that no longer trains takes no one: those routed to it, not taken yet, go to another group."""
+        group.running, left, group.queue = False, group.queue, []
+        group.members = [m for m in group.members if m not in left]
+        for trial_id, trial in left:
+            self._route(trial_id, trial)
 
     def claim(self, name: str) -> list[tuple[str, TrialConfig]]:
         """The group's members, once its task runs: it takes whoever joined by then, waiting until it is full or
@@ -318,10 +320,7 @@ class PackCoordinator:
             reason = f"packed group {forming.name} failed: {type(err).__name__}: {str(err).splitlines()[0]}"
             with self._lock:
                 self._close(forming)  # no one joins a group that died before it claimed its members
-                forming.running, left, forming.queue = False, forming.queue, []  # nor one that died training
-                forming.members = [m for m in forming.members if m not in left]
-                for trial_id, trial in left:  # routed to it, not taken yet: another group trains them
-                    self._route(trial_id, trial)
+                self._pass_on(forming)  # nor one that died training
                 members = list(forming.members)
             for trial_id, _ in members:
                 self.post(trial_id, ("error", reason))

@@ -142,7 +142,8 @@ class PackedCollator:
 
 
 class MemberRows:
-    """A member's own micro-batches: a copy of the Trainer's training loader, drawn from its own random state (the
+    """A member's own micro-batches (their rows, padded when packed): a copy of the Trainer's training loader, drawn
+    from its own random state (the
     one a trial alone draws its data order from), epoch after epoch as the Trainer iterates it; ``count`` is how
     many micro-batches it takes in the current optimizer step (fewer than the accumulation steps at an epoch's end,
     as the Trainer's last step of an epoch)."""
@@ -151,7 +152,7 @@ class MemberRows:
         self.loader, self.rng_state = loader, rng_state.clone()
         self.batches: Iterator | None = None
         self.epoch, self.used, self.count = 0, 0, 0
-        self.step: list[dict[str, torch.Tensor]] = []
+        self.step: list[list[dict[str, Any]]] = []
         self.items: int | None = None
 
     def plan_step(self, accumulation: int, task: str) -> None:
@@ -163,12 +164,12 @@ class MemberRows:
         self.step = [self._draw() for _ in range(self.count)]
         self.items = None
         if task != "sequence-classification":
-            self.items = sum(int(b["labels"][..., 1:].ne(-100).sum()) for b in self.step)
+            self.items = sum(sum(x != -100 for x in r["labels"][1:]) for rows in self.step for r in rows)
 
-    def next(self) -> dict[str, torch.Tensor]:
+    def next(self) -> list[dict[str, Any]]:
         return self.step.pop(0)
 
-    def _draw(self) -> dict[str, torch.Tensor]:
+    def _draw(self) -> list[dict[str, Any]]:
         outside = torch.get_rng_state()
         torch.set_rng_state(self.rng_state)
         try:
@@ -315,8 +316,6 @@ class PackedTrainer(Trainer):
         member.active = False
         index = self.members.index(member)
         inner = getattr(self.optimizer, "optimizer", self.optimizer)
-        if inner is None:
-            return
         for group in [g for g in inner.param_groups if g["member"] == index]:
             for p in group["params"]:
                 inner.state.pop(p, None)
@@ -352,11 +351,11 @@ class PackedTrainer(Trainer):
         if not parts:  # every member's epoch ended before this micro-batch
             zero = torch.zeros((), device=self.args.device, requires_grad=True)
             return (zero, None) if return_outputs else zero
-        batch = pad_batches([b for _, b in parts], self.pad_token_id)
-        route = torch.cat([torch.full((len(b["input_ids"]),), i) for i, (_, b) in enumerate(parts)])
+        batch = pad_batch([r for _, rows in parts for r in rows], self.pad_token_id)
+        route = torch.tensor([i for i, (_, rows) in enumerate(parts) for _ in rows])
         inputs = self._prepare_inputs(batch)
         labels = inputs.pop("labels")
-        self._route(live, [m.name for m, b in parts for _ in range(len(b["input_ids"]))])
+        self._route(live, [m.name for m, rows in parts for _ in rows])
         try:
             outputs = model(**inputs)
         finally:
@@ -372,8 +371,8 @@ class PackedTrainer(Trainer):
                     member.data.items, 1
                 )
             member.step_loss = member.step_loss + loss.detach()
-            member.samples += len(rows["input_ids"])
-            member.tokens += int(rows["attention_mask"].sum())
+            member.samples += len(rows)
+            member.tokens += sum(len(r["input_ids"]) for r in rows)
             total = total + loss
         return (total, outputs) if return_outputs else total
 
@@ -394,19 +393,6 @@ class PackedTrainer(Trainer):
             self._single = None
             self.model.base_model.set_requires_grad([m.name for m in live], True)
         self.router.names = names
-
-
-def pad_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Padded batches (``pad_batch``'s) as one, padded to the widest (labels with -100)."""
-    width = max(b["input_ids"].shape[1] for b in batches)
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
-    out: dict[str, list[torch.Tensor]] = {}
-    for batch in batches:
-        for key, value in batch.items():
-            if value.dim() == 2 and value.shape[1] < width:
-                value = torch.nn.functional.pad(value, (0, width - value.shape[1]), value=fill.get(key, 0))
-            out.setdefault(key, []).append(value)
-    return {key: torch.cat(values) for key, values in out.items()}
 
 
 def member_loss(

@@ -58,7 +58,7 @@ from peft_search.search.worker.packed_trainer import (
     PackedTrainer,
     member_loss,
 )
-from peft_search.search.worker.trainer import CountingCollator, training_arguments, trial_arguments
+from peft_search.search.worker.trainer import training_arguments, trial_arguments
 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 """``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
@@ -221,7 +221,7 @@ def _train_members(parts: GroupParts, members: list[Member], seed: int) -> list[
             model=parts.model,
             args=args,
             train_dataset=data.train,
-            data_collator=CountingCollator(data.pad_token_id),
+            data_collator=list,  # each member's rows as they are: padded together when packed (compute_loss)
             callbacks=[life],
             members=members,
             router=parts.router,
