@@ -6,8 +6,8 @@ costs less than K steps; where it is full (2 CPU cores at batch 16), it costs th
 the base model once, adds each trial's adapter under its own name, and trains them all in each step:
 
 - the step's batch is each member's own micro-batch, one after the other; each row goes through its member's adapter
-  only, by PEFT's mixed-adapter-batch forward (the ``adapter_names`` pre-forward hooks PEFT registers for inference,
-  registered here in training too: ``AdapterRouter``);
+  only (``AdapterRouter``: a LoRA linear layer's base output once, each member's adapter output added to its rows'
+  slice; other adapted layers by PEFT's mixed-adapter-batch forward);
 - the loss is the sum of the members' own losses (each the mean over its own rows), so each adapter's gradient is
   that of its own loss: the adapters share no parameter and the base model is frozen;
 - the optimizer holds each member's parameters in its own groups, with its own learning rate and weight decay; the
@@ -267,13 +267,13 @@ def packing_speedup(
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         router.names = [group[i].name for i in route] if len(group) > 1 else None
-        try:
+        try:  # routed through the backward pass too (gradient checkpointing runs the forward there)
             logits = model(**inputs).logits
+            index = torch.tensor(route, device=device)
+            loss = sum(member_loss(logits[index == i], labels[index == i], settings.task) for i in set(route))
+            loss.backward()
         finally:
             router.names = None
-        index = torch.tensor(route, device=device)
-        loss = sum(member_loss(logits[index == i], labels[index == i], settings.task) for i in set(route))
-        loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from peft_search.search.loop.prepare import prepare
 from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.settings.trial import TrialConfig
+from peft_search.search.worker.batches import pad_batch
 from peft_search.search.worker.packed_trainer import AdapterRouter, Member
 from peft_search.search.worker.packing import (
     load_group,
@@ -89,10 +90,62 @@ def test_a_member_of_a_group_trains_to_the_adapter_it_gets_alone(prep):
     assert max(alone_plans) < group_plan < sum(alone_plans)
 
 
+def test_with_gradient_checkpointing_each_member_trains_to_its_alone_adapter(prep):
+    """Gradient checkpointing runs each layer's forward again in the backward pass: the rows' routing holds there
+    too (it did not: the recomputed forward went through one adapter and torch refused the mismatch)."""
+    cpu = torch.device("cpu")
+    settings = prep.settings.with_config(training={"gradient_checkpointing": True})
+    packed = run_group([(f"t{i}", t) for i, t in enumerate(TRIALS)], settings, prep.data, device=cpu)
+    for i, trial in enumerate(TRIALS):
+        alone, adapter = run_trial(trial, settings, prep.data, device=cpu)
+        together, packed_adapter = packed[f"t{i}"]
+        assert "error" not in together, together.get("error")
+        mine, theirs = _weights(adapter), _weights(packed_adapter)
+        for key in mine:
+            assert torch.allclose(mine[key], theirs[key], atol=2e-6, rtol=1e-4), (i, key)
+        assert together["eval_loss"] == pytest.approx(alone["eval_loss"], abs=1e-5)
+
+
+def test_the_router_computes_what_peft_mixed_adapter_batches_compute(prep):
+    """Each run of rows through its own adapter, the base layer once (the router's split), gives the outputs and
+    gradients PEFT's own mixed-adapter-batch forward gives: runs in any order, a member back in a second run, and
+    layers one member does not adapt (other targets)."""
+    cpu = torch.device("cpu")
+    members = [Member(f"t{i}", t, f"member_{i}", t.learning_rate, 0.0, 1.0) for i, t in enumerate(TRIALS)]
+    model, _, _ = load_group(members, prep.settings, prep.data, cpu)
+    for p in model.parameters():  # lora_B starts at zero: make every adapter's output count
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    rows = [prep.data.train[i] for i in range(5)]
+    batch = pad_batch(rows + rows[:3] + rows[:4], prep.data.pad_token_id)
+    labels = batch.pop("labels")
+    names = ["member_1"] * 5 + ["member_0"] * 3 + ["member_2"] * 2 + ["member_1"] * 2
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    model.eval()  # PEFT routes rows by name in eval mode only; no dropout here anyway
+    router = AdapterRouter(model)
+    router.names = names
+    mine, my_grads = step()
+    router.remove()
+    with model._enable_peft_forward_hooks(adapter_names=names):  # PEFT's own per-row routing
+        theirs, their_grads = step()
+    assert torch.allclose(mine, theirs, atol=1e-6)
+    assert my_grads.keys() == their_grads.keys()
+    assert {m.name for m in members} <= {n for key in my_grads for n in key.split(".")}
+    for key in my_grads:
+        assert torch.allclose(my_grads[key], their_grads[key], atol=1e-6, rtol=1e-4), key
+
+
 @pytest.mark.parametrize("quantization", ["int8", "nf4"])
 def test_a_quantized_group_trains_each_member_to_its_alone_adapter(prep, quantization):
-    """bitsandbytes layers' outputs are views autograd will not see changed in place, which PEFT's mixed-batch
-    forward does: the router hands it a copy, and each member still trains to its adapter alone."""
+    """8-bit and 4-bit LoRA layers (bitsandbytes) split by the router as plain ones are: each member still trains to
+    its adapter alone."""
     cpu = torch.device("cpu")
     trials = [dataclasses.replace(t, quantization=quantization) for t in TRIALS[:2]]
     packed = run_group([(f"t{i}", t) for i, t in enumerate(trials)], prep.settings, prep.data, device=cpu)
