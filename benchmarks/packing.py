@@ -93,7 +93,7 @@ def step_cost(model_path: str, shape: str = "default", reps: int = 4, device=Non
 
     batches, seq, targets = STEP_SHAPES[shape]
 
-    def model(k: int):
+    def model(k: int, targets=targets):
         torch.manual_seed(0)
         base = _step_base(shape, model_path, device)
         peft_model = None
@@ -106,11 +106,12 @@ def step_cost(model_path: str, shape: str = "default", reps: int = 4, device=Non
         peft_model.base_model.set_requires_grad([f"a{i}" for i in range(k)], True)
         return peft_model.train().to(device or "cpu")
 
-    def timed(m, batch: int, names=None) -> float:
+    def timed(m, batch: int, names=None, routing: str = "router") -> float:
         vocab = m.get_base_model().config.vocab_size
         x = torch.randint(vocab // 20, vocab // 2, (batch, seq), device=device)
         y = torch.randint(0, 5, (batch,), device=device)
-        router = AdapterRouter(m) if names else None
+        router = AdapterRouter(m) if names and routing == "router" else None
+        hooks = _peft_routing(m, names) if names and routing == "peft" else []
         times = []
         for rep in range(reps + 1):
             t = time.perf_counter()
@@ -124,8 +125,11 @@ def step_cost(model_path: str, shape: str = "default", reps: int = 4, device=Non
                 torch.cuda.synchronize()
             if rep:  # the first is warm-up
                 times.append(time.perf_counter() - t)
+            m.zero_grad(set_to_none=True)
         if router is not None:
             router.remove()
+        for hook in hooks:
+            hook.remove()
         return sum(times) / len(times)
 
     from benchmarks.llama_throughput import peak_flops
@@ -156,12 +160,35 @@ def step_cost(model_path: str, shape: str = "default", reps: int = 4, device=Non
     one = model(1)
     rows = [row(one, f"1 adapter, batch {b}", b, timed(one, b)) for b in batches]
     one = None
+    batch = batches[-1]
+    names = [f"a{i}" for i in range(4) for _ in range(batch // 4)]
     four = model(4)
-    names = [f"a{i}" for i in range(4) for _ in range(batches[-1] // 4)]
-    rows.append(
-        row(four, f"4 adapters mixed, batch {batches[-1]}", batches[-1], timed(four, batches[-1], names))
-    )
+    rows.append(row(four, f"4 adapters mixed, batch {batch}", batch, timed(four, batch, names)))
+    # Every linear layer adapted, where routing costs most: the router against PEFT's own per-row routing.
+    one = model(1, "all-linear")
+    rows.append(row(one, f"all linear: 1 adapter, batch {batch}", batch, timed(one, batch)))
+    one = four = None
+    four = model(4, "all-linear")
+    for routing in ("router", "peft"):
+        s = timed(four, batch, names, routing)
+        rows.append(row(four, f"all linear: 4 adapters mixed ({routing}), batch {batch}", batch, s))
     return rows
+
+
+def _peft_routing(m, names: list[str]) -> list:
+    """PEFT's own mixed-adapter-batch forward in training (the ``adapter_names`` pre-forward hooks it registers at
+    inference): each adapter's rows gathered and scattered by index, what ``AdapterRouter`` replaced."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    def hook(module, args, kwargs):
+        return args, {**kwargs, "adapter_names": names}
+
+    return [
+        module.register_forward_pre_hook(hook, with_kwargs=True)
+        for module in m.modules()
+        if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper))
+    ]
 
 
 def export_inputs(prep, out: str) -> Path:

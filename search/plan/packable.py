@@ -13,7 +13,7 @@ SHARED_INIT = (True, False, "gaussian")
 so such an adapter cannot share its base model)."""
 PACKING_PAYS = 1.15
 """``search.packing: auto`` packs where the measured ``packing_speedup`` is at least this (timing noise and the
-routing's own cost kept out: 2 CPU cores measure 0.8-0.9, an under-filled GPU should measure 2 or more)."""
+routing's own cost kept out: 2 CPU cores measure 0.6-0.9, an under-filled GPU should measure 2 or more)."""
 
 
 def packing_refusal(peft_config: dict[str, Any]) -> str | None:
