@@ -10,7 +10,9 @@
 #   device run: command "bash benchmarks/gpu_session.sh run", carry [".gpu"], timeout_s 540
 #
 # What comes back ($OUT): packing.json (the step cost of the default model and of the Llama shape, by batch and with
-# 4 adapters mixed; then 16 LoRA-family configs of the default task alone and packed in groups of 4, bf16) and log.
+# 4 adapters mixed, the router against PEFT's per-row routing on every linear layer; what search.packing: auto
+# measures for 4, 8 and 16 adapters and the size it picks; then 16 LoRA-family configs of the default task alone and
+# packed in groups of 4, bf16) and log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in

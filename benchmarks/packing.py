@@ -219,6 +219,7 @@ def load_inputs(path: str, precision: str | None):
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
+    from peft_search.search.plan.packable import packing_size
     from peft_search.search.worker.packing import measure_packing, run_group
     from peft_search.search.worker.training import run_trial
 
@@ -275,12 +276,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for row in step_cost(settings.model_path, shape, device=device)
     ]
     print(table(steps, ["shape", "case", "step_s", "ms_per_row", "model_tflops", "mfu"]), flush=True)
-    # What search.packing: auto would decide here (it packs from PACKING_PAYS).
+    # What search.packing: auto would measure and decide here (from PACKING_PAYS and PACKING_GROWS).
     auto = measure_packing(
         dataclasses.replace(settings, packing=args.group), data, args.quantization, device=device
     )
+    figures = ", ".join(f"{s:.2f}x with {k} adapters" for k, s in sorted(auto.items()))
     print(
-        f"search.packing auto's measure, {args.group} adapters: a row trains {auto:.2f}x as fast packed",
+        f"search.packing auto's measure: a row trains {figures} as fast packed; it packs up to "
+        f"{packing_size(auto)} a group (1: each alone)",
         flush=True,
     )
     if args.step_cost_only:

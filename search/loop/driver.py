@@ -195,7 +195,7 @@ def _launch(
     if level is None:
         prep = dataclasses.replace(prep, settings=dataclasses.replace(prep.settings, packing=1))
     elif cfg.search.packing == "auto":  # pack only where the workers' device measures a gain
-        from peft_search.search.worker.pack_groups import decide_packing
+        from peft_search.search.worker.packing_auto import decide_packing
 
         prep = dataclasses.replace(prep, settings=decide_packing(prep.settings, prep.data, level, echo))
     if prep.settings.packing > 1:  # each packed trial's own function holds no CPU: its group's task does

@@ -15,6 +15,26 @@ PACKING_PAYS = 1.15
 """``search.packing: auto`` packs where the measured ``packing_speedup`` is at least this (timing noise and the
 routing's own cost kept out: 2 CPU cores measure 0.6-0.9, an under-filled GPU should measure 2 or more)."""
 
+PACKING_GROWS = 1.1
+"""``search.packing: auto`` doubles its group size while a row of the larger group trains at least this much faster
+again than one of the smaller (an under-filled device fills; a full one gains nothing more, and a larger group only
+puts more trials in flight at once)."""
+AUTO_DOUBLINGS = 2
+"""``search.packing: auto`` measures groups of ``AUTO_PACK`` members, then twice and four times as many at most."""
+
+
+def packing_size(speedups: dict[int, float]) -> int:
+    """The group size ``search.packing: auto`` packs at, from what it measured (``measure_packing``: group size ->
+    how many times as fast a row trains packed): the smallest size measured where it reaches ``PACKING_PAYS``, then
+    each larger one while its figure grows by ``PACKING_GROWS`` over the last chosen; 1 (each trial alone) when the
+    smallest does not pay."""
+    chosen, best = 1, 0.0
+    for size, speedup in sorted(speedups.items()):
+        if speedup < (PACKING_PAYS if chosen == 1 else best * PACKING_GROWS):
+            break
+        chosen, best = size, speedup
+    return chosen
+
 
 def packing_refusal(peft_config: dict[str, Any]) -> str | None:
     """Why this adapter cannot train in a packed group (None when it can): the LoRA family, through PEFT's
@@ -92,4 +112,13 @@ def _plan_of(row: dict[str, Any]) -> Plan:
     )
 
 
-__all__ = ["PACKING_PAYS", "SHARED_INIT", "group_peak_bytes", "packing_note", "packing_refusal"]
+__all__ = [
+    "AUTO_DOUBLINGS",
+    "PACKING_GROWS",
+    "PACKING_PAYS",
+    "SHARED_INIT",
+    "group_peak_bytes",
+    "packing_note",
+    "packing_refusal",
+    "packing_size",
+]

@@ -200,9 +200,10 @@ class SearchSettings(_Strict):
     """Opt-in seed repeats of the front's best configs, e.g. ``{top: 3, seeds: 3}`` (off when unset)."""
     packing: Literal["off", "auto"] | int = "off"
     """Packed trials: LoRA-family trials that share the quantization level and training arguments train K at a
-    time through one base model (``search.worker.pack_groups``), each still its own trial. ``auto``: up to 4
-    at a time, fewer where ``budget.max_memory`` refuses the group, and only where the search measured, before its
-    trials, that a packed step pays on the workers' device; an integer: at most that many, without measuring;
+    time through one base model (``search.worker.pack_groups``), each still its own trial. ``auto``: the search
+    first measures on the workers' device whether a packed step of 4 pays, and packs only where it does: up to 4 at
+    a time, or 8 or 16 where those measure faster again; fewer where ``budget.max_memory`` refuses the group; an
+    integer: at most that many, without measuring;
     ``off`` (or 1): every trial alone. A member stopped or done frees its slot for the next trial, which joins the
     group while it trains. Packed trials keep no mid-trial checkpoints."""
     warm_start: str | None = None

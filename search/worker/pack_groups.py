@@ -7,8 +7,8 @@ starts its Ray task (``_train_group``: one worker's resources), which waits in R
 until the task runs and claims them, so a group fills while the device is busy. It takes at most
 ``settings.packing`` members, none that would take its planned peak over ``budget.max_memory``
 (``group_peak_bytes``), and once running waits up to ``GATHER_S`` seconds after the last one joined for more.
-With ``search.packing: auto`` the search first measures whether packing pays on the workers' device
-(``decide_packing``); where it does not, every trial trains alone, as with ``off``.
+With ``search.packing: auto`` the search first measures whether packing pays on the workers' device, and at which
+group size (``search.worker.packing_auto``); where it does not, every trial trains alone, as with ``off``.
 
 A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
 scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
@@ -21,7 +21,6 @@ ends once it has no member left (``retire``: a trial routed to it that it did no
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.plan.packable import PACKING_PAYS, packing_refusal
+from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.packing import pack_key
@@ -46,8 +45,6 @@ GATHER_S = 15.0
 (trial actors start a few seconds apart: each imports torch first)."""
 POLL_S = 5.0
 """Seconds a member's wait for its next message lasts; each wait tells the coordinator the member is alive."""
-SPEEDUP_CACHE = "packing-speedup.json"
-"""The cache file (``search.plan.baseline.cache_file``) of ``decide_packing``'s figures."""
 LOST_S = 120.0
 """A member not heard from for this long while its group waits on it is taken as stopped (its actor died)."""
 
@@ -375,90 +372,6 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
         return_freed_memory()
 
 
-def decide_packing(
-    settings: TrialSettings, data: TokenizedSplits, quantization: str, echo: bool = True
-) -> TrialSettings:
-    """``search.packing: auto``, before the search: measure on a worker (a Ray task with a worker's resources)
-    whether a packed step of ``settings.packing`` LoRA adapters costs at least ``PACKING_PAYS`` times less a row
-    than their steps alone (``search.worker.packing.measure_packing``, at this quantization level), and return the
-    settings that pack up to ``settings.packing`` if so, else train every trial alone (as where the measurement
-    fails: the search goes on). The figure is cached per device, model and step shape (``PEFT_SEARCH_CACHE``), so a
-    machine measures a search's kind once."""
-    import ray
-
-    from peft_search.search.worker.placement import worker_resources
-
-    resources = worker_resources(settings)
-    task = ray.remote(_measure_packing).options(
-        num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_retries=0
-    )
-    started = time.monotonic()
-    try:
-        speedup, device, cached = ray.get(task.remote(settings, data, quantization))
-    except Exception as err:  # noqa: BLE001 - whatever stopped the measurement, the search goes on unpacked
-        if echo:
-            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            print(
-                f"[peft-search] packing (auto): not measured ({reason[:300]}): LoRA-family trials train each alone "
-                "(as with off)",
-                flush=True,
-            )
-        return dataclasses.replace(settings, packing=1)
-    took = time.monotonic() - started
-    members = settings.packing if speedup >= PACKING_PAYS else 1
-    if echo:
-        how = f"up to {members} a group" if members > 1 else "each alone (as with off)"
-        where = "cached" if cached else f"measured in {took:.0f} s"
-        print(
-            f"[peft-search] packing (auto): a row trains {speedup:.2f}x as fast packed ({settings.packing} LoRA "
-            f"adapters a step) as alone on {device} ({where}; packs from {PACKING_PAYS:g}x): LoRA-family trials "
-            f"train {how}",
-            flush=True,
-        )
-    return dataclasses.replace(settings, packing=members, packing_speedup=speedup)
-
-
-def _measure_packing(
-    settings: TrialSettings, data: TokenizedSplits, quantization: str
-) -> tuple[float, str, bool]:
-    """``decide_packing``'s task: the speedup (read from the cache, else measured and cached), the device's name and
-    whether it was cached."""
-    import json
-
-    import torch
-
-    from peft_search.search.plan.baseline import RuntimeBaseline, read_cache, write_cache
-    from peft_search.search.worker.environment import quiet_libraries
-    from peft_search.search.worker.packing import measure_packing
-
-    quiet_libraries()
-    gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
-    name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
-    t = settings.training
-    key = json.dumps(
-        [
-            RuntimeBaseline.environment_key(),
-            name,
-            settings.model_path,
-            settings.revision,
-            settings.task,
-            quantization,
-            t.precision,
-            settings.micro_batch_size(),
-            t.max_seq_length,
-            settings.packing,
-        ]
-    )
-    cached = read_cache(SPEEDUP_CACHE).get(key)
-    if isinstance(cached, float):
-        return cached, name, True
-    speedup = measure_packing(settings, data, quantization, device=device)
-    write_cache(SPEEDUP_CACHE, key, speedup)
-    return speedup, name, False
-
-
 def wait_holding(ref) -> Any:
     """``ray.get(ref)`` that keeps this task's resources. While a task's own thread blocks in ``ray.get`` (or
     ``ray.wait``), Ray lends the task's CPUs to other work, against deadlocks between nested tasks; a group's task
@@ -484,7 +397,6 @@ __all__ = [
     "PackCoordinator",
     "PackedResources",
     "coordinator_name",
-    "decide_packing",
     "packs",
     "start_coordinator",
     "train_packed",

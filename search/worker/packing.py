@@ -18,7 +18,7 @@ the base model once, adds each trial's adapter under its own name, and trains th
 
 With ``search.packing: auto`` the search first measures whether packing pays on the workers' device
 (``measure_packing``: one packed step of K LoRA adapters against each adapter's step alone) and packs only where a
-packed row is at least ``PACKING_PAYS`` times cheaper (``search.worker.pack_groups.decide_packing``).
+packed row is at least ``PACKING_PAYS`` times cheaper (``search.worker.packing_auto.decide_packing``).
 
 Trained so, a member's adapter equals the one it would get alone (``tests/search/test_packing.py``), dropout aside:
 dropout masks are drawn for the whole packed batch, so with dropout a member's run is a different draw from the
@@ -42,7 +42,7 @@ from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.candidates import TASK_TYPES
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import load_base_model
-from peft_search.search.plan.packable import group_peak_bytes, packing_refusal
+from peft_search.search.plan.packable import AUTO_DOUBLINGS, group_peak_bytes, packing_refusal, packing_size
 from peft_search.search.results.records import ERROR_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults
@@ -299,11 +299,13 @@ def packing_speedup(
 
 def measure_packing(
     settings: TrialSettings, data: TokenizedSplits, quantization: str, *, device: torch.device
-) -> float:
-    """``packing_speedup`` on this device for a group of ``settings.packing`` LoRA adapters (r 8 on every linear
-    layer, the search's micro-batch and sequence length) on the base model at this quantization level: how much
-    cheaper a training row is packed than alone. What an adapter adds to a step is small beside its base model's
-    forward and backward, so one representative stands for the search's LoRA trials."""
+) -> dict[int, float]:
+    """``packing_speedup`` on this device for groups of LoRA adapters (r 8 on every linear layer, the search's
+    micro-batch and sequence length) on the base model at this quantization level, by group size: how much cheaper a
+    training row is packed than alone. It measures ``settings.packing`` adapters, then twice as many, up to
+    ``AUTO_DOUBLINGS`` times, while ``packing_size`` takes the last size measured (a larger group may still pay
+    more) and the larger group fits the device's memory. What an adapter adds to a step is small beside its base
+    model's forward and backward, so one representative stands for the search's LoRA trials."""
     import_training_libraries(quantization)
     lora = {
         "peft_type": "LORA",
@@ -313,14 +315,32 @@ def measure_packing(
         "target_modules": "all-linear",
     }
     trial = TrialConfig("lora", quantization, lora, 1e-4)
-    members = [Member(f"m{i}", trial, f"member_{i}", 1e-4, 0.0, 1.0) for i in range(settings.packing)]
+
+    def member(i: int) -> Member:
+        return Member(f"m{i}", trial, f"member_{i}", 1e-4, 0.0, 1.0)
+
+    members = [member(i) for i in range(settings.packing)]
     torch.manual_seed(settings.seed)
-    model, refused, _ = load_group(members, settings, data, device)
+    model, refused, init_rng = load_group(members, settings, data, device)
     if refused:
         raise ValueError(f"PEFT refused the measuring adapter: {refused[0].error}")
     router = AdapterRouter(model)
+    speedups: dict[int, float] = {}
     try:
-        return packing_speedup(model, router, members, data, settings, device)
+        for doubling in range(AUTO_DOUBLINGS + 1):
+            size = settings.packing * 2**doubling
+            if speedups and packing_size(speedups) != max(speedups):
+                break
+            while len(members) < size:
+                members.append(member(len(members)))
+                add_adapter(model, members[-1], init_rng, [m.name for m in members[:-1]])
+            try:
+                speedups[size] = packing_speedup(model, router, members, data, settings, device)
+            except torch.OutOfMemoryError:
+                if not speedups:
+                    raise
+                break  # the larger group does not fit: the sizes measured stand
+        return speedups
     finally:
         router.remove()
         model = None

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from peft_search.search.loop.prepare import prepare
-from peft_search.search.plan.packable import packing_refusal
+from peft_search.search.plan import packable
+from peft_search.search.plan.packable import packing_refusal, packing_size
 from peft_search.search.settings.trial import TrialConfig
 from peft_search.search.worker.batches import pad_batch
 from peft_search.search.worker.packed_trainer import AdapterRouter, Member
@@ -273,12 +274,35 @@ def test_measuring_packing_changes_no_weight_flag_or_random_state(prep):
     assert all(torch.equal(p, weights[n]) and p.grad is None for n, p in model.named_parameters())
     assert torch.equal(torch.get_rng_state(), rng)
     assert router.names is None
-    # What a search measures: the same ratio, for K copies of one LoRA on every linear layer.
+
+
+@pytest.mark.parametrize(
+    ("pays", "grows", "sizes", "chosen"),
+    [(False, False, [3], 1), (True, False, [3, 6], 3), (True, True, [3, 6, 12], 12)],
+)
+def test_auto_measures_larger_groups_while_they_pay_more(prep, monkeypatch, pays, grows, sizes, chosen):
+    """What a search measures (``packing_speedup`` for K copies of one LoRA on every linear layer): its size first,
+    then twice as many while the last size measured is the one ``packing_size`` takes (the bars set here so that
+    each way is taken), up to four times its size."""
+    monkeypatch.setattr(packable, "PACKING_PAYS", 0.0 if pays else float("inf"))
+    monkeypatch.setattr(packable, "PACKING_GROWS", 0.0 if grows else float("inf"))
+    settings = dataclasses.replace(prep.settings, packing=3)
+    speedups = measure_packing(settings, prep.data, "none", device=torch.device("cpu"))
+    assert sorted(speedups) == sizes
+    assert all(0 < s < 100 for s in speedups.values())
+    assert packing_size(speedups) == chosen
+
+
+def test_auto_packs_at_the_smallest_size_that_pays_then_larger_while_faster_again():
+    assert packing_size({4: 0.6}) == 1
+    assert packing_size({4: 1.1}) == 1
+    assert packing_size({4: 1.2}) == 4
+    assert packing_size({4: 2.0, 8: 2.1}) == 4  # a full device: 8 gains too little
+    assert packing_size({4: 2.0, 8: 3.6, 16: 3.7}) == 8
+    assert packing_size({4: 2.0, 8: 3.6, 16: 6.0}) == 16
     assert (
-        0
-        < measure_packing(dataclasses.replace(prep.settings, packing=3), prep.data, "none", device=cpu)
-        < 100
-    )
+        packing_size({16: 6.0, 4: 2.0, 8: 2.1}) == 4
+    )  # by size, whatever the order: 16 is not measured past 8
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
