@@ -94,7 +94,8 @@ def packing_note(
     if measured:
         note += (
             f"; auto: the search first times a packed step against its members' steps alone on a worker and packs"
-            f" only where a row trains at least {PACKING_PAYS:g}x as fast (else every trial trains alone)"
+            f" only where a row trains at least {PACKING_PAYS:g}x as fast (else every trial trains alone), in groups"
+            f" of up to {members * 2**AUTO_DOUBLINGS} where larger ones measure {PACKING_GROWS:g}x faster again"
         )
     return note
 
