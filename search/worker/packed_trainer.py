@@ -121,9 +121,10 @@ class AdapterRouter:
         self._routed |= {id(m) for m in routed}
         for module in routed:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
-            if _splits(module):
-                self._handles.append(module.register_forward_hook(self._add_adapters, with_kwargs=True))
-            if _splits(module) and type(module.base_layer).__module__.startswith("bitsandbytes"):
+            if not _splits(module):
+                continue
+            self._handles.append(module.register_forward_hook(self._add_adapters, with_kwargs=True))
+            if type(module.base_layer).__module__.startswith("bitsandbytes"):
                 # PEFT's mixed-batch forward adds each adapter's output into the base layer's output in place; a
                 # bitsandbytes layer's output is a view made inside its autograd Function, which autograd refuses
                 # to see changed in place (PEFT's own single-adapter 4-bit forward clones it too): give it a copy.

@@ -59,9 +59,9 @@ def decide_packing(
             f" trials train {how}",
             flush=True,
         )
-    return dataclasses.replace(
-        settings, packing=members, packing_speedup=speedups[max(members, min(speedups))]
-    )
+    # The figure of the size it packs at; unpacked, of the smallest measured (the one that did not pay).
+    speedup = speedups[members] if members > 1 else speedups[min(speedups)]
+    return dataclasses.replace(settings, packing=members, packing_speedup=speedup)
 
 
 def _measure_packing(
