@@ -88,9 +88,13 @@ def allocator_preload(choice: str) -> str | None:
 
 
 def worker_env(cpu_allocator: str, gpus_per_worker: float) -> dict[str, str] | None:
-    """Environment for the workers Ray starts: CPU trials' heap allocator preloaded (GPU trials keep theirs)."""
+    """Environment for the workers Ray starts: CPU trials' heap allocator preloaded (GPU trials keep theirs), with
+    the driver's own jemalloc options (``MALLOC_CONF``), so they reach a cluster's workers too."""
     preload = allocator_preload(cpu_allocator) if gpus_per_worker == 0 else None
-    return {"LD_PRELOAD": preload} if preload else None
+    if not preload:
+        return None
+    options = os.environ.get("MALLOC_CONF")
+    return {"LD_PRELOAD": preload, **({"MALLOC_CONF": options} if options else {})}
 
 
 def shutdown() -> None:

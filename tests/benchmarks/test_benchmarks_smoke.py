@@ -249,3 +249,24 @@ def test_packing_travels_without_the_search_services(tiny_bert, classification_c
     assert "2" in auto and set(auto) <= {"2", "4", "8"} and all(s > 0 for s in auto.values())
     assert result["summary"]["alone_wall_s"] > 0 and result["summary"]["packed_wall_s"] > 0
     assert result["summary"]["packed_group_est_mib"] > 0 and result["summary"]["group_est_errors_pct"]
+
+
+def test_allocator(tiny_bert, classification_csv, tmp_path):
+    """Each arm a fresh process on the allocator it names (the script refuses an arm that ran on another)."""
+    from benchmarks import allocator
+    from peft_search.cluster import allocator_preload
+
+    if allocator_preload("auto") is None:
+        pytest.skip("no libjemalloc2 here (CI installs it)")
+    allocator.main(
+        ["--steps", "2", "--trials", "2", "--threads", "1", "--rounds", "1", "--out-dir", str(tmp_path)]
+        + _tiny(tiny_bert, classification_csv)
+    )
+    result = json.loads((tmp_path / "allocator.json").read_text())
+    assert [(r["arm"], r["trial"]) for r in result["rows"]] == [
+        (arm, trial) for arm in allocator.ARMS for trial in ("lora all-linear", "lora query/value")
+    ]
+    runs = result["runs"]
+    assert runs["jemalloc, no decay"][0]["malloc_conf"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    assert runs["system"][0]["allocator"] == "system" and runs["jemalloc"][0]["allocator"] == "jemalloc"
+    assert all(r["train_s"] > 0 and r["eval_s"] > 0 and r["peak_over_estimate"] > -1 for r in result["rows"])

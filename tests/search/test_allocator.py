@@ -61,3 +61,21 @@ def test_a_reused_actor_hands_freed_jemalloc_pages_back():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip().splitlines()[-1]) > 300 * 2**20
+
+
+def test_the_drivers_jemalloc_options_travel_with_the_preload(monkeypatch):
+    """``MALLOC_CONF`` set where the search is started reaches its workers (on a cluster they do not inherit the
+    driver's environment); without jemalloc, or for GPU trials, nothing is set."""
+    from peft_search.cluster import worker_env
+
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+    assert worker_env("system", 0) is None
+    assert worker_env("auto", 1) is None
+    if JEMALLOC is None:
+        pytest.skip("jemalloc is not installed here (CI installs libjemalloc2)")
+    assert worker_env("auto", 0) == {
+        "LD_PRELOAD": JEMALLOC,
+        "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
+    }
+    monkeypatch.delenv("MALLOC_CONF")
+    assert worker_env("jemalloc", 0) == {"LD_PRELOAD": JEMALLOC}
