@@ -21,13 +21,14 @@ from typing import Any
 
 from benchmarks.common import machine, table, write_result
 
-ARMS: dict[str, dict[str, str]] = {
-    "system": {},
-    "jemalloc": {"LD_PRELOAD": "jemalloc"},
-    "jemalloc, no decay": {"LD_PRELOAD": "jemalloc", "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"},
+NO_DECAY = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+ARMS: dict[str, tuple[str, str | None]] = {
+    "system": ("system", None),
+    "jemalloc": ("jemalloc", None),
+    "jemalloc, no decay": ("jemalloc", NO_DECAY),
 }
-"""The allocators compared: glibc's; jemalloc as ``resources.cpu_allocator: auto`` preloads it; jemalloc keeping
-freed pages (``MALLOC_CONF``, set in the driver's environment, reaches a local search's workers)."""
+"""The allocators compared, as ``resources.cpu_allocator`` and ``MALLOC_CONF``: glibc's; jemalloc as ``auto``
+preloads it; jemalloc keeping freed pages (``MALLOC_CONF`` where the search starts, which reaches its workers)."""
 LORA = {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 8, "lora_alpha": 16}
 TRIALS = [
     ("lora all-linear", {**LORA, "target_modules": "all-linear"}, "none"),
@@ -71,25 +72,34 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return {"allocator": heap_allocator(), "malloc_conf": os.environ.get("MALLOC_CONF", ""), "trials": rows}
 
 
-def _env(arm: dict[str, str]) -> dict[str, str]:
+def _env(choice: str, malloc_conf: str | None) -> dict[str, str]:
+    """This environment with the arm's allocator in place of whatever it had."""
     from peft_search.cluster import allocator_preload
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-    for key, value in arm.items():
-        env[key] = (allocator_preload("jemalloc") or "") if value == "jemalloc" else value
+    preload = allocator_preload(choice)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    if malloc_conf:
+        env["MALLOC_CONF"] = malloc_conf
     return env
 
 
-def run(args: argparse.Namespace, passthrough: list[str]) -> dict[str, Any]:
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    sets = [arg for s in args.set for arg in ("--set", s)]
+    options = ["--config", args.config, "--steps", str(args.steps), "--trials", str(args.trials)]
+    return ["--child", *options, "--threads", str(args.threads), *sets]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     for _ in range(args.rounds):
-        for arm, settings in ARMS.items():
-            cmd = [sys.executable, "-m", "benchmarks.allocator", "--child", *passthrough]
-            done = subprocess.run(
-                cmd, env=_env(settings), cwd=ROOT, capture_output=True, text=True, check=True
-            )
+        for arm, (choice, malloc_conf) in ARMS.items():
+            cmd = [sys.executable, "-m", "benchmarks.allocator", *_child_argv(args)]
+            env = _env(choice, malloc_conf)
+            done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            if result["allocator"] != ("system" if arm == "system" else "jemalloc"):
+            if result["allocator"] != choice:
                 raise RuntimeError(f"arm {arm!r} ran on {result['allocator']}")
             runs[arm].append(result)
     rows = []
@@ -123,31 +133,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.child:
         result = child(args)
         print(json.dumps(result, default=float))
         return result
-    passthrough = _drop_values(argv, ("--rounds", "--out-dir"))
-    result = run(args, passthrough)
+    result = run(args)
     path = write_result("allocator", result, args.out_dir)
     print(table(result["rows"], ["arm", "trial", "train_s", "eval_s", "peak_over_estimate", "accuracy"]))
     print(f"medians of {args.rounds} rounds; written to {path}")
     return result
-
-
-def _drop_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """``argv`` without the given options and their values (``--opt V`` or ``--opt=V``)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in options:
-            skip = True
-        elif not arg.startswith(tuple(f"{o}=" for o in options)):
-            out.append(arg)
-    return out
 
 
 if __name__ == "__main__":
