@@ -72,6 +72,15 @@ def heap_allocator() -> str:
     return "jemalloc" if "libjemalloc" in maps else "system"
 
 
+def allocator_label() -> str:
+    """The trials table's ``cpu_allocator``: the heap allocator, with jemalloc's options where the process was
+    started with any (``MALLOC_CONF``, which changes its speed and peak memory): ``system``, ``jemalloc`` or
+    ``jemalloc (dirty_decay_ms:-1,muzzy_decay_ms:-1)``."""
+    name = heap_allocator()
+    options = os.environ.get("MALLOC_CONF", "").strip() if name == "jemalloc" else ""
+    return f"{name} ({options})" if options else name
+
+
 def node_id() -> str | None:
     """The Ray node this trial ran on (rank 0's for several workers): which machine, on a cluster."""
     ray = sys.modules.get("ray")  # not imported: no Ray here (a benchmark's own process, say)

@@ -20,7 +20,7 @@ from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import generic_4bit_cpu_path
 from peft_search.search.results.records import CURVE_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
-from peft_search.search.worker.environment import heap_allocator, node_id
+from peft_search.search.worker.environment import allocator_label, node_id
 from peft_search.search.worker.evaluation import evaluate
 from peft_search.search.worker.packed_trainer import AdapterRouter, Member
 
@@ -189,7 +189,7 @@ class GroupLife(TrainerCallback):
             "world_size": 1,
             "device": str(p.device.type),
             "node_id": node_id(),
-            "cpu_allocator": heap_allocator(),
+            "cpu_allocator": allocator_label(),
             "resumed_from_step": 0,
             "group_start_step": member.start,
             **({SPEEDUP_KEY: p.settings.packing_speedup} if p.settings.packing_speedup is not None else {}),

@@ -24,7 +24,7 @@ from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.verbosity import verbose
 from peft_search.search.worker import faults
 from peft_search.search.worker.costs import check_budget, plan_trial
-from peft_search.search.worker.environment import heap_allocator, import_training_libraries, node_id
+from peft_search.search.worker.environment import allocator_label, import_training_libraries, node_id
 from peft_search.search.worker.evaluation import evaluate
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
 from peft_search.search.worker.trainer import (
@@ -158,7 +158,7 @@ def run_trial(
         "world_size": world_size,
         "device": str(device.type),
         "node_id": node_id(),
-        "cpu_allocator": heap_allocator(),
+        "cpu_allocator": allocator_label(),
         "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
     }
     model = rung = None  # free the weights before the next trial (the rung holds them too)

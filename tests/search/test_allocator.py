@@ -28,18 +28,24 @@ def test_asking_for_jemalloc_without_it_names_the_field_and_the_fix(monkeypatch)
 
 
 def _reported(env: dict[str, str]) -> str:
-    code = "from search.worker.training import heap_allocator; print(heap_allocator())"
+    """What a trial process started with ``env`` writes in the trials table's ``cpu_allocator``."""
+    code = "from peft_search.search.worker.environment import allocator_label; print(allocator_label())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_a_process_reports_the_allocator_it_runs_with():
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+def test_a_process_reports_the_allocator_it_runs_with_and_jemallocs_options():
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     assert _reported(env) == "system"
+    assert (
+        _reported({**env, "MALLOC_CONF": "dirty_decay_ms:-1"}) == "system"
+    )  # no jemalloc: no options of its
     if JEMALLOC is None:
         pytest.skip("jemalloc is not installed here (CI installs libjemalloc2)")
     assert _reported({**env, "LD_PRELOAD": JEMALLOC}) == "jemalloc"
+    no_decay = {**env, "LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+    assert _reported(no_decay) == "jemalloc (dirty_decay_ms:-1,muzzy_decay_ms:-1)"
 
 
 def test_a_reused_actor_hands_freed_jemalloc_pages_back():
