@@ -2,6 +2,7 @@
 
     python -m benchmarks.peer                      # 9 LoRA configs (r 4/8/16 x 3 target sets), 30 steps each
     python -m benchmarks.peer --ranks 4 8 16 32    # 12 configs
+    python -m benchmarks.peer --rslora --packing off 4 --repeats 1   # 18 LoRA-family configs; ours alone and packed
 
 Both run the same configs on the same model (the default config's MiniLM), the same training rows and held-out
 rows (the search's own split, tokenized once by ``peft_search``'s data preparation), the same batch size, steps,
@@ -13,17 +14,21 @@ learning rate, schedule, seed and torch threads, one trial at a time on this mac
   held-out rows, as the peer does when no evaluation strategy is set;
 - **peft-search**: ``peft-search run`` with the same configs as explicit candidates (``search.num_trials`` = their
   count), a fresh process as a user runs it: Ray starts, trials run in Ray Tune, the table, the predictions and
-  the report are written.
+  the report are written. One such arm per ``--packing`` value (``search.packing``: ``off``, ``auto`` or a group
+  size K), so the same configs run alone and packed (issue 21) beside the peer.
 
-Both are timed end to end (process start to exit), alternated over ``--repeats`` with the order swapped each time
-(this machine's speed drifts under sustained load); the best wall of each counts, and each trial's own training
-and held-out scoring times and each config's accuracy are the medians over the repeats.
+Each is timed end to end (process start to exit), the arms alternated over ``--repeats`` with their order rotated
+each time (this machine's speed drifts under sustained load); the best wall of each counts, and each trial's own
+training and held-out scoring times and each config's accuracy are the medians over the repeats. Per arm also: the
+training rows it ran a second of its wall (configs x steps x batch / wall) and its largest measured peak resident
+memory (the peer: its process's; ours: a trial's, or a packed group's, as the trials table measures them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,11 +55,12 @@ TARGETS = {
 }
 
 
-def configs(ranks: list[int]) -> list[dict[str, Any]]:
-    """The searched configs: plain LoRA at each rank on each target set, as PEFT's ``adapter_config.json``."""
+def configs(ranks: list[int], rslora: bool = False) -> list[dict[str, Any]]:
+    """The searched configs: LoRA at each rank on each target set (and rsLoRA's twin of each with ``rslora``), as
+    PEFT's ``adapter_config.json``."""
     return [
         {
-            "name": f"lora-r{r}-{where}",
+            "name": f"{kind}-r{r}-{where}",
             "peft_config": {
                 "peft_type": "LORA",
                 "task_type": "SEQ_CLS",
@@ -62,8 +68,10 @@ def configs(ranks: list[int]) -> list[dict[str, Any]]:
                 "lora_alpha": 2 * r,
                 "lora_dropout": 0.05,
                 "target_modules": targets,
+                **({"use_rslora": True} if kind == "rslora" else {}),
             },
         }
+        for kind in (["lora", "rslora"] if rslora else ["lora"])
         for r in ranks
         for where, targets in TARGETS.items()
     ]
@@ -199,6 +207,7 @@ def run_peer(config_path: Path, out: Path) -> None:
         json.dumps(
             {
                 "in_process_s": time.perf_counter() - started,
+                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "trials": [
                     {"config": names[i], **{k: v for k, v in rec.items() if not k.endswith("_begin")}}
                     for i, rec in zip(chosen, clock.trials, strict=True)
@@ -216,35 +225,35 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def arm_name(packing: str) -> str:
+    """A ``peft-search run`` arm's name in the results: ``peft-search`` alone, ``peft-search packing=K`` packed."""
+    return "peft-search" if packing == "off" else f"peft-search packing={packing}"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
 
     from peft_search.search.settings.loading import default_config_path
 
-    candidates = configs(args.ranks)
+    candidates = configs(args.ranks, args.rslora)
+    arms = ["peer", *(arm_name(p) for p in args.packing)]
+    packing = {arm_name(p): p for p in args.packing}
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
         config_path = Path(tmp) / "search.yaml"
-        config_path.write_text(
-            yaml.safe_dump(
-                search_config(
-                    Path(args.config or default_config_path()),
-                    candidates,
-                    args.steps,
-                    args.learning_rate,
-                    args.set,
-                )
-            )
+        raw = search_config(
+            Path(args.config or default_config_path()), candidates, args.steps, args.learning_rate, args.set
         )
+        config_path.write_text(yaml.safe_dump(raw))
         peer_out = Path(tmp) / "peer.json"
-        walls: dict[str, list[float]] = {"peer": [], "peft-search": []}
-        peer_runs: list[dict[str, Any]] = []
-        ours_runs: list[Any] = []
+        walls: dict[str, list[float]] = {arm: [] for arm in arms}
+        runs: dict[str, list[dict[str, dict[str, Any]]]] = {arm: [] for arm in arms}  # per repeat: by config
+        peaks: dict[str, list[float]] = {arm: [] for arm in arms}
         for repeat in range(args.repeats):
-            # Alternated, and the order swapped each repeat (peer first, then ours first): this machine's speed
-            # drifts under sustained load, which would otherwise favour whichever always runs first.
-            order = ["peer", "peft-search"] if repeat % 2 == 0 else ["peft-search", "peer"]
-            for which in order:
-                if which == "peer":
+            # Alternated, the order rotated each repeat: this machine's speed drifts under sustained load, which
+            # would otherwise favour whichever always runs first.
+            shift = repeat % len(arms)
+            for arm in arms[shift:] + arms[:shift]:
+                if arm == "peer":
                     command = [
                         sys.executable,
                         "-m",
@@ -253,51 +262,95 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         str(config_path),
                         str(peer_out),
                     ]
-                    walls["peer"].append(timed(command))
-                    peer_runs.append(json.loads(peer_out.read_text()))
-                else:
-                    results = Path(tmp) / f"results-{repeat}"
-                    command = [sys.executable, "-m", "peft_search", "run", str(config_path)]
-                    walls["peft-search"].append(timed([*command, "--results-dir", str(results)]))
-                    ours_runs.append(pd.read_parquet(results / "peer-bench" / "trials.parquet"))
+                    walls[arm].append(timed(command))
+                    peer = json.loads(peer_out.read_text())
+                    runs[arm].append({t["config"]: t for t in peer["trials"]})
+                    peaks[arm].append(peer["max_rss_bytes"] / 2**20)
+                    continue
+                results = Path(tmp) / f"results-{repeat}-{packing[arm]}"
+                command = [sys.executable, "-m", "peft_search", "run", str(config_path)]
+                command += ["--results-dir", str(results), "--set", f"search.packing={packing[arm]}"]
+                walls[arm].append(timed(command))
+                trials = pd.read_parquet(results / "peer-bench" / "trials.parquet").to_dict("records")
+                done = [r for r in trials if r["status"] == "complete"]
+                runs[arm].append(
+                    {
+                        r["candidate"]: {
+                            "accuracy": r.get("accuracy"),
+                            "train_s": r.get("train_time_s"),
+                            "eval_s": r.get("eval_time_s"),
+                            "group": r.get("group") if isinstance(r.get("group"), str) else None,
+                        }
+                        for r in done
+                    }
+                )
+                peaks[arm].append(
+                    max(
+                        [_finite(r.get("group_peak_memory_bytes")) or 0 for r in done]
+                        + [_finite(r.get("peak_memory_bytes")) or 0 for r in done]
+                    )
+                    / 2**20
+                )
 
-    def median(values: list[float]) -> float | None:
-        values = [v for v in values if v is not None]
+    def median(values: list[float | None]) -> float | None:
+        values = [v for v in values if _finite(v) is not None]
         return statistics.median(values) if values else None
 
-    ours = [
-        {r["candidate"]: r for r in trials.to_dict("records") if r["status"] == "complete"}
-        for trials in ours_runs
-    ]
     per_config = []
-    for name in [p["config"] for p in peer_runs[0]["trials"]]:
-        peer = [next(p for p in run["trials"] if p["config"] == name) for run in peer_runs]
-        mine = [run.get(name, {}) for run in ours]  # a config missing from a run has no figures from it
-        per_config.append(
-            {
-                "config": name,
-                "peer_accuracy": median([p.get("accuracy") for p in peer]),
-                "ours_accuracy": median([o.get("accuracy") for o in mine]),
-                "peer_train_s": median([p.get("train_s") for p in peer]),
-                "ours_train_s": median([o.get("train_time_s") for o in mine]),
-                "peer_eval_s": median([p.get("eval_s") for p in peer]),
-                "ours_eval_s": median([o.get("eval_time_s") for o in mine]),
-            }
-        )
-    best = {k: min(v) for k, v in walls.items()}
+    for c in candidates:
+        row: dict[str, Any] = {"config": c["name"]}
+        for arm in arms:
+            mine = [run.get(c["name"], {}) for run in runs[arm]]  # a config missing from a run has no figures
+            for figure in ("accuracy", "train_s", "eval_s"):
+                row[f"{figure}[{arm}]"] = median([m.get(figure) for m in mine])
+            if arm != "peer":
+                row[f"group[{arm}]"] = next((m["group"] for m in mine if m.get("group")), None)
+        per_config.append(row)
+    best = {arm: min(w) for arm, w in walls.items()}
+    rows_trained = len(candidates) * args.steps * int(raw["training"]["batch_size"])
+    summary = [
+        {
+            "arm": arm,
+            "best_wall_s": best[arm],
+            "walls_s": walls[arm],
+            "speed_vs_peer": best["peer"] / best[arm],
+            "train_rows_per_wall_s": rows_trained / best[arm],
+            "train_s": sum(r[f"train_s[{arm}]"] or 0.0 for r in per_config),
+            "eval_s": sum(r[f"eval_s[{arm}]"] or 0.0 for r in per_config),
+            "peak_mib": max(peaks[arm]),
+            "mean_accuracy": median(
+                [
+                    statistics.fmean(
+                        [r["accuracy"] for r in run.values() if _finite(r.get("accuracy")) is not None]
+                    )
+                    for run in runs[arm]
+                    if run
+                ]
+            ),
+            "complete": [len(run) for run in runs[arm]],
+        }
+        for arm in arms
+    ]
     return {
         "benchmark": "peer",
         "machine": machine(),
         "configs": len(candidates),
         "steps": args.steps,
+        "batch_size": int(raw["training"]["batch_size"]),
         "learning_rate": args.learning_rate,
-        "walls_s": walls,
-        "best_wall_s": best,
-        "peer_over_ours": best["peer"] / best["peft-search"],
-        "ours_complete": [len(run) for run in ours],
-        "peer_in_process_s": [run["in_process_s"] for run in peer_runs],
+        "arms": arms,
+        "summary": summary,
         "per_config": per_config,
     }
+
+
+def _finite(value: Any) -> float | None:
+    """A figure from a results row, or None where it has none (missing, None, NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value else None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -307,6 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument(
+        "--rslora", action="store_true", help="each config's rsLoRA twin too (twice the configs)"
+    )
+    parser.add_argument(
+        "--packing",
+        nargs="+",
+        default=["off"],
+        help="one peft-search arm per search.packing value (off, auto, or a group size)",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument(
@@ -323,25 +385,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parser.parse_args(argv)
     result = run(args)
     path = write_result("peer", result, args.out_dir)
-    print(
-        table(
-            result["per_config"],
-            [
-                "config",
-                "peer_accuracy",
-                "ours_accuracy",
-                "peer_train_s",
-                "ours_train_s",
-                "peer_eval_s",
-                "ours_eval_s",
-            ],
-        )
-    )
-    print(
-        f"{result['configs']} configs, {result['steps']} steps: Trainer.hyperparameter_search {result['best_wall_s']['peer']:.1f} s, "
-        f"peft-search run {result['best_wall_s']['peft-search']:.1f} s end to end "
-        f"(peft-search is {result['peer_over_ours']:.2f}x the peer's speed); written to {path}"
-    )
+    arms = result["arms"]
+    columns = ["config", *(f"{figure}[{arm}]" for figure in ("accuracy", "train_s") for arm in arms)]
+    print(table(result["per_config"], columns))
+    print(table(result["summary"], [k for k in result["summary"][0] if k != "walls_s"]))
+    print(f"{result['configs']} configs, {result['steps']} steps; written to {path}")
     return result
 
 

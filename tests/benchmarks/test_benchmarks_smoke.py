@@ -188,7 +188,8 @@ def test_plan(tmp_path):
 
 
 def test_peer(tiny_bert, classification_csv, tmp_path):
-    """The peer comparison on tiny BERT: both searches run every config, and the table pairs them."""
+    """The peer comparison on tiny BERT: the peer and our search alone and packed run every config (LoRA and
+    rsLoRA), the packed arm's configs train in groups, and the table pairs them."""
     from benchmarks import peer
 
     sets = {
@@ -202,14 +203,21 @@ def test_peer(tiny_bert, classification_csv, tmp_path):
         "resources.cpus_per_worker": 1,
     }
     args = [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
-    peer.main(["--ranks", "2", "--steps", "2", "--repeats", "1", "--out-dir", str(tmp_path), *args])
+    argv = ["--ranks", "2", "--rslora", "--packing", "off", "2", "--steps", "2", "--repeats", "1"]
+    peer.main([*argv, "--out-dir", str(tmp_path), *args])
     result = json.loads((tmp_path / "peer.json").read_text())
-    assert result["configs"] == 3 and result["ours_complete"] == [3]
-    assert {r["config"] for r in result["per_config"]} == {c["name"] for c in peer.configs([2])}
+    assert result["arms"] == ["peer", "peft-search", "peft-search packing=2"]
+    names = {c["name"] for c in peer.configs([2], rslora=True)}
+    assert len(names) == 6 and {r["config"] for r in result["per_config"]} == names
+    for arm in result["summary"]:
+        assert arm["complete"] == [6], arm
+        assert arm["best_wall_s"] > 0 and arm["train_rows_per_wall_s"] > 0 and arm["peak_mib"] > 0
     for row in result["per_config"]:
-        assert 0 <= row["peer_accuracy"] <= 1 and 0 <= row["ours_accuracy"] <= 1
-        assert row["peer_train_s"] > 0 and row["ours_train_s"] > 0
-    assert result["walls_s"]["peer"][0] > 0 and result["walls_s"]["peft-search"][0] > 0
+        for arm in result["arms"]:
+            assert 0 <= row[f"accuracy[{arm}]"] <= 1 and row[f"train_s[{arm}]"] > 0
+        assert row["group[peft-search]"] is None
+    packed = [row["group[peft-search packing=2]"] for row in result["per_config"]]
+    assert all(packed) and len(set(packed)) < len(packed)  # every config in a group, some groups shared
 
 
 def test_packing_travels_without_the_search_services(tiny_bert, classification_csv, tmp_path):
