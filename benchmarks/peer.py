@@ -233,7 +233,7 @@ def arm_name(packing: str) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
 
-    from peft_search.search.settings.loading import default_config_path
+    from peft_search.search.settings.loading import default_config_path, load_config
 
     candidates = configs(args.ranks, args.rslora)
     arms = ["peer", *(arm_name(p) for p in args.packing)]
@@ -244,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Path(args.config or default_config_path()), candidates, args.steps, args.learning_rate, args.set
         )
         config_path.write_text(yaml.safe_dump(raw))
+        batch_size = load_config(config_path).training.batch_size  # the config's, or the schema's default
         peer_out = Path(tmp) / "peer.json"
         walls: dict[str, list[float]] = {arm: [] for arm in arms}
         runs: dict[str, list[dict[str, dict[str, Any]]]] = {arm: [] for arm in arms}  # per repeat: by config
@@ -307,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[f"group[{arm}]"] = next((m["group"] for m in mine if m.get("group")), None)
         per_config.append(row)
     best = {arm: min(w) for arm, w in walls.items()}
-    rows_trained = len(candidates) * args.steps * int(raw["training"]["batch_size"])
+    rows_trained = len(candidates) * args.steps * batch_size
     summary = [
         {
             "arm": arm,
@@ -336,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "configs": len(candidates),
         "steps": args.steps,
-        "batch_size": int(raw["training"]["batch_size"]),
+        "batch_size": batch_size,
         "learning_rate": args.learning_rate,
         "arms": arms,
         "summary": summary,
