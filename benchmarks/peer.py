@@ -225,14 +225,17 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+PACKED_PEAK = "group_peak_memory_bytes"
+"""A packed trial's group's measured peak: the memory its arm took, where a trial alone has its own peak."""
+
+
 def arm_name(packing: str) -> str:
     """A ``peft-search run`` arm's name in the results: ``peft-search`` alone, ``peft-search packing=K`` packed."""
     return "peft-search" if packing == "off" else f"peft-search packing={packing}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import pandas as pd
-
+    from peft_search.search.results.layout import ResultsDir
     from peft_search.search.settings.loading import default_config_path, load_config
 
     candidates = configs(args.ranks, args.rslora)
@@ -272,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 command = [sys.executable, "-m", "peft_search", "run", str(config_path)]
                 command += ["--results-dir", str(results), "--set", f"search.packing={packing[arm]}"]
                 walls[arm].append(timed(command))
-                trials = pd.read_parquet(results / "peer-bench" / "trials.parquet").to_dict("records")
+                trials = ResultsDir(results / "peer-bench").read_trials().to_dict("records")
                 done = [r for r in trials if r["status"] == "complete"]
                 runs[arm].append(
                     {
@@ -286,10 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
                 peaks[arm].append(
-                    max(
-                        [_finite(r.get("group_peak_memory_bytes")) or 0 for r in done]
-                        + [_finite(r.get("peak_memory_bytes")) or 0 for r in done]
-                    )
+                    max(_finite(r.get(k)) or 0 for r in done for k in ("peak_memory_bytes", PACKED_PEAK))
                     / 2**20
                 )
 
@@ -319,14 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "train_s": sum(r[f"train_s[{arm}]"] or 0.0 for r in per_config),
             "eval_s": sum(r[f"eval_s[{arm}]"] or 0.0 for r in per_config),
             "peak_mib": max(peaks[arm]),
-            "mean_accuracy": median(
-                [
-                    statistics.fmean(
-                        [r["accuracy"] for r in run.values() if _finite(r.get("accuracy")) is not None]
-                    )
-                    for run in runs[arm]
-                    if run
-                ]
+            "mean_accuracy": statistics.fmean(  # of each config's median accuracy
+                r[f"accuracy[{arm}]"] for r in per_config if r[f"accuracy[{arm}]"] is not None
             ),
             "complete": [len(run) for run in runs[arm]],
         }
