@@ -1,5 +1,5 @@
 """Packed trials, measured at the worker: LoRA-family configs trained alone, one after another, against the same
-configs trained in packed groups (``search.worker.packing.run_group``), on the default task, in one process.
+configs trained in packed groups (``search.worker.packed.group.run_group``), on the default task, in one process.
 
     python -m benchmarks.packing                        # 16 configs, groups of 4, 30 steps, unquantized
     python -m benchmarks.packing --configs 8 --group 4 --quantization int8
@@ -89,7 +89,7 @@ def step_cost(model_path: str, shape: str = "default", reps: int = 4, device=Non
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from peft_search.search.worker.packed_trainer import AdapterRouter
+    from peft_search.search.worker.packed.router import AdapterRouter
 
     batches, seq, targets = STEP_SHAPES[shape]
 
@@ -219,8 +219,9 @@ def load_inputs(path: str, precision: str | None):
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from peft_search.search.plan.packable import packing_size
-    from peft_search.search.worker.packing import measure_packing, run_group
+    from peft_search.search.worker.packed.auto import measure_packing
+    from peft_search.search.worker.packed.group import run_group
+    from peft_search.search.worker.packed.plan import packing_size
     from peft_search.search.worker.training import run_trial
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

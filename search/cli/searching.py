@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.name is not None:
         overrides["name"] = args.name
     if getattr(args, "results_dir_to_resume", None):
-        from peft_search.search.loop.resume import load_saved_config
+        from peft_search.search.loop.recovery import load_saved_config
 
         cfg = load_saved_config(args.results_dir_to_resume)
     else:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     import json
 
-    from peft_search.search.plan.packable import packing_note
+    from peft_search.search.loop.driver import packing_note
     from peft_search.search.plan.planning import format_plan, plan_search, resolution_note
     from peft_search.search.settings.loading import load_config
 
@@ -87,11 +87,7 @@ def plan(args: argparse.Namespace) -> int:
     notes = [resolution_note(cfg.dataset.eval_size)]
     notes += filter(
         None,
-        [
-            packing_note(
-                rows, cfg.members_per_group(), cfg.budget.max_memory, measured=cfg.search.packing == "auto"
-            )
-        ],
+        [packing_note(rows, cfg)],
     )
     if args.format == "json":
         print(json.dumps(rows, indent=2))

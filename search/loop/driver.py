@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.loop import recovery
 from peft_search.search.loop.home import SearchHome, claim, record_run, stage
 from peft_search.search.loop.prepare import Prepared, prepare
-from peft_search.search.results.layout import TRAIN_DIR, TUNE_DIR
 from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.worker import packed
+from peft_search.spaces.sampling import DefineByRun
 
 
 def run_search(
@@ -45,12 +47,10 @@ def run_search(
         if not lock.held:
             _lock(lock, cfg, resume, echo)
         stage(cfg, home, resume)
-        if resume and home.results.trials_path.exists():
-            _repair_if_damaged(home, echo)
-        # A damaged study is rebuilt from the table and the trials' configs; Tune's saved searcher, pointing at the
-        # old study's trials, is then set aside.
-        rebuilt = resume and _rebuild_study_if_damaged(cfg, prep, home, echo)
-        reconciled = _reconcile(cfg, home, echo, trust_tune=not rebuilt) if resume else None
+        reconciled = None
+        if resume:
+            space = DefineByRun(prep.space_spec, prep.space_context)
+            reconciled = recovery.recover(cfg, space, home.results, home.uri, echo)
         # Launch.
         tuner, facts, table, restored, concurrency, _coordinator = _launch(
             cfg, prep, home, address, num_cpus, env, resume, echo, reconciled
@@ -88,61 +88,6 @@ def _lock(lock, cfg: SearchConfig, resume: bool, echo: bool) -> None:
     except BaseException:
         lock.release()
         raise
-
-
-def _repair_if_damaged(home: SearchHome, echo: bool) -> None:
-    """A resume rebuilds a damaged trials table from the trials' own records first (``peft-search repair``)."""
-    from peft_search.search.loop.repair import repair, table_is_readable
-
-    if not table_is_readable(home.results):
-        said = repair(home.results.path)
-        if echo:
-            print(f"[peft-search] {said}", flush=True)
-
-
-def _rebuild_study_if_damaged(cfg: SearchConfig, prep: Prepared, home: SearchHome, echo: bool) -> bool:
-    from peft_search.search.loop.study_rebuild import rebuild_study, study_is_damaged
-
-    verdict = study_is_damaged(home.results)
-    if verdict is None:
-        return False
-    said = rebuild_study(cfg, prep, home.results)
-    if echo:
-        print(f"[peft-search] the Optuna study was damaged ({verdict[:80]}); {said}", flush=True)
-    return True
-
-
-def _reconcile(cfg: SearchConfig, home: SearchHome, echo: bool, trust_tune: bool = True):
-    """Before a resume restores anything: compare the search's records and fix the ones behind (``reconcile``).
-    On an object store, Tune's state is reconciled in a local copy and what changed is copied back."""
-    import tempfile
-
-    from peft_search.search.loop.reconcile import reconcile
-    from peft_search.search.results import storage
-
-    objectives = [o.metric for o in cfg.objectives]
-    if home.uri is None:
-        said = reconcile(
-            home.results,
-            home.results.tune_path,
-            cfg.name,
-            cfg.search.num_trials,
-            objectives,
-            trust_tune=trust_tune,
-        )
-    else:
-        with tempfile.TemporaryDirectory(prefix="tune-state-") as local:
-            tune_uri = storage.join(home.uri, TUNE_DIR)
-            storage.download_tree(tune_uri, Path(local))
-            said = reconcile(
-                home.results, Path(local), cfg.name, cfg.search.num_trials, objectives, trust_tune=trust_tune
-            )
-            storage.sync_back(Path(local), tune_uri, said.touched)
-        for trial_id in said.dropped:  # the adapters live on the store; reconcile removed only local copies
-            storage.remove_dir(home.uri, f"{TRAIN_DIR}/train-{trial_id}")
-    if echo:
-        print(f"[peft-search] {said.line()}", flush=True)
-    return said
 
 
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
@@ -190,21 +135,14 @@ def _launch(
         gpus_per_worker=r.gpus_per_worker,
         requested=cfg.search.max_concurrent,
     )
-    coordinator = None
-    level = _packing_level(prep) if prep.settings.packing > 1 else None
-    if level is None:
-        prep = dataclasses.replace(prep, settings=dataclasses.replace(prep.settings, packing=1))
-    elif cfg.search.packing == "auto":  # pack only where the workers' device measures a gain
-        from peft_search.search.worker.packing_auto import decide_packing
-
-        prep = dataclasses.replace(prep, settings=decide_packing(prep.settings, prep.data, level, echo))
-    if prep.settings.packing > 1:  # each packed trial's own function holds no CPU: its group's task does
-        from peft_search.search.worker.pack_groups import start_coordinator
-
-        # Room for every group's members (an explicit search.max_concurrent counts trials as it says).
-        if cfg.search.max_concurrent is None:
-            concurrency *= prep.settings.packing
-        coordinator = start_coordinator(prep.settings, prep.data)  # kept alive by its handle, returned
+    settings, coordinator = packed.start_packing(
+        prep.settings, prep.space_spec, prep.data, auto=cfg.search.packing == "auto", echo=echo
+    )
+    prep = dataclasses.replace(prep, settings=settings)
+    if settings.packing > 1 and cfg.search.max_concurrent is None:
+        # Room for every group's members: each packed trial's own function holds no CPU, its group's task does (an
+        # explicit search.max_concurrent counts trials as it says).
+        concurrency *= settings.packing
     restored = reconciled is not None and reconciled.restore
     facts = record_run(cfg, prep, home, resources, concurrency, resume)
     # Tune saves its experiment state on its own schedule (every 10 s or more: the state holds every trial, so
@@ -245,16 +183,11 @@ def _launch(
     return tuner, facts, table, restored, concurrency, coordinator
 
 
-def _packing_level(prep: Prepared) -> str | None:
-    """The quantization level ``search.packing: auto`` measures at: unquantized where the search's LoRA-family trials
-    may train so, else their first level; None when none of its trials can pack."""
-    from peft_search.search.plan.packable import packing_refusal
-    from peft_search.spaces.sampling import feasible_quantization
-
-    spec = prep.space_spec
-    levels = feasible_quantization("lora", spec.quantization) if "lora" in spec.methods else []
-    levels += [c.quantization for c in spec.candidates if packing_refusal(c.peft_config) is None]
-    return "none" if "none" in levels else (levels[0] if levels else None)
+def packing_note(rows: list[dict[str, Any]], cfg: SearchConfig) -> str | None:
+    """``peft-search plan``'s line on ``search.packing`` (which candidates can pack, the heaviest group's peak)."""
+    return packed.packing_note(
+        rows, cfg.members_per_group(), cfg.budget.max_memory, measured=cfg.search.packing == "auto"
+    )
 
 
 def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, concurrency: int) -> int:
@@ -305,9 +238,8 @@ def _finish(
 ) -> None:
     """Close what a dead driver left in the study, record the wall time, write the table and the report."""
     from peft_search.reports.html import write_report
-    from peft_search.search.loop.resume import close_stale_trials
 
-    stale = close_stale_trials(home.results.optuna_url, cfg.name)
+    stale = recovery.close_stale_trials(home.results.optuna_url, cfg.name)
     if stale and echo:
         print(f"[peft-search] closed {stale} Optuna trial(s) a dead driver had left running", flush=True)
     home.results.write_facts({**facts, "wall_time_s": time.time() - started})

@@ -200,7 +200,7 @@ class SearchSettings(_Strict):
     """Opt-in seed repeats of the front's best configs, e.g. ``{top: 3, seeds: 3}`` (off when unset)."""
     packing: Literal["off", "auto"] | int = "off"
     """Packed trials: LoRA-family trials that share the quantization level and training arguments train K at a
-    time through one base model (``search.worker.pack_groups``), each still its own trial. ``auto``: the search
+    time through one base model (``search.worker.packed``), each still its own trial. ``auto``: the search
     first measures on the workers' device whether a packed step of 4 pays, and packs only where it does: up to 4 at
     a time, or 8 or 16 where those measure faster again; fewer where ``budget.max_memory`` refuses the group; an
     integer: at most that many, without measuring;

@@ -17,7 +17,6 @@ Multi-worker trials run this same Trainer inside Ray Train's workers, which set 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.batches import pad_batch
+from peft_search.search.worker.steps import check_finite
 
 CURVE_POINTS = 50
 """The learning curve's points by default: the Trainer logs every ``max(1, steps // CURVE_POINTS)`` steps."""
@@ -147,8 +147,8 @@ class FiniteLossCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "train_loss"):
             value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(value):
-                raise FloatingPointError(f"training loss became non-finite by step {state.global_step}")
+            if value is not None:
+                check_finite(value, state.global_step)
 
 
 class AnnounceCallback(TrainerCallback):

@@ -17,16 +17,23 @@ from typing import Any
 import torch
 
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.inputs.modeling import generic_4bit_cpu_path, inject_adapter, load_base_model
+from peft_search.search.inputs.modeling import inject_adapter
 from peft_search.search.plan.planning import Plan
-from peft_search.search.results.records import CURVE_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.verbosity import verbose
 from peft_search.search.worker import faults
-from peft_search.search.worker.costs import check_budget, plan_trial
-from peft_search.search.worker.environment import allocator_label, import_training_libraries, node_id
-from peft_search.search.worker.evaluation import evaluate
+from peft_search.search.worker.environment import import_training_libraries
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
+from peft_search.search.worker.steps import (
+    cost_metrics,
+    evaluate_final,
+    evaluate_rung,
+    final_result,
+    load_base,
+    planned,
+    rung_result,
+    save_adapter,
+)
 from peft_search.search.worker.trainer import (
     AdaLoraCallback,
     AnnounceCallback,
@@ -54,17 +61,18 @@ class _Costs:
     world_size: int
 
     def metrics(self, *, trained_s: float, samples: int, tokens: int) -> dict[str, Any]:
-        return {
-            "trainable_params": self.trainable,
-            "total_params": self.total,
-            "peak_memory_bytes": self.peak.peak_bytes(),
-            "est_peak_memory_bytes": self.plan.est_peak_memory_bytes,
-            "peak_memory_kind": self.peak.kind,
-            "train_time_s": trained_s,
-            "load_time_s": self.load_s,
-            "samples_per_s": samples * self.world_size / trained_s if trained_s > 0 else 0.0,
-            "tokens_per_s": tokens * self.world_size / trained_s if trained_s > 0 else 0.0,
-        }
+        return cost_metrics(
+            trainable=self.trainable,
+            total=self.total,
+            plan=self.plan,
+            peak_bytes=self.peak.peak_bytes(),
+            peak_kind=self.peak.kind,
+            load_s=self.load_s,
+            train_s=trained_s,
+            samples=samples * self.world_size,
+            tokens=tokens * self.world_size,
+            seconds=trained_s,
+        )
 
 
 def run_trial(
@@ -92,16 +100,13 @@ def run_trial(
     import_training_libraries(trial.quantization)
     peak = PeakMemory(device)
     peak.start()
-    plan = plan_trial(
-        trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
-    )
-    check_budget(plan, settings.budget)
+    plan = planned(trial, settings, data.num_labels, peak, device)
 
     # Load the base model at its quantization level and inject the adapter.
     seed = settings.seed if trial.seed is None else trial.seed
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    model = _load(trial, settings, data, device)
+    model = inject_adapter(load_base(settings, data, trial.quantization, device), trial.peft_config)
     trainable, total = model.get_nb_trainable_parameters()
     costs = _Costs(int(trainable), int(total), plan, peak, time.perf_counter() - t0, world_size)
     faults.inject(settings.faults, trial.candidate, device)
@@ -140,27 +145,20 @@ def run_trial(
         trainer = None  # holds the optimizer state: freed before evaluating
 
     # Evaluate on the whole held-out split, save the adapter (rank 0).
-    t2 = time.perf_counter()
-    evaluation = evaluate(model, data, settings.task, settings.training.eval_batch_size, device)
-    eval_s = time.perf_counter() - t2
-    adapter_dir, adapter_bytes = _save(model) if rank == 0 else (None, 0)
-    metrics = {
-        STATUS_KEY: "complete",
-        **evaluation.metrics(),
-        PREDICTIONS_KEY: evaluation.rows(),
-        CURVE_KEY: curve,
-        **costs.metrics(trained_s=train_s, samples=counted.samples, tokens=counted.tokens),
-        "eval_time_s": eval_s,
-        "rung_eval_time_s": rung.seconds if rung else 0.0,
-        "eval_rows": len(data.eval),
-        "train_steps": settings.steps,
-        "adapter_bytes": adapter_bytes,
-        "world_size": world_size,
-        "device": str(device.type),
-        "node_id": node_id(),
-        "cpu_allocator": allocator_label(),
-        "resumed_from_step": checkpoint_step(resume_from) if resume_from else 0,
-    }
+    evaluation, eval_s = evaluate_final(model, data, settings, device)
+    adapter_dir, adapter_bytes = save_adapter(model) if rank == 0 else (None, 0)
+    metrics = final_result(
+        evaluation,
+        curve,
+        costs.metrics(trained_s=train_s, samples=counted.samples, tokens=counted.tokens),
+        settings=settings,
+        device=device,
+        eval_s=eval_s,
+        rung_eval_s=rung.seconds if rung else 0.0,
+        adapter_bytes=adapter_bytes,
+        world_size=world_size,
+        resumed_from_step=checkpoint_step(resume_from) if resume_from else 0,
+    )
     model = rung = None  # free the weights before the next trial (the rung holds them too)
     release_accelerator_memory()
     return metrics, adapter_dir
@@ -173,39 +171,12 @@ def checkpoint_step(path: str) -> int:
     return int(json.loads((Path(path) / "trainer_state.json").read_text())["global_step"])
 
 
-def _load(trial: TrialConfig, settings: TrialSettings, data: TokenizedSplits, device: torch.device):
-    t = settings.training
-    base = load_base_model(
-        settings.model_path,
-        settings.task,
-        num_labels=data.num_labels,
-        quantization=trial.quantization,
-        device=device,
-        precision=t.precision,
-        pad_token_id=data.pad_token_id,
-        revision=settings.revision,
-        gradient_checkpointing=t.gradient_checkpointing,
-    )
-    return inject_adapter(base, trial.peft_config)
-
-
-def _save(model) -> tuple[tempfile.TemporaryDirectory, int]:
-    """The adapter in a temporary directory, and the size of its weights file (what ships, what ``plan``
-    predicts)."""
-    from peft_search.search.inputs.adapterhub import adapter_files
-
-    adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
-    model.save_pretrained(adapter_dir.name)
-    return adapter_dir, sum(p.stat().st_size for p in adapter_files(adapter_dir.name))
-
-
 class _Rung:
     """Part-way evaluation at early stopping's rungs: on the first ``rung_eval_size`` held-out rows, reported
     with every metric an objective may name. Its time is not training time."""
 
     def __init__(self, report: OnRung, model, data, settings: TrialSettings, costs, device):
-        self.report, self.model = report, model
-        self.data = dataclasses.replace(data, eval=data.eval[: settings.rung_eval_size])
+        self.report, self.model, self.data = report, model, data
         self.settings, self.costs, self.device = settings, costs, device
         self.steps = {r for r in settings.rungs if r < settings.steps}
         self.seconds = 0.0
@@ -217,25 +188,18 @@ class _Rung:
         if step not in self.steps:
             return
         t = time.perf_counter()
-        s = self.settings
         samples, tokens = (self.counted.samples, self.counted.tokens) if self.counted else (0, 0)
-        with generic_4bit_cpu_path(self.model):  # training resumes after this evaluation
-            partial = evaluate(self.model, self.data, s.task, s.training.eval_batch_size, self.device)
-        self.model.train()
-        metrics = partial.metrics()
+        evaluation = evaluate_rung(self.model, self.data, self.settings, self.device)
+        metrics = evaluation.metrics()
         self.evaluations.append({"step": step, **metrics})
+        costs = self.costs.metrics(trained_s=t - self.started - self.seconds, samples=samples, tokens=tokens)
         self.report(
-            {
-                STATUS_KEY: "running",
-                RUNG_KEY: step,
-                **metrics,
-                **self.costs.metrics(
-                    trained_s=t - self.started - self.seconds, samples=samples, tokens=tokens
-                ),
-                "adapter_bytes": self.costs.plan.adapter_bytes,
-                "train_steps": step,
-                "rung_eval_time_s": self.seconds + time.perf_counter() - t,
-                "eval_rows": len(self.data.eval),
-            }
+            rung_result(
+                step,
+                evaluation,
+                costs,
+                plan=self.costs.plan,
+                rung_eval_s=self.seconds + time.perf_counter() - t,
+            )
         )
         self.seconds += time.perf_counter() - t

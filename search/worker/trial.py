@@ -8,12 +8,9 @@ paths report the same metrics and save the adapter to the same place (``train/tr
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from typing import Any
-
-import torch
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
@@ -22,8 +19,9 @@ from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
 from peft_search.search.worker.infeasible import penalty_result
 from peft_search.search.worker.memory import release_accelerator_memory
-from peft_search.search.worker.pack_groups import PackedResources, packs, train_packed
-from peft_search.search.worker.placement import CHECKPOINT, store_adapter, worker_resources
+from peft_search.search.worker.packed import PackedResources, packs, train_packed
+from peft_search.search.worker.placement import worker_resources
+from peft_search.search.worker.steps import stored_result, trial_device
 from peft_search.search.worker.training import checkpoint_step, run_trial
 
 
@@ -65,16 +63,12 @@ def train_in_place(
 ) -> dict[str, Any]:
     """A one-worker trial in the calling process (the Tune trial's actor, which holds the worker's resources).
 
-    The adapter goes where Ray Train would have put it, and its path travels in the metrics as ``checkpoint_path``,
-    the key Ray's ``TuneReportCallback`` uses, so the results table reads both paths alike. The actor may be reused
+    The adapter goes where Ray Train would have put it (``stored_result``). The actor may be reused
     for the next trial: memory freed here goes back to the OS so that trial's peak starts from a clean baseline.
     """
     started_at, t0 = time.time(), time.perf_counter()
     quiet_libraries()
-    # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPUs; on CPU, torch uses exactly the cores the trial holds.
-    gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+    device = trial_device(settings)
     import ray.tune
 
     # Blocks until Tune has the result; when the scheduler stops the trial, Tune ends this thread here.
@@ -103,16 +97,14 @@ def train_in_place(
         raise SystemExit(0)
     assert adapter_dir is not None  # rank 0 always saves
     t1 = time.perf_counter()
-    with adapter_dir:
-        target = store_adapter(adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}")
+    result = stored_result(metrics, adapter_dir, settings, trial_id)
     # Where the trial's time went, for benchmarks/overhead.py (Tune's result.json keeps every reported key).
     timing = {
         "trial_started_at": started_at,
         "trial_total_s": time.perf_counter() - t0,
         "save_time_s": time.perf_counter() - t1,
-        "worker_pid": os.getpid(),
     }
-    return {**metrics, **timing, "checkpoint_path": target}
+    return {**result, **timing}
 
 
 def _report_checkpoint(step: int, path: str) -> None:

@@ -17,10 +17,11 @@ the base model once, adds each trial's adapter under its own name, and trains th
   adapter is initialised from the random state the base model left, as it would be alone.
 
 With ``search.packing: auto`` the search first measures whether packing pays on the workers' device
-(``measure_packing``: one packed step of K LoRA adapters against each adapter's step alone) and packs only where a
-packed row is at least ``PACKING_PAYS`` times cheaper (``search.worker.packing_auto.decide_packing``).
+(``search.worker.packed.auto``: one packed step of K LoRA adapters against each adapter's step alone) and packs only
+where a packed row is at least ``PACKING_PAYS`` times cheaper.
 
-Trained so, a member's adapter equals the one it would get alone (``tests/search/test_packing.py``), dropout aside:
+Trained so, a member's adapter equals the one it would get alone (``tests/search/worker/packed/test_packing.py``),
+dropout aside:
 dropout masks are drawn for the whole packed batch, so with dropout a member's run is a different draw from the
 same distribution. Which configs can pack, and with which others, is ``packing_refusal`` and ``pack_key``.
 """
@@ -33,47 +34,32 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
+from peft import get_peft_config, get_peft_model
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import SaveStrategy
 
 from peft_search.search.errors import InfeasibleTrialError
-from peft_search.search.inputs.candidates import TASK_TYPES
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.inputs.modeling import load_base_model
-from peft_search.search.plan.packable import AUTO_DOUBLINGS, group_peak_bytes, packing_refusal, packing_size
 from peft_search.search.results.records import ERROR_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker import faults
-from peft_search.search.worker.costs import check_budget, plan_trial
 from peft_search.search.worker.environment import import_training_libraries
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
-from peft_search.search.worker.packed_group import SPEEDUP_KEY, GroupLife, GroupParts, OnDone, OnRung, Take
-from peft_search.search.worker.packed_trainer import (
-    ROUTE,
-    AdapterRouter,
-    Member,
-    PackedCollator,
-    PackedTrainer,
-    member_loss,
-)
+from peft_search.search.worker.packed.life import GroupLife, GroupParts, OnDone, OnRung, Take
+from peft_search.search.worker.packed.plan import group_peak_bytes, packing_refusal
+from peft_search.search.worker.packed.router import AdapterRouter
+from peft_search.search.worker.packed.trainer import Member, PackedTrainer
+from peft_search.search.worker.steps import cost_metrics, load_base, planned
 from peft_search.search.worker.trainer import training_arguments, trial_arguments
 
 PER_MEMBER = ("learning_rate", "weight_decay", "max_grad_norm")
 """``TrainingArguments`` fields each member of a group keeps its own value of; members agree on all others."""
 OPEN_ENDED = 1_000_000
 """A group that takes new members trains up to this many times a member's steps (it stops once none is left)."""
-__all__ = [
-    "SPEEDUP_KEY",
-    "OnDone",
-    "OnRung",
-    "Take",
-    "load_group",
-    "measure_packing",
-    "pack_key",
-    "run_group",
-]
+__all__ = ["OnDone", "OnRung", "Take", "add_adapter", "load_group", "pack_key", "run_group"]
 
 
 def pack_key(trial: TrialConfig, settings: TrialSettings) -> str:
@@ -162,7 +148,7 @@ def run_group(
         return member
 
     costs = functools.partial(_costs, plans=plans, peak=peak, shared=shared, base_params=base_params)
-    parts = GroupParts(model, router, settings, data, device, plans, costs, _save, admit, done, on_rung, take)
+    parts = GroupParts(model, router, settings, data, device, plans, costs, admit, done, on_rung, take)
     trainer_members = _train_members(parts, members, seed)
     for member in trainer_members:
         if member.trial_id not in results:  # stopped at a rung: its trial ended there
@@ -182,14 +168,10 @@ def _planned(trial_id, trial, name, settings, data, device, peak, plans, done) -
     if refusal is not None:
         raise ValueError(f"trial {trial_id} cannot pack: {refusal}")
     try:
-        plan = plan_trial(
-            trial, settings, data.num_labels, runtime_bytes=peak.baseline_bytes(), device=device.type
-        )
-        check_budget(plan, settings.budget)
+        plans[trial_id] = planned(trial, settings, data.num_labels, peak, device)
     except InfeasibleTrialError as err:
         done(trial_id, {STATUS_KEY: "infeasible", ERROR_KEY: str(err)}, None)
         return None
-    plans[trial_id] = plan
     arguments = trial_arguments(trial, settings)
     return Member(
         trial_id,
@@ -204,9 +186,6 @@ def _planned(trial_id, trial, name, settings, data, device, peak, plans, done) -
 def _train_members(parts: GroupParts, members: list[Member], seed: int) -> list[Member]:
     """Train the group in one Trainer (one member alone: by PEFT's plain forward, its adapter the model's active
     one) until no member is left in it; every member it had."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import SaveStrategy
-
     settings, data = parts.settings, parts.data
     with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
         args = training_arguments(
@@ -238,133 +217,11 @@ def _train_members(parts: GroupParts, members: list[Member], seed: int) -> list[
     return everyone
 
 
-def packing_speedup(
-    model,
-    router: AdapterRouter,
-    members: list[Member],
-    data: TokenizedSplits,
-    settings: TrialSettings,
-    device: torch.device,
-) -> float:
-    """How much cheaper a training row is packed than alone on this device: the seconds of each member's own
-    forward and backward on the first training micro-batch (PEFT's plain forward, its adapter active), summed,
-    over the seconds of one packed step of them all. After an untimed pass (allocators and kernels warm up), each
-    is timed twice, in both orders, and the fastest counts (another process's burst only slows a pass down). No
-    weight changes and the random state is put back."""
-    rows = [data.train[i] for i in range(min(len(data.train), settings.micro_batch_size()))]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
-    model.train()
-
-    def step(group: list[Member]) -> float:
-        batch = PackedCollator(group, data.pad_token_id)(rows)
-        route = batch.pop(ROUTE).tolist()
-        labels = batch.pop("labels").to(device)
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        if len(group) == 1:
-            model.set_adapter(group[0].name)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        router.names = [group[i].name for i in route] if len(group) > 1 else None
-        try:  # routed through the backward pass too (gradient checkpointing runs the forward there)
-            logits = model(**inputs).logits
-            index = torch.tensor(route, device=device)
-            loss = sum(member_loss(logits[index == i], labels[index == i], settings.task) for i in set(route))
-            loss.backward()
-        finally:
-            router.names = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t
-        model.zero_grad(set_to_none=True)
-        return seconds
-
-    try:
-        times: dict[str, list[float]] = {"packed": [], "alone": []}
-        for rep in range(3):  # a pass to warm up, then two timed, in both orders; the fastest of each counts
-            first, second = ("packed", "alone") if rep % 2 == 0 else ("alone", "packed")
-            for arm in (first, second):
-                seconds = step(members) if arm == "packed" else sum(step([m]) for m in members)
-                if rep:
-                    times[arm].append(seconds)
-        packed, alone = min(times["packed"]), min(times["alone"])
-    finally:
-        model.base_model.set_requires_grad([m.name for m in members], True)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-    return alone / packed if packed > 0 else 0.0
-
-
-def measure_packing(
-    settings: TrialSettings, data: TokenizedSplits, quantization: str, *, device: torch.device
-) -> dict[int, float]:
-    """``packing_speedup`` on this device for groups of LoRA adapters (r 8 on every linear layer, the search's
-    micro-batch and sequence length) on the base model at this quantization level, by group size: how much cheaper a
-    training row is packed than alone. It measures ``settings.packing`` adapters, then twice as many, up to
-    ``AUTO_DOUBLINGS`` times, while ``packing_size`` takes the last size measured (a larger group may still pay
-    more) and the larger group fits the device's memory. What an adapter adds to a step is small beside its base
-    model's forward and backward, so one representative stands for the search's LoRA trials."""
-    import_training_libraries(quantization)
-    lora = {
-        "peft_type": "LORA",
-        "task_type": TASK_TYPES[settings.task],
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": "all-linear",
-    }
-    trial = TrialConfig("lora", quantization, lora, 1e-4)
-
-    def member(i: int) -> Member:
-        return Member(f"m{i}", trial, f"member_{i}", 1e-4, 0.0, 1.0)
-
-    members = [member(i) for i in range(settings.packing)]
-    torch.manual_seed(settings.seed)
-    model, refused, init_rng = load_group(members, settings, data, device)
-    if refused:
-        raise ValueError(f"PEFT refused the measuring adapter: {refused[0].error}")
-    router = AdapterRouter(model)
-    speedups: dict[int, float] = {}
-    try:
-        for doubling in range(AUTO_DOUBLINGS + 1):
-            size = settings.packing * 2**doubling
-            if speedups and packing_size(speedups) != max(speedups):
-                break
-            while len(members) < size:
-                members.append(member(len(members)))
-                add_adapter(model, members[-1], init_rng, [m.name for m in members[:-1]])
-            try:
-                speedups[size] = packing_speedup(model, router, members, data, settings, device)
-            except torch.OutOfMemoryError:
-                if not speedups:
-                    raise
-                break  # the larger group does not fit: the sizes measured stand
-        return speedups
-    finally:
-        router.remove()
-        model = None
-        release_accelerator_memory()
-
-
 def load_group(members: list[Member], settings: TrialSettings, data: TokenizedSplits, device: torch.device):
     """The base model once, then each member's adapter under its name, each from the random state the base model
     left (as it would be initialised alone); all of them trainable. Members PEFT refuses come back apart, and so
     does that random state (``add_adapter`` initialises a member joining later from it)."""
-    from peft import get_peft_config, get_peft_model
-
-    t = settings.training
-    base = load_base_model(
-        settings.model_path,
-        settings.task,
-        num_labels=data.num_labels,
-        quantization=members[0].trial.quantization,
-        device=device,
-        precision=t.precision,
-        pad_token_id=data.pad_token_id,
-        revision=settings.revision,
-        gradient_checkpointing=t.gradient_checkpointing,
-    )
+    base = load_base(settings, data, members[0].trial.quantization, device)
     state = torch.get_rng_state()
     model, refused = None, []
     for member in members:
@@ -392,8 +249,6 @@ def add_adapter(model, member: Member, init_rng: torch.Tensor, live: list[str]) 
     """A member joining a group that trains: its adapter initialised from the random state the base model left
     (``load_group``'s), as it would be alone, and trainable beside the ``live`` ones; False if PEFT refuses it
     (``member.error`` says why). The group's own random state is untouched."""
-    from peft import get_peft_config
-
     outside = torch.get_rng_state()
     torch.set_rng_state(init_rng)
     try:
@@ -414,29 +269,25 @@ def _costs(
     """What the member costs: its own parameter counts; of the group's measured peak memory, the part loaded once
     for all (the base model, measured when loaded) and an even share of the rest (optimizer states, activations:
     what each member adds) among the most members it trained beside, so a member's figure is near what it would take
-    alone; the group's peak beside it, and the plan of the group it trains in now. Its load time is its share of
-    the group's load, or its adapter's if it joined later."""
+    alone; the group's peak beside it, and the plan of the group it trains in now. Its training time is its share of
+    the group's steps, its rows per second those of the group's seconds while it was in it; its load time is its
+    share of the group's load, or its adapter's if it joined later."""
     group_peak = peak.peak_bytes()
+    own = cost_metrics(
+        trainable=member.trainable,
+        total=base_params + member.trainable,
+        plan=plans[member.trial_id],
+        peak_bytes=shared + (group_peak - shared) // member.most_members,
+        peak_kind=peak.kind,
+        load_s=member.load_s,
+        train_s=member.train_s,
+        samples=member.samples,
+        tokens=member.tokens,
+        seconds=member.group_s,
+    )
     return {
-        "trainable_params": member.trainable,
-        "total_params": base_params + member.trainable,
-        "peak_memory_bytes": shared + (group_peak - shared) // member.most_members,
+        **own,
         "group_peak_memory_bytes": group_peak,
         "est_group_peak_memory_bytes": group_peak_bytes([plans[m.trial_id] for m in live]),
-        "est_peak_memory_bytes": plans[member.trial_id].est_peak_memory_bytes,
-        "peak_memory_kind": peak.kind,
-        "load_time_s": member.load_s,
         "group_size": member.most_members,
     }
-
-
-def _save(model, name: str) -> tuple[tempfile.TemporaryDirectory, int]:
-    """One member's adapter in a temporary directory, as a trial alone saves it (PEFT writes a named adapter to a
-    subdirectory of that name: its files move up)."""
-    adapter_dir = tempfile.TemporaryDirectory(prefix="adapter-")
-    model.save_pretrained(adapter_dir.name, selected_adapters=[name])
-    saved = Path(adapter_dir.name) / name
-    for path in saved.iterdir():
-        path.rename(Path(adapter_dir.name) / path.name)
-    saved.rmdir()
-    return adapter_dir, (Path(adapter_dir.name) / "adapter_model.safetensors").stat().st_size

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peft_search.search.plan.planning import Plan
+from peft_search.search.results.metrics import get_metric
 
 SHARED_INIT = (True, False, "gaussian")
 """LoRA initialisations that leave the base weights as they are (PiSSA, OLoRA, LoftQ, EVA and CorDA change them,
@@ -52,7 +53,7 @@ def packing_refusal(peft_config: dict[str, Any]) -> str | None:
 
 
 def group_peak_bytes(plans: Sequence[Plan]) -> int:
-    """The estimated peak of a packed group (``search.worker.packing``) from its members' own plans: the base
+    """The estimated peak of a packed group (``search.worker.packed.group``) from its members' own plans: the base
     model's weights and the process's runtime once; each member's adapter state; and the packed step, whose batch is
     the members' micro-batches one after another, each through its own adapter only, so its activations and
     gradients are the sum of the members' traced steps (rows add linearly)."""
@@ -72,8 +73,6 @@ def packing_note(
     ``members`` largest packable plans of one quantization level; ``group_peak_bytes``), against
     ``budget.max_memory``; with ``measured`` (``auto``), that groups pack only where they measure a gain. None when
     off."""
-    from peft_search.search.results.metrics import get_metric
-
     if members <= 1:
         return None
     planned = [r for r in rows if "error" not in r]

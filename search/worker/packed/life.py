@@ -1,4 +1,4 @@
-"""A packed group's life inside its Trainer (``search.worker.packing.run_group``), after each optimizer step: each
+"""A packed group's life inside its Trainer (``search.worker.packed.group.run_group``), after each optimizer step: each
 member's learning curve and rung evaluations; at a member's last step its held-out evaluation, its saved adapter
 and its result (``on_done``); members that are done or that the search stopped leave; new members take the slots
 they freed (``take``), so a group keeps training while the search has trials for it."""
@@ -17,12 +17,18 @@ import torch
 from transformers import TrainerCallback
 
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.inputs.modeling import generic_4bit_cpu_path
-from peft_search.search.results.records import CURVE_KEY, PREDICTIONS_KEY, RUNG_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
-from peft_search.search.worker.environment import allocator_label, node_id
-from peft_search.search.worker.evaluation import evaluate
-from peft_search.search.worker.packed_trainer import AdapterRouter, Member
+from peft_search.search.worker.packed.router import AdapterRouter
+from peft_search.search.worker.packed.trainer import Member
+from peft_search.search.worker.steps import (
+    check_finite,
+    evaluate_final,
+    evaluate_rung,
+    final_result,
+    rung_result,
+    save_adapter,
+)
+from peft_search.search.worker.trainer import learning_curve
 
 OnRung = Callable[[str, dict[str, Any]], bool]
 """``on_rung(member, result)``: a member's part-way result; False when the search stopped that member there."""
@@ -49,8 +55,8 @@ class GroupParts:
     device: torch.device
     plans: dict[str, Any]
     """Each member's plan (``search.worker.costs.plan_trial``), by trial id."""
-    costs: Callable[[Member], dict[str, Any]]
-    save: Callable[[Any, str], tuple[tempfile.TemporaryDirectory, int]]
+    costs: Callable[[Member, list[Member]], dict[str, Any]]
+    """``costs(member, live)``: what the member costs so far, beside the ``live`` members."""
     admit: Callable[[str, TrialConfig, int, list[str]], Member | None]
     """``admit(trial_id, trial, step, live)``: a new member joining at ``step`` beside the ``live`` adapters, its
     adapter loaded (None: infeasible, its result already given to ``on_done``)."""
@@ -114,86 +120,56 @@ class GroupLife(TrainerCallback):
                 self.trainer.add_member(member)
 
     def _log(self, member: Member, step: int, args) -> None:
-        """The member's curve where the Trainer logs a trial alone: every ``logging_steps`` of its own steps."""
+        """The member's curve where the Trainer logs a trial alone: every ``logging_steps`` of its own steps (the
+        entries the Trainer's ``log_history`` holds, for ``learning_curve``)."""
         every = args.logging_steps
         every = math.ceil(self.parts.settings.steps * every) if every < 1 else int(every)
         if not (step % every == 0 or (step == 1 and args.logging_first_step)) or not member.losses:
             return
         loss = float(torch.stack(member.losses).mean())
         member.losses.clear()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became non-finite by step {step}")
-        curve = member.curve
-        curve.setdefault("step", []).append(step)
-        curve.setdefault("loss", []).append(loss)
-        curve.setdefault("learning_rate", []).append(member.learning_rate_used)
+        check_finite(loss, step)
+        entry = {"step": step, "loss": loss, "learning_rate": member.learning_rate_used}
         if member.grad_norm is not None:
-            curve.setdefault("grad_norm", []).append(member.grad_norm)
+            entry["grad_norm"] = member.grad_norm
+        member.log.append(entry)
 
     def _rung(self, member: Member, step: int) -> None:
         p, t = self.parts, time.perf_counter()
-        rung_data = dataclasses.replace(p.data, eval=p.data.eval[: p.settings.rung_eval_size])
-        with p.router.only(member.name), generic_4bit_cpu_path(p.model):
-            partial = evaluate(
-                p.model, rung_data, p.settings.task, p.settings.training.eval_batch_size, p.device
-            )
-        metrics = partial.metrics()
-        member.evaluations.append({"step": step, **metrics, "seconds": time.perf_counter() - t})
-        keep = p.on_rung(
-            member.trial_id,
-            {
-                STATUS_KEY: "running",
-                RUNG_KEY: step,
-                **metrics,
-                **p.costs(member, self.trainer.live()),
-                "train_time_s": member.train_s,
-                "adapter_bytes": p.plans[member.trial_id].adapter_bytes,
-                "train_steps": step,
-                "eval_rows": len(rung_data.eval),
-            },
+        with p.router.only(member.name):
+            evaluation = evaluate_rung(p.model, p.data, p.settings, p.device)
+        seconds = time.perf_counter() - t
+        member.evaluations.append({"step": step, **evaluation.metrics(), "seconds": seconds})
+        result = rung_result(
+            step,
+            evaluation,
+            p.costs(member, self.trainer.live()),
+            plan=p.plans[member.trial_id],
+            rung_eval_s=sum(e["seconds"] for e in member.evaluations),
         )
-        if not keep:
+        if not p.on_rung(member.trial_id, result):
             self._leave(member)
 
     def _finish(self, member: Member) -> None:
         p = self.parts
-        t = time.perf_counter()
         with p.router.only(member.name):
-            evaluation = evaluate(
-                p.model, p.data, p.settings.task, p.settings.training.eval_batch_size, p.device
-            )
-        eval_s = time.perf_counter() - t
-        adapter_dir, adapter_bytes = p.save(p.model, member.name)
-        curve = dict(member.curve)
-        if member.evaluations:
-            curve["eval_step"] = [int(e["step"]) for e in member.evaluations]
-            curve["eval_accuracy"] = [float(e["accuracy"]) for e in member.evaluations]
-            curve["eval_loss"] = [float(e["eval_loss"]) for e in member.evaluations]
-        train_s = member.train_s
-        metrics = {
-            STATUS_KEY: "complete",
-            **evaluation.metrics(),
-            PREDICTIONS_KEY: evaluation.rows(),
-            CURVE_KEY: curve,
-            **p.costs(member, self.trainer.live()),
-            "train_time_s": train_s,
-            "samples_per_s": member.samples / member.group_s if member.group_s > 0 else 0.0,
-            "tokens_per_s": member.tokens / member.group_s if member.group_s > 0 else 0.0,
-            "group_train_time_s": member.group_s,
-            "group_samples_per_s": member.group_rows / member.group_s if member.group_s > 0 else 0.0,
-            "eval_time_s": eval_s,
-            "rung_eval_time_s": sum(e.get("seconds", 0.0) for e in member.evaluations),
-            "eval_rows": len(p.data.eval),
-            "train_steps": p.settings.steps,
-            "adapter_bytes": adapter_bytes,
-            "world_size": 1,
-            "device": str(p.device.type),
-            "node_id": node_id(),
-            "cpu_allocator": allocator_label(),
-            "resumed_from_step": 0,
-            "group_start_step": member.start,
-            **({SPEEDUP_KEY: p.settings.packing_speedup} if p.settings.packing_speedup is not None else {}),
-        }
+            evaluation, eval_s = evaluate_final(p.model, p.data, p.settings, p.device)
+        adapter_dir, adapter_bytes = save_adapter(p.model, member.name)
+        speedup = p.settings.packing_speedup
+        metrics = final_result(
+            evaluation,
+            learning_curve(member.log, member.evaluations),
+            p.costs(member, self.trainer.live()),
+            settings=p.settings,
+            device=p.device,
+            eval_s=eval_s,
+            rung_eval_s=sum(e["seconds"] for e in member.evaluations),
+            adapter_bytes=adapter_bytes,
+            group_train_time_s=member.group_s,
+            group_samples_per_s=member.group_rows / member.group_s if member.group_s > 0 else 0.0,
+            group_start_step=member.start,
+            **({SPEEDUP_KEY: speedup} if speedup is not None else {}),
+        )
         self._leave(member)
         p.on_done(member.trial_id, metrics, adapter_dir)
 

@@ -1,5 +1,5 @@
 """Packed trials in a search (``search.packing``): trials that can share a base model meet in a group and train
-together (``search.worker.packing.run_group``), each still its own Tune trial and its own Optuna trial.
+together (``search.worker.packed.group.run_group``), each still its own Tune trial and its own Optuna trial.
 
 A search that packs runs one ``PackCoordinator`` actor. A packable trial's Tune function (``train_packed``) holds
 next to nothing (``PackedResources``) and joins the coordinator under its ``pack_key``. The first member of a group
@@ -8,7 +8,7 @@ until the task runs and claims them, so a group fills while the device is busy. 
 ``settings.packing`` members, none that would take its planned peak over ``budget.max_memory``
 (``group_peak_bytes``), and once running waits up to ``GATHER_S`` seconds after the last one joined for more.
 With ``search.packing: auto`` the search first measures whether packing pays on the workers' device, and at which
-group size (``search.worker.packing_auto``); where it does not, every trial trains alone, as with ``off``.
+group size (``search.worker.packed.auto``); where it does not, every trial trains alone, as with ``off``.
 
 A member's rung results travel back to its own Tune function, which reports them to Tune as a trial alone does; the
 scheduler's answer (the report returns, or Tune ends the trial there) travels back to the group, which drops a
@@ -22,8 +22,8 @@ ends once it has no member left (``retire``: a trial routed to it that it did no
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -33,10 +33,14 @@ from typing import Any
 
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.inputs.data import TokenizedSplits
-from peft_search.search.plan.packable import packing_refusal
 from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
-from peft_search.search.worker.packing import pack_key
+from peft_search.search.worker.costs import plan_trial
+from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
+from peft_search.search.worker.packed.group import pack_key, run_group
+from peft_search.search.worker.packed.plan import group_peak_bytes, packing_refusal
+from peft_search.search.worker.placement import worker_resources
+from peft_search.search.worker.steps import stored_result, trial_device
 
 GROUP_KEY = "group"
 """In a packed trial's results: the name of the group it trained in."""
@@ -52,8 +56,6 @@ LOST_S = 120.0
 def coordinator_name(settings: TrialSettings) -> str:
     """The coordinator's Ray actor name: one per search (its name and where it keeps adapters: two searches of one
     name in other results directories may share a cluster)."""
-    import hashlib
-
     where = hashlib.sha256(settings.adapters_path.encode()).hexdigest()[:12]
     return f"peft-search-packing:{settings.config.name}:{where}"
 
@@ -114,8 +116,6 @@ def _plan(trial: TrialConfig, settings: TrialSettings, num_labels: int):
     """The member's plan, for the group's memory budget (None without a budget: nothing to check)."""
     if not settings.budget.max_memory:
         return None
-    from peft_search.search.worker.costs import plan_trial
-
     try:
         return plan_trial(trial, settings, num_labels, runtime_bytes=0, device="cpu")
     except InfeasibleTrialError:
@@ -283,8 +283,6 @@ class PackCoordinator:
         plans = [*plans, plan]
         if not budget or any(p is None for p in plans):
             return True
-        from peft_search.search.plan.packable import group_peak_bytes
-
         return group_peak_bytes(plans) <= budget
 
     def _close(self, forming: _Forming) -> None:
@@ -295,8 +293,6 @@ class PackCoordinator:
 
     def _start(self, forming: _Forming) -> None:
         import ray
-
-        from peft_search.search.worker.placement import worker_resources
 
         resources = worker_resources(self._settings)
         task = _group_task().options(
@@ -324,16 +320,8 @@ class PackCoordinator:
 
 
 def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
-    import torch
-
-    from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
-    from peft_search.search.worker.packing import run_group
-    from peft_search.search.worker.placement import CHECKPOINT, store_adapter
-
     quiet_libraries()
-    gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
+    device = trial_device(settings)
 
     def on_rung(trial_id: str, result: dict[str, Any]) -> bool:
         return wait_holding(coordinator.rung.remote(trial_id, {**result, GROUP_KEY: name}))
@@ -347,9 +335,7 @@ def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
         if metrics[STATUS_KEY] == "infeasible":
             coordinator.post.remote(trial_id, ("infeasible", metrics[ERROR_KEY]))
             return
-        with adapter_dir:
-            target = store_adapter(adapter_dir.name, settings.adapters_path, f"train-{trial_id}/{CHECKPOINT}")
-        result = {**metrics, GROUP_KEY: name, "worker_pid": os.getpid(), "checkpoint_path": target}
+        result = {**stored_result(metrics, adapter_dir, settings, trial_id), GROUP_KEY: name}
         coordinator.post.remote(trial_id, ("result", result))
 
     members = list(wait_holding(coordinator.claim.remote(name)))
@@ -376,7 +362,7 @@ def wait_holding(ref) -> Any:
     """``ray.get(ref)`` that keeps this task's resources. While a task's own thread blocks in ``ray.get`` (or
     ``ray.wait``), Ray lends the task's CPUs to other work, against deadlocks between nested tasks; a group's task
     waits for its members and for each rung's answer, and a trial or another group would start training on the
-    cores this group trains on. A wait on another thread lends nothing (``tests/search/test_pack_groups.py``
+    cores this group trains on. A wait on another thread lends nothing (``tests/search/worker/packed/test_coordinator.py``
     checks it with a live Ray)."""
     import ray
 
