@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.tiny import tiny_bert, topics_csv
+from tests.tiny import tiny_bert, topics_csv
 
 ENDED = ("complete", "failed", "infeasible", "stopped_early")
 """The statuses a trial of a finished search may have (never ``running``)."""
@@ -83,7 +83,7 @@ def check(search_dir: Path, num_trials: int) -> list[str]:
     study and its adapters must all hold exactly the trials it ran, each once."""
     import optuna
 
-    from peft_search.search.loop.resume import STALE_ATTR
+    from peft_search.search.loop.recovery.attributes import STALE as STALE_ATTR
 
     problems = []
     trials = read_table(search_dir)

@@ -185,7 +185,7 @@ def show(args: argparse.Namespace) -> int:
 
 
 def repair(args: argparse.Namespace) -> int:
-    from peft_search.search.loop.repair import repair
+    from peft_search.search.loop.recovery import repair
 
     print(f"[peft-search] {repair(args.results_dir, force=args.force)}")
     return 0

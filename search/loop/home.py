@@ -15,6 +15,7 @@ from typing import Any
 from peft_search.search.errors import ConfigError
 from peft_search.search.inputs import data
 from peft_search.search.loop.prepare import Prepared
+from peft_search.search.loop.recovery.resume import check_resumable
 from peft_search.search.redact import redact
 from peft_search.search.results import storage
 from peft_search.search.results.layout import CONFIG_FILE, DRIVER_FILES, TUNE_DIR, ResultsDir
@@ -50,8 +51,6 @@ class SearchHome:
 def claim(cfg: SearchConfig, resume: bool) -> SearchHome:
     """The search's home, checked, with nothing written (a new search: an empty or new directory; resumed: this
     same search). A search on an object store is checked against the store here and staged by ``stage``."""
-    from peft_search.search.loop import resume as resuming
-
     local, uri = cfg.search_dir(), cfg.results_uri()
     if uri is not None:
         if not resume and storage.exists(uri, CONFIG_FILE):
@@ -60,7 +59,7 @@ def claim(cfg: SearchConfig, resume: bool) -> SearchHome:
                 "to start another, or `peft-search resume` to finish that one"
             )
     elif resume:
-        resuming.check_resumable(redact(cfg.model_dump(mode="json")), local)
+        check_resumable(redact(cfg.model_dump(mode="json")), local)
     else:
         check_search_dir(local)
     return SearchHome(ResultsDir(local), uri)
@@ -69,13 +68,11 @@ def claim(cfg: SearchConfig, resume: bool) -> SearchHome:
 def stage(cfg: SearchConfig, home: SearchHome, resume: bool) -> None:
     """A search on an object store: its local staging copy (fresh, or the store's files for a resumed search),
     made once the search's lock is held; a resumed one is then checked as a local one is in ``claim``."""
-    from peft_search.search.loop import resume as resuming
-
     if home.uri is None:
         return
     _stage(home.uri, home.results.path, resume)
     if resume:
-        resuming.check_resumable(redact(cfg.model_dump(mode="json")), home.results.path)
+        check_resumable(redact(cfg.model_dump(mode="json")), home.results.path)
 
 
 def check_search_dir(search_dir: Path) -> None:

@@ -22,35 +22,15 @@ from pathlib import Path
 from ray import tune
 
 from peft_search.search.loop.progress import ProgressBar
-from peft_search.search.redact import redact_text
+from peft_search.search.loop.recovery import status as statuses
 from peft_search.search.results.layout import ResultsDir
 from peft_search.search.results.metrics import get_metric
 from peft_search.search.results.records import (
-    ERROR_KEY,
     PREDICTIONS_KEY,
     STATUS_KEY,
     TrialResult,
     TrialStatus,
 )
-
-
-def classify_error(error: BaseException | None) -> tuple[TrialStatus, str]:
-    """``(status, one-line message)`` for a trial's error: ``infeasible`` when the config itself cannot run."""
-    if error is None:
-        return "failed", "trial stopped without a result"
-    seen: list[BaseException] = []
-    node: BaseException | None = error
-    while node is not None and node not in seen:
-        seen.append(node)
-        node = getattr(node, "cause", None) or node.__cause__
-    infeasible = any("InfeasibleTrialError" in {c.__name__ for c in type(e).__mro__} for e in seen)
-    root = seen[-1]
-    lines = [ln.strip() for ln in str(root).strip().splitlines() if ln.strip()]
-    message = lines[-1] if lines else type(root).__name__
-    if not message.startswith(type(root).__name__) and ":" not in message[:40]:
-        message = f"{type(root).__name__}: {message}"
-    # Error text can quote a config value or an environment variable: never a credential in the table.
-    return ("infeasible" if infeasible else "failed"), redact_text(message)[:500]
 
 
 def _trial_error(trial) -> BaseException | None:
@@ -65,23 +45,6 @@ def _trial_error(trial) -> BaseException | None:
     if path and os.path.exists(path):
         return RuntimeError(Path(path).read_text())
     return None
-
-
-def ended_status(result: dict) -> tuple[TrialStatus, str]:
-    """A trial that ended with this last result: what the worker said (``STATUS_KEY``), or, when its last result
-    was a part-way one, stopped by the early-stopping scheduler."""
-    said = result.get(STATUS_KEY)
-    if said == "infeasible":
-        return "infeasible", redact_text(str(result.get(ERROR_KEY, "")))[:500]
-    if said == "running":  # its last report was a rung's: the scheduler ended it there
-        note = (
-            f"stopped early at step {result.get('rung_step')}: dominated there (accuracy "
-            f"{result.get('accuracy', float('nan')):.3f} on {result.get('eval_rows')} held-out rows)"
-        )
-        return "stopped_early", note
-    if said == "complete":
-        return "complete", ""
-    return "failed", f"trial ended without a final result (last reported status {said!r})"
 
 
 class TrialTable(tune.Callback):
@@ -147,7 +110,7 @@ class TrialTable(tune.Callback):
             if trial.status == "TERMINATED" and trial.last_result:
                 self._ended(trial, quiet=True)
             elif trial.status == "ERROR":
-                status, message = classify_error(_trial_error(trial))
+                status, message = statuses.from_error(_trial_error(trial))
                 self._record(trial, status, message)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -168,7 +131,7 @@ class TrialTable(tune.Callback):
 
     def _ended(self, trial, quiet: bool = False, result: dict | None = None) -> None:
         result = (trial.last_result or {}) if result is None else result
-        status, note = ended_status(result)
+        status, note = statuses.from_result(result)
         rows = result.get(PREDICTIONS_KEY)
         if status == "complete" and rows:
             self.predictions[trial.trial_id] = rows
@@ -183,7 +146,7 @@ class TrialTable(tune.Callback):
         self._update_bar()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        status, message = classify_error(_trial_error(trial))
+        status, message = statuses.from_error(_trial_error(trial))
         record = self._record(trial, status, message)
         self._say(
             f"trial {self._done()}/{self.num_trials} {status}: {_what(record)}: {message}{self._progress()}"

@@ -9,6 +9,7 @@ from ray.tune.search import Searcher
 
 from peft_search import spaces
 from peft_search.search.loop.prepare import Prepared
+from peft_search.search.loop.recovery.private import hand_restored_tuner
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.verbosity import verbose
 
@@ -133,10 +134,7 @@ def restored_tuner(trainable, tune_path: str, searcher, callbacks: list):
     tuner = tune.Tuner.restore(
         tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
     )
-    # Tune has no public setter for a restored Tuner's configs; both are plain attributes there.
-    restored = tuner._local_tuner
-    restored.get_run_config().callbacks = callbacks
-    restored._tune_config.search_alg = searcher
+    hand_restored_tuner(tuner, callbacks, searcher)
     return tuner
 
 

@@ -5,7 +5,7 @@ The previous search must have trained the same model on the same data over the s
 settings (its trials' values mean the same thing and their parameters have the same distributions); the sampler,
 its seed, the number of trials, early stopping and resources are free to change. Its COMPLETE trials (infeasible
 ones included: they complete with the worst values) and PRUNED trials (stopped early) are added with their
-parameters (less the ``candidate`` choice, whose choices are each search's own), values and user attributes, plus ``WARM_START_ATTR`` naming where they came from. They are the
+parameters (less the ``candidate`` choice, whose choices are each search's own), values and user attributes, plus ``attributes.WARM_START`` naming where they came from. They are the
 sampler's evidence only: the new search's table, report and ``best`` hold its own trials. The explicit candidates
 may differ: one the previous search ran is not run again, a new one runs first as usual.
 """
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from peft_search.search.errors import ConfigError
-from peft_search.search.loop.resume import differences
+from peft_search.search.loop.recovery import attributes
+from peft_search.search.loop.recovery.resume import differences
 from peft_search.search.redact import redact
 from peft_search.search.results.layout import CONFIG_FILE, OPTUNA_FILE, ResultsDir
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     from peft_search.search.settings.schema import SearchConfig
 
-WARM_START_ATTR = "peft_search.warm_start"
 SAME_SECTIONS = ("model", "dataset", "space", "training")
 
 
@@ -99,7 +99,7 @@ def add_previous_trials(study: optuna.Study, cfg: SearchConfig, path: Path) -> i
                 # attributes still say which candidate it was); the space's parameters stay.
                 params={k: v for k, v in t.params.items() if k != "candidate"},
                 distributions={k: v for k, v in t.distributions.items() if k != "candidate"},
-                user_attrs={**t.user_attrs, WARM_START_ATTR: f"{path}#{t.number}"},
+                user_attrs={**t.user_attrs, attributes.WARM_START: f"{path}#{t.number}"},
                 intermediate_values=t.intermediate_values,
             )
         )

@@ -1,6 +1,6 @@
 """Resuming a search whose driver died (SIGKILL, reboot, lost head node): Ray Tune's own experiment state
-restores the trials and the Optuna searcher; this module checks that the directory holds *this* search and
-tidies the Optuna study afterwards.
+restores the trials and the Optuna searcher; this module checks that the directory holds *this* search (and finds
+the config it was started with).
 
 What survives a kill: finished trials (Tune's experiment state, the trials table, the Optuna storage) are kept and
 never run again; trials that were running restart (from their last checkpoint when they have one); the searcher
@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.results import storage
 from peft_search.search.results.layout import CONFIG_FILE
+from peft_search.search.settings.loading import parse_config
 
 
 def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
@@ -49,11 +51,7 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def load_saved_config(search_dir: str | Path):
     """The config a results directory was started with, pointed at that directory wherever it now lives."""
-    from peft_search.search.settings.loading import parse_config
-
     if "://" in str(search_dir):  # on an object store: RESULTS_URI/NAME
-        from peft_search.search.results import storage
-
         uri = str(search_dir)
         if not storage.exists(uri, CONFIG_FILE):
             raise ConfigError(f"RESULTS_DIR: {storage.redacted(uri)} holds no peft-search search")
@@ -71,27 +69,3 @@ def load_saved_config(search_dir: str | Path):
     raw = yaml.safe_load(path.read_text())
     raw["results_dir"], raw["name"] = str(search_dir.parent), search_dir.name
     return parse_config(raw)
-
-
-STALE_ATTR = "peft_search.stale"
-"""An Optuna trial asked by a driver that died before the trial was saved anywhere else (FAIL; re-queued)."""
-
-
-def close_stale_trials(storage: str, study_name: str) -> int:
-    """Close the Optuna trials a dead driver left RUNNING; returns how many.
-
-    Such a trial was asked after Tune's last saved state, so Tune never knew it: the resumed searcher asks again
-    (the sampler's restored state makes it the same config) and the old record stays behind. Optuna cannot delete
-    a trial, so it is marked FAIL with the reason in its user attributes; called once the resumed search has
-    finished, when nothing can still be running.
-    """
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for t in stale:
-        optuna.trial.Trial(study, t._trial_id).set_user_attr(
-            STALE_ATTR, "asked by a driver that died before Ray Tune saved it; asked again on resume"
-        )
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    return len(stale)

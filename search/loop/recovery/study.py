@@ -14,19 +14,19 @@ with ``trust_tune=False``): finished trials are kept, cut-off ones asked for aga
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
+
+from peft_search.search.loop.recovery import attributes, status
 from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
 from peft_search.search.results.metrics import get_metric
 from peft_search.search.results.records import TrialResult
-
-if TYPE_CHECKING:
-    import optuna
-
-    from peft_search.search.loop.prepare import Prepared
-    from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.settings.schema import SearchConfig
+from peft_search.spaces.sampling import TRAINING_PREFIX, DefineByRun
 
 
 def study_is_damaged(results: ResultsDir) -> str | None:
@@ -42,16 +42,9 @@ def study_is_damaged(results: ResultsDir) -> str | None:
     return None if verdict == "ok" else verdict
 
 
-def rebuild_study(cfg: SearchConfig, prep: Prepared, results: ResultsDir) -> str:
+def rebuild_study(cfg: SearchConfig, space: DefineByRun, results: ResultsDir) -> str:
     """Set the damaged study aside, add every finished trial of the table to a new one, renumber the table's
     ``optuna_trial`` to match; what was done, in words."""
-    import dataclasses
-
-    import optuna
-
-    from peft_search.search.loop.searcher import CONFIG_ATTR, CONFIG_KEYS, STATUS_ATTR
-    from peft_search.spaces.sampling import DefineByRun
-
     path = results.path / OPTUNA_FILE
     for leftover in sorted(results.path.glob(f"{OPTUNA_FILE}*")):  # the database and any journal beside it
         if not leftover.name.endswith(".damaged"):
@@ -60,7 +53,6 @@ def rebuild_study(cfg: SearchConfig, prep: Prepared, results: ResultsDir) -> str
     study = optuna.create_study(storage=results.optuna_url, study_name=cfg.name, directions=directions)
     with contextlib.suppress(Exception):  # experimental in Optuna; the names are a convenience
         study.set_metric_names([o.metric for o in cfg.objectives])
-    space = DefineByRun(prep.space_spec, prep.space_context)
     configs = _tune_configs(results)
     records = results.read_records()
     renumbered: dict[str, int] = {}
@@ -73,16 +65,14 @@ def rebuild_study(cfg: SearchConfig, prep: Prepared, results: ResultsDir) -> str
             skipped += 1
             continue
         scratch = optuna.create_study(directions=directions)
-        user_attrs = (
-            {} if record.candidate in (None, "sampled") else {"peft_search.candidate": record.candidate}
-        )
+        user_attrs = {} if record.candidate in (None, "sampled") else {attributes.CANDIDATE: record.candidate}
         scratch.enqueue_trial(_optuna_params(config), user_attrs=user_attrs)
         trial = scratch.ask()
         space(trial)
-        attrs = {**user_attrs, CONFIG_ATTR: {k: config[k] for k in CONFIG_KEYS if k in config}}
+        attrs = {**user_attrs, attributes.CONFIG: attributes.config_attr(config)}
         state, values = _outcome(record, cfg)
         if record.status in ("stopped_early", "infeasible"):
-            attrs[STATUS_ATTR] = record.status
+            attrs[attributes.STATUS] = record.status
         study.add_trial(
             optuna.trial.create_trial(
                 params=trial.params,
@@ -115,8 +105,6 @@ def _tune_configs(results: ResultsDir) -> dict[str, dict[str, Any]]:
 def _optuna_params(config: dict[str, Any]) -> dict[str, Any]:
     """The values Optuna suggested for a trial, by their Optuna names: the config's flat scalar entries (``method``,
     ``lora.r``, ``learning_rate``, ...) and each searched ``TrainingArguments`` field as ``training.NAME``."""
-    from peft_search.spaces.sampling import TRAINING_PREFIX
-
     params = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
     params.update({TRAINING_PREFIX + k: v for k, v in (config.get("training") or {}).items()})
     return params
@@ -124,16 +112,5 @@ def _optuna_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def _outcome(record: TrialResult, cfg: SearchConfig) -> tuple[optuna.trial.TrialState, list[float] | None]:
     """The state and values the searcher told the study for a trial that ended so (``PeftOptunaSearch``)."""
-    import math
-
-    import optuna
-
-    states = optuna.trial.TrialState
-    if record.status == "stopped_early":
-        return states.PRUNED, None
-    if record.status == "infeasible":  # it completed with the worst value of every objective
-        return states.COMPLETE, [get_metric(o.metric).worst for o in cfg.objectives]
     values = [record.metrics.get(o.metric) for o in cfg.objectives]
-    if record.status == "complete" and all(v is not None and math.isfinite(v) for v in values):
-        return states.COMPLETE, [float(v) for v in values]
-    return states.FAIL, None
+    return status.to_study(record.status, values, [get_metric(o.metric).worst for o in cfg.objectives])

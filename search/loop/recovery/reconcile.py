@@ -21,40 +21,26 @@ So, for every trial any record knows:
 
 The trials still owed are ``num_trials`` less the finished ones and those Tune runs again; Tune's search generator
 gets its counter from that. When Tune's state cannot be read whole, the damaged files are set aside
-(``*.damaged``) and a new Tuner asks for the trials still owed; so too when the study was rebuilt (``study_rebuild``:
+(``*.damaged``) and a new Tuner asks for the trials still owed; so too when the study was rebuilt (``recovery.study``:
 Tune's saved searcher points at the old study's trials), with the suffix ``*.superseded``.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_search.search.loop.repair import trial_record
+import optuna
+
+from peft_search.search.loop.recovery import attributes, status, tune_state
+from peft_search.search.loop.recovery.optuna_storage import open_study, set_user_attr
+from peft_search.search.loop.recovery.repair import trial_record
+from peft_search.search.loop.recovery.tune_state import TuneState
 from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
+from peft_search.search.results.metrics import get_metric
 from peft_search.search.results.records import OPTUNA_TRIAL_KEY, RUNG_KEY, TrialResult
-
-FINISHED = ("complete", "stopped_early", "infeasible", "failed")
-TUNE_FINISHED = ("TERMINATED", "ERROR")
-# Tune's own file names (the newest of each wins); a file set aside gets a suffix and no longer matches.
-EXPERIMENT_STATE = "experiment_state-*.json"
-SEARCH_GEN_STATE = "search_gen_state-*.json"
-SEARCHER_STATE = "searcher-state-*.pkl"
-
-
-@dataclass
-class TuneState:
-    """Tune's saved state as ``Tuner.restore`` will read it: the newest file of each kind."""
-
-    experiment: Path
-    search_gen: Path
-    trials: dict[str, dict[str, Any]]
-    """Trial id -> ``{"status", "config", "last_result"}``."""
-    data: dict[str, Any] = field(repr=False)
-    generator: dict[str, Any] = field(repr=False)
 
 
 @dataclass
@@ -106,9 +92,9 @@ def reconcile(
     ``tune_dir`` holds Tune's state: the search's own ``tune/``, or a local copy of one on an object store;
     ``trust_tune`` False sets it aside whole, for the reason ``why``."""
     if trust_tune:
-        state, set_aside = _tune_state(tune_dir)
+        state, set_aside = tune_state.read(tune_dir)
         why = "damaged"
-        if state is not None and not (tune_dir / "tuner.pkl").is_file():  # Tune restores that Tuner first
+        if state is not None and not tune_state.has_tuner(tune_dir):  # Tune restores that Tuner first
             return reconcile(
                 results,
                 tune_dir,
@@ -119,10 +105,10 @@ def reconcile(
                 why="incomplete (no tuner.pkl)",
             )
     else:
-        state, set_aside = None, _set_aside(tune_dir, why.split()[0])
+        state, set_aside = None, tune_state.set_aside_all(tune_dir, why.split()[0])
     table = {r.trial_id: r for r in results.read_records()} if results.trials_path.exists() else {}
     own = _own_records(tune_dir)
-    study = _study(results, study_name)
+    study, storage = _study(results, study_name)
     told = _told(study)
 
     ids = set(table) | set(own) | (set(state.trials) if state else set())
@@ -139,7 +125,9 @@ def reconcile(
 
     # The table: every finished trial, the ones Tune runs again as they were, nothing of the trials that are gone.
     rows = {i: r for i, r in table.items() if i not in gone}
-    added = {i: r for i, r in finished.items() if table.get(i) is None or table[i].status not in FINISHED}
+    added = {
+        i: r for i, r in finished.items() if table.get(i) is None or table[i].status not in status.FINISHED
+    }
     rows.update(added)
     if rows.keys() != table.keys() or added:
         _write_table(results, rows, added, own)
@@ -151,7 +139,7 @@ def reconcile(
     requeued = stale = 0
     if study is not None:
         stale, requeued = _reconcile_study(
-            study, finished, rerun, gone, table, own, state, objectives, remaining
+            study, storage, finished, rerun, gone, table, own, state, objectives, remaining
         )
     touched = [*set_aside, *(f"{n}.{why.split()[0]}" for n in set_aside)]
     if state is not None:
@@ -166,61 +154,6 @@ def reconcile(
     )
 
 
-def _tune_state(tune_dir: Path) -> tuple[TuneState | None, list[str]]:
-    """The newest whole experiment state and search-generator state; damaged ones set aside (Tune would pick them:
-    the newest file of each kind wins). None when nothing whole is left."""
-    set_aside: list[str] = []
-    experiment = _newest_whole(tune_dir, EXPERIMENT_STATE, _read_json, set_aside)
-    search_gen = _newest_whole(tune_dir, SEARCH_GEN_STATE, _read_pickle, set_aside)
-    searcher = _newest_whole(tune_dir, SEARCHER_STATE, _read_pickle, set_aside)
-    if experiment is None or search_gen is None or searcher is None:
-        return None, [*set_aside, *_set_aside(tune_dir, "damaged")]  # no half state for Tune to restore
-    (experiment_path, data), (search_gen_path, generator) = experiment, search_gen
-    try:
-        trials = {}
-        for json_state, metadata in data["trial_data"]:
-            trial, run = json.loads(json_state), json.loads(metadata)
-            trials[str(trial["trial_id"])] = {
-                "status": trial["status"],
-                "config": trial.get("config") or {},
-                "last_result": run.get("last_result") or {},
-            }
-    except (KeyError, TypeError, ValueError):
-        return None, set_aside
-    return TuneState(experiment_path, search_gen_path, trials, data, generator), set_aside
-
-
-def _set_aside(tune_dir: Path, suffix: str) -> list[str]:
-    """Rename every file of Tune's saved state so that Tune no longer finds it; their old names."""
-    names = []
-    for kind in (EXPERIMENT_STATE, SEARCH_GEN_STATE, SEARCHER_STATE):
-        for path in sorted(tune_dir.glob(kind)):
-            path.rename(path.with_name(f"{path.name}.{suffix}"))
-            names.append(path.name)
-    return names
-
-
-def _newest_whole(tune_dir: Path, kind: str, read, set_aside: list[str]) -> tuple[Path, Any] | None:
-    for path in sorted(tune_dir.glob(kind), reverse=True):
-        try:
-            return path, read(path)
-        except Exception:  # cut short by a kill mid-copy: set aside, the next newest is a whole save
-            path.rename(path.with_name(path.name + ".damaged"))
-            set_aside.append(path.name)
-    return None
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _read_pickle(path: Path) -> Any:
-    import ray.cloudpickle as cloudpickle
-
-    with path.open("rb") as f:
-        return cloudpickle.load(f)
-
-
 def _own_records(tune_dir: Path) -> dict[str, tuple[TrialResult, dict | None]]:
     """Each trial's record from its own files (``repair`` reads them the same way)."""
     own = {}
@@ -232,14 +165,13 @@ def _own_records(tune_dir: Path) -> dict[str, tuple[TrialResult, dict | None]]:
 
 
 def _study(results: ResultsDir, study_name: str):
-    import optuna
-
+    """The study and its storage (None, None where the driver died before it made the study)."""
     if not (results.path / OPTUNA_FILE).exists():
-        return None
+        return None, None
     try:
-        return optuna.load_study(study_name=study_name, storage=results.optuna_url)
-    except KeyError:  # the driver died before it made the study
-        return None
+        return open_study(results.optuna_url, study_name)
+    except KeyError:
+        return None, None
 
 
 def _told(study) -> dict[str, Any]:
@@ -247,13 +179,12 @@ def _told(study) -> dict[str, Any]:
     aside: their config was asked again)."""
     if study is None:
         return {}
-    from peft_search.search.loop.resume import STALE_ATTR
-    from peft_search.search.loop.searcher import TUNE_TRIAL_ATTR
-
     return {
-        t.user_attrs[TUNE_TRIAL_ATTR]: t
+        t.user_attrs[attributes.TUNE_TRIAL]: t
         for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and TUNE_TRIAL_ATTR in t.user_attrs and STALE_ATTR not in t.user_attrs
+        if t.state.is_finished()
+        and attributes.TUNE_TRIAL in t.user_attrs
+        and attributes.STALE not in t.user_attrs
     }
 
 
@@ -263,31 +194,27 @@ def _study_record(
     """A finished trial only the study knows the outcome of: the driver was told and died before the table was
     written (the table is written first for complete and early-stopped trials, so in practice a failed one). Its
     row holds what the study holds: the config, the objectives' values or the rung's, the status."""
-    import optuna
-
-    from peft_search.search.loop.searcher import CONFIG_ATTR, STATUS_ATTR
-
     attrs = frozen.user_attrs
-    config = {**attrs.get(CONFIG_ATTR, {}), OPTUNA_TRIAL_KEY: frozen.number}
+    config = {**attrs.get(attributes.CONFIG, {}), OPTUNA_TRIAL_KEY: frozen.number}
     if row is not None:
         config["seed"] = row.seed
-    state = frozen.state
-    if state == optuna.trial.TrialState.COMPLETE and attrs.get(STATUS_ATTR) == "infeasible":
-        return TrialResult.from_report(
-            trial_id, "infeasible", config, {}, str(attrs.get("peft_search.error", ""))
-        )
-    if state == optuna.trial.TrialState.COMPLETE:
+    said = status.from_study(frozen.state, attrs)
+    if said == "infeasible":
+        return TrialResult.from_report(trial_id, said, config, {}, str(attrs.get(attributes.ERROR, "")))
+    if said == "complete":
         result: dict[str, Any] = dict(zip(objectives, frozen.values, strict=True))
         adapter = next((results.train_path / f"train-{trial_id}").glob("*/adapter_config.json"), None)
         if adapter is not None:
             result["checkpoint_path"] = str(adapter.parent)
-        return TrialResult.from_report(trial_id, "complete", config, result)
-    if state == optuna.trial.TrialState.PRUNED:
-        rung = {m: attrs[f"peft_search.rung.{m}"] for m in objectives if f"peft_search.rung.{m}" in attrs}
-        result = {**rung, RUNG_KEY: attrs.get("peft_search.stopped_at_step", 0)}
-        return TrialResult.from_report(trial_id, "stopped_early", config, result, "stopped early at a rung")
+        return TrialResult.from_report(trial_id, said, config, result)
+    if said == "stopped_early":
+        result = {
+            **attributes.rung_values(attrs, objectives),
+            RUNG_KEY: attrs.get(attributes.STOPPED_AT_STEP, 0),
+        }
+        return TrialResult.from_report(trial_id, said, config, result, "stopped early at a rung")
     return TrialResult.from_report(
-        trial_id, "failed", config, {}, "trial failed; its error was lost with the driver that ran it"
+        trial_id, said, config, {}, "trial failed; its error was lost with the driver that ran it"
     )
 
 
@@ -298,19 +225,18 @@ def _finished_record(
     state: TuneState | None,
 ) -> TrialResult | None:
     """The trial's finished record, from whichever record has it (the table first: it is the fullest)."""
-    if trial_id in table and table[trial_id].status in FINISHED:
+    if trial_id in table and table[trial_id].status in status.FINISHED:
         return table[trial_id]
-    if trial_id in own and own[trial_id][0].status in FINISHED:
+    if trial_id in own and own[trial_id][0].status in status.FINISHED:
         return own[trial_id][0]
-    if state is not None and trial_id in state.trials and state.trials[trial_id]["status"] in TUNE_FINISHED:
-        from peft_search.search.loop.table import ended_status
-
-        trial = state.trials[trial_id]
-        if trial["status"] == "ERROR":
-            return TrialResult.from_report(trial_id, "failed", trial["config"], {}, "trial failed")
-        status, note = ended_status(trial["last_result"])
-        return TrialResult.from_report(trial_id, status, trial["config"], trial["last_result"], note)
-    return None
+    if state is None or trial_id not in state.trials:
+        return None
+    trial = state.trials[trial_id]
+    said = status.from_tune(trial["status"], trial["last_result"])
+    if said is None:
+        return None
+    result = trial["last_result"] if trial["status"] != "ERROR" else {}
+    return TrialResult.from_report(trial_id, said[0], trial["config"], result, said[1])
 
 
 def _write_table(
@@ -335,15 +261,11 @@ def _drop_adapter(results: ResultsDir, trial_id: str) -> None:
         shutil.rmtree(target)
 
 
-def _reconcile_study(study, finished, rerun, gone, table, own, state, objectives, slots) -> tuple[int, int]:
+def _reconcile_study(
+    study, storage, finished, rerun, gone, table, own, state, objectives, slots
+) -> tuple[int, int]:
     """Tell the study what finished trials it still shows running; mark the gone ones stale and re-queue them
     (as many as there are ``slots`` left for new trials)."""
-    import optuna
-
-    from peft_search.search.loop.resume import STALE_ATTR
-    from peft_search.search.loop.searcher import TUNE_TRIAL_ATTR
-    from peft_search.spaces.sampling import CANDIDATE_ATTR
-
     number_of = {}  # Optuna trial number -> Tune trial id, from every record's config
     for trial_id in finished.keys() | rerun | gone:
         number = _optuna_number(trial_id, table, own, state)
@@ -351,23 +273,28 @@ def _reconcile_study(study, finished, rerun, gone, table, own, state, objectives
             number_of[number] = trial_id
     stale = requeued = 0
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        trial_id = frozen.user_attrs.get(TUNE_TRIAL_ATTR) or number_of.get(frozen.number)
+        trial_id = frozen.user_attrs.get(attributes.TUNE_TRIAL) or number_of.get(frozen.number)
         if trial_id in rerun:
             continue  # Tune runs it again; its searcher tells the study when it ends
         if trial_id in finished:
-            _tell(study, frozen, finished[trial_id], own.get(trial_id, (None, None))[0], state, objectives)
+            _tell(study, storage, frozen.number, finished[trial_id], objectives)
             continue
         # Asked, and then never a trial Tune knows or finished: ask for it again.
-        optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
-            STALE_ATTR, "asked by a driver that died before Ray Tune saved it; re-queued on resume"
-        )
-        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+        mark_stale(study, storage, frozen.number, "re-queued on resume")
         stale += 1
         if requeued < slots:
-            keep = {k: v for k, v in frozen.user_attrs.items() if k == CANDIDATE_ATTR}
+            keep = {k: v for k, v in frozen.user_attrs.items() if k == attributes.CANDIDATE}
             study.enqueue_trial(frozen.params, user_attrs=keep, skip_if_exists=False)
             requeued += 1
     return stale, requeued
+
+
+def mark_stale(study, storage, number: int, then: str) -> None:
+    """A RUNNING trial a dead driver asked and nothing else recorded: FAIL, with the reason (Optuna cannot delete
+    a trial)."""
+    why = f"asked by a driver that died before Ray Tune saved it; {then}"
+    set_user_attr(storage, study.study_name, number, attributes.STALE, why)
+    study.tell(number, state=optuna.trial.TrialState.FAIL)
 
 
 def _optuna_number(trial_id, table, own, state) -> int | None:
@@ -383,28 +310,18 @@ def _optuna_number(trial_id, table, own, state) -> int | None:
     return None
 
 
-def _tell(study, frozen, record: TrialResult, own: TrialResult | None, state, objectives: list[str]) -> None:
+def _tell(study, storage, number: int, record: TrialResult, objectives: list[str]) -> None:
     """The outcome of a finished trial, told as the searcher tells it (``PeftOptunaSearch.on_trial_complete``)."""
-    import math
-
-    import optuna
-
-    from peft_search.search.loop.searcher import STATUS_ATTR
-
-    trial = optuna.trial.Trial(study, frozen._trial_id)
+    worst = [get_metric(m).worst for m in objectives]
     values = [record.metrics.get(m) for m in objectives]
-    if record.status == "complete" and all(v is not None and math.isfinite(v) for v in values):
-        study.tell(frozen.number, values)
-    elif record.status == "stopped_early":
-        trial.set_user_attr(STATUS_ATTR, "stopped_early")
-        if record.stopped_at_step is not None:
-            trial.set_user_attr("peft_search.stopped_at_step", int(record.stopped_at_step))
-        study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
-    else:
-        if record.status == "infeasible":
-            trial.set_user_attr(STATUS_ATTR, "infeasible")
-            trial.set_user_attr("peft_search.error", record.error[:500])
-        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    state, told = status.to_study(record.status, values, worst)
+    rung = {m: v for m, v in zip(objectives, values, strict=True) if v is not None}
+    attrs = attributes.outcome_attrs(
+        record.status, step=record.stopped_at_step, rung=rung, error=record.error
+    )
+    for key, value in attrs.items():
+        set_user_attr(storage, study.study_name, number, key, value)
+    study.tell(number, told, state=state)
 
 
 def _set_counter(state: TuneState, finished: dict[str, TrialResult], remaining: int) -> list[str] | None:
@@ -412,37 +329,17 @@ def _set_counter(state: TuneState, finished: dict[str, TrialResult], remaining: 
     the search generator's counter leaves exactly ``remaining`` new trials; the concurrency limiter's live trials
     are the ones Tune runs again (a finished trial left there would hold its slot for good, and the search would
     wait forever). The files written; None if the counter cannot say it."""
-    import ray.cloudpickle as cloudpickle
-
-    total = int(state.generator.get("total_samples", 0))
-    counter = total - remaining
+    counter = tune_state.total_samples(state.generator) - remaining
     if counter < 0:
         return None
-    changed, written = False, []
-    trial_data = []
-    for json_state, metadata in state.data["trial_data"]:
-        trial = json.loads(json_state)
-        trial_id = str(trial["trial_id"])
-        if trial_id in finished and trial["status"] not in TUNE_FINISHED:
-            trial["status"] = "TERMINATED"
-            json_state = json.dumps(trial, indent=2)
-            changed = True
-        trial_data.append([json_state, metadata])
-    if changed:
-        _replace(state.experiment, json.dumps({**state.data, "trial_data": trial_data}).encode())
-        written.append(state.experiment.name)
-    generator = {**state.generator, "counter": counter, "finished": False}
-    live = {i for i, t in state.trials.items() if i not in finished and t["status"] not in TUNE_FINISHED}
-    for key, wrapper in state.generator.items():  # the searcher's wrappers: ConcurrencyLimiter's state
-        if key.startswith("name:") and isinstance(wrapper, dict) and "live_trials" in wrapper:
-            generator[key] = {**wrapper, "live_trials": set(live), "num_unfinished_live_trials": len(live)}
+    written = []
+    data = tune_state.with_finished(state.data, set(finished), status.TUNE_FINISHED)
+    if data is not None:
+        written.append(tune_state.write_experiment(state, data))
+    live = {
+        i for i, t in state.trials.items() if i not in finished and t["status"] not in status.TUNE_FINISHED
+    }
+    generator = tune_state.with_counter(state.generator, counter, live)
     if generator != state.generator:
-        _replace(state.search_gen, cloudpickle.dumps(generator))
-        written.append(state.search_gen.name)
+        written.append(tune_state.write_search_gen(state, generator))
     return written
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"tmp-{path.name}")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cloudpickle
+
 from peft_search.search.errors import DamagedFileError
-from peft_search.search.loop.table import classify_error, ended_status
+from peft_search.search.loop.recovery import attributes, status
+from peft_search.search.loop.recovery.optuna_storage import open_study
 from peft_search.search.results.layout import OPTUNA_FILE, ResultsDir
 from peft_search.search.results.records import PREDICTIONS_KEY, TrialResult
 
@@ -43,17 +46,13 @@ def rebuild(results: ResultsDir) -> tuple[list[TrialResult], dict[str, dict[str,
 
 def _stale_numbers(results: ResultsDir) -> set[int]:
     """The Optuna trials a resume marked stale (re-queued): the Tune trials they became are not in the table."""
-    import optuna
-
-    from peft_search.search.loop.resume import STALE_ATTR
-
     if not (results.path / OPTUNA_FILE).is_file():
         return set()
     try:  # the search's one study
-        study = optuna.load_study(study_name=None, storage=results.optuna_url)
+        study, _ = open_study(results.optuna_url, None)
     except Exception:  # a damaged study: the table is rebuilt from the trials' files alone
         return set()
-    return {t.number for t in study.get_trials(deepcopy=False) if STALE_ATTR in t.user_attrs}
+    return {t.number for t in study.get_trials(deepcopy=False) if attributes.STALE in t.user_attrs}
 
 
 def trial_record(trial_dir: Path) -> tuple[TrialResult | None, dict | None]:
@@ -65,15 +64,10 @@ def trial_record(trial_dir: Path) -> tuple[TrialResult | None, dict | None]:
     trial_id = trial_dir.name.removeprefix("trial-")
     last = _last_result(trial_dir / "result.json")
     error = _error(trial_dir)
-    if error is not None:
-        status, message = classify_error(error)
-        return TrialResult.from_report(trial_id, status, config, {}, message), None
-    if last is None:
-        return TrialResult.from_report(trial_id, "running", config, {}), None
-    status, note = ended_status(last)
-    if status == "stopped_early" and not last.get("done", False):
-        status, note = "running", ""  # a rung's result, then the driver died: not stopped, cut off
-    return TrialResult.from_report(trial_id, status, config, last, note), last.get(PREDICTIONS_KEY)
+    said, note = status.from_trial_files(last, error)
+    if error is not None or last is None:
+        return TrialResult.from_report(trial_id, said, config, {}, note), None
+    return TrialResult.from_report(trial_id, said, config, last, note), last.get(PREDICTIONS_KEY)
 
 
 def _last_result(path: Path) -> dict | None:
@@ -93,8 +87,6 @@ def _last_result(path: Path) -> dict | None:
 def _error(trial_dir: Path) -> BaseException | None:
     pickled, text = trial_dir / "error.pkl", trial_dir / "error.txt"
     if pickled.is_file():
-        import cloudpickle
-
         try:
             with pickled.open("rb") as f:
                 return cloudpickle.load(f)
