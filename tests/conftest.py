@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.tiny import FILLER as FILLER  # re-exported: tests import the vocabulary from here
-from benchmarks.tiny import WORDS, make_text, topics_csv, word_tokenizer
-from benchmarks.tiny import tiny_bert as build_tiny_bert
+from tests.tiny import FILLER as FILLER  # re-exported: tests import the vocabulary from here
+from tests.tiny import WORDS, make_text, topics_csv, word_tokenizer
+from tests.tiny import tiny_bert as build_tiny_bert
 
 # Object-store tests run against a local S3 stand-in (moto); Ray's workers inherit these from the first test on.
 # Real credentials a developer has set win; no lookups of cloud instance metadata.
@@ -27,7 +27,7 @@ for _key, _value in {
 # session's own directory, for the tests and the Ray workers they start, never to the user's cache.
 os.environ["PEFT_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="peft-search-cache-")
 
-# The tiny model and data builders live in benchmarks/tiny.py (the chaos benchmark builds the same search); tests
+# The tiny model and data builders live in tests/tiny.py (the chaos benchmark builds the same search); tests
 # import WORDS, FILLER, make_text and _tokenizer from here.
 _tokenizer = word_tokenizer
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 
 import peft_search
+from tests import ROOT
 from tests.helpers import tiny_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "docs" / "python-api.md"
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_run_load_front_best_report_and_study(ray_local, tiny_bert, classificati
 
 
 def test_the_readme_example_runs(ray_local, tmp_path, monkeypatch):
-    block = re.search(r"### Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    block = re.search(r"# Python API\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(block, "README.md (Python API)", "exec"), namespace)  # noqa: S102 - the README's own example

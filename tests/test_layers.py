@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.lint_imports import lint, package_tree
 
 
-def _lint(root: Path) -> subprocess.CompletedProcess:
-    lint = Path(sys.executable).with_name("lint-imports")
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run(
-        [str(lint), str(root / "pyproject.toml"), "--no-cache"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _lint(tree: Path):
+    return lint(tree)
 
 
 def _copy(tmp_path: Path) -> Path:
-    """A copy of the repo's package (its links to the folders followed) and the contracts."""
-    shutil.copytree(
-        ROOT / "peft_search", tmp_path / "peft_search", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    return tmp_path
+    """The package laid out as it installs, copied (so a test may change it), and the contracts."""
+    return package_tree(tmp_path, copy=True)
 
 
 def _add_import(path: Path, line: str) -> None:
@@ -39,8 +22,8 @@ def _add_import(path: Path, line: str) -> None:
     path.write_text(head + sep + line + "\n" + rest)
 
 
-def test_the_contracts_hold():
-    out = _lint(ROOT)
+def test_the_contracts_hold(tmp_path):
+    out = _lint(package_tree(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "broken" in out.stdout and "0 broken" in out.stdout
     # Every room is named in a contract.
@@ -52,7 +35,7 @@ def test_the_contracts_hold():
         "search.settings",
         "search.results",
     ):
-        assert room in (ROOT / "pyproject.toml").read_text()
+        assert room in (tmp_path / "pyproject.toml").read_text()
 
 
 def test_an_upward_import_breaks_the_layers(tmp_path):
@@ -89,3 +72,16 @@ def test_a_top_level_import_of_a_folder_is_refused(tmp_path):
     out = _lint(root)
     assert out.returncode != 0, out.stdout
     assert "BROKEN" in out.stdout and "peft_search.reports.html -> search (l." in out.stdout
+
+
+def test_only_the_two_hooks_import_the_packing_wing(tmp_path):
+    # The plan command's packing note goes through the driver; importing the wing from the CLI breaks the contract.
+    root = _copy(tmp_path)
+    _add_import(
+        root / "peft_search" / "search" / "cli" / "searching.py",
+        "import peft_search.search.worker.packed.plan  # noqa",
+    )
+    out = _lint(root)
+    assert out.returncode != 0, out.stdout
+    assert "packing is a wing" in out.stdout and "(removable in one step) BROKEN" in out.stdout
+    assert "peft_search.search.cli.searching -> peft_search.search.worker.packed.plan" in out.stdout

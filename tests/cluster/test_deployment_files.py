@@ -17,8 +17,9 @@ import yaml
 
 from peft_search.search.cli import build_parser
 from peft_search.search.settings.loading import parse_config
+from tests import ROOT
 
-CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+CLUSTER = ROOT / "cluster"
 REPO = CLUSTER.parent
 YAMLS = sorted([*CLUSTER.glob("*.yaml"), *CLUSTER.glob("*.yml")])
 KUBERAY = {"RayCluster", "RayJob"}

@@ -30,9 +30,10 @@ import yaml
 
 from peft_search.cluster.jobs import PACKAGE, entrypoint, runtime_env
 from peft_search.search.cli import build_parser
+from tests import ROOT
 from tests.helpers import tiny_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = ROOT
 
 
 @dataclass

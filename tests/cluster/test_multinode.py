@@ -20,9 +20,11 @@ import pandas as pd
 import psutil
 import pytest
 
+from tests import ROOT
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = ROOT
 NODE = {"num_cpus": 1, "object_store_memory": 96 * 1024**2}
 DRIVER = """
 import json, sys

@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
 from peft_search.cluster.watchdog import watch
+from tests import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_no_ray_process_outlives_a_killed_search(tiny_bert, classification_csv, 
     }
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(
         [sys.executable, "-m", "peft_search", "run", str(config), "--num-cpus", "2"],
         env=env,

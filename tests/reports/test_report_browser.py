@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,9 +13,10 @@ from peft_search.reports.choice import Limit, choose_best
 from peft_search.reports.html import write_report
 from peft_search.reports.table import load_trials
 from peft_search.search.results.layout import ResultsDir
+from tests import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = [
     pytest.mark.slow,

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from peft_search.search import cli
 from peft_search.search.errors import ConfigError
 from peft_search.search.settings.loading import load_config
+from tests import ROOT
 from tests.conftest import CANDIDATES
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "search" / "configs").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "search" / "configs").glob("*.yaml"))
 FIELD = re.compile(
     r"^(config|[A-Za-z_][A-Za-z0-9_-]*)(\.[A-Za-z_][A-Za-z0-9_-]*|\[(\d+|'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\")\])*: \S"
 )

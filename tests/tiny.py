@@ -1,5 +1,5 @@
 """A tiny model and dataset built from config (never downloaded): the tests' fixtures and the benchmarks that only
-need a search to run (``benchmarks.chaos``) both use them.
+need a search to run (``benchmarks.chaos``, run from the repository's root) both use them.
 
 The model is a 2-layer BERT (hidden size 32) with random weights and a word-level tokenizer over a small vocabulary;
 the data are short texts on three topics, each learnable from its keywords. Same seeds, same files.

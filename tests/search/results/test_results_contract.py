@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,10 +12,11 @@ from peft_search.search.errors import ConfigError
 from peft_search.search.results.layout import SCHEMA_KEY, SCHEMA_VERSION, ResultsDir
 from peft_search.search.results.metrics import Metric, get_metric, metrics, objective_metrics, register_metric
 from peft_search.search.results.records import INFO_FIELDS, TrialResult
+from tests import ROOT
 from tests.helpers import tiny_config
 from tests.reports.builders import record
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
+DOCS = ROOT / "docs" / "results.md"
 
 
 def _record(trial_id: str, status: str, **metrics: float) -> TrialResult:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from peft_search.search.settings import reference
 from peft_search.search.settings.schema import SearchConfig
+from tests import ROOT
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+DOCS = ROOT / "docs" / "config.md"
 
 
 def test_the_reference_page_is_current():

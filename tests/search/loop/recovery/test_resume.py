@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from peft_search.search.cli import main
-from peft_search.search.loop.resume import STALE_ATTR
+from peft_search.search.loop.recovery.attributes import STALE as STALE_ATTR
+from tests import ROOT
 from tests.conftest import CANDIDATES
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def config_file(tiny_bert, classification_csv, tmp_path_factory):
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "peft_search", *args, "--num-cpus", "2"],
         env=env,

@@ -80,8 +80,8 @@ def test_auto_packs_only_where_the_search_measured_a_gain(
 ):
     """``auto``: the search measures packing on a worker before its trials, says what it found, and its LoRA trials
     train in groups only where that reached ``PACKING_PAYS`` (which way it goes on this machine is its measurement's:
-    test_pack_groups.py takes each way on purpose); each way, every trial completes as without packing."""
-    from peft_search.search.plan.packable import PACKING_PAYS
+    test_coordinator.py takes each way on purpose); each way, every trial completes as without packing."""
+    from peft_search.search.worker.packed.plan import PACKING_PAYS
 
     cfg = tiny_config(
         bert_without_dropout,
@@ -154,7 +154,7 @@ def test_a_member_the_scheduler_stops_leaves_its_group_and_the_other_trains_on(
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     from peft_search.search.results.records import RUNG_KEY, STATUS_KEY
-    from peft_search.search.worker.pack_groups import LOST_S
+    from peft_search.search.worker.packed.coordinator import LOST_S
 
     class StopOne(FIFOScheduler):
         def on_trial_result(self, tune_controller, trial, result):
@@ -246,7 +246,7 @@ def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False, third
     from ray import tune
 
     from peft_search.search.loop.tuning import FixedConfigs
-    from peft_search.search.worker.pack_groups import start_coordinator
+    from peft_search.search.worker.packed.coordinator import start_coordinator
     from peft_search.search.worker.trial import trial_driver, trial_resources
 
     coordinator = start_coordinator(settings, data)
@@ -285,9 +285,9 @@ def _tune_pair(settings, data, tmp_path, scheduler, results: bool = False, third
 def test_plan_notes_which_candidates_pack_and_the_heaviest_groups_peak(
     tiny_bert, classification_csv, tmp_path
 ):
-    from peft_search.search.plan.packable import _plan_of, group_peak_bytes, packing_note
     from peft_search.search.plan.planning import plan_search
     from peft_search.search.results.metrics import get_metric
+    from peft_search.search.worker.packed.plan import _plan_of, group_peak_bytes, packing_note
 
     candidates = [*CANDIDATES[:3], {**CANDIDATES[3], "quantization": "int8"}, CANDIDATES[4]]
     cfg = tiny_config(

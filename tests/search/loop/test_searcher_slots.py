@@ -8,8 +8,9 @@ import functools
 import optuna
 import pytest
 
-from peft_search.search.loop.reconcile import _reconcile_study
-from peft_search.search.loop.resume import STALE_ATTR
+from peft_search.search.loop.recovery.attributes import STALE as STALE_ATTR
+from peft_search.search.loop.recovery.optuna_storage import open_study
+from peft_search.search.loop.recovery.reconcile import _reconcile_study
 from peft_search.search.loop.searcher import PeftOptunaSearch
 from peft_search.search.loop.tuning import make_sampler, sampler_for_slot
 
@@ -57,10 +58,10 @@ def test_a_resume_after_a_trial_was_asked_but_never_saved_proposes_what_an_unint
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
     before = _run(_searcher(killed, candidate), ["a", "b"])
     # The driver asked a third trial and died before it had a single parameter or a place in Tune's saved state.
-    study = optuna.load_study(study_name="s", storage=killed)
+    study, storage = open_study(killed, "s")
     study.ask()
     # The resume marks it stale and queues it again (reconcile), then a new driver's searcher asks on.
-    stale, requeued = _reconcile_study(study, {}, set(), set(), {}, {}, None, ["accuracy"], slots=2)
+    stale, requeued = _reconcile_study(study, storage, {}, set(), set(), {}, {}, None, ["accuracy"], slots=2)
     assert (stale, requeued) == (1, 1)
     after = _run(_searcher(killed, candidate), ["c", "d"])
 

@@ -9,8 +9,9 @@ import yaml
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.settings.loading import load_config, parse_config
+from tests import ROOT
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "search" / "configs").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "search" / "configs").glob("*.yaml"))
 
 
 def test_examples_exist():

@@ -1,4 +1,4 @@
-"""The packed groups' coordinator (``search.worker.pack_groups.PackCoordinator``): how it forms groups, and that a
+"""The packed groups' coordinator (``search.worker.packed.coordinator.PackCoordinator``): how it forms groups, and that a
 group's task keeps its worker's CPUs while it waits (with a live Ray). In the grouping tests its groups' Ray tasks
 are recorded instead of started (``tests/search/test_packed_search.py`` runs them in real searches), so each rule
 is checked exactly, whatever a measurement on this machine would say."""
@@ -9,11 +9,11 @@ import dataclasses
 
 import pytest
 
-from peft_search.search.plan import packable
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
-from peft_search.search.worker import packing_auto
-from peft_search.search.worker.pack_groups import PackCoordinator
-from peft_search.search.worker.packing import pack_key
+from peft_search.search.worker.packed import auto as packing_auto
+from peft_search.search.worker.packed import plan as packable
+from peft_search.search.worker.packed.coordinator import PackCoordinator
+from peft_search.search.worker.packed.group import pack_key
 from tests.helpers import tiny_config
 
 LORA = {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 2, "target_modules": ["query", "value"]}
@@ -106,7 +106,7 @@ def test_a_group_keeps_its_cpus_while_it_waits(ray_local):
 
     import ray
 
-    from peft_search.search.worker.pack_groups import wait_holding
+    from peft_search.search.worker.packed.coordinator import wait_holding
 
     cpus = ray.cluster_resources()["CPU"]
 

@@ -13,8 +13,9 @@ import pytest
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.driver import run_search
-from peft_search.search.loop.searcher import CONFIG_ATTR
-from peft_search.search.loop.warm_start import WARM_START_ATTR, check_warm_start
+from peft_search.search.loop.recovery.attributes import CONFIG as CONFIG_ATTR
+from peft_search.search.loop.recovery.attributes import WARM_START as WARM_START_ATTR
+from peft_search.search.loop.warm_start import check_warm_start
 from peft_search.search.results.layout import ResultsDir
 from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config

@@ -1,4 +1,4 @@
-"""Packed trials (``search.worker.packing``): a member of a group trains to the adapter it would get alone."""
+"""Packed trials (``search.worker.packed``): a member of a group trains to the adapter it would get alone."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from peft_search.search.loop.prepare import prepare
-from peft_search.search.plan import packable
-from peft_search.search.plan.packable import packing_refusal, packing_size
 from peft_search.search.settings.trial import TrialConfig
 from peft_search.search.worker.batches import pad_batch
-from peft_search.search.worker.packed_trainer import AdapterRouter, Member
-from peft_search.search.worker.packing import (
-    load_group,
-    measure_packing,
-    pack_key,
-    packing_speedup,
-    run_group,
-)
+from peft_search.search.worker.packed import plan as packable
+from peft_search.search.worker.packed.auto import measure_packing, packing_speedup
+from peft_search.search.worker.packed.group import load_group, pack_key, run_group
+from peft_search.search.worker.packed.plan import packing_refusal, packing_size
+from peft_search.search.worker.packed.router import AdapterRouter
+from peft_search.search.worker.packed.trainer import Member
 from peft_search.search.worker.training import run_trial
 from tests.helpers import tiny_config
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +15,7 @@ import yaml
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.results.lock import SearchLock, progress_note, read_holder, running_holder
+from tests import ROOT
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
@@ -67,7 +67,7 @@ def test_two_runs_of_one_search_the_second_fails_at_once(tiny_bert, classificati
     }
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "peft_search", "run", str(config), "--num-cpus", "2"]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     search_dir = tmp_path / "results" / "twice"

@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from peft_search.search.errors import InfeasibleTrialError
 from peft_search.search.plan.planning import meta_model, plan_candidate
 from peft_search.search.settings.schema import Budget
-from peft_search.search.worker.training import check_budget, run_trial
+from peft_search.search.worker.costs import check_budget
+from peft_search.search.worker.training import run_trial
 from tests.helpers import prepared, sample_trial
 
 T = ["query", "key", "value", "dense"]
