@@ -85,3 +85,27 @@ def test_only_the_two_hooks_import_the_packing_wing(tmp_path):
     assert out.returncode != 0, out.stdout
     assert "packing is a wing" in out.stdout and "(removable in one step) BROKEN" in out.stdout
     assert "peft_search.search.cli.searching -> peft_search.search.worker.packed.plan" in out.stdout
+
+
+def test_the_packages_own_modules_are_imported_at_the_top():
+    # Its import list says where a module lives. The one exception: the command line's dispatch (each command's
+    # module is loaded when it runs, so `peft-search --help` starts fast) and the Python API's verbs.
+    import ast
+
+    from tests import ROOT
+
+    allowed = {ROOT / "search" / "cli" / "__init__.py", ROOT / "peft_search" / "api.py"}
+    inside = []
+    for folder in ("search", "spaces", "cluster", "reports", "peft_search"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path in allowed:
+                continue
+            for function in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for node in ast.walk(function):
+                    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                    names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                    if any(n.startswith("peft_search") for n in names):
+                        inside.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert inside == []

@@ -1,4 +1,8 @@
-"""``peft-search``: the command line. Start-up stays fast: heavy libraries load only inside commands."""
+"""``peft-search``: the command line. Start-up stays fast: each command's module is imported when that command
+runs (``searching`` imports the driver, and with it torch, Ray and PEFT; ``shipping`` the model for ``evaluate`` and
+``best --export``; ``results`` the report; ``jobs`` Ray's job client), so ``peft-search --help``, ``show`` or ``best`` never load what they do not use. Those
+imports, below, and the Python API's verbs are the package's only function-level imports of its own modules
+(``tests/test_layers.py`` checks it)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,83 @@ import os
 import sys
 from pathlib import Path
 
-from peft_search.search.cli import jobs, results, searching
+from peft_search.cluster.runtime import ClusterError
+from peft_search.search.errors import ConfigError
+from peft_search.search.redact import redact_text
+from peft_search.search.verbosity import VERBOSE_ENV
+from peft_search.search.versions import package_version
+from peft_search.search.worker.environment import quiet_bitsandbytes
+
+
+def _searching():
+    from peft_search.search.cli import searching
+
+    return searching
+
+
+def _results():
+    from peft_search.search.cli import results
+
+    return results
+
+
+def _shipping():
+    from peft_search.search.cli import shipping
+
+    return shipping
+
+
+def _jobs():
+    from peft_search.search.cli import jobs
+
+    return jobs
+
+
+def _run(args):
+    return _searching().run(args)
+
+
+def _plan(args):
+    return _searching().plan(args)
+
+
+def _best(args):
+    return _shipping().best(args) if args.export is not None else _results().best(args)
+
+
+def _evaluate(args):
+    return _shipping().evaluate(args)
+
+
+def _report(args):
+    return _results().report(args)
+
+
+def _show(args):
+    return _results().show(args)
+
+
+def _repair(args):
+    return _results().repair(args)
+
+
+def _submit(args):
+    return _jobs().submit(args)
+
+
+def _status(args):
+    return _jobs().status(args)
+
+
+def _logs(args):
+    return _jobs().logs(args)
+
+
+def _stop(args):
+    return _jobs().stop(args)
 
 
 def _version() -> str:
-    from peft_search.search.versions import package_version
-
     return package_version("peft-search") or "unknown (not installed)"  # a source tree never installed
 
 
@@ -55,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show everything: library warnings, Ray's and Tune's own output",
     )
-    run.set_defaults(func=searching.run)
+    run.set_defaults(func=_run)
     resume = sub.add_parser("resume", help="finish the search in RESULTS_DIR/NAME after its driver died")
     resume.add_argument("results_dir_to_resume", metavar="results_dir", help="the search's results directory")
     resume.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
@@ -66,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show everything: library warnings, Ray's and Tune's own output",
     )
-    resume.set_defaults(func=searching.run, num_trials=None, results_dir=None, name=None, config=None, set=[])
+    resume.set_defaults(func=_run, num_trials=None, results_dir=None, name=None, config=None, set=[])
     plan = sub.add_parser(
         "plan",
         help="exact parameter counts, adapter size and a memory estimate per candidate, without weights",
@@ -86,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_set(plan)
     plan.add_argument("-v", "--verbose", action="store_true", help="show everything: library warnings")
-    plan.set_defaults(func=searching.plan)
+    plan.set_defaults(func=_plan)
     best = sub.add_parser(
         "best", help="the best trial by the search's objectives under limits; --export writes its adapter"
     )
@@ -120,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the chosen adapter, its tokenizer, labels, quantization config, a model card and a "
         "reproducing config into this new directory",
     )
-    best.set_defaults(func=results.best)
+    best.set_defaults(func=_best)
     evaluate = sub.add_parser(
         "evaluate", help="re-score an exported adapter (default: on the search's own held-out rows)"
     )
@@ -142,15 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=int, help="rows per batch (default: the search's)")
     evaluate.add_argument("--format", choices=["table", "json"], default="table")
-    evaluate.set_defaults(func=results.evaluate)
+    evaluate.set_defaults(func=_evaluate)
     report = sub.add_parser("report", help="write the self-contained HTML report (also mid-search)")
     report.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
     report.add_argument("-o", "--output", help="where to write it (default: RESULTS_DIR/NAME/report.html)")
-    report.set_defaults(func=results.report)
+    report.set_defaults(func=_report)
     show = sub.add_parser("show", help="print the trials table of a results directory")
     show.add_argument("results_dir")
     show.add_argument("--format", choices=["table", "json"], default="table")
-    show.set_defaults(func=results.show)
+    show.set_defaults(func=_show)
     address_help = (
         "the head's dashboard, e.g. http://HEAD:8265 "
         "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else http://127.0.0.1:8265)"
@@ -174,11 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--follow", action="store_true", help="then stream the job's logs until it ends")
     _add_set(submit)
-    submit.set_defaults(func=jobs.submit)
+    submit.set_defaults(func=_submit)
     for name, help_text, func in (
-        ("status", "a submitted search's job status", jobs.status),
-        ("logs", "a submitted search's logs (--follow streams them until the job ends)", jobs.logs),
-        ("stop", "stop a submitted search", jobs.stop),
+        ("status", "a submitted search's job status", _status),
+        ("logs", "a submitted search's logs (--follow streams them until the job ends)", _logs),
+        ("stop", "stop a submitted search", _stop),
     ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("job_id", help="the id `peft-search submit` printed")
@@ -194,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
     repair.add_argument("--force", action="store_true", help="rebuild even when the table reads fine")
-    repair.set_defaults(func=results.repair)
+    repair.set_defaults(func=_repair)
     completion = sub.add_parser(
         "completion",
         help="print the shell code that completes peft-search's commands and options: "
@@ -242,16 +317,9 @@ def main(argv: list[str] | None = None) -> int:
 
         argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
-    from peft_search.cluster.runtime import ClusterError
-    from peft_search.search.errors import ConfigError
-    from peft_search.search.redact import redact_text
-    from peft_search.search.worker.environment import quiet_bitsandbytes
-
     if getattr(
         args, "verbose", False
     ):  # before anything is filtered, and before Ray starts: trials inherit it
-        from peft_search.search.verbosity import VERBOSE_ENV
-
         os.environ[VERBOSE_ENV] = "1"
     quiet_bitsandbytes()  # checking training: imports transformers, and with it bitsandbytes, which says too much
 

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from peft_search.cluster.jobs import Jobs
 from peft_search.search.cli.searching import set_overrides
+from peft_search.search.settings.loading import default_config_path, load_config
 
 # `run`'s overrides, as (attribute, option, config key): `submit` checks them here and passes them on to `run`.
 RUN_OVERRIDES = (
@@ -17,9 +19,6 @@ RUN_OVERRIDES = (
 
 
 def submit(args: argparse.Namespace) -> int:
-    from peft_search.cluster.jobs import Jobs
-    from peft_search.search.settings.loading import default_config_path, load_config
-
     path = Path(args.config) if args.config else default_config_path()
     given = [
         (opt, key, getattr(args, attr)) for attr, opt, key in RUN_OVERRIDES if getattr(args, attr) is not None
@@ -61,16 +60,12 @@ def _follow(jobs, job_id: str) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from peft_search.cluster.jobs import Jobs
-
     info = Jobs(args.address).info(args.job_id)
     print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
     return 0
 
 
 def logs(args: argparse.Namespace) -> int:
-    from peft_search.cluster.jobs import Jobs
-
     jobs = Jobs(args.address)
     if args.follow:
         return _follow(jobs, args.job_id)
@@ -79,8 +74,6 @@ def logs(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    from peft_search.cluster.jobs import Jobs
-
     jobs = Jobs(args.address)
     if jobs.stop(args.job_id):
         print(f"[peft-search] stop requested for job {args.job_id}")

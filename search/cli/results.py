@@ -1,20 +1,31 @@
-"""The commands that read a results directory (or an export): ``best``, ``evaluate``, ``report``, ``show``,
-``repair``."""
+"""The commands that read a results directory: ``best``, ``report``, ``show``, ``repair``. What loads a model
+(``evaluate``, and ``best --export``) is ``search.cli.shipping``: these start without torch."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from peft_search.reports.best import best_command, choice_json, describe
+from peft_search.reports.choice import PREFER_ALIASES, named_limits, parse_limit, parse_tolerance
+from peft_search.reports.html import REPORT_FILE, write_report
+from peft_search.reports.table import load_trials, summary_table, trial_records
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop import recovery
+from peft_search.search.results import storage
+from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.lock import progress_note
+from peft_search.search.results.metrics import get_metric
+from peft_search.search.settings.sizes import parse_bytes
 
 
 def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
     """A results directory to read: itself, or for an object-store URI a fresh local copy of its files."""
-    from peft_search.search.results import storage
-
     if not storage.is_uri(results_dir):
         return results_dir, None
-    import tempfile
-
     # Not the driver's staging copy: a search may be running from it on this machine.
     local = Path(tempfile.mkdtemp(prefix="peft-search-read-")) / storage.staging_dir(results_dir).name
     return storage.download(results_dir, local), results_dir
@@ -22,9 +33,6 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
 
 def _limits(args: argparse.Namespace) -> list:
     """``best``'s limits: the named flags, then every ``--limit METRIC<=VALUE``; bad input is a ConfigError."""
-    from peft_search.reports.choice import named_limits, parse_limit
-    from peft_search.search.errors import ConfigError
-    from peft_search.search.settings.sizes import parse_bytes
 
     def size(text: str) -> int:
         # On the command line a size says its unit: a bare 8 would be 8 bytes, never what was meant.
@@ -49,10 +57,6 @@ def _limits(args: argparse.Namespace) -> list:
 
 def _tolerance(args: argparse.Namespace) -> tuple:
     """``--tolerance`` and ``--prefer``, checked before anything is read."""
-    from peft_search.reports.choice import PREFER_ALIASES, parse_tolerance
-    from peft_search.search.errors import ConfigError
-    from peft_search.search.results.metrics import get_metric
-
     try:
         tolerance = parse_tolerance(args.tolerance)
     except ValueError as err:
@@ -65,12 +69,11 @@ def _tolerance(args: argparse.Namespace) -> tuple:
     return tolerance, args.prefer
 
 
-def best(args: argparse.Namespace) -> int:
-    import json
-
-    from peft_search.reports.best import best_command, choice_json, describe
-    from peft_search.search.results import storage
-
+def best(args: argparse.Namespace, export: Callable[[str, dict, str], Path] | None = None) -> int:
+    """``best``; with ``--export``, the chosen adapter goes to ``export`` (``search.cli.shipping.best`` passes the
+    exporter)."""
+    if args.export is not None and export is None:
+        raise ValueError("best --export needs an exporter: search.cli.shipping.best")
     limits = _limits(args)
     tolerance, prefer = _tolerance(args)
     local, uri = _fetched(args.results_dir)
@@ -85,12 +88,10 @@ def best(args: argparse.Namespace) -> int:
     choice, objectives = best_command(local, limits=limits, tolerance=tolerance, prefer=prefer)
     exported = None
     if choice.trial is not None and args.export is not None:
-        from peft_search.search.shipping.export import export_trial
-
         trial = choice.trial.to_dict()
         if fetch is not None:
             trial = {**trial, "adapter_path": str(fetch(trial["adapter_path"]))}
-        exported = export_trial(local, trial, args.export)
+        exported = export(local, trial, args.export)
     if args.format == "json":
         out = choice_json(choice, objectives, limits)
         if exported is not None:
@@ -98,15 +99,11 @@ def best(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
     else:
         print(describe(choice, objectives))
-        from peft_search.search.results.layout import ResultsDir
-        from peft_search.search.results.lock import progress_note
 
         note = progress_note(local, "wall_time_s" in ResultsDir(local).read_facts())
         if note is not None:
             print(f"[peft-search] the search is {note}")
         if exported is not None:
-            import json
-
             library = json.loads((Path(exported) / "peft_search.json").read_text()).get("library", "peft")
             fmt = "AdapterHub's load_adapter" if library == "adapters" else "PEFT"
             print(
@@ -117,44 +114,7 @@ def best(args: argparse.Namespace) -> int:
     return 0 if choice.trial is not None else 1
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from peft_search.search.errors import ConfigError
-    from peft_search.search.shipping.evaluate import evaluate_export
-
-    columns = {}
-    for item in args.columns:
-        kind, sep, column = item.partition("=")
-        if not sep or kind not in ("text", "label", "prompt", "answer") or not column:
-            raise ConfigError(f"--columns {item}: write KIND=COLUMN with KIND text, label, prompt or answer")
-        columns[kind] = column
-    score = evaluate_export(
-        args.export_dir,
-        args.data,
-        subset=args.subset,
-        split=args.split,
-        columns=columns,
-        batch_size=args.batch_size,
-    )
-    if args.format == "json":
-        print(json.dumps(score.json(), indent=2))
-        return 0
-    m = score.evaluation.metrics()
-    print(
-        f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci_low']:.4f}-{m['accuracy_ci_high']:.4f}), "
-        f"loss {m['eval_loss']:.4f} on {score.rows}"
-    )
-    if score.recorded_accuracy is not None:
-        verdict = "reproduced" if score.reproduced else "DIFFERS"
-        print(f"recorded by the search: {score.recorded_accuracy:.4f} ({verdict})")
-    return 0
-
-
 def report(args: argparse.Namespace) -> int:
-    from peft_search.reports.html import REPORT_FILE, write_report
-    from peft_search.search.results import storage
-
     local, uri = _fetched(args.results_dir)
     path = write_report(local, args.output)
     if uri is not None and args.output is None:
@@ -165,12 +125,6 @@ def report(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    import json
-
-    from peft_search.reports.table import load_trials, summary_table, trial_records
-    from peft_search.search.results.layout import ResultsDir
-    from peft_search.search.results.lock import progress_note
-
     local = _fetched(args.results_dir)[0]
     trials = load_trials(local)
     print(
@@ -185,7 +139,5 @@ def show(args: argparse.Namespace) -> int:
 
 
 def repair(args: argparse.Namespace) -> int:
-    from peft_search.search.loop.recovery import repair
-
-    print(f"[peft-search] {repair(args.results_dir, force=args.force)}")
+    print(f"[peft-search] {recovery.repair(args.results_dir, force=args.force)}")
     return 0

@@ -6,12 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from peft_search.reports import load_trials, summary_table
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.driver import packing_note, run_search
+from peft_search.search.loop.recovery import load_saved_config
+from peft_search.search.plan.planning import format_plan, plan_search, resolution_note
+from peft_search.search.redact import redact_text
+from peft_search.search.results import storage
+from peft_search.search.settings.loading import default_config_path, load_config
+
 
 def set_overrides(args: argparse.Namespace) -> dict:
     """``--set KEY.PATH=VALUE`` (repeatable), each value read as YAML; validated with the file, like its keys."""
     import yaml
-
-    from peft_search.search.errors import ConfigError
 
     overrides = {}
     for text in getattr(args, "set", None) or []:
@@ -28,8 +35,6 @@ def set_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_search.search.settings.loading import default_config_path, load_config
-
     overrides = set_overrides(args)
     if args.num_trials is not None:
         overrides["search.num_trials"] = args.num_trials
@@ -38,16 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if args.name is not None:
         overrides["name"] = args.name
     if getattr(args, "results_dir_to_resume", None):
-        from peft_search.search.loop.recovery import load_saved_config
-
         cfg = load_saved_config(args.results_dir_to_resume)
     else:
         path = Path(args.config) if args.config else default_config_path()
         cfg = load_config(path, overrides)
     resume = bool(getattr(args, "resume", False) or getattr(args, "results_dir_to_resume", None))
-    from peft_search.search.loop.driver import run_search
-    from peft_search.search.redact import redact_text
-    from peft_search.search.results import storage
 
     uri = cfg.results_uri()
     where = cfg.search_dir() if uri is None else f"{storage.redacted(uri)} (staged in {cfg.search_dir()})"
@@ -60,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     search_dir = run_search(cfg, address=args.address, num_cpus=args.num_cpus, resume=resume)
-    from peft_search.reports import load_trials, summary_table
 
     trials = load_trials(search_dir)
     print()
@@ -75,10 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     import json
-
-    from peft_search.search.loop.driver import packing_note
-    from peft_search.search.plan.planning import format_plan, plan_search, resolution_note
-    from peft_search.search.settings.loading import load_config
 
     cfg = load_config(args.config, set_overrides(args))
     rows = plan_search(

@@ -14,6 +14,7 @@ from typing import Any
 
 from peft_search import spaces
 from peft_search.search.errors import ConfigError
+from peft_search.search.inputs import adapterhub
 from peft_search.search.settings.space_config import CandidateSpec
 
 TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
@@ -57,7 +58,6 @@ def check_candidates(
 
 def _check_quantization(candidate: CandidateSpec, field: str) -> None:
     """An AdapterHub adapter on a quantization level it does not train on here, refused before anything runs."""
-    from peft_search.search.inputs import adapterhub
 
     if not adapterhub.is_adapterhub(candidate.peft_config):
         return
@@ -74,8 +74,6 @@ def _peft_config(peft_config: dict[str, Any], field: str):
     """PEFT's own config object, or the reason PEFT gives for refusing it, as a config error."""
     from peft import get_peft_config
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    from peft_search.search.inputs import adapterhub
 
     peft_type = peft_config["peft_type"]
     if adapterhub.is_adapterhub(peft_config):
@@ -146,8 +144,6 @@ def normal_peft_config(peft_config: Mapping[str, Any]) -> dict[str, Any]:
     """A PEFT config dict with PEFT's defaults filled in and sets as sorted lists, so that two spellings of one
     config compare equal (``spaces.sampling.describe_candidate`` matches candidates to the space with it)."""
     import peft
-
-    from peft_search.search.inputs import adapterhub
 
     if adapterhub.is_adapterhub(peft_config):
         full = {**adapterhub.adapterhub_config(peft_config).to_dict(), **dict(peft_config)}

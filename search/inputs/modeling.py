@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from peft_search.search.errors import InfeasibleTrialError
+from peft_search.search.inputs import adapterhub
 
 _NORM_TYPES = ("LayerNorm", "RMSNorm")
 # Task heads stay in full precision: PEFT trains them (``modules_to_save``) and bitsandbytes cannot.
@@ -197,8 +198,6 @@ def inject_adapter(model: nn.Module, peft_config: dict[str, Any]):
     """Wrap ``model`` with the adapter described by a PEFT ``adapter_config.json``-shaped dict (an AdapterHub
     adapter's: ``search.inputs.adapterhub``)."""
     from peft import get_peft_config, get_peft_model
-
-    from peft_search.search.inputs import adapterhub
 
     if adapterhub.is_adapterhub(peft_config):
         return adapterhub.inject(model, peft_config)

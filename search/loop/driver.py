@@ -9,12 +9,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peft_search.cluster import connect, plan_concurrency, worker_env
+from peft_search.reports.html import write_report
 from peft_search.search.errors import ConfigError
-from peft_search.search.loop import recovery
+from peft_search.search.loop import recovery, tuning
 from peft_search.search.loop.home import SearchHome, claim, record_run, stage
 from peft_search.search.loop.prepare import Prepared, prepare
+from peft_search.search.loop.table import TrialTable
+from peft_search.search.loop.tracking import tracking_callbacks
+from peft_search.search.loop.tuning import FixedConfigs, new_tuner
+from peft_search.search.results.lock import SearchLock, command_line
+from peft_search.search.results.repeats import to_repeat
 from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.verbosity import VERBOSE_ENV, verbose
 from peft_search.search.worker import packed
+from peft_search.search.worker.environment import quiet_bitsandbytes
+from peft_search.search.worker.trial import trial_driver, trial_resources
 from peft_search.spaces.sampling import DefineByRun
 
 
@@ -27,8 +37,6 @@ def run_search(
     resume: bool = False,
 ) -> Path:
     """Run the whole search (or, with ``resume``, finish one whose driver died); returns its directory."""
-    from peft_search.search.results.lock import SearchLock
-    from peft_search.search.worker.environment import quiet_bitsandbytes
 
     t0 = time.time()
     quiet_bitsandbytes()
@@ -78,7 +86,6 @@ GLIBC_NOTE = (
 def _lock(lock, cfg: SearchConfig, resume: bool, echo: bool) -> None:
     """Take the search's lock, then check again what ``claim`` checked: the run that held it may have finished
     this very search meanwhile, and a new search must not overwrite it."""
-    from peft_search.search.results.lock import command_line
 
     took_over = lock.acquire(command_line())
     if took_over and echo:
@@ -92,8 +99,6 @@ def _lock(lock, cfg: SearchConfig, resume: bool, echo: bool) -> None:
 
 def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
     """CPU trials' heap allocator, preloaded into every worker Ray starts for this search (GPU trials keep theirs)."""
-    from peft_search.cluster import worker_env
-    from peft_search.search.verbosity import VERBOSE_ENV, verbose
 
     try:
         env = worker_env(cfg.resources.cpu_allocator, cfg.resources.gpus_per_worker)
@@ -118,13 +123,6 @@ def _launch(
     """Start or join Ray, record the run, and build the Tuner (new, or restored from Tune's saved state; None when
     a resumed search has no trial left to run), and with ``search.packing`` the packed groups' coordinator."""
     from ray import tune
-
-    from peft_search.cluster import connect, plan_concurrency
-    from peft_search.search.loop import tuning
-    from peft_search.search.loop.table import TrialTable
-    from peft_search.search.loop.tracking import tracking_callbacks
-    from peft_search.search.verbosity import verbose
-    from peft_search.search.worker.trial import trial_driver, trial_resources
 
     resources = connect(address, num_cpus=num_cpus, env_vars=env)
     r = cfg.resources
@@ -195,11 +193,6 @@ def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, con
     repeats a resumed search already ran are not run again); returns how many ran."""
     from ray import tune
 
-    from peft_search.search.loop.tracking import tracking_callbacks
-    from peft_search.search.loop.tuning import FixedConfigs, new_tuner
-    from peft_search.search.results.repeats import to_repeat
-    from peft_search.search.worker.trial import trial_driver, trial_resources
-
     r = cfg.search.repeats
     assert r is not None
     table.setup()  # the rows so far (when the search's own Tuner ran nothing, they were never read)
@@ -237,7 +230,6 @@ def _finish(
     started: float,
 ) -> None:
     """Close what a dead driver left in the study, record the wall time, write the table and the report."""
-    from peft_search.reports.html import write_report
 
     stale = recovery.close_stale_trials(home.results.optuna_url, cfg.name)
     if stale and echo:

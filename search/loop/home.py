@@ -20,6 +20,7 @@ from peft_search.search.redact import redact
 from peft_search.search.results import storage
 from peft_search.search.results.layout import CONFIG_FILE, DRIVER_FILES, TUNE_DIR, ResultsDir
 from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.versions import package_version
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,6 @@ def run_facts(
     cfg: SearchConfig, prep: Prepared, resources: dict[str, float], concurrency: int
 ) -> dict[str, Any]:
     """``run.json``: what ran, on what, with which versions (credentials masked)."""
-    from peft_search.search.versions import package_version
 
     packages = ("peft-search", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna")
     versions = {pkg: package_version(pkg) for pkg in packages}

@@ -9,12 +9,18 @@ from typing import Any
 
 from peft_search import spaces
 from peft_search.search.errors import ConfigError
+from peft_search.search.inputs import data
+from peft_search.search.inputs.candidates import check_candidates, describe_candidates
 from peft_search.search.inputs.data import Splits, TokenizedSplits
-from peft_search.search.inputs.modeling import ModelFacts
+from peft_search.search.inputs.modeling import ModelFacts, meta_model, model_facts
+from peft_search.search.loop.rungs import rung_steps
+from peft_search.search.loop.warm_start import check_warm_start
+from peft_search.search.results import storage
 from peft_search.search.results.layout import TRAIN_DIR
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.settings.space import space_context, space_spec
 from peft_search.search.settings.trial import TrialSettings, total_steps
+from peft_search.search.worker.faults import faults_from_env
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,6 @@ class Prepared:
 
 def prepare(cfg: SearchConfig) -> Prepared:
     """Validate the model and data against the config and tokenize once. Raises ``ConfigError`` early."""
-    from peft_search.search.inputs.candidates import check_candidates, describe_candidates
-    from peft_search.search.inputs.modeling import model_facts
-    from peft_search.search.loop.warm_start import check_warm_start
-    from peft_search.search.worker.faults import faults_from_env
 
     warm_start = check_warm_start(cfg)
     model_path = _model_path(cfg)
@@ -76,15 +78,12 @@ def adapters_path(cfg: SearchConfig) -> str:
     """Where trials save their adapters: ``train/`` in the search's directory, or on its object store."""
     uri = cfg.results_uri()
     if uri is not None:
-        from peft_search.search.results import storage
-
         return storage.join(uri, TRAIN_DIR)
     return str(cfg.search_dir() / TRAIN_DIR)
 
 
 def early_stopping_rungs(cfg: SearchConfig, steps: int) -> list[int]:
     """The rung steps of the ``search.early_stopping`` setting; an error when none falls inside a trial."""
-    from peft_search.search.loop.rungs import rung_steps
 
     es = cfg.search.early_stopping
     if es.rule == "none":
@@ -114,8 +113,6 @@ def _model_path(cfg: SearchConfig) -> str:
 
 
 def _splits(cfg: SearchConfig) -> Splits:
-    from peft_search.search.inputs import data
-
     try:
         return data.split_dataset(cfg.dataset, cfg.model.task)
     except data.DatasetError as err:
@@ -124,8 +121,6 @@ def _splits(cfg: SearchConfig) -> Splits:
 
 def _tokenizer_and_meta_model(cfg: SearchConfig, model_path: str, num_labels: int):
     from transformers import AutoTokenizer
-
-    from peft_search.search.inputs.modeling import meta_model
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision)
@@ -137,8 +132,6 @@ def _tokenizer_and_meta_model(cfg: SearchConfig, model_path: str, num_labels: in
 
 
 def _tokenized(cfg: SearchConfig, splits: Splits, tokenizer) -> TokenizedSplits:
-    from peft_search.search.inputs import data
-
     try:
         return data.tokenize(splits, tokenizer, cfg.model.task, cfg.training.max_seq_length)
     except data.DatasetError as err:

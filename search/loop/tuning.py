@@ -8,8 +8,11 @@ import warnings
 from ray.tune.search import Searcher
 
 from peft_search import spaces
+from peft_search.search.loop import warm_start
+from peft_search.search.loop.early_stopping import ParetoASHA
 from peft_search.search.loop.prepare import Prepared
 from peft_search.search.loop.recovery.private import hand_restored_tuner
+from peft_search.search.loop.searcher import PeftOptunaSearch
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.verbosity import verbose
 
@@ -44,9 +47,6 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
     import functools
 
     import optuna
-
-    from peft_search.search.loop import warm_start
-    from peft_search.search.loop.searcher import PeftOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
@@ -141,8 +141,6 @@ def restored_tuner(trainable, tune_path: str, searcher, callbacks: list):
 def scheduler(cfg: SearchConfig):
     """Tune's trial scheduler: first come, first served, or early stopping over all objectives at once."""
     from ray.tune.schedulers import FIFOScheduler
-
-    from peft_search.search.loop.early_stopping import ParetoASHA
 
     es = cfg.search.early_stopping
     if es.rule == "none":

@@ -18,12 +18,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_search.search.errors import InfeasibleTrialError
-from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model
+from peft_search.cluster import allocator_preload
+from peft_search.search.errors import ConfigError, InfeasibleTrialError
+from peft_search.search.inputs import adapterhub
+from peft_search.search.inputs.candidates import check_candidates
+from peft_search.search.inputs.data import DatasetError, load_records
+from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model, model_facts
 from peft_search.search.plan.baseline import RuntimeBaseline
 from peft_search.search.plan.depth import Counts, counts_by_depth, step_by_depth
 from peft_search.search.plan.memtrace import StepPeaks, patched, quantized_linear_names, step_peaks
+from peft_search.search.plan.pool import map_forked, resolve_jobs
+from peft_search.search.results.metrics import get_metric
+from peft_search.search.results.noise import resolvable_difference
+from peft_search.search.settings.space import space_context, space_spec
+from peft_search.search.verbosity import verbose
 from peft_search.spaces import method_for_peft_type
+from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 
 _DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 _QUANT_BYTES = {
@@ -150,8 +160,6 @@ def plan_candidate(
     weights = _weight_bytes(base, quantization, dtype_bytes)
     from peft import get_peft_config
 
-    from peft_search.search.inputs import adapterhub
-
     # Layer adapters are created on the meta device too (moving them there afterwards would turn AdaLoRA's frozen
     # `ranknum` trainable), BOFT's with empty permutation matrices (see _boft_shapes_only). Not the prompt learning
     # methods, whose small encoder and token ids PEFT runs to save the prompt embeddings.
@@ -242,13 +250,6 @@ def plan_search(
     ``jobs``: candidates planned side by side in that many forked processes (``None`` or 0: one per CPU).
     """
     import optuna
-
-    from peft_search.search.errors import ConfigError
-    from peft_search.search.inputs.candidates import check_candidates
-    from peft_search.search.inputs.modeling import model_facts
-    from peft_search.search.plan.pool import map_forked, resolve_jobs
-    from peft_search.search.settings.space import space_context, space_spec
-    from peft_search.spaces.sampling import DefineByRun, SpaceSpec
 
     workers = resolve_jobs(jobs)
     gpu = cfg.resources.gpus_per_worker > 0
@@ -365,8 +366,6 @@ def _quiet_planning():
     them."""
     import warnings
 
-    from peft_search.search.verbosity import verbose
-
     with warnings.catch_warnings():
         if not verbose():
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -377,7 +376,6 @@ def _quiet_planning():
 
 def _cpu_allocator(choice: str) -> str:
     """The heap allocator CPU trials would get here (``resources.cpu_allocator``): "jemalloc" or "system"."""
-    from peft_search.cluster import allocator_preload
 
     try:
         return "jemalloc" if allocator_preload(choice) else "system"
@@ -386,9 +384,6 @@ def _cpu_allocator(choice: str) -> str:
 
 
 def _dataset_num_labels(cfg) -> int:
-    from peft_search.search.errors import ConfigError
-    from peft_search.search.inputs.data import DatasetError, load_records
-
     try:
         records = load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
     except (DatasetError, OSError, ValueError) as err:
@@ -401,7 +396,6 @@ def _dataset_num_labels(cfg) -> int:
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of a plan."""
-    from peft_search.search.results.metrics import get_metric
 
     def show(name: str, value) -> str:
         return get_metric(name).format(value)
@@ -444,7 +438,6 @@ RESOLVE_WARN = 0.03
 def resolution_note(eval_size: int, accuracy: float = 0.85) -> str:
     """What ``dataset.eval_size`` held-out rows can tell apart: the smallest resolvable accuracy difference (95 %),
     with a warning and the rows needed when it is over ``RESOLVE_WARN``."""
-    from peft_search.search.results.noise import resolvable_difference
 
     gap = resolvable_difference(eval_size, accuracy)
     note = (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.redact import redact_text
 
 
 def _paths(search_dir: Path) -> tuple[Path, Path]:
@@ -129,7 +130,6 @@ class SearchLock:
 
 def command_line() -> str:
     """How this process was started, for the holder's note (``peft-search run my.yaml``)."""
-    from peft_search.search.redact import redact_text
 
     args = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
     return redact_text(" ".join(args))[:200]

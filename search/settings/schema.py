@@ -13,7 +13,9 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.results import storage
 from peft_search.search.results.metrics import get_metric, objective_metrics
+from peft_search.search.results.storage import SCHEMES
 from peft_search.search.settings.arguments import Arguments, parse_arguments
 from peft_search.search.settings.sizes import parse_bytes
 from peft_search.search.settings.space_config import SpaceConfig
@@ -388,8 +390,6 @@ class SearchConfig(_Strict):
     def _local_or_store(cls, value: str) -> str:
         from urllib.parse import urlsplit
 
-        from peft_search.search.results.storage import SCHEMES
-
         if "://" not in value:
             return _local_path(value, "a local directory or an object-store URI")
         parts = urlsplit(value)
@@ -471,7 +471,6 @@ class SearchConfig(_Strict):
 
     def search_dir(self) -> Path:
         """Where the driver writes: the results directory, or a local staging copy of a remote one."""
-        from peft_search.search.results import storage
 
         uri = self.results_uri()
         if uri is not None:
@@ -480,6 +479,5 @@ class SearchConfig(_Strict):
 
     def results_uri(self) -> str | None:
         """The search's directory on an object store (``results_dir`` is a URI), else None."""
-        from peft_search.search.results import storage
 
         return storage.join(self.results_dir, self.name) if storage.is_uri(self.results_dir) else None

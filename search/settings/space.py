@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from peft_search import spaces
 from peft_search.search.errors import ConfigError
+from peft_search.spaces.targets import norm_suffixes
 
 if TYPE_CHECKING:
     from peft_search.search.settings.schema import SearchConfig
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
 
 def space_context(cfg: SearchConfig, facts, steps: int) -> spaces.SpaceContext:
     """What the space may know about this model; fails early when a target set matches nothing in it."""
-    from peft_search.spaces.targets import norm_suffixes
 
     target_sets, mlp_targets = spaces.resolve_target_sets(facts.linear_modules)
     if not target_sets and cfg.space.methods:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from peft_search.search.settings.loading import parse_config
 from peft_search.search.settings.schema import Budget, Resources, SearchConfig, TrainingSettings
 
 
@@ -71,7 +72,6 @@ class TrialSettings:
     def with_config(self, **sections: dict[str, Any]) -> TrialSettings:
         """A copy whose config has some sections' fields changed (validated again), e.g.
         ``with_config(budget={"max_memory": 1000})``."""
-        from peft_search.search.settings.loading import parse_config
 
         raw = self.config.model_dump(mode="json")
         for name, values in sections.items():

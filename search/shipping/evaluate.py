@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from peft_search.search.errors import ConfigError
-from peft_search.search.inputs.data import is_local_source
+from peft_search.search.inputs import data
+from peft_search.search.inputs import data as inputs
+from peft_search.search.inputs.adapterhub import quiet
+from peft_search.search.inputs.data import DatasetError, is_local_source, load_records
+from peft_search.search.inputs.modeling import fit_head, unpacked_narrow_layers
 from peft_search.search.results.layout import CONFIG_FILE, DATA_DIR, ResultsDir
 from peft_search.search.settings.schema import DatasetSpec, ModelSpec
 from peft_search.search.shipping.export import MANIFEST
-from peft_search.search.worker.evaluation import Evaluation
+from peft_search.search.worker.environment import quiet_libraries
+from peft_search.search.worker.evaluation import Evaluation, evaluate
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,6 @@ def evaluate_export(
     import torch
     from transformers import AutoTokenizer
 
-    from peft_search.search.inputs import data as inputs
-    from peft_search.search.worker.environment import quiet_libraries
-    from peft_search.search.worker.evaluation import evaluate
-
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     task = manifest["task"]
@@ -106,8 +107,6 @@ def load_export(export_dir: Path, manifest: dict[str, Any], device, pad_token_id
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
-
-    from peft_search.search.inputs.modeling import fit_head, unpacked_narrow_layers
 
     classify = manifest["task"] == "sequence-classification"
     kwargs: dict[str, Any] = {"dtype": getattr(torch, manifest["dtype"])}
@@ -141,8 +140,6 @@ def load_export(export_dir: Path, manifest: dict[str, Any], device, pad_token_id
         model.config.pad_token_id = pad_token_id
     if manifest.get("library") == "adapters":  # AdapterHub's own loading: the adapter and the task head
         import adapters
-
-        from peft_search.search.inputs.adapterhub import quiet
 
         with quiet():
             adapters.init(model)
@@ -202,7 +199,6 @@ def _rows(
         _, held_out = ResultsDir(path).read_splits()
         same = ResultsDir(path).read_facts().get("name") == manifest["search"].get("name")
         return held_out, f"the {len(held_out)} held-out rows of {path}", recorded if same else None
-    from peft_search.search.inputs.data import DatasetError, load_records
 
     try:
         records = load_records(str(data), subset, split)
@@ -227,8 +223,6 @@ def _rows(
 
 
 def _held_out(spec: DatasetSpec, task: str):
-    from peft_search.search.inputs import data
-
     try:
         return data.split_dataset(spec, task)
     except data.DatasetError as err:

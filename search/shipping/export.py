@@ -31,6 +31,9 @@ from typing import Any
 import yaml
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.inputs import adapterhub
+from peft_search.search.inputs.data import MAX_CLOSED_ANSWERS, is_local_source, save_tokenizer
+from peft_search.search.inputs.modeling import precision_dtype, quantization_config, quantization_kwargs
 from peft_search.search.results.layout import ResultsDir
 from peft_search.search.results.metrics import get_metric, metrics
 from peft_search.search.results.records import TrialResult
@@ -78,8 +81,6 @@ def _write(
     tmp: Path,
     out: Path,
 ) -> None:
-    from peft_search.search.inputs import adapterhub
-    from peft_search.search.inputs.modeling import precision_dtype, quantization_config, quantization_kwargs
 
     model = ModelSpec(**config["model"])
     task = model.task
@@ -182,8 +183,6 @@ def _save_tokenizer(results: ResultsDir, model: ModelSpec, task: str, max_length
         return
     from transformers import AutoTokenizer
 
-    from peft_search.search.inputs.data import save_tokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_path(), revision=model.revision)
     except (OSError, ValueError, ConfigError) as err:
@@ -200,7 +199,6 @@ def _labels(results: ResultsDir, facts: dict[str, Any], task: str) -> tuple[list
     (sorted, as the search built it), or None when it generated answers."""
     if task == "sequence-classification":
         return [str(n) for n in facts.get("label_names", [])], None
-    from peft_search.search.inputs.data import MAX_CLOSED_ANSWERS
 
     train, held_out = results.read_splits()
     answers = sorted({str(r["answer"]) for r in train + held_out})
@@ -209,7 +207,6 @@ def _labels(results: ResultsDir, facts: dict[str, Any], task: str) -> tuple[list
 
 def portable_dataset(dataset: dict[str, Any], out: Path) -> dict[str, Any]:
     """The dataset section with a local file named relative to the export (hub ids and corpora as they are)."""
-    from peft_search.search.inputs.data import is_local_source
 
     source = dataset.get("source")
     if not isinstance(source, str) or not is_local_source(source):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from peft_search.search.results import storage
 from peft_search.search.settings.trial import TrialSettings
 
 CHECKPOINT = "checkpoint_000000"
@@ -23,8 +24,6 @@ def worker_resources(settings: TrialSettings) -> dict[str, float]:
 def store_adapter(local: str, adapters_path: str, name: str) -> str:
     """Copy the adapter to the search's adapters directory (or object store); its path there."""
     if "://" in adapters_path:  # an object store: a path inside its filesystem, as Ray Train's
-        from peft_search.search.results import storage
-
         return storage.put_dir(local, adapters_path, name)
     target = Path(adapters_path) / name
     if target.exists():  # a trial restarted by a resumed search

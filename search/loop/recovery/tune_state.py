@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray.cloudpickle as cloudpickle
-
 EXPERIMENT_STATE = "experiment_state-*.json"
 SEARCH_GEN_STATE = "search_gen_state-*.json"
 SEARCHER_STATE = "searcher-state-*.pkl"
@@ -129,7 +127,9 @@ def check(tune_dir: Path) -> TuneState:
             raise TuneStateChanged(f"the search generator's state has no {key!r}")
     wrappers = [k for k, v in state.generator.items() if k.startswith("name:") and isinstance(v, dict)]
     if not any("live_trials" in state.generator[k] for k in wrappers):
-        raise TuneStateChanged("no searcher wrapper (ConcurrencyLimiter) with live_trials in the generator's state")
+        raise TuneStateChanged(
+            "no searcher wrapper (ConcurrencyLimiter) with live_trials in the generator's state"
+        )
     return state
 
 
@@ -139,6 +139,8 @@ def write_experiment(state: TuneState, data: dict[str, Any]) -> str:
 
 
 def write_search_gen(state: TuneState, generator: dict[str, Any]) -> str:
+    import ray.cloudpickle as cloudpickle  # Ray's own pickler, as Tune wrote it; Ray loads only when resuming
+
     _replace(state.search_gen, cloudpickle.dumps(generator))
     return state.search_gen.name
 
@@ -168,6 +170,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_pickle(path: Path) -> Any:
+    import ray.cloudpickle as cloudpickle  # Ray's own pickler, as Tune wrote it; Ray loads only when resuming
+
     with path.open("rb") as f:
         return cloudpickle.load(f)
 
