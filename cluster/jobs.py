@@ -136,12 +136,15 @@ class Jobs:
         The driver joins the cluster it runs on (``--address auto``) instead of starting a Ray of its own.
         """
         config = Path(config)
-        with tempfile.TemporaryDirectory(prefix="peft-search-job-") as staging:
+        with (
+            tempfile.TemporaryDirectory(prefix="peft-search-job-") as staging,
+            tempfile.TemporaryDirectory(prefix="peft-search-package-") as package,
+        ):
             shutil.copy(config, Path(staging) / config.name)
             with self._errors():
                 return self._client.submit_job(
                     entrypoint=entrypoint(config.name, run_args),
-                    runtime_env=runtime_env(staging, ship_project=ship_project),
+                    runtime_env=runtime_env(staging, package_root=Path(package) if ship_project else None),
                     metadata=metadata,
                 )
 
@@ -176,20 +179,41 @@ def entrypoint(config_name: str, run_args: Sequence[str] = ()) -> str:
     return shlex.join(["python", "-m", "peft_search", "run", config_name, "--address", "auto", *run_args])
 
 
-def package_dirs() -> list[str]:
-    """The directory of this project's package as imported here (a checkout, whose ``peft_search/`` links to
-    the repo's folders and is shipped with their files, or an installed copy)."""
+SUBPACKAGES = ("search", "spaces", "cluster", "reports")
+"""The repository's folders, installed as ``peft_search.NAME`` (setuptools' package-dir mapping)."""
+
+
+def package_dirs(dest: Path) -> list[str]:
+    """This project's package as it installs, to ship: the installed directory itself, or, from a checkout (where
+    the folders are mapped into the package, not inside it), a copy laid out as installed under ``dest``."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ClusterError(
             f"package {PACKAGE!r} not found here; install peft-search or run from its checkout"
         )
-    return [next(iter(spec.submodule_search_locations))]
+    root = Path(next(iter(spec.submodule_search_locations)))
+    folders = {name: _location(f"{PACKAGE}.{name}") for name in SUBPACKAGES}
+    if all(folder.parent == root for folder in folders.values()):
+        return [str(root)]
+    shipped = dest / PACKAGE
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(root, shipped, ignore=skip)
+    for name, folder in folders.items():
+        shutil.copytree(folder, shipped / name, ignore=skip)
+    return [str(shipped)]
 
 
-def runtime_env(staging: str | Path, *, ship_project: bool = True) -> dict:
-    """The job's runtime environment: the config's staging directory, plus this project's packages if shipped."""
+def _location(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClusterError(f"package {name!r} not found here; install peft-search or run from its checkout")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def runtime_env(staging: str | Path, *, package_root: Path | None = None) -> dict:
+    """The job's runtime environment: the config's staging directory, and with ``package_root`` (a directory to
+    lay it out in, if needed) this project's package."""
     env: dict = {"working_dir": str(staging), "excludes": ["__pycache__", "*.pyc"]}
-    if ship_project:
-        env["py_modules"] = package_dirs()
+    if package_root is not None:
+        env["py_modules"] = package_dirs(package_root)
     return env

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from peft_search.cluster.watchdog import start_watchdog
+
 
 class ClusterError(RuntimeError):
     """Ray could not be started or joined; the message says what to do."""
@@ -63,8 +65,6 @@ def _watch_this_driver() -> None:
     """The local instance dies with this process, however it dies (``peft_search.cluster.watchdog``); once."""
     global _watchdog
     if _watchdog is None or _watchdog.poll() is not None:
-        from peft_search.cluster.watchdog import start_watchdog
-
         _watchdog = start_watchdog()
 
 

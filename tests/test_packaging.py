@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from tests import ROOT
 
@@ -36,6 +35,7 @@ print(repr(files))
 
 
 def _config() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 

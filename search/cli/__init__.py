@@ -20,6 +20,12 @@ from peft_search.search.versions import package_version
 from peft_search.search.worker.environment import quiet_bitsandbytes
 
 
+def _configs():
+    from peft_search.search.cli import configs
+
+    return configs
+
+
 def _searching():
     from peft_search.search.cli import searching
 
@@ -45,11 +51,13 @@ def _jobs():
 
 
 def _run(args):
-    return _searching().run(args)
+    cfg, resume = _configs().run_config(args)  # a mistake is said before the driver (torch, Ray) loads
+    return _searching().run(args, cfg, resume)
 
 
 def _plan(args):
-    return _searching().plan(args)
+    cfg = _configs().plan_config(args)
+    return _searching().plan(args, cfg)
 
 
 def _best(args):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from peft_search.cluster.jobs import Jobs
-from peft_search.search.cli.searching import set_overrides
+from peft_search.search.cli.configs import set_overrides
 from peft_search.search.settings.loading import default_config_path, load_config
 
 # `run`'s overrides, as (attribute, option, config key): `submit` checks them here and passes them on to `run`.

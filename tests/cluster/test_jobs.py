@@ -276,12 +276,13 @@ def test_the_entrypoint_is_a_valid_run_command(tmp_path):
         2,
         "/mnt/shared results",
     )
-    shipped = runtime_env(tmp_path)
-    assert shipped["working_dir"] == str(tmp_path)
+    shipped = runtime_env(tmp_path / "job", package_root=tmp_path / "package")
+    assert shipped["working_dir"] == str(tmp_path / "job")
     assert [Path(d).name for d in shipped["py_modules"]] == [PACKAGE]
-    # A checkout's package links to the repo's folders; what ships holds their files.
+    # From a checkout the folders are mapped into the package, not inside it: what ships is laid out as installed.
     (shipped_dir,) = shipped["py_modules"]
     assert (Path(shipped_dir) / "search" / "cli" / "__init__.py").is_file() and (
         Path(shipped_dir) / "__main__.py"
     ).is_file()
-    assert "py_modules" not in runtime_env(tmp_path, ship_project=False)
+    assert (Path(shipped_dir) / "search" / "configs" / "bbcnews-minilm.yaml").is_file()
+    assert "py_modules" not in runtime_env(tmp_path / "job")

@@ -74,10 +74,10 @@ def test_planted_secrets_never_reach_the_written_files(planted_env, tmp_path, ti
 
 
 def test_errors_never_print_credentials(planted_env, tmp_path, capsys, tiny_bert, monkeypatch):
-    from peft_search import cluster
+    from peft_search.search.loop import driver  # it starts Ray by its own name for connect
 
     monkeypatch.setattr(
-        cluster, "connect", lambda *a, **k: pytest.fail("validation let a bad config reach Ray")
+        driver, "connect", lambda *a, **k: pytest.fail("validation let a bad config reach Ray")
     )
     for changes in [
         {"results_dir": f"s3://{AWS_ID}:{AWS_SECRET}@bucket/results"},
@@ -102,10 +102,10 @@ def test_errors_never_print_credentials(planted_env, tmp_path, capsys, tiny_bert
 
 
 def test_the_start_line_never_prints_credentials(planted_env, tmp_path, capsys, tiny_bert, monkeypatch):
-    from peft_search import cluster
+    from peft_search.search.loop import driver  # it starts Ray by its own name for connect
 
     monkeypatch.setattr(
-        cluster, "connect", lambda *a, **k: pytest.fail("validation let a bad config reach Ray")
+        driver, "connect", lambda *a, **k: pytest.fail("validation let a bad config reach Ray")
     )
     raw = {
         "name": "t",

@@ -25,12 +25,12 @@ class _RayWouldStart(Exception):
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch):
-    from peft_search import cluster
+    from peft_search.search.loop import driver  # it starts Ray by its own name for connect
 
     def refuse(*args, **kwargs):
         raise _RayWouldStart
 
-    monkeypatch.setattr(cluster, "connect", refuse)
+    monkeypatch.setattr(driver, "connect", refuse)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]] | None:

@@ -269,9 +269,9 @@ def test_run_validates_before_ray_and_writes_nothing(data, tiny_bert, classifica
         path.write_text(yaml.safe_dump(config))
         capsys.readouterr()
         with pytest.MonkeyPatch.context() as mp, contextlib.suppress(_RayWouldStart):
-            from peft_search import cluster
+            from peft_search.search.loop import driver  # it starts Ray by its own name for connect
 
-            mp.setattr(cluster, "connect", _stop_at_ray)
+            mp.setattr(driver, "connect", _stop_at_ray)
             code = cli.main(["run", str(path)])
             err = capsys.readouterr().err
             assert code == 2, err

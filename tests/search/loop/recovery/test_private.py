@@ -12,6 +12,7 @@ from peft_search.search.loop.searcher import PeftOptunaSearch
 
 def test_each_accessor_reaches_what_it_names(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
     def space(trial):
         trial.suggest_float("x", 0.0, 1.0)
 
