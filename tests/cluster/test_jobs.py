@@ -178,6 +178,7 @@ def config_file(tiny_bert, classification_csv, tmp_path_factory):
     return path, Path(cfg.results_dir)
 
 
+@pytest.mark.slow
 def test_a_submitted_search_runs_on_the_cluster(head, config_file):
     import pandas as pd
 
@@ -212,6 +213,7 @@ def test_a_submitted_search_runs_on_the_cluster(head, config_file):
     assert env["working_dir"].startswith("gcs://") and len(env["py_modules"]) == 1
 
 
+@pytest.mark.slow
 def test_stop_ends_a_running_search(head, config_file):
     path, _ = config_file
     submitted = cli(head, "submit", str(path), "--address", head.address, "--name", "stopped")
@@ -225,6 +227,7 @@ def test_stop_ends_a_running_search(head, config_file):
     assert again.returncode == 0 and "had already ended: STOPPED" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_config_exits_2_and_submits_nothing(head, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: {name_or_path: m}\ndataset: {source: d.csv}\nspace: {methods: [lorra]}\n")
@@ -236,6 +239,7 @@ def test_a_bad_config_exits_2_and_submits_nothing(head, tmp_path):
     assert job_ids(head) == before
 
 
+@pytest.mark.slow
 def test_a_missing_or_wrong_token_is_one_line_naming_the_fix(head, config_file, tmp_path):
     path, _ = config_file
     before = job_ids(head)
@@ -257,6 +261,7 @@ def test_a_missing_or_wrong_token_is_one_line_naming_the_fix(head, config_file, 
     assert job_ids(head) == before
 
 
+@pytest.mark.slow
 def test_unknown_job_and_unreachable_cluster(head):
     unknown = cli(head, "status", "raysubmit_nosuchjob", "--address", head.address)
     assert unknown.returncode == 1 and "no job 'raysubmit_nosuchjob'" in unknown.stderr

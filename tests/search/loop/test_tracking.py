@@ -15,6 +15,7 @@ from tests.helpers import tiny_config
 SECRET = "s3cr3t-mlflow-token-value"
 
 
+@pytest.mark.slow
 def test_a_search_logs_every_trial_to_mlflow(ray_local, tiny_bert, classification_csv, tmp_path, monkeypatch):
     # CI installs MLflow (the test extra): there a missing package fails the test instead of skipping it.
     mlflow = __import__("mlflow") if os.environ.get("CI") else pytest.importorskip("mlflow")

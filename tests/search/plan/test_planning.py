@@ -162,6 +162,7 @@ def test_check_budget_passes_within_limits(tiny_bert):
     )
 
 
+@pytest.mark.slow
 def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
     only_config = tmp_path / "model"
     only_config.mkdir()
@@ -398,6 +399,7 @@ def test_plan_warns_when_cpu_trials_would_run_on_glibc(tiny_bert, classification
     assert expected == (allocator_preload("auto") is None)
 
 
+@pytest.mark.slow
 def test_candidates_planned_side_by_side_give_the_same_rows(
     tiny_bert, classification_csv, monkeypatch, tmp_path
 ):
@@ -438,6 +440,7 @@ def test_candidates_planned_side_by_side_give_the_same_rows(
     assert alone[0]["est_breakdown"]["runtime"] > 100 * 2**20  # Python + torch + transformers resident
 
 
+@pytest.mark.slow
 def test_map_forked_workers_end_on_their_own_beside_ray(ray_local, capfd):
     """Under Ray (the driver plans after it connects), the pool's workers are not ended by SIGTERM: Ray's handler,
     inherited by a forked child, logs a stack trace and can hang there for good (a CI run waited 900 s)."""

@@ -9,7 +9,7 @@ import pytest
 from peft_search.search.loop.recovery import private, tune_state
 from peft_search.search.loop.searcher import PeftOptunaSearch
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
 def _trainable(config):

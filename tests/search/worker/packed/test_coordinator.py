@@ -74,6 +74,7 @@ def test_a_running_group_takes_new_members_into_the_slots_others_free(coordinato
     assert coordinator.groups()["g1"] == ["t4", "t6", "t7"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pays", [True, False])
 def test_auto_packs_where_the_workers_device_measures_a_gain(ray_local, prep, monkeypatch, capsys, pays):
     """``decide_packing`` measures on a worker (a Ray task with a worker's resources), then reads the figures from
@@ -91,6 +92,7 @@ def test_auto_packs_where_the_workers_device_measures_a_gain(ray_local, prep, mo
     assert "(cached;" in lines[1] and (f"up to {first.packing} a group" if pays else "each alone") in lines[1]
 
 
+@pytest.mark.slow
 def test_a_measurement_that_fails_leaves_the_search_unpacked_saying_why(ray_local, prep, capsys, tmp_path):
     settings = dataclasses.replace(prep.settings, packing=3, model_path=str(tmp_path / "no-model-here"))
     decided = packing_auto.decide_packing(settings, prep.data, "none")
@@ -99,6 +101,7 @@ def test_a_measurement_that_fails_leaves_the_search_unpacked_saying_why(ray_loca
     assert line.startswith("[peft-search] packing (auto): not measured (") and "train each alone" in line
 
 
+@pytest.mark.slow
 def test_a_group_keeps_its_cpus_while_it_waits(ray_local):
     """A group's task waits (for members, for a rung's answer) holding its worker's CPUs: a second task asking for
     them starts only once the first has finished. A plain ``ray.get`` on the task's own thread would lend them."""

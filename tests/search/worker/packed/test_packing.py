@@ -60,6 +60,7 @@ def _weights(adapter) -> dict[str, torch.Tensor]:
     return weights
 
 
+@pytest.mark.slow
 def test_a_member_of_a_group_trains_to_the_adapter_it_gets_alone(prep):
     settings, data = prep.settings, prep.data
     cpu = torch.device("cpu")
@@ -87,6 +88,7 @@ def test_a_member_of_a_group_trains_to_the_adapter_it_gets_alone(prep):
     assert max(alone_plans) < group_plan < sum(alone_plans)
 
 
+@pytest.mark.slow
 def test_with_gradient_checkpointing_each_member_trains_to_its_alone_adapter(prep):
     """Gradient checkpointing runs each layer's forward again in the backward pass: the rows' routing holds there
     too (it did not: the recomputed forward went through one adapter and torch refused the mismatch)."""
@@ -139,6 +141,7 @@ def test_the_router_computes_what_peft_mixed_adapter_batches_compute(prep):
         assert torch.allclose(my_grads[key], their_grads[key], atol=1e-6, rtol=1e-4), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization", ["int8", "nf4"])
 def test_a_quantized_group_trains_each_member_to_its_alone_adapter(prep, quantization):
     """8-bit and 4-bit LoRA layers (bitsandbytes) split by the router as plain ones are: each member still trains to
@@ -196,6 +199,7 @@ def prep_accumulating(bert_without_dropout, classification_csv, tmp_path_factory
     return prepare(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulating", [False, True])
 def test_a_member_joining_a_running_group_trains_to_the_adapter_it_gets_alone(request, accumulating):
     """A slot a stopped member frees goes to a new trial while the group trains: the newcomer draws its own rows in
@@ -301,6 +305,7 @@ def test_auto_packs_at_the_smallest_size_that_pays_then_larger_while_faster_agai
     )  # by size, whatever the order: 16 is not measured past 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_a_causal_lm_member_trains_to_the_adapter_it_gets_alone(tiny_llama, tmp_path, accumulation):
     """Causal LM: each member's loss is over its own answer tokens, as the model computes it alone (with gradient
