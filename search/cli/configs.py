@@ -10,6 +10,7 @@ import yaml
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.recovery.resume import load_saved_config
+from peft_search.search.results.lock import refuse_if_running
 from peft_search.search.settings.loading import default_config_path, load_config
 from peft_search.search.settings.schema import SearchConfig
 
@@ -45,6 +46,8 @@ def run_config(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
         cfg = load_saved_config(args.results_dir_to_resume)
     else:
         cfg = load_config(Path(args.config) if args.config else default_config_path(), overrides)
+    if cfg.results_uri() is None:
+        refuse_if_running(cfg.search_dir())
     return cfg, bool(getattr(args, "resume", False) or getattr(args, "results_dir_to_resume", None))
 
 

@@ -78,7 +78,7 @@ def run_search(
 
 
 GLIBC_NOTE = (
-    "CPU trials run on glibc's heap allocator here (no libjemalloc2): their peak resident memory runs 20-40 % over "
+    "CPU trials run on glibc's heap allocator here (no libjemalloc2): their peak resident memory runs 14-33 % over "
     "the planned estimate (benchmarks/RESULTS.md); `apt install libjemalloc2` brings it within 10 %"
 )
 

@@ -424,7 +424,7 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
         if any(r.get("cpu_allocator") == "system" for r in rows):
             lines.append(
                 "warning: CPU trials would run on glibc's heap allocator (no libjemalloc2 here): their peak resident "
-                "memory runs 20-40 % over this estimate; `apt install libjemalloc2` brings it within 10 %"
+                "memory runs 14-33 % over this estimate; `apt install libjemalloc2` brings it within 10 %"
             )
     elif kinds:
         lines.append("est. peak: GPU allocator peak over the trial")

@@ -65,6 +65,22 @@ def describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} (`{holder.get('command')}`, since {started})"
 
 
+def refuse_if_running(search_dir: str | Path) -> None:
+    """Fail at once, before anything heavy loads, when a live run on this host is writing ``search_dir``
+    (``SearchLock.acquire`` stays the check that counts; this one only answers sooner)."""
+    holder = running_holder(search_dir)
+    if holder is not None and holder.get("host") == socket.gethostname():  # elsewhere, only the lock can tell
+        raise _busy(Path(search_dir), holder)
+
+
+def _busy(search_dir: Path, holder: dict[str, Any] | None) -> ConfigError:
+    who = describe(holder) if holder else "another process"
+    return ConfigError(
+        f"results_dir: {search_dir} is being written by {who}; wait for it to end (`peft-search show "
+        f"{search_dir}` shows its trials), or pass --name NEW to start another search"
+    )
+
+
 class SearchLock:
     """Held by the run or resume writing ``search_dir``; ``acquire`` fails at once if another run holds it."""
 
@@ -91,12 +107,7 @@ class SearchLock:
             self._made = missing  # removed again if the run ends before writing anything
             self.lock.acquire()
         except Timeout:
-            holder = read_holder(self.search_dir)
-            who = describe(holder) if holder else "another process"
-            raise ConfigError(
-                f"results_dir: {self.search_dir} is being written by {who}; wait for it to end (`peft-search show "
-                f"{self.search_dir}` shows its trials), or pass --name NEW to start another search"
-            ) from None
+            raise _busy(self.search_dir, read_holder(self.search_dir)) from None
         except OSError as err:  # (after Timeout, which is one)
             raise ConfigError(
                 f"results_dir: cannot write to {self.search_dir.parent} ({err.strerror}); pass another --results-dir"
