@@ -168,8 +168,13 @@ def small_search(ray_local, tiny_bert, classification_csv, tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    # Marked ``last`` after the rest (a stable sort: the others keep their order).
-    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+    # Marked ``last`` after the rest (a stable sort: the others keep their order). Under pytest-xdist (CI's slow
+    # lane, ``-n 2``) the long chaos run goes first instead: it takes a worker of its own from the start while the
+    # other worker runs the rest.
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+        items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    else:
+        items.sort(key=lambda item: item.get_closest_marker("last") is not None)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
