@@ -30,12 +30,16 @@ from peft_search.spaces.sampling import TRAINING_PREFIX, DefineByRun
 
 
 def study_is_damaged(results: ResultsDir) -> str | None:
-    """SQLite's verdict on the study file when it is damaged, else None."""
+    """SQLite's verdict on the study file when it is damaged, else None.
+
+    Opened for writing (the resume asking holds the search's lock): a driver killed in the middle of a write leaves
+    a hot journal beside the file, which SQLite rolls back on this first read, as it would for Optuna. A read-only
+    connection cannot, and fails with "attempt to write a readonly database" on a study that is whole."""
     path = results.path / OPTUNA_FILE
     if not path.exists():
         return None
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.Error as err:
         verdict = str(err)
