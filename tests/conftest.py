@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import under_xdist
 from tests.tiny import FILLER as FILLER  # re-exported: tests import the vocabulary from here
 from tests.tiny import WORDS, make_text, topics_csv, word_tokenizer
 from tests.tiny import tiny_bert as build_tiny_bert
@@ -171,7 +172,7 @@ def pytest_collection_modifyitems(config, items):
     # Marked ``last`` after the rest (a stable sort: the others keep their order). Under pytest-xdist (CI's slow
     # lane, ``-n 2``) the long chaos run goes first instead: it takes a worker of its own from the start while the
     # other worker runs the rest.
-    if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    if under_xdist():
         items.sort(key=lambda item: item.get_closest_marker("long") is None)
     else:
         items.sort(key=lambda item: item.get_closest_marker("last") is not None)

@@ -18,6 +18,7 @@ from peft_search.search.loop.prepare import Prepared, prepare
 from peft_search.search.loop.table import TrialTable
 from peft_search.search.loop.tracking import tracking_callbacks
 from peft_search.search.loop.tuning import FixedConfigs, new_tuner
+from peft_search.search.plan.planning import GLIBC_OVER
 from peft_search.search.results.lock import SearchLock, command_line
 from peft_search.search.results.repeats import to_repeat
 from peft_search.search.settings.schema import SearchConfig
@@ -78,7 +79,7 @@ def run_search(
 
 
 GLIBC_NOTE = (
-    "CPU trials run on glibc's heap allocator here (no libjemalloc2): their peak resident memory runs 14-33 % over "
+    f"CPU trials run on glibc's heap allocator here (no libjemalloc2): their peak resident memory runs {GLIBC_OVER} over "
     "the planned estimate (benchmarks/RESULTS.md); `apt install libjemalloc2` brings it within 10 %"
 )
 

@@ -394,6 +394,11 @@ def _dataset_num_labels(cfg) -> int:
     return len({str(r[column]) for r in records})
 
 
+GLIBC_OVER = "14-33 %"
+"""How far CPU trials' peak resident memory runs over the estimate on glibc's heap allocator (benchmarks/RESULTS.md,
+heap allocators); said by ``plan`` and by ``run``."""
+
+
 def format_plan(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of a plan."""
 
@@ -424,7 +429,7 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
         if any(r.get("cpu_allocator") == "system" for r in rows):
             lines.append(
                 "warning: CPU trials would run on glibc's heap allocator (no libjemalloc2 here): their peak resident "
-                "memory runs 14-33 % over this estimate; `apt install libjemalloc2` brings it within 10 %"
+                f"memory runs {GLIBC_OVER} over this estimate; `apt install libjemalloc2` brings it within 10 %"
             )
     elif kinds:
         lines.append("est. peak: GPU allocator peak over the trial")

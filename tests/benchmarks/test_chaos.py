@@ -6,12 +6,12 @@ and writes the Reliability table."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 
 from benchmarks.chaos import hogs, reference, scenarios
+from tests import under_xdist
 
 # 20 driver kills and resumes take 15-25 min on 2 cores: run last, so a CI out of time still shows the rest.
 # Under pytest-xdist (CI: -n 2) it runs on a worker of its own from the start, and the other worker's tests load
@@ -23,7 +23,7 @@ TRIALS = 6
 
 
 def test_twenty_random_kills_lose_nothing_and_run_nothing_twice(tmp_path):
-    busy = hogs(1 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") == "1" else 0)
+    busy = hogs(0 if under_xdist() else 1)
     try:
         ref = reference(tmp_path, TRIALS)
         assert ref["rc"] == 0 and ref["problems"] == []
