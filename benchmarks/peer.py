@@ -121,7 +121,8 @@ def run_peer(config_path: Path, out: Path) -> None:
     quiet_libraries()
     started = time.perf_counter()
     cfg = load_config(config_path)
-    torch.set_num_threads(int(cfg.resources.cpus_per_worker))
+    if cfg.resources.cpus_per_worker != "auto":  # else torch's own default, every core, as a user's script has
+        torch.set_num_threads(int(cfg.resources.cpus_per_worker))
     prep = prepare(cfg)
     settings, data = prep.settings, prep.data
     candidates = [dict(c.peft_config) for c in cfg.space.candidates]
@@ -229,9 +230,11 @@ PACKED_PEAK = "group_peak_memory_bytes"
 """A packed trial's group's measured peak: the memory its arm took, where a trial alone has its own peak."""
 
 
-def arm_name(packing: str) -> str:
-    """A ``peft-search run`` arm's name in the results: ``peft-search`` alone, ``peft-search packing=K`` packed."""
-    return "peft-search" if packing == "off" else f"peft-search packing={packing}"
+def arm_name(packing: str, threads: str = "auto") -> str:
+    """A ``peft-search run`` arm's name in the results: ``peft-search`` (alone, ``cpus_per_worker`` as the config
+    says), with ``packing=K`` packed and ``threads=T`` at T threads a trial."""
+    extra = ([f"packing={packing}"] if packing != "off" else []) + ([f"threads={threads}"] if threads != "auto" else [])
+    return " ".join(["peft-search", *extra])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,8 +242,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from peft_search.search.settings.loading import default_config_path, load_config
 
     candidates = configs(args.ranks, args.rslora)
-    arms = ["peer", *(arm_name(p) for p in args.packing)]
-    packing = {arm_name(p): p for p in args.packing}
+    shapes = {arm_name(p, t): (p, t) for p in args.packing for t in args.threads}
+    arms = ["peer", *shapes]
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
         config_path = Path(tmp) / "search.yaml"
         raw = search_config(
@@ -271,9 +274,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs[arm].append({t["config"]: t for t in peer["trials"]})
                     peaks[arm].append(peer["max_rss_bytes"] / 2**20)
                     continue
-                results = Path(tmp) / f"results-{repeat}-{packing[arm]}"
+                packing, threads = shapes[arm]
+                results = Path(tmp) / f"results-{repeat}-{packing}-{threads}"
                 command = [sys.executable, "-m", "peft_search", "run", str(config_path)]
-                command += ["--results-dir", str(results), "--set", f"search.packing={packing[arm]}"]
+                command += ["--results-dir", str(results), "--set", f"search.packing={packing}"]
+                if threads != "auto":
+                    command += ["--set", f"resources.cpus_per_worker={threads}"]
                 walls[arm].append(timed(command))
                 trials = ResultsDir(results / "peer-bench").read_trials().to_dict("records")
                 done = [r for r in trials if r["status"] == "complete"]
@@ -363,6 +369,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         nargs="+",
         default=["off"],
         help="one peft-search arm per search.packing value (off, auto, or a group size)",
+    )
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        default=["auto"],
+        help="one peft-search arm per resources.cpus_per_worker value (auto: as the config says)",
     )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=2e-3)

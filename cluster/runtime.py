@@ -76,13 +76,13 @@ def allocator_preload(choice: str) -> str | None:
     """
     import ctypes.util
 
-    if choice == "system":
+    if choice in ("system", "auto"):  # auto: the system's, the fastest measured (benchmarks/RESULTS.md)
         return None
     found = ctypes.util.find_library("jemalloc")  # e.g. "libjemalloc.so.2", which the dynamic loader finds
     if found is None and choice == "jemalloc":
         raise ValueError(
             "resources.cpu_allocator: jemalloc is not installed on this machine; install it (apt install "
-            "libjemalloc2) or set cpu_allocator: auto or system"
+            "libjemalloc2) or set cpu_allocator: system"
         )
     return found
 

@@ -18,12 +18,12 @@ from peft_search.search.loop.prepare import Prepared, prepare
 from peft_search.search.loop.table import TrialTable
 from peft_search.search.loop.tracking import tracking_callbacks
 from peft_search.search.loop.tuning import FixedConfigs, new_tuner
-from peft_search.search.plan.planning import GLIBC_OVER
 from peft_search.search.results.lock import SearchLock, command_line
 from peft_search.search.results.repeats import to_repeat
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.verbosity import VERBOSE_ENV, verbose
-from peft_search.search.worker import packed
+from peft_search.search.worker import heap as worker_heap
+from peft_search.search.worker import packed, threads
 from peft_search.search.worker.environment import quiet_bitsandbytes
 from peft_search.search.worker.trial import trial_driver, trial_resources
 from peft_search.spaces.sampling import DefineByRun
@@ -50,8 +50,6 @@ def run_search(
         _lock(lock, cfg, resume, echo)
     try:
         env = _worker_env(cfg)
-        if echo and cfg.resources.gpus_per_worker == 0 and not (env or {}).get("LD_PRELOAD"):
-            print(f"[peft-search] {GLIBC_NOTE}", flush=True)
         prep = prepare(cfg)
         if not lock.held:
             _lock(lock, cfg, resume, echo)
@@ -61,7 +59,7 @@ def run_search(
             space = DefineByRun(prep.space_spec, prep.space_context)
             reconciled = recovery.recover(cfg, space, home.results, home.uri, echo)
         # Launch.
-        tuner, facts, table, restored, concurrency, _coordinator = _launch(
+        tuner, facts, table, prep, concurrency, _coordinator = _launch(
             cfg, prep, home, address, num_cpus, env, resume, echo, reconciled
         )
         # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
@@ -76,12 +74,6 @@ def run_search(
     finally:
         lock.release()
     return home.results.path
-
-
-GLIBC_NOTE = (
-    f"CPU trials run on glibc's heap allocator here (no libjemalloc2): their peak resident memory runs {GLIBC_OVER} over "
-    "the planned estimate (benchmarks/RESULTS.md); `apt install libjemalloc2` brings it within 10 %"
-)
 
 
 def _lock(lock, cfg: SearchConfig, resume: bool, echo: bool) -> None:
@@ -126,6 +118,15 @@ def _launch(
     from ray import tune
 
     resources = connect(address, num_cpus=num_cpus, env_vars=env)
+    if cfg.resources.cpus_per_worker == "auto":
+        prep = dataclasses.replace(prep, settings=_threads(prep, echo))
+        cfg = prep.settings.config
+    if cfg.resources.gpus_per_worker == 0:
+        levels = [q for q in prep.space_spec.quantization] + [
+            c.quantization for c in prep.space_spec.candidates
+        ]
+        heap = worker_heap.heap_model(prep.settings, prep.data, levels, env, echo)
+        prep = dataclasses.replace(prep, settings=dataclasses.replace(prep.settings, heap=heap))
     r = cfg.resources
     concurrency = plan_concurrency(
         resources,
@@ -179,7 +180,23 @@ def _launch(
         tuner = tuning.new_tuner(
             trainable, searcher, concurrency, callbacks, cfg, home.storage_path, num_samples=owed
         )
-    return tuner, facts, table, restored, concurrency, coordinator
+    return tuner, facts, table, prep, concurrency, coordinator
+
+
+def _threads(prep: Prepared, echo: bool):
+    """``resources.cpus_per_worker: auto``: the settings with the threads per trial measured on the largest node
+    (CPU trials of one worker), or 1 CPU a worker (GPU trials; and a multi-worker trial's share of a node)."""
+    import ray
+
+    settings, r = prep.settings, prep.settings.resources
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    node = max(nodes, key=lambda n: n["Resources"]["CPU"])
+    node_cpus = int(node["Resources"]["CPU"])
+    if r.gpus_per_worker > 0:
+        return threads.with_threads(settings, 1)
+    if r.num_workers > 1:
+        return threads.with_threads(settings, max(1, node_cpus // r.num_workers))
+    return threads.decide_threads(settings, prep.data, node_cpus, node["NodeManagerAddress"], echo)
 
 
 def packing_note(rows: list[dict[str, Any]], cfg: SearchConfig) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_search.cluster import allocator_preload
+from peft_search.cluster import worker_env
 from peft_search.search.errors import ConfigError, InfeasibleTrialError
 from peft_search.search.inputs import adapterhub
 from peft_search.search.inputs.candidates import check_candidates
@@ -26,6 +26,7 @@ from peft_search.search.inputs.data import DatasetError, load_records
 from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model, model_facts
 from peft_search.search.plan.baseline import RuntimeBaseline
 from peft_search.search.plan.depth import Counts, counts_by_depth, step_by_depth
+from peft_search.search.plan.heap import HeapModel, allocator_name, cached_heap
 from peft_search.search.plan.memtrace import StepPeaks, patched, quantized_linear_names, step_peaks
 from peft_search.search.plan.pool import map_forked, resolve_jobs
 from peft_search.search.results.metrics import get_metric
@@ -58,10 +59,18 @@ class Plan:
     """The training step's own peak: traced on the meta device, or from a formula where tracing fails."""
     runtime_bytes: int
     traced: bool = True
+    heap_bytes: int = 0
+    """What the CPU trials' heap allocator keeps beyond these tensors (``search.plan.heap``; 0 on GPU)."""
 
     @property
     def est_peak_memory_bytes(self) -> int:
-        return self.weight_bytes + self.adapter_state_bytes + self.activation_bytes + self.runtime_bytes
+        return (
+            self.weight_bytes
+            + self.adapter_state_bytes
+            + self.activation_bytes
+            + self.runtime_bytes
+            + self.heap_bytes
+        )
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -149,6 +158,7 @@ def plan_candidate(
     gradient_checkpointing: bool = False,
     runtime_bytes: int = 0,
     device: str = "cuda",
+    heap: HeapModel | None = None,
 ) -> Plan:
     """Inject the adapter into a copy of a meta-device ``base`` and account for its cost.
 
@@ -230,6 +240,7 @@ def plan_candidate(
         activation_bytes=step,
         runtime_bytes=runtime_bytes,
         traced=traced,
+        heap_bytes=heap.kept_bytes(step, quantization) if heap is not None and device == "cpu" else 0,
     )
 
 
@@ -286,6 +297,8 @@ def plan_search(
         for _ in range(samples):
             todo.append({k: v for k, v in space(study.ask()).items() if k != "learning_rate"})
     allocator = _cpu_allocator(cfg.resources.cpu_allocator)
+    threads = cfg.resources.cpus_per_worker
+    heap = None if gpu else cached_heap(cfg, path, allocator, None if threads == "auto" else int(threads))
     # Rows per forward pass on a worker; a searched gradient_accumulation_steps is planned at its fullest batch.
     accumulation = min(cfg.training.arguments().values("gradient_accumulation_steps", 1))
     micro_batch = cfg.training.batch_size // (cfg.resources.num_workers * int(accumulation))
@@ -304,6 +317,7 @@ def plan_search(
                     precision=cfg.training.precision,
                     gradient_checkpointing=cfg.training.gradient_checkpointing,
                     device="cuda" if gpu else "cpu",
+                    heap=heap,
                 )
         except InfeasibleTrialError as err:
             return str(err)
@@ -341,9 +355,11 @@ def plan_search(
                     "adapter_grads_optimizer": p.adapter_state_bytes,
                     "training_step": p.activation_bytes,
                     "runtime": p.runtime_bytes,
+                    "heap": p.heap_bytes,
                 },
                 "memory_kind": "gpu_allocated" if gpu else "cpu_rss",
                 "cpu_allocator": None if gpu else allocator,
+                "heap_model": None if gpu or heap is None else heap.describe(),
                 "step_estimate": "traced" if p.traced else "formula",
                 "over_budget": over,
             }
@@ -375,10 +391,11 @@ def _quiet_planning():
 
 
 def _cpu_allocator(choice: str) -> str:
-    """The heap allocator CPU trials would get here (``resources.cpu_allocator``): "jemalloc" or "system"."""
+    """The heap allocator CPU trials would get here (``resources.cpu_allocator``), named as the heap models are:
+    ``system``, ``jemalloc`` or ``jemalloc (MALLOC_CONF)``."""
 
     try:
-        return "jemalloc" if allocator_preload(choice) else "system"
+        return allocator_name(worker_env(choice, 0))
     except ValueError:  # jemalloc insisted on and missing: the search refuses that config; the plan warns
         return "system"
 
@@ -392,11 +409,6 @@ def _dataset_num_labels(cfg) -> int:
     if not records or column not in records[0]:
         raise ConfigError(f"dataset.label_column: {column!r} not in the dataset; fix it or pass --num-labels")
     return len({str(r[column]) for r in records})
-
-
-GLIBC_OVER = "14-33 %"
-"""How far CPU trials' peak resident memory runs over the estimate on glibc's heap allocator (benchmarks/RESULTS.md,
-heap allocators); said by ``plan`` and by ``run``."""
 
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
@@ -426,10 +438,14 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
         lines.append(
             "est. peak: resident memory of a CPU worker, its runtime baseline measured on this machine"
         )
-        if any(r.get("cpu_allocator") == "system" for r in rows):
+        heap = next((r.get("heap_model") for r in rows if r.get("heap_model")), None)
+        if heap is not None:
+            lines.append(f"est. peak includes what the heap allocator keeps, measured here: {heap}")
+        elif any(r.get("memory_kind") == "cpu_rss" for r in rows):
+            allocator = next(r.get("cpu_allocator") for r in rows if r.get("memory_kind") == "cpu_rss")
             lines.append(
-                "warning: CPU trials would run on glibc's heap allocator (no libjemalloc2 here): their peak resident "
-                f"memory runs {GLIBC_OVER} over this estimate; `apt install libjemalloc2` brings it within 10 %"
+                f"note: what the heap allocator ({allocator}) keeps of freed memory is not in these estimates yet: "
+                "the first `peft-search run` of this model and batch measures it (seconds), and plan reads it after"
             )
     elif kinds:
         lines.append("est. peak: GPU allocator peak over the trial")

@@ -317,8 +317,11 @@ class TrainingSettings(_Strict):
 class Resources(_Strict):
     num_workers: int = Field(1, ge=1)
     """Ray Train workers per trial (DDP through the Trainer when more than one)."""
-    cpus_per_worker: float = Field(1, gt=0)
-    """CPUs each worker holds (a CPU trial trains with that many threads)."""
+    cpus_per_worker: float | Literal["auto"] = 1.0
+    """CPUs each worker holds (a CPU trial trains with that many threads). ``auto`` (CPU trials of one worker):
+    measured before the search on one node, with the search's model and batch: one trial on every core, two on half
+    each, four on a quarter ..., and the search runs that many at a time at the shape that trains the most rows a
+    second (cached per machine; the search says what it chose in one line). GPU trials take 1 for ``auto``."""
     gpus_per_worker: float = Field(0, ge=0)
     """Fractions share a GPU between trials (``0.5``: two trials on each GPU, each seeing that one device); more
     than one GPU per worker is a whole number."""
@@ -326,14 +329,21 @@ class Resources(_Strict):
     """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
     it failed. A restarted trial continues from its latest mid-trial checkpoint (``training.checkpoint_every``),
     else from scratch, on any node with room. A config that fails by itself fails every time, so leave this at 0 on a single machine."""
-    cpu_allocator: Literal["auto", "jemalloc", "system"] = "auto"
-    """The heap allocator of CPU trials' processes. ``auto``: jemalloc where the driver's machine has it
-    (Debian/Ubuntu: ``libjemalloc2``), as PyTorch's own CPU launcher does; it keeps peak resident memory 20-35 %
-    lower than glibc's, within 10 % of the plan's estimate, by handing freed pages back as it goes, which costs
-    speed: on 2 cores a trial trained and scored 11-26 % slower (two runs) than with jemalloc keeping them
-    (``MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1`` where the search is started reaches its workers; peak
-    memory then runs 7-14 % over the estimate). glibc's is about as fast as that, 14-33 % over. ``jemalloc`` insists on it;
-    ``system`` leaves the C library's."""
+    cpu_allocator: Literal["system", "jemalloc", "auto"] = "system"
+    """The heap allocator of CPU trials' processes. ``system`` (the default; ``auto`` is the same): the C library's,
+    the fastest measured on CPU trials (benchmarks/RESULTS.md, heap allocators); glibc keeps freed memory in its
+    arenas, and the memory estimate adds what it keeps, measured on this machine before the search
+    (``search.plan.heap``). ``jemalloc`` preloads jemalloc (Debian/Ubuntu: ``libjemalloc2``) into the trials'
+    processes, with the driver's ``MALLOC_CONF``; its share is measured the same way."""
+
+    @field_validator("cpus_per_worker", mode="before")
+    @classmethod
+    def _cpus(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"write a number of CPUs above 0, such as 2, or auto (got {value!r})")
+        return float(value)
 
     @field_validator("gpus_per_worker")
     @classmethod

@@ -34,6 +34,9 @@ class TrialSettings:
     packing_speedup: float | None = None
     """What ``search.packing: auto`` measured on the workers' device before the search (``packing_speedup``; None:
     not measured)."""
+    heap: Any = None
+    """What CPU trials' heap allocator keeps beyond the planned tensors (``search.plan.heap.HeapModel``, measured
+    before the search), added to every trial's estimate; None: nothing (GPU trials, or not measured)."""
     faults: Mapping[str, str] = field(default_factory=dict)
     """Chaos tests only (``search.worker.faults``): candidate name -> fault kind; empty normally."""
 

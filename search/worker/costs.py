@@ -25,6 +25,7 @@ def plan_trial(
         gradient_checkpointing=t.gradient_checkpointing,
         runtime_bytes=runtime_bytes,
         device=device,
+        heap=settings.heap,
     )
 
 

@@ -383,20 +383,41 @@ def test_a_deep_model_is_traced_on_a_few_blocks_with_the_same_figure(
     )
 
 
-def test_plan_warns_when_cpu_trials_would_run_on_glibc(tiny_bert, classification_csv, tmp_path):
-    """Without jemalloc, resident memory runs well over the estimate: the plan says so, under its table."""
+def test_plan_adds_the_measured_heap_share_or_says_it_is_not_measured_yet(
+    tiny_bert, classification_csv, tmp_path, monkeypatch
+):
+    """CPU estimates include what the heap allocator keeps once a run measured it (``search.plan.heap``); before,
+    the plan says it is left out, under its table."""
+    import dataclasses
+
+    from peft_search.search.plan.baseline import write_cache
+    from peft_search.search.plan.heap import HEAP_CACHE, HeapModel, cache_key
     from peft_search.search.plan.planning import format_plan, plan_search
     from tests.helpers import tiny_config
 
-    glibc = tiny_config(tiny_bert, classification_csv, resources={"cpu_allocator": "system"})
-    rows = plan_search(glibc, samples=1)
-    assert {r["cpu_allocator"] for r in rows} == {"system"}
-    assert "warning: CPU trials would run on glibc's heap allocator" in format_plan(rows)
-    auto = plan_search(tiny_config(tiny_bert, classification_csv), samples=1)
-    expected = "warning" in format_plan(auto)
-    from peft_search.cluster import allocator_preload
-
-    assert expected == (allocator_preload("auto") is None)
+    monkeypatch.setenv("PEFT_SEARCH_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(tiny_bert, classification_csv, resources={"cpus_per_worker": 1})
+    before = plan_search(cfg, samples=2)
+    assert "not in these estimates yet" in format_plan(before)
+    assert {r["est_breakdown"]["heap"] for r in before} == {0}
+    model = HeapModel("system", 1, 0.5, {"nf4": 1_000_000})
+    write_cache(HEAP_CACHE, cache_key(cfg, cfg.model.resolved_path(), "system"), dataclasses.asdict(model))
+    after = plan_search(cfg, samples=2)
+    assert "includes what the heap allocator keeps, measured here: system, 1 thread(s): 0.50x" in format_plan(
+        after
+    )
+    for old, new in zip(before, after, strict=True):
+        step = new["est_breakdown"]["training_step"]
+        assert new["est_breakdown"]["heap"] == int(0.5 * step) + (
+            1_000_000 if new["quantization"] == "nf4" else 0
+        )
+        assert new["est_peak_memory_bytes"] - new["est_breakdown"]["heap"] == (
+            old["est_peak_memory_bytes"] - old["est_breakdown"]["runtime"] + new["est_breakdown"]["runtime"]
+        )
+    at_two = plan_search(
+        tiny_config(tiny_bert, classification_csv, resources={"cpus_per_worker": 2}), samples=1
+    )
+    assert "not in these estimates yet" in format_plan(at_two)  # measured at 1 thread: not for 2
 
 
 @pytest.mark.slow

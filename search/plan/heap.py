@@ -1,0 +1,101 @@
+"""What a CPU trial's heap allocator keeps beyond the tensors the plan counts, measured on this machine.
+
+The plan counts every tensor a training step holds; the process's resident memory is more, by what the C heap keeps
+of memory already freed: glibc's ``malloc`` keeps freed blocks in its arenas (a step's transient tensors, and the
+fp32 weights a quantized base model replaced), where jemalloc hands most of them back. How much, depends on the
+allocator, its options, the threads and the tensor sizes, so it is measured: a short trial (LoRA, 3 steps, the
+search's model, batch and sequence length) at each quantization level of the search, in a fresh process with the
+trials' allocator and threads, gives the share of the traced step kept on top (unquantized) and what a quantized
+load keeps on top of that. Cached per machine (``PEFT_SEARCH_CACHE``) like the runtime baseline; GPU trials have
+none (their estimate is the CUDA caching allocator's own peak).
+
+Measured by ``search.worker.heap``; modelled and cached here, where the plan reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from peft_search.search.plan.baseline import RuntimeBaseline, read_cache
+
+HEAP_CACHE = "heap-model.json"
+"""The cache file (``search.plan.baseline.cache_file``) of measured heap models."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeapModel:
+    """What the heap keeps beyond the plan's tensors: ``step_share`` of the traced training step, plus, for a quantized
+    base model, ``after_load[level]`` bytes."""
+
+    allocator: str
+    threads: int
+    step_share: float
+    after_load: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def kept_bytes(self, step_bytes: int, quantization: str) -> int:
+        return int(self.step_share * step_bytes) + int(self.after_load.get(quantization, 0))
+
+    def describe(self) -> str:
+        loads = ", ".join(f"{level} +{b / 2**20:.0f} MiB" for level, b in self.after_load.items() if b)
+        return (
+            f"{self.allocator}, {self.threads} thread(s): {self.step_share:.2f}x a training step's tensors"
+            + (f"; after a quantized load {loads}" if loads else "")
+        )
+
+
+def allocator_name(env: dict[str, str] | None) -> str:
+    """The trials' heap allocator from the environment they start with (``search.worker.environment.allocator_label``
+    names the running process's the same way): ``system``, ``jemalloc`` or ``jemalloc (MALLOC_CONF)``."""
+    env = env or {}
+    if "jemalloc" not in env.get("LD_PRELOAD", ""):
+        return "system"
+    options = (env.get("MALLOC_CONF") or os.environ.get("MALLOC_CONF", "")).strip()
+    return f"jemalloc ({options})" if options else "jemalloc"
+
+
+def cache_key(cfg, model_path: str, allocator: str) -> str:
+    """What a heap model depends on: the libraries, the allocator, the model and the step's shape (``cfg``: the
+    search's config; ``model_path``: its model resolved)."""
+    t = cfg.training
+    return json.dumps(
+        [
+            RuntimeBaseline.environment_key(),
+            allocator,
+            model_path,
+            cfg.model.revision,
+            cfg.model.task,
+            t.batch_size // cfg.resources.num_workers,
+            t.max_seq_length,
+            t.precision,
+            t.gradient_checkpointing,
+        ]
+    )
+
+
+def cached_heap(cfg, model_path: str, allocator: str, threads: int | None) -> HeapModel | None:
+    """The cached model for this search's shape and allocator (``threads`` None: whichever threads it was measured
+    at, as ``plan`` takes it before ``cpus_per_worker: auto`` is decided)."""
+    found = read_cache(HEAP_CACHE).get(cache_key(cfg, model_path, allocator))
+    if not isinstance(found, dict):
+        return None
+    try:
+        model = HeapModel(**found)
+    except TypeError:
+        return None
+    return model if threads is None or model.threads == threads else None
+
+
+def fit(measured: dict[str, dict[str, int]], allocator: str, threads: int) -> HeapModel:
+    """The model from each level's measured excess (peak minus the plan's estimate without the heap's share) and
+    traced step: the unquantized level's excess is the step's share; a quantized level keeps what it measured beyond
+    that share of its own step."""
+    base = measured["none"]
+    share = round(max(0.0, base["excess"] / base["step"]), 3) if base["step"] > 0 else 0.0
+    after = {
+        level: max(0, int(m["excess"] - share * m["step"]))
+        for level, m in measured.items()
+        if level != "none"
+    }
+    return HeapModel(allocator, threads, share, after)

@@ -1,0 +1,125 @@
+"""Measuring what a CPU trial's heap allocator keeps (``search.plan.heap``): short real trials at each quantization
+level of the search, in a fresh process with the trials' allocator and threads.
+
+    python -m peft_search.search.worker.heap JOB OUT      # the measuring process (JOB: pickled settings and data)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from peft_search.search.inputs.candidates import TASK_TYPES
+from peft_search.search.plan.baseline import write_cache
+from peft_search.search.plan.heap import HEAP_CACHE, HeapModel, allocator_name, cache_key, cached_heap, fit
+from peft_search.search.settings.schema import Budget
+from peft_search.search.settings.trial import TrialConfig
+from peft_search.search.worker.costs import plan_trial
+from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
+from peft_search.search.worker.training import run_trial
+
+CALIBRATION_STEPS = 3
+"""Training steps of each measuring trial (a 30-step trial keeps the same, within 2 % of its peak: RESULTS.md)."""
+
+
+def heap_model(
+    settings, data, levels: list[str], env: dict[str, str] | None, echo: bool = True
+) -> HeapModel | None:
+    """The heap model of this search's CPU trials (cached, else measured in a fresh process with the trials'
+    allocator ``env`` and threads), said in one line; None for GPU trials, or where the measurement fails (said)."""
+    if settings.resources.gpus_per_worker > 0:
+        return None
+    allocator = allocator_name(env)
+    threads = max(1, int(settings.resources.cpus_per_worker))
+    levels = ["none", *sorted({q for q in levels if q != "none"})]
+    model = cached_heap(settings.config, settings.model_path, allocator, threads)
+    started = time.monotonic()
+    where = "cached"
+    if model is None or not set(levels) <= {"none", *model.after_load}:
+        try:
+            model = _measure_in_process(settings, data, levels, env, threads, allocator)
+        except RuntimeError as err:
+            if echo:
+                print(
+                    f"[peft-search] memory estimate: the heap allocator's share not measured ({err})",
+                    flush=True,
+                )
+            return None
+        write_cache(
+            HEAP_CACHE, cache_key(settings.config, settings.model_path, allocator), dataclasses.asdict(model)
+        )
+        where = f"measured in {time.monotonic() - started:.0f} s"
+    if echo:
+        print(f"[peft-search] memory estimate: the heap keeps {model.describe()} ({where})", flush=True)
+    return model
+
+
+def _measure_in_process(settings, data, levels, env, threads: int, allocator: str) -> HeapModel:
+    with tempfile.TemporaryDirectory(prefix="heap-") as tmp:
+        job, out = Path(tmp) / "job.pkl", Path(tmp) / "out.json"
+        job.write_bytes(pickle.dumps((settings, data, levels, threads)))
+        done = subprocess.run(
+            [sys.executable, "-m", "peft_search.search.worker.heap", str(job), str(out)],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if done.returncode != 0 or not out.exists():
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise RuntimeError(last[:300])
+        measured = json.loads(out.read_text())
+    return fit(measured, allocator, threads)
+
+
+def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[str, Any]]:
+    """In this process (the trials' allocator and threads): per level, a LoRA trial (r 8 on every linear layer) of
+    ``CALIBRATION_STEPS`` steps through the search's own trial code, scored on one evaluation batch; its measured
+    peak beside the plan's estimate without any heap share, and the plan's traced step."""
+    import torch
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+    config = settings.config.model_copy(update={"budget": Budget()})
+    short = dataclasses.replace(
+        settings, config=config, steps=CALIBRATION_STEPS, rungs=(), packing=1, heap=None, faults={}
+    )
+    rows = dataclasses.replace(data, eval=data.eval[: settings.training.eval_batch_size])
+    lora = {
+        "peft_type": "LORA",
+        "task_type": TASK_TYPES[settings.task],
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+    }
+    measured = {}
+    for level in levels:
+        trial = TrialConfig("lora", level, dict(lora), 1e-4)
+        metrics, adapter_dir = run_trial(trial, short, rows, device=torch.device("cpu"))
+        if adapter_dir is not None:
+            adapter_dir.cleanup()
+        return_freed_memory()
+        step = plan_trial(trial, short, rows.num_labels, 0, "cpu").activation_bytes
+        measured[level] = {
+            "excess": int(metrics["peak_memory_bytes"] - metrics["est_peak_memory_bytes"]),
+            "step": int(step),
+        }
+    return measured
+
+
+def main(argv: list[str]) -> None:
+    job, out = Path(argv[0]), Path(argv[1])
+    settings, data, levels, threads = pickle.loads(job.read_bytes())
+    out.write_text(json.dumps(measure(settings, data, levels, threads)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

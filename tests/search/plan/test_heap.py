@@ -1,0 +1,51 @@
+"""What CPU trials' heap allocator keeps beyond the planned tensors (``search.plan.heap``): the model fitted from
+short measured trials, and how it adds to an estimate."""
+
+from __future__ import annotations
+
+import pytest
+
+from peft_search.search.plan.heap import HeapModel, allocator_name, fit
+
+MIB = 2**20
+
+
+def test_the_unquantized_excess_gives_the_steps_share_and_a_quantized_load_what_it_keeps_beyond():
+    # This machine's figures for MiniLM (glibc, one thread): 3-step LoRA trials at each level.
+    measured = {
+        "none": {"excess": 219 * MIB, "step": 228 * MIB},
+        "nf4": {"excess": 284 * MIB, "step": 228 * MIB},
+        "int8": {"excess": 200 * MIB, "step": 232 * MIB},  # less than the share of its step: nothing more
+    }
+    model = fit(measured, "system", 1)
+    assert model.step_share == pytest.approx(219 / 228, abs=1e-3)
+    assert model.after_load == {
+        "nf4": pytest.approx(284 * MIB - model.step_share * 228 * MIB, rel=1e-3),
+        "int8": 0,
+    }
+    assert model.kept_bytes(100 * MIB, "none") == int(model.step_share * 100 * MIB)
+    assert model.kept_bytes(100 * MIB, "nf4") == int(model.step_share * 100 * MIB) + model.after_load["nf4"]
+    assert model.kept_bytes(100 * MIB, "fp4") == int(
+        model.step_share * 100 * MIB
+    )  # not measured: no load term
+
+
+def test_an_allocator_that_keeps_nothing_adds_nothing():
+    model = fit({"none": {"excess": -5 * MIB, "step": 100 * MIB}}, "jemalloc", 2)
+    assert model.step_share == 0.0 and model.kept_bytes(100 * MIB, "none") == 0
+    assert model.describe() == "jemalloc, 2 thread(s): 0.00x a training step's tensors"
+
+
+def test_the_allocator_is_named_from_the_trials_environment(monkeypatch):
+    monkeypatch.delenv("MALLOC_CONF", raising=False)
+    assert allocator_name(None) == allocator_name({}) == "system"
+    assert allocator_name({"LD_PRELOAD": "libjemalloc.so.2"}) == "jemalloc"
+    both = {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": "dirty_decay_ms:-1"}
+    assert allocator_name(both) == "jemalloc (dirty_decay_ms:-1)"
+
+
+def test_a_model_reads_back_from_its_cached_fields():
+    import dataclasses
+
+    model = HeapModel("system", 1, 1.015, {"int8": 0, "nf4": 58_744_832})
+    assert HeapModel(**dataclasses.asdict(model)) == model

@@ -1,0 +1,66 @@
+"""Measuring what CPU trials' heap allocator keeps (``search.worker.heap``): short real trials in a fresh process
+with the trials' allocator and threads, cached per machine, and carried into every trial's estimate."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from peft_search.search.worker import heap
+from tests.helpers import tiny_config
+
+
+@pytest.mark.slow
+def test_the_heap_is_measured_once_in_a_fresh_process_then_read_from_the_cache(
+    tiny_bert, classification_csv, tmp_path, monkeypatch, capsys
+):
+    from peft_search.search.loop.prepare import prepare
+    from peft_search.search.settings.trial import TrialConfig
+    from peft_search.search.worker.costs import plan_trial
+
+    monkeypatch.setenv("PEFT_SEARCH_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(
+        tiny_bert, classification_csv, results_dir=str(tmp_path), resources={"cpus_per_worker": 1}
+    )
+    prep = prepare(cfg)
+    model = heap.heap_model(prep.settings, prep.data, ["none", "int8", "none"], None)
+    assert model is not None and model.allocator == "system" and model.threads == 1
+    assert model.step_share >= 0 and set(model.after_load) == {"int8"}
+    again = heap.heap_model(prep.settings, prep.data, ["int8"], None)
+    assert again == model
+    measured, cached = capsys.readouterr().out.strip().splitlines()
+    assert measured.startswith("[peft-search] memory estimate: the heap keeps system, 1 thread(s): ")
+    assert "(measured in" in measured and cached.endswith("(cached)")
+    # A level not measured yet is measured (with the rest again); a GPU search has no heap share.
+    assert set(heap.heap_model(prep.settings, prep.data, ["nf4"], None).after_load) == {"nf4"}
+    gpu = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus_per_worker": 1})})
+    assert heap.heap_model(dataclasses.replace(prep.settings, config=gpu), prep.data, ["none"], None) is None
+    # Every trial's estimate adds it.
+    trial = TrialConfig(
+        "lora",
+        "int8",
+        {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 2, "target_modules": ["query"]},
+        1e-3,
+    )
+    without = plan_trial(trial, prep.settings, prep.data.num_labels)
+    with_heap = plan_trial(
+        trial, dataclasses.replace(prep.settings, heap=model), prep.data.num_labels, device="cpu"
+    )
+    assert with_heap.heap_bytes == model.kept_bytes(with_heap.activation_bytes, "int8")
+    assert with_heap.est_peak_memory_bytes == without.est_peak_memory_bytes + with_heap.heap_bytes
+
+
+@pytest.mark.slow
+def test_a_measurement_that_fails_leaves_the_estimate_without_it_saying_why(
+    tiny_bert, classification_csv, tmp_path, monkeypatch, capsys
+):
+    from peft_search.search.loop.prepare import prepare
+
+    monkeypatch.setenv("PEFT_SEARCH_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(tiny_bert, classification_csv, results_dir=str(tmp_path))
+    prep = prepare(cfg)
+    broken = dataclasses.replace(prep.settings, model_path=str(tmp_path / "no-model-here"))
+    assert heap.heap_model(broken, prep.data, ["none"], None) is None
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("[peft-search] memory estimate: the heap allocator's share not measured (")
