@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from peft_search.search.results.records import CURVE_KEY, PREDICTIONS_KEY
@@ -33,7 +32,7 @@ def tracking_callbacks(cfg: SearchConfig, search_dir: Path) -> list:
     if t.mlflow is not None:
         uri = t.mlflow.tracking_uri or f"sqlite:///{Path(search_dir).resolve() / MLFLOW_DB}"
         callbacks.append(
-            CurveMLflowLogger(
+            _curve_mlflow_logger()(
                 tracking_uri=uri,
                 experiment_name=t.mlflow.experiment_name or cfg.name,
                 tags=dict(t.mlflow.tags),
@@ -60,14 +59,19 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in _NOT_METRICS}
 
 
-class CurveMLflowLogger(MLflowLoggerCallback):
-    """Tune's MLflow logger, with each trial's learning curve logged by step."""
+def _curve_mlflow_logger() -> type:
+    """Tune's MLflow logger, with each trial's learning curve logged by step (defined where tracking asks for it:
+    importing Ray's MLflow integration imports MLflow, a second of every search's start otherwise)."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    def log_trial_result(self, iteration: int, trial, result: dict):
-        super().log_trial_result(iteration, trial, _scalars(result))
-        run_id = self._trial_runs[trial]
-        for step, metrics in _points(result):
-            self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics, step=step)
+    class CurveMLflowLogger(MLflowLoggerCallback):
+        def log_trial_result(self, iteration: int, trial, result: dict):
+            super().log_trial_result(iteration, trial, _scalars(result))
+            run_id = self._trial_runs[trial]
+            for step, metrics in _points(result):
+                self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics, step=step)
+
+    return CurveMLflowLogger
 
 
 class CurveTBXLogger(TBXLoggerCallback):
