@@ -3,6 +3,8 @@
     python -m benchmarks.peer                      # 9 LoRA configs (r 4/8/16 x 3 target sets), 30 steps each
     python -m benchmarks.peer --ranks 4 8 16 32    # 12 configs
     python -m benchmarks.peer --rslora --packing off 4 --repeats 1   # 18 LoRA-family configs; ours alone and packed
+    python -m benchmarks.peer --threads auto 2     # ours at the measured threads a trial, and at 2 (the peer's)
+    python -m benchmarks.peer --pruning            # the second comparison: benchmarks/peer_pruning.py
 
 Both run the same configs on the same model (the default config's MiniLM), the same training rows and held-out
 rows (the search's own split, tokenized once by ``peft_search``'s data preparation), the same batch size, steps,
@@ -121,7 +123,9 @@ def run_peer(config_path: Path, out: Path) -> None:
     quiet_libraries()
     started = time.perf_counter()
     cfg = load_config(config_path)
-    if cfg.resources.cpus_per_worker != "auto":  # else torch's own default, every core, as a user's script has
+    if (
+        cfg.resources.cpus_per_worker != "auto"
+    ):  # else torch's own default, every core, as a user's script has
         torch.set_num_threads(int(cfg.resources.cpus_per_worker))
     prep = prepare(cfg)
     settings, data = prep.settings, prep.data
@@ -233,7 +237,9 @@ PACKED_PEAK = "group_peak_memory_bytes"
 def arm_name(packing: str, threads: str = "auto") -> str:
     """A ``peft-search run`` arm's name in the results: ``peft-search`` (alone, ``cpus_per_worker`` as the config
     says), with ``packing=K`` packed and ``threads=T`` at T threads a trial."""
-    extra = ([f"packing={packing}"] if packing != "off" else []) + ([f"threads={threads}"] if threads != "auto" else [])
+    extra = ([f"packing={packing}"] if packing != "off" else []) + (
+        [f"threads={threads}"] if threads != "auto" else []
+    )
     return " ".join(["peft-search", *extra])
 
 
@@ -389,7 +395,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     parser.add_argument("--set", action="append", default=[], help="KEY.PATH=VALUE in the search's config")
     parser.add_argument("--out-dir", default=None)
+    parser.add_argument(
+        "--pruning",
+        action="store_true",
+        help="the second comparison (benchmarks.peer_pruning): 18 configs of the default space, the peer with "
+        "Optuna's MedianPruner against peft-search run with early stopping",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="--pruning: the draw of the configs")
     args = parser.parse_args(argv)
+    if args.pruning:
+        from benchmarks import peer_pruning
+
+        return peer_pruning.main(args)
     result = run(args)
     path = write_result("peer", result, args.out_dir)
     arms = result["arms"]
