@@ -34,8 +34,16 @@ class HeapModel:
     step_share: float
     after_load: dict[str, int] = dataclasses.field(default_factory=dict)
 
+    def step_bytes(self, step_bytes: int) -> int:
+        """What it keeps of a training step that holds ``step_bytes`` at its peak."""
+        return int(self.step_share * step_bytes)
+
+    def load_bytes(self, quantization: str) -> int:
+        """What it keeps after loading the base model at a quantization level."""
+        return int(self.after_load.get(quantization, 0))
+
     def kept_bytes(self, step_bytes: int, quantization: str) -> int:
-        return int(self.step_share * step_bytes) + int(self.after_load.get(quantization, 0))
+        return self.step_bytes(step_bytes) + self.load_bytes(quantization)
 
     def describe(self) -> str:
         loads = ", ".join(f"{level} +{b / 2**20:.0f} MiB" for level, b in self.after_load.items() if b)

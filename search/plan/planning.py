@@ -59,8 +59,15 @@ class Plan:
     """The training step's own peak: traced on the meta device, or from a formula where tracing fails."""
     runtime_bytes: int
     traced: bool = True
-    heap_bytes: int = 0
-    """What the CPU trials' heap allocator keeps beyond these tensors (``search.plan.heap``; 0 on GPU)."""
+    heap_step_bytes: int = 0
+    """What the CPU trials' heap allocator keeps of the training step's freed tensors (``search.plan.heap``; 0 on
+    GPU)."""
+    heap_load_bytes: int = 0
+    """What it keeps after a quantized load (the fp32 weights the quantized ones replaced)."""
+
+    @property
+    def heap_bytes(self) -> int:
+        return self.heap_step_bytes + self.heap_load_bytes
 
     @property
     def est_peak_memory_bytes(self) -> int:
@@ -240,7 +247,8 @@ def plan_candidate(
         activation_bytes=step,
         runtime_bytes=runtime_bytes,
         traced=traced,
-        heap_bytes=heap.kept_bytes(step, quantization) if heap is not None and device == "cpu" else 0,
+        heap_step_bytes=heap.step_bytes(step) if heap is not None and device == "cpu" else 0,
+        heap_load_bytes=heap.load_bytes(quantization) if heap is not None and device == "cpu" else 0,
     )
 
 
@@ -355,7 +363,8 @@ def plan_search(
                     "adapter_grads_optimizer": p.adapter_state_bytes,
                     "training_step": p.activation_bytes,
                     "runtime": p.runtime_bytes,
-                    "heap": p.heap_bytes,
+                    "heap_step": p.heap_step_bytes,
+                    "heap_load": p.heap_load_bytes,
                 },
                 "memory_kind": "gpu_allocated" if gpu else "cpu_rss",
                 "cpu_allocator": None if gpu else allocator,

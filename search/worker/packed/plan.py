@@ -56,13 +56,15 @@ def group_peak_bytes(plans: Sequence[Plan]) -> int:
     """The estimated peak of a packed group (``search.worker.packed.group``) from its members' own plans: the base
     model's weights and the process's runtime once; each member's adapter state; and the packed step, whose batch is
     the members' micro-batches one after another, each through its own adapter only, so its activations and
-    gradients are the sum of the members' traced steps (rows add linearly)."""
+    gradients are the sum of the members' traced steps (rows add linearly). What the heap allocator keeps
+    (``search.plan.heap``) follows: its share of each member's step, and what the one load keeps."""
     if not plans:
         raise ValueError("a group has at least one member")
     return (
         max(p.weight_bytes for p in plans)
         + max(p.runtime_bytes for p in plans)
-        + sum(p.adapter_state_bytes + p.activation_bytes for p in plans)
+        + max(p.heap_load_bytes for p in plans)
+        + sum(p.adapter_state_bytes + p.activation_bytes + p.heap_step_bytes for p in plans)
     )
 
 
@@ -109,6 +111,8 @@ def _plan_of(row: dict[str, Any]) -> Plan:
         adapter_state_bytes=b["adapter_grads_optimizer"],
         activation_bytes=b["training_step"],
         runtime_bytes=b["runtime"],
+        heap_step_bytes=b.get("heap_step", 0),
+        heap_load_bytes=b.get("heap_load", 0),
     )
 
 

@@ -399,7 +399,7 @@ def test_plan_adds_the_measured_heap_share_or_says_it_is_not_measured_yet(
     cfg = tiny_config(tiny_bert, classification_csv, resources={"cpus_per_worker": 1})
     before = plan_search(cfg, samples=2)
     assert "not in these estimates yet" in format_plan(before)
-    assert {r["est_breakdown"]["heap"] for r in before} == {0}
+    assert {(r["est_breakdown"]["heap_step"], r["est_breakdown"]["heap_load"]) for r in before} == {(0, 0)}
     model = HeapModel("system", 1, 0.5, {"nf4": 1_000_000})
     write_cache(HEAP_CACHE, cache_key(cfg, cfg.model.resolved_path(), "system"), dataclasses.asdict(model))
     after = plan_search(cfg, samples=2)
@@ -408,10 +408,9 @@ def test_plan_adds_the_measured_heap_share_or_says_it_is_not_measured_yet(
     )
     for old, new in zip(before, after, strict=True):
         step = new["est_breakdown"]["training_step"]
-        assert new["est_breakdown"]["heap"] == int(0.5 * step) + (
-            1_000_000 if new["quantization"] == "nf4" else 0
-        )
-        assert new["est_peak_memory_bytes"] - new["est_breakdown"]["heap"] == (
+        heap = new["est_breakdown"]["heap_step"] + new["est_breakdown"]["heap_load"]
+        assert heap == int(0.5 * step) + (1_000_000 if new["quantization"] == "nf4" else 0)
+        assert new["est_peak_memory_bytes"] - heap == (
             old["est_peak_memory_bytes"] - old["est_breakdown"]["runtime"] + new["est_breakdown"]["runtime"]
         )
     at_two = plan_search(
