@@ -63,9 +63,9 @@ def allocator_name(env: dict[str, str] | None) -> str:
     return f"jemalloc ({options})" if options else "jemalloc"
 
 
-def cache_key(cfg, model_path: str, allocator: str) -> str:
-    """What a heap model depends on: the libraries, the allocator, the model and the step's shape (``cfg``: the
-    search's config; ``model_path``: its model resolved)."""
+def cache_key(cfg, model_path: str, allocator: str, threads: int) -> str:
+    """What a heap model depends on: the libraries, the allocator and its threads, the model and the step's shape
+    (``cfg``: the search's config; ``model_path``: its model resolved)."""
     t = cfg.training
     return json.dumps(
         [
@@ -78,21 +78,28 @@ def cache_key(cfg, model_path: str, allocator: str) -> str:
             t.max_seq_length,
             t.precision,
             t.gradient_checkpointing,
+            threads,
         ]
     )
 
 
 def cached_heap(cfg, model_path: str, allocator: str, threads: int | None) -> HeapModel | None:
-    """The cached model for this search's shape and allocator (``threads`` None: whichever threads it was measured
-    at, as ``plan`` takes it before ``cpus_per_worker: auto`` is decided)."""
-    found = read_cache(HEAP_CACHE).get(cache_key(cfg, model_path, allocator))
+    """The cached model for this search's shape, allocator and threads (``threads`` None: the one measured at the
+    most threads, as ``plan`` takes it before ``cpus_per_worker: auto`` is decided)."""
+    cache = read_cache(HEAP_CACHE)
+    if threads is None:
+        shape = json.loads(cache_key(cfg, model_path, allocator, 0))[:-1]
+        measured = [json.loads(k) for k in cache if json.loads(k)[:-1] == shape]
+        if not measured:
+            return None
+        threads = max(k[-1] for k in measured)
+    found = cache.get(cache_key(cfg, model_path, allocator, threads))
     if not isinstance(found, dict):
         return None
     try:
-        model = HeapModel(**found)
+        return HeapModel(**found)
     except TypeError:
         return None
-    return model if threads is None or model.threads == threads else None
 
 
 def fit(measured: dict[str, dict[str, int]], allocator: str, threads: int) -> HeapModel:

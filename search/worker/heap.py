@@ -54,7 +54,9 @@ def heap_model(
                 )
             return None
         write_cache(
-            HEAP_CACHE, cache_key(settings.config, settings.model_path, allocator), dataclasses.asdict(model)
+            HEAP_CACHE,
+            cache_key(settings.config, settings.model_path, allocator, threads),
+            dataclasses.asdict(model),
         )
         where = f"measured in {time.monotonic() - started:.0f} s"
     if echo:

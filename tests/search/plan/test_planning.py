@@ -401,7 +401,7 @@ def test_plan_adds_the_measured_heap_share_or_says_it_is_not_measured_yet(
     assert "not in these estimates yet" in format_plan(before)
     assert {(r["est_breakdown"]["heap_step"], r["est_breakdown"]["heap_load"]) for r in before} == {(0, 0)}
     model = HeapModel("system", 1, 0.5, {"nf4": 1_000_000})
-    write_cache(HEAP_CACHE, cache_key(cfg, cfg.model.resolved_path(), "system"), dataclasses.asdict(model))
+    write_cache(HEAP_CACHE, cache_key(cfg, cfg.model.resolved_path(), "system", 1), dataclasses.asdict(model))
     after = plan_search(cfg, samples=2)
     assert "includes what the heap allocator keeps, measured here: system, 1 thread(s): 0.50x" in format_plan(
         after
