@@ -28,6 +28,8 @@ from peft_search.search.worker.training import run_trial
 
 CALIBRATION_STEPS = 3
 """Training steps of each measuring trial (a 30-step trial keeps the same, within 2 % of its peak: RESULTS.md)."""
+MEASURE_TIMEOUT_S = 900
+"""The most the measuring process may take (the search goes on without the heap's share after it)."""
 
 
 def heap_model(
@@ -45,7 +47,7 @@ def heap_model(
     where = "cached"
     if model is None or not set(levels) <= {"none", *model.after_load}:
         try:
-            model = _measure_in_process(settings, data, levels, env, threads, allocator)
+            model = _measure_in_subprocess(settings, data, levels, env, threads, allocator)
         except RuntimeError as err:
             if echo:
                 print(
@@ -64,17 +66,20 @@ def heap_model(
     return model
 
 
-def _measure_in_process(settings, data, levels, env, threads: int, allocator: str) -> HeapModel:
+def _measure_in_subprocess(settings, data, levels, env, threads: int, allocator: str) -> HeapModel:
     with tempfile.TemporaryDirectory(prefix="heap-") as tmp:
         job, out = Path(tmp) / "job.pkl", Path(tmp) / "out.json"
         job.write_bytes(pickle.dumps((settings, data, levels, threads)))
-        done = subprocess.run(
-            [sys.executable, "-m", "peft_search.search.worker.heap", str(job), str(out)],
-            env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "peft_search.search.worker.heap", str(job), str(out)],
+                env={**os.environ, **(env or {})},
+                capture_output=True,
+                text=True,
+                timeout=MEASURE_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"took over {MEASURE_TIMEOUT_S} s") from None
         if done.returncode != 0 or not out.exists():
             last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             raise RuntimeError(last[:300])

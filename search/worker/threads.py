@@ -114,7 +114,7 @@ def threads_line(
     trials = max(1, node_cpus // threads)
     chose = f"{trials} trial(s) at a time, {threads} thread(s) each"
     if not rows_per_s:
-        return f"cpus_per_worker (auto): {chose} (one core)"
+        return f"cpus_per_worker (auto): {chose} (no other shape to measure on {node_cpus} core(s))"
     where = (
         "cached" if isinstance(cached, dict) and cached else f"measured in {time.monotonic() - started:.0f} s"
     )
