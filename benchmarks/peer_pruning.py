@@ -23,7 +23,6 @@ the two recommendations' per-row correctness on the 300 held-out rows.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import yaml
 
 from benchmarks.common import machine, table, write_result
+from benchmarks.peer import timed
 
 
 def draw_configs(cfg, seed: int = 0, count: int = 18) -> list[dict[str, Any]]:
@@ -206,14 +206,6 @@ def run_peer(config_path: Path, out: Path) -> None:
     )
 
 
-def _timed(command: list[str]) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - t0
-
-
 def run(args) -> dict[str, Any]:
     from peft_search.reports.best import best_command
     from peft_search.search.results.layout import ResultsDir
@@ -248,7 +240,7 @@ def run(args) -> dict[str, Any]:
                     "--results-dir",
                     str(results),
                 ]
-            walls[arm] = _timed(command)
+            walls[arm] = timed(command)
         peer = json.loads(peer_out.read_text())
         search_dir = results / "peer-pruning"
         trials = ResultsDir(search_dir).read_trials()

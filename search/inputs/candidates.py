@@ -21,6 +21,19 @@ TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 """PEFT's ``task_type`` for each ``model.task``."""
 
 
+def measuring_lora(task: str) -> dict[str, object]:
+    """The adapter the measurements before a search train (packing's gain, threads a trial, the heap's share):
+    LoRA r 8 on every linear layer. What an adapter adds to a step is small beside its base model's forward and
+    backward, so one representative stands for the search's trials."""
+    return {
+        "peft_type": "LORA",
+        "task_type": TASK_TYPES[task],
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+    }
+
+
 def check_candidates(
     candidates: Sequence[CandidateSpec], module_names: Sequence[str], num_layers: int, task: str
 ) -> None:

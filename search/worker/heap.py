@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peft_search.search.inputs.candidates import TASK_TYPES
+from peft_search.search.inputs.candidates import measuring_lora
 from peft_search.search.plan.baseline import write_cache
 from peft_search.search.plan.heap import HEAP_CACHE, HeapModel, allocator_name, cache_key, cached_heap, fit
 from peft_search.search.settings.schema import Budget
@@ -100,13 +100,7 @@ def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[s
         settings, config=config, steps=CALIBRATION_STEPS, rungs=(), packing=1, heap=None, faults={}
     )
     rows = dataclasses.replace(data, eval=data.eval[: settings.training.eval_batch_size])
-    lora = {
-        "peft_type": "LORA",
-        "task_type": TASK_TYPES[settings.task],
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": "all-linear",
-    }
+    lora = measuring_lora(settings.task)
     measured = {}
     for level in levels:
         trial = TrialConfig("lora", level, dict(lora), 1e-4)

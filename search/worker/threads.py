@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from peft_search.search.inputs.candidates import TASK_TYPES
+from peft_search.search.inputs.candidates import measuring_lora
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.inputs.modeling import inject_adapter
 from peft_search.search.plan.baseline import RuntimeBaseline, read_cache, write_cache
@@ -199,13 +199,7 @@ def _time_steps(settings: TrialSettings, data: TokenizedSplits, threads: int, ga
     torch.set_num_threads(threads)
     import_training_libraries("none")
     torch.manual_seed(settings.seed)
-    lora = {
-        "peft_type": "LORA",
-        "task_type": TASK_TYPES[settings.task],
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": "all-linear",
-    }
+    lora = measuring_lora(settings.task)
     model = inject_adapter(load_base(settings, data, "none", torch.device("cpu")), lora)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

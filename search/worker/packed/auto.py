@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from peft_search.search.inputs.candidates import TASK_TYPES
+from peft_search.search.inputs.candidates import measuring_lora
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.plan.baseline import RuntimeBaseline, read_cache, write_cache
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
@@ -180,13 +180,7 @@ def measure_packing(
     more) and the larger group fits the device's memory. What an adapter adds to a step is small beside its base
     model's forward and backward, so one representative stands for the search's LoRA trials."""
     import_training_libraries(quantization)
-    lora = {
-        "peft_type": "LORA",
-        "task_type": TASK_TYPES[settings.task],
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": "all-linear",
-    }
+    lora = measuring_lora(settings.task)
     trial = TrialConfig("lora", quantization, lora, 1e-4)
 
     def member(i: int) -> Member:

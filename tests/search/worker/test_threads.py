@@ -40,10 +40,9 @@ def test_the_chosen_threads_replace_auto_in_the_settings(tiny_bert, classificati
     assert settings.resources.cpus_per_worker == 3.0 and cfg.resources.cpus_per_worker == "auto"
 
 
-@pytest.mark.slow
-def test_auto_measures_each_shape_on_ray_then_reads_the_cache(
-    ray_local, tiny_bert, classification_csv, tmp_path, monkeypatch, capsys
-):
+@pytest.fixture
+def prep(tiny_bert, classification_csv, tmp_path, monkeypatch):
+    """The tiny search with ``cpus_per_worker: auto``, prepared, its measurements cached in this test's own folder."""
     from peft_search.search.loop.prepare import prepare
 
     monkeypatch.setenv("PEFT_SEARCH_CACHE", str(tmp_path / "cache"))
@@ -51,6 +50,11 @@ def test_auto_measures_each_shape_on_ray_then_reads_the_cache(
         tiny_bert, classification_csv, results_dir=str(tmp_path), resources={"cpus_per_worker": "auto"}
     )
     prep = prepare(cfg)
+    return prep
+
+
+@pytest.mark.slow
+def test_auto_measures_each_shape_on_ray_then_reads_the_cache(ray_local, prep, capsys):
     first = threads.decide_threads(prep.settings, prep.data, 2, "this-node")
     again = threads.decide_threads(prep.settings, prep.data, 2, "this-node")
     assert first.resources.cpus_per_worker == again.resources.cpus_per_worker in (1.0, 2.0)
@@ -61,18 +65,9 @@ def test_auto_measures_each_shape_on_ray_then_reads_the_cache(
 
 
 @pytest.mark.slow
-def test_a_measurement_that_fails_trains_on_every_core_saying_why(
-    ray_local, tiny_bert, classification_csv, tmp_path, monkeypatch, capsys
-):
+def test_a_measurement_that_fails_trains_on_every_core_saying_why(ray_local, prep, tmp_path, capsys):
     import dataclasses
 
-    from peft_search.search.loop.prepare import prepare
-
-    monkeypatch.setenv("PEFT_SEARCH_CACHE", str(tmp_path / "cache"))
-    cfg = tiny_config(
-        tiny_bert, classification_csv, results_dir=str(tmp_path), resources={"cpus_per_worker": "auto"}
-    )
-    prep = prepare(cfg)
     broken = dataclasses.replace(prep.settings, model_path=str(tmp_path / "no-model-here"))
     decided = threads.decide_threads(broken, prep.data, 2, "this-node")
     assert decided.resources.cpus_per_worker == 2.0
