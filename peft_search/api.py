@@ -141,7 +141,7 @@ class Results:
         chosen adapter there as ``peft-search best --export`` does (``evaluate`` re-scores it). ``choice.trial`` is None when nothing fits."""
         from peft_search.reports.best import best_command
         from peft_search.reports.choice import Limit, named_limits, parse_limit, parse_tolerance
-        from peft_search.search.settings.sizes import parse_bytes
+        from peft_search.search.numbers import parse_bytes
 
         memory = None if max_memory is None else float(parse_bytes(max_memory))
         chosen = named_limits(max_params, memory, min_accuracy)

@@ -7,16 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from peft_search.search.verbosity import cache_root
+
 RUNTIME_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "ray")
 
 
 def cache_file(name: str) -> Path:
     """A file of figures measured once per machine: in ``PEFT_SEARCH_CACHE``, else ``$XDG_CACHE_HOME/peft-search`` or
     ``~/.cache/peft-search``."""
-    root = os.environ.get("PEFT_SEARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-search"
-    )
-    return Path(root) / name
+    return cache_root() / name
 
 
 def read_cache(name: str) -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.settings.schema import SearchConfig
+from peft_search.search.settings.strict import TYPED
 
 
 def _loc_part(part: str | int) -> str:
@@ -21,17 +24,52 @@ def _loc_part(part: str | int) -> str:
     return f".{part}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part) else f"[{part!r}]"
 
 
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys the schema has where ``loc`` points (the config's top level for ``()``)."""
+    model: Any = SearchConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        inner = [a for a in typing.get_args(field.annotation) or (field.annotation,) if isinstance(a, type)]
+        models = [a for a in inner if issubclass(a, BaseModel)]
+        if not models:
+            return []
+        model = models[0]
+    return list(model.model_fields)
+
+
+def _first(errors: list[dict]) -> dict:
+    """The error to say: a misspelt key before the "required" its right spelling then gets (``modle:``)."""
+    for error in errors:
+        if error["type"] == "extra_forbidden" and difflib.get_close_matches(
+            str(error["loc"][-1]), _fields_at(error["loc"][:-1]), n=1
+        ):
+            return error
+    return errors[0]
+
+
 def _format(err: ValidationError) -> str:
-    first = err.errors()[0]
+    first = _first(err.errors())
     loc = "".join(_loc_part(p) for p in first["loc"]).lstrip(".")
     loc = f"config{loc}" if loc.startswith("[") else loc  # an odd top-level key
     msg = first["msg"].removeprefix("Value error, ")
     if not loc:  # whole-config checks name their own field
         return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"
     if first["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling"
+        near = difflib.get_close_matches(str(first["loc"][-1]), _fields_at(first["loc"][:-1]), n=1)
+        msg = (
+            f"unknown key; did you mean {near[0]}?"
+            if near
+            else "unknown key; remove it or check its spelling"
+        )
     elif first["type"] == "missing":
         msg = "required; add it"
+    elif first["type"] == "string_pattern_mismatch" and loc == "name":
+        msg = (
+            f"{first.get('input')!r} is not a name: letters, digits, '_', '.' and '-', starting with a letter or "
+            "digit (no spaces or '/'), e.g. bbcnews-lora"
+        )
     elif first["type"] == "invalid_key":
         msg = f"keys must be names, got {first.get('input')!r}"
     elif first["type"] == "literal_error":
@@ -39,11 +77,12 @@ def _format(err: ValidationError) -> str:
     return f"{loc}: {msg}"
 
 
-def parse_config(data: Any) -> SearchConfig:
+def parse_config(data: Any, *, typed: bool = False) -> SearchConfig:
+    """Validate a raw config; ``typed``: a user wrote it (YAML, ``--set``), so sizes must say their unit."""
     if not isinstance(data, dict):
         raise ConfigError("config: the YAML file must hold a mapping of keys (name, model, dataset, ...)")
     try:
-        return SearchConfig.model_validate(data)
+        return SearchConfig.model_validate(data, context={TYPED: typed})
     except ValidationError as err:
         raise ConfigError(_format(err)) from None
 
@@ -60,7 +99,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
         raise ConfigError(f"config: {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_problem(path, err)) from None
-    return parse_config(with_overrides(data, overrides) if isinstance(data, dict) else data)
+    return parse_config(with_overrides(data, overrides) if isinstance(data, dict) else data, typed=True)
 
 
 def with_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

@@ -10,15 +10,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_serializer, field_validator, model_validator
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.numbers import format_bytes, parse_bytes, parse_count
 from peft_search.search.results import storage
 from peft_search.search.results.metrics import get_metric, objective_metrics
 from peft_search.search.results.storage import SCHEMES
 from peft_search.search.settings.arguments import Arguments, parse_arguments
-from peft_search.search.settings.sizes import parse_bytes
 from peft_search.search.settings.space_config import SpaceConfig
+from peft_search.search.settings.strict import TYPED
 from peft_search.search.settings.strict import Strict as _Strict
 from peft_search.search.settings.tracking import Tracking
 
@@ -361,14 +362,27 @@ class Budget(_Strict):
     """Candidates over budget are recorded as infeasible without being trained (checked from the model's config)."""
 
     max_trainable_params: int | None = Field(None, ge=1)
-    """At most this many trainable parameters (PEFT's count, planned from the model's config)."""
+    """At most this many trainable parameters (PEFT's count, planned from the model's config), e.g. ``1000000``,
+    ``1M`` or ``250k``."""
     max_memory: int | None = Field(None, ge=1)
-    """Estimated peak training memory per worker, e.g. ``8GB`` (see ``peft-search plan``)."""
+    """Estimated peak training memory per worker, e.g. ``8GB`` or ``8GiB`` (see ``peft-search plan``); a size
+    says its unit."""
+
+    @field_validator("max_trainable_params", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> int | None:
+        return None if value is None else parse_count(value, minimum=1)
 
     @field_validator("max_memory", mode="before")
     @classmethod
-    def _bytes(cls, value: Any) -> int | None:
-        return None if value is None else parse_bytes(value)
+    def _bytes(cls, value: Any, info: ValidationInfo) -> int | None:
+        # Typed in YAML or --set, a bare 8 is refused (8 bytes is never meant); Python callers pass bytes.
+        typed = bool(info.context and info.context.get(TYPED))
+        return None if value is None else parse_bytes(value, unit_required=typed)
+
+    @field_serializer("max_memory", when_used="json")
+    def _size(self, value: int | None) -> str | None:
+        return None if value is None else format_bytes(value)  # config.yaml and exports read back as typed
 
 
 class SearchConfig(_Strict):

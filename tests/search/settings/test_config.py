@@ -42,7 +42,7 @@ def _base(**changes):
         (_base(training={"learning_rate": [0.01, 0.001]}), "training.learning_rate", "low <= high"),
         (_base(training={"max_steps": 10, "epochs": 2}), "training", "either max_steps or epochs"),
         (_base(model={"task": "causal-lm"}), "model.name_or_path", "required"),
-        (_base(name="has space"), "name", "pattern"),
+        (_base(name="has space"), "name", "is not a name: letters, digits"),
         (_base(objectives=[{"metric": "accuracy", "mode": "max"}] * 2), "objectives", "at most once"),
         (_base(space={"methods": [], "candidates": []}), "space", "at least one method"),
         (
