@@ -143,7 +143,7 @@ class Results:
         from peft_search.reports.choice import Limit, named_limits, parse_limit, parse_tolerance
         from peft_search.search.numbers import parse_bytes
 
-        memory = None if max_memory is None else float(parse_bytes(max_memory))
+        memory = None if max_memory is None else float(parse_bytes(max_memory, unit_required=False))
         chosen = named_limits(max_params, memory, min_accuracy)
         for limit in limits:
             chosen.append(limit if isinstance(limit, Limit) else parse_limit(limit, parse_bytes=parse_bytes))
