@@ -5,9 +5,11 @@ The data is computed once (``reports.data``); this module lays it out: charts, p
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -319,8 +321,14 @@ def build_report(search_dir: str | Path) -> str:
 
 def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the page atomically (a reader mid-search never sees half of it); by default into the search's
-    directory as ``report.html``."""
+    directory as ``report.html``; ``out`` a directory (as with ``cp``): ``report.html`` in it."""
     path = Path(out) if out else Path(search_dir) / REPORT_FILE
+    if path.is_dir():
+        path = path / REPORT_FILE
+    elif str(out or "").endswith(("/", os.sep)):
+        raise FileNotFoundError(errno.ENOENT, "no such directory; create it first", str(out))
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory; create it first", str(path.parent))
     page = build_report(search_dir)
     with replacing(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -4,8 +4,13 @@ from peft_search.spaces.common import base, suggest_dropout, suggest_layers, sug
 from peft_search.spaces.registry import register
 
 
-# No bitsandbytes variant of the BOFT layer in PEFT: unquantized bases only.
-@register("boft", peft_type="BOFT", quantization=("none",), description="Butterfly orthogonal rotations")
+@register(
+    "boft",
+    peft_type="BOFT",
+    quantization=("none",),
+    quantization_why="PEFT has no bitsandbytes variant of the BOFT layer",
+    description="Butterfly orthogonal rotations",
+)
 def sample_boft(trial, ctx):
     _, targets = suggest_targets(trial, ctx, "boft")
     return {

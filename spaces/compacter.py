@@ -10,7 +10,8 @@ PHM_DIMS = (4, 8)
 @register(
     "compacter",
     peft_type="COMPACTER",
-    quantization=("none", "int8"),  # 4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU
+    quantization=("none", "int8"),
+    quantization_why="4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU",
     description="Bottleneck adapters with shared Kronecker-product weights",
     library="adapters",
     family="adapters",

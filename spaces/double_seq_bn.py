@@ -8,7 +8,8 @@ from peft_search.spaces.registry import register
 @register(
     "double_seq_bn",
     peft_type="DOUBLE_SEQ_BN",
-    quantization=("none", "int8"),  # 4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU
+    quantization=("none", "int8"),
+    quantization_why="4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU",
     description="Houlsby bottleneck adapters after attention and feed-forward",
     library="adapters",
     family="adapters",

@@ -4,9 +4,12 @@ from peft_search.spaces.common import base, suggest_layers, suggest_targets
 from peft_search.spaces.registry import register
 
 
-# No bitsandbytes variant of the FourierFT layer in PEFT: unquantized bases only.
 @register(
-    "fourierft", peft_type="FOURIERFT", quantization=("none",), description="Sparse spectral weight updates"
+    "fourierft",
+    peft_type="FOURIERFT",
+    quantization=("none",),
+    quantization_why="PEFT has no bitsandbytes variant of the FourierFT layer",
+    description="Sparse spectral weight updates",
 )
 def sample_fourierft(trial, ctx):
     _, targets = suggest_targets(trial, ctx, "fourierft")

@@ -11,9 +11,12 @@ from peft_search.spaces.common import (
 from peft_search.spaces.registry import register
 
 
-# LyCORIS layers read the base weight's shape, which 4-bit packing changes: 4-bit bases are excluded.
 @register(
-    "loha", peft_type="LOHA", quantization=("none", "int8"), description="Hadamard product of low-rank pairs"
+    "loha",
+    peft_type="LOHA",
+    quantization=("none", "int8"),
+    quantization_why="LyCORIS layers read the base weight's shape, which 4-bit packing changes",
+    description="Hadamard product of low-rank pairs",
 )
 def sample_loha(trial, ctx):
     r = suggest_rank(trial, ctx, "loha")

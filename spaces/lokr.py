@@ -11,11 +11,11 @@ from peft_search.spaces.common import (
 from peft_search.spaces.registry import register
 
 
-# LyCORIS layers read the base weight's shape, which 4-bit packing changes: 4-bit bases are excluded.
 @register(
     "lokr",
     peft_type="LOKR",
     quantization=("none", "int8"),
+    quantization_why="LyCORIS layers read the base weight's shape, which 4-bit packing changes",
     description="Kronecker product of low-rank factors",
 )
 def sample_lokr(trial, ctx):

@@ -4,8 +4,13 @@ from peft_search.spaces.common import base, suggest_layers, suggest_targets
 from peft_search.spaces.registry import register
 
 
-# No bitsandbytes variant of the OFT layer in PEFT: unquantized bases only.
-@register("oft", peft_type="OFT", quantization=("none",), description="Block-diagonal orthogonal rotations")
+@register(
+    "oft",
+    peft_type="OFT",
+    quantization=("none",),
+    quantization_why="PEFT has no bitsandbytes variant of the OFT layer",
+    description="Block-diagonal orthogonal rotations",
+)
 def sample_oft(trial, ctx):
     _, targets = suggest_targets(trial, ctx, "oft")
     return {

@@ -8,7 +8,8 @@ from peft_search.spaces.registry import register
 @register(
     "par_bn",
     peft_type="PAR_BN",
-    quantization=("none", "int8"),  # 4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU
+    quantization=("none", "int8"),
+    quantization_why="4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU",
     description="Parallel bottleneck adapter beside each feed-forward",
     library="adapters",
     family="adapters",

@@ -58,6 +58,8 @@ class MethodSpace:
     quantization: frozenset[str]
     """Quantization levels this method can train on; other combinations are excluded from the space."""
     description: str = ""
+    quantization_why: str = ""
+    """Why the other quantization levels are excluded, said when a candidate asks for one."""
     library: str = "peft"
     """The library that builds the adapter: ``peft``, or ``adapters`` (AdapterHub, an optional extra)."""
     family: str = ""
@@ -75,6 +77,7 @@ def register(
     peft_type: str,
     quantization: Sequence[str] = QUANTIZATION_LEVELS,
     description: str = "",
+    quantization_why: str = "",
     library: str = "peft",
     family: str = "",
 ) -> Callable[[Sampler], Sampler]:
@@ -88,7 +91,14 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"PEFT method family {name!r} is already registered")
         _REGISTRY[name] = MethodSpace(
-            name, peft_type, fn, frozenset(quantization), description, library, family or name
+            name,
+            peft_type,
+            fn,
+            frozenset(quantization),
+            description,
+            quantization_why,
+            library,
+            family or name,
         )
         return fn
 

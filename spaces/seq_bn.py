@@ -8,7 +8,8 @@ from peft_search.spaces.registry import register
 @register(
     "seq_bn",
     peft_type="SEQ_BN",
-    quantization=("none", "int8"),  # 4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU
+    quantization=("none", "int8"),
+    quantization_why="4-bit bases fail in AdapterHub's wrapped bitsandbytes layers on CPU",
     description="Pfeiffer bottleneck adapter after each block's feed-forward",
     library="adapters",
     family="adapters",

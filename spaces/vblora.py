@@ -4,9 +4,12 @@ from peft_search.spaces.common import base, suggest_dropout, suggest_layers, sug
 from peft_search.spaces.registry import register
 
 
-# No bitsandbytes variant of the VB-LoRA layer in PEFT: unquantized bases only.
 @register(
-    "vblora", peft_type="VBLORA", quantization=("none",), description="Rank factors drawn from a vector bank"
+    "vblora",
+    peft_type="VBLORA",
+    quantization=("none",),
+    quantization_why="PEFT has no bitsandbytes variant of the VB-LoRA layer",
+    description="Rank factors drawn from a vector bank",
 )
 def sample_vblora(trial, ctx):
     _, targets = suggest_targets(trial, ctx, "vblora")

@@ -10,12 +10,15 @@ import argparse
 import errno
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from peft_search.cluster.runtime import ClusterError
 from peft_search.search.errors import ConfigError
+from peft_search.search.numbers import parse_count, parse_fraction
 from peft_search.search.redact import redact_text
-from peft_search.search.verbosity import VERBOSE_ENV
+from peft_search.search.verbosity import VERBOSE_ENV, log_line, start_log, verbose
 from peft_search.search.versions import package_version
 from peft_search.search.worker.environment import quiet_bitsandbytes
 
@@ -100,6 +103,26 @@ def _version() -> str:
     return package_version("peft-search") or "unknown (not installed)"  # a source tree never installed
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type for a count: ``100000``, ``100k``, ``1.5M``, at least ``minimum``."""
+
+    def count(text: str) -> int:
+        try:
+            return parse_count(text, minimum=minimum)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    count.__name__ = "count"
+    return count
+
+
+def _fraction(text: str) -> float:
+    try:
+        return parse_fraction(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_set(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--set",
@@ -122,33 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
         "config", nargs="?", help="YAML search config (default: the bundled BBC News / MiniLM search)"
     )
     run.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
-    run.add_argument("--num-trials", type=int, help="override search.num_trials")
+    run.add_argument("--num-trials", type=_count(1), help="override search.num_trials")
     run.add_argument("--results-dir", help="override results_dir")
     run.add_argument("--name", help="override the search name")
-    run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    run.add_argument("--num-cpus", type=_count(1), help="CPUs for a local Ray instance (default: all)")
     run.add_argument(
         "--resume",
         action="store_true",
         help="finish this search after its driver died: finished trials are kept, running ones restart",
     )
     _add_set(run)
-    run.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show everything: library warnings, Ray's and Tune's own output",
-    )
     run.set_defaults(func=_run)
     resume = sub.add_parser("resume", help="finish the search in RESULTS_DIR/NAME after its driver died")
     resume.add_argument("results_dir_to_resume", metavar="results_dir", help="the search's results directory")
     resume.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://HEAD:10001)")
-    resume.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
-    resume.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show everything: library warnings, Ray's and Tune's own output",
-    )
+    resume.add_argument("--num-cpus", type=_count(1), help="CPUs for a local Ray instance (default: all)")
     resume.set_defaults(func=_run, num_trials=None, results_dir=None, name=None, config=None, set=[])
     plan = sub.add_parser(
         "plan",
@@ -156,27 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("config", help="YAML search config")
     plan.add_argument("--format", choices=["table", "json"], default="table")
-    plan.add_argument("--samples", type=int, default=0, help="also plan N configs sampled from the space")
     plan.add_argument(
-        "--num-labels", type=int, help="classes of the task head (default: counted in the dataset)"
+        "--samples", type=_count(0), default=0, help="also plan N configs sampled from the space"
+    )
+    plan.add_argument(
+        "--num-labels", type=_count(2), help="classes of the task head (default: counted in the dataset)"
     )
     plan.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=_count(0),
         default=0,
         help="candidates planned side by side in this many processes (default 0: one per CPU)",
     )
     _add_set(plan)
-    plan.add_argument("-v", "--verbose", action="store_true", help="show everything: library warnings")
     plan.set_defaults(func=_plan)
     best = sub.add_parser(
         "best", help="the best trial by the search's objectives under limits; --export writes its adapter"
     )
     best.add_argument("results_dir", help="a search's results directory (RESULTS_DIR/NAME)")
-    best.add_argument("--max-params", type=float, help="at most this many trainable parameters")
+    best.add_argument(
+        "--max-params", type=_count(1), help="at most this many trainable parameters, e.g. 100000 or 100k"
+    )
     best.add_argument("--max-memory", help="at most this peak memory, e.g. 8GB")
-    best.add_argument("--min-accuracy", type=float, help="at least this held-out accuracy")
+    best.add_argument(
+        "--min-accuracy", type=_fraction, help="at least this held-out accuracy, a fraction (0.9)"
+    )
     best.add_argument(
         "--limit",
         action="append",
@@ -223,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND=COLUMN",
         help="the column holding the text, label, prompt or answer when not the search's, e.g. text=body",
     )
-    evaluate.add_argument("--batch-size", type=int, help="rows per batch (default: the search's)")
+    evaluate.add_argument("--batch-size", type=_count(1), help="rows per batch (default: the search's)")
     evaluate.add_argument("--format", choices=["table", "json"], default="table")
     evaluate.set_defaults(func=_evaluate)
     report = sub.add_parser("report", help="write the self-contained HTML report (also mid-search)")
@@ -243,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config", nargs="?", help="YAML search config (default: the bundled BBC News / MiniLM search)"
     )
     submit.add_argument("--address", help=address_help)
-    submit.add_argument("--num-trials", type=int, help="override search.num_trials")
+    submit.add_argument("--num-trials", type=_count(1), help="override search.num_trials")
     submit.add_argument(
         "--results-dir", help="override results_dir (a path on the cluster: use shared storage)"
     )
@@ -285,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh", "powershell"])
     completion.set_defaults(func=_completion)
+    for name, command in sub.choices.items():
+        if name != "completion":
+            command.add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                help="show everything: library warnings, Ray's and Tune's own output, a failure's traceback",
+            )
     return parser
 
 
@@ -316,7 +340,14 @@ def write_error(err: OSError) -> str:
     )
 
 
+_INPUT_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+"""What the user's input caused (exit 2); a ClusterError or a failed write is the search's (exit 1)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line: every outcome is one line and an exit code (0 done, 1 the search or command failed, 2 the
+    input was wrong, 3 ``best`` found no trial within the limits, 130 interrupted); a traceback goes to the
+    command's log file (and, with ``-v``, to the terminal)."""
     parser = build_parser()
     if (
         "_ARGCOMPLETE" in os.environ
@@ -329,25 +360,57 @@ def main(argv: list[str] | None = None) -> int:
         args, "verbose", False
     ):  # before anything is filtered, and before Ray starts: trials inherit it
         os.environ[VERBOSE_ENV] = "1"
+    start_log(args.command)
     quiet_bitsandbytes()  # checking training: imports transformers, and with it bitsandbytes, which says too much
-
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
-        return 2
+    except _INPUT_ERRORS as err:
+        return _fail(_said(err), 2)
     except ClusterError as err:
-        print(f"peft-search: error: {redact_text(str(err))}", file=sys.stderr)
-        return 1
+        return _fail(redact_text(str(err)), 1)
     except BrokenPipeError:
         # The reader went away (`peft-search show DIR | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except KeyboardInterrupt:
+        return _fail(
+            "interrupted; finished trials are kept (`peft-search resume DIR` finishes a search)", 130
+        )
     except OSError as err:
-        if err.errno not in _WRITE_ERRNOS:
-            raise
-        print(f"peft-search: error: {write_error(err)}", file=sys.stderr)
-        return 1
+        if err.errno in _WRITE_ERRNOS:
+            return _fail(write_error(err), 1)
+        if err.errno == errno.EACCES or isinstance(err, PermissionError):
+            return _fail(_said(err), 2)
+        return _crashed(err)
+    except Exception as err:  # noqa: BLE001 - the last resort: one line and the log, never a traceback
+        return _crashed(err)
+
+
+def _said(err: BaseException) -> str:
+    """An input error as one line: a file error names its file and the problem, without Python's errno prefix."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return redact_text(f"{err.filename}: {err.strerror.lower()}")
+    return redact_text(" ".join(str(err).split()))
+
+
+def _fail(line: str, code: int) -> int:
+    print(f"peft-search: error: {line}", file=sys.stderr)
+    if verbose() and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    return code
+
+
+def _crashed(err: BaseException) -> int:
+    """A failure of peft-search itself: its traceback to the log file, one line naming it."""
+    log = log_line(traceback.format_exc())
+    where = f"; the traceback is in {log}" if log else ""
+    what = " ".join(str(err).split())[:300]
+    return _fail(
+        redact_text(
+            f"{type(err).__name__}: {what} (a failure inside peft-search{where}; run with -v to see it)"
+        ),
+        1,
+    )
 
 
 if __name__ == "__main__":

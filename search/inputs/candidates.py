@@ -70,16 +70,17 @@ def check_candidates(
 
 
 def _check_quantization(candidate: CandidateSpec, field: str) -> None:
-    """An AdapterHub adapter on a quantization level it does not train on here, refused before anything runs."""
-
-    if not adapterhub.is_adapterhub(candidate.peft_config):
-        return
+    """A candidate on a quantization level its method does not train on, refused before anything runs with the
+    reason (``spaces``' registration says it: no bitsandbytes layer in PEFT, LyCORIS on 4-bit, ...)."""
     method = spaces.method_for_peft_type(candidate.peft_config["peft_type"])
-    allowed = sorted(spaces.get_method(method).quantization)
+    if method not in spaces.registered_methods():
+        return  # a PEFT type the space does not sample: PEFT itself judges it when the trial builds
+    space = spaces.get_method(method)
+    allowed = [q for q in spaces.QUANTIZATION_LEVELS if q in space.quantization]
     if candidate.quantization not in allowed:
+        why = f" ({space.quantization_why})" if space.quantization_why else ""
         raise ConfigError(
-            f"{field}: {method} trains on {' or '.join(allowed)} bases only (AdapterHub's adapters fail on "
-            f"bitsandbytes 4-bit layers on CPU); use {allowed[-1]}"
+            f"{field}: {method} trains on {' or '.join(allowed)} bases only{why}; use {allowed[-1]}"
         )
 
 

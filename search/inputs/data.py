@@ -175,6 +175,12 @@ def split_classification(
             )
         train += items[:per_class]
         rest += items[per_class:]
+    if len(rest) < eval_size:
+        raise DatasetError(
+            f"dataset.eval_size: {eval_size} held-out rows asked, but {len(records)} rows less "
+            f"dataset.train_per_class ({per_class} of each of {len(label_names)} classes) leave {len(rest)}; "
+            f"lower eval_size to {len(rest)} or train_per_class"
+        )
     rng.shuffle(train)
     eval_split = _stratified_sample(rest, eval_size, rng)
     return Splits(train=train, eval=eval_split, label_names=label_names)
@@ -229,6 +235,11 @@ def split_causal(
     if len(rows) <= train_size:
         raise DatasetError(
             f"dataset.train_size: only {len(rows)} examples, none left to evaluate on; lower it"
+        )
+    if len(rows) - train_size < eval_size:
+        raise DatasetError(
+            f"dataset.eval_size: {eval_size} held-out rows asked, but {len(rows)} rows less dataset.train_size "
+            f"{train_size} leave {len(rows) - train_size}; lower eval_size to {len(rows) - train_size} or train_size"
         )
     return Splits(train=rows[:train_size], eval=rows[train_size : train_size + eval_size])
 

@@ -22,7 +22,7 @@ from peft_search.cluster import worker_env
 from peft_search.search.errors import ConfigError, InfeasibleTrialError
 from peft_search.search.inputs import adapterhub
 from peft_search.search.inputs.candidates import check_candidates
-from peft_search.search.inputs.data import DatasetError, load_records
+from peft_search.search.inputs.data import DatasetError, split_dataset
 from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model, model_facts
 from peft_search.search.plan.baseline import RuntimeBaseline
 from peft_search.search.plan.depth import Counts, counts_by_depth, step_by_depth
@@ -274,8 +274,9 @@ def plan_search(
     gpu = cfg.resources.gpus_per_worker > 0
     baseline = None if gpu else RuntimeBaseline()  # measured while the plan runs
     path = cfg.model.resolved_path()
+    counted = _checked_labels(cfg)  # before any model is built
     if cfg.model.task == "sequence-classification" and num_labels is None:
-        num_labels = _dataset_num_labels(cfg)
+        num_labels = counted
     labels = max(num_labels or 2, 2)
     try:
         base = meta_model(path, cfg.model.task, labels, cfg.model.revision)
@@ -409,15 +410,14 @@ def _cpu_allocator(choice: str) -> str:
         return "system"
 
 
-def _dataset_num_labels(cfg) -> int:
+def _checked_labels(cfg) -> int:
+    """The preflight of ``plan`` (``run`` makes the same checks in ``prepare``): the data loads, its columns exist,
+    each class has rows for ``train_per_class`` and enough are left for ``eval_size``; the number of classes."""
     try:
-        records = load_records(cfg.dataset.source, cfg.dataset.subset, cfg.dataset.split)
-    except (DatasetError, OSError, ValueError) as err:
-        raise ConfigError(f"dataset.source: cannot count its labels ({err}); pass --num-labels") from None
-    column = cfg.dataset.label_column
-    if not records or column not in records[0]:
-        raise ConfigError(f"dataset.label_column: {column!r} not in the dataset; fix it or pass --num-labels")
-    return len({str(r[column]) for r in records})
+        splits = split_dataset(cfg.dataset, cfg.model.task)
+    except (DatasetError, OSError) as err:
+        raise ConfigError(str(err)) from None
+    return len(splits.label_names)
 
 
 def format_plan(rows: list[dict[str, Any]]) -> str:

@@ -224,7 +224,7 @@ def test_plan_refuses_a_candidate_peft_cannot_build(tiny_bert, classification_cs
             {
                 "name": "p",
                 "model": {"name_or_path": tiny_bert},
-                "dataset": {"source": classification_csv},
+                "dataset": {"source": classification_csv, "train_per_class": 8, "eval_size": 12},
                 "space": {"methods": ["lora"], "candidates": [bad]},
             }
         )

@@ -193,7 +193,7 @@ def test_load_config_loads_or_fails_cleanly(text, extra):
             assert_clean(err)
 
 
-class _RayWouldStart(Exception):
+class _RayWouldStart(BaseException):  # past the entry point's last-resort handler (Exception)
     pass
 
 
