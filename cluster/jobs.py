@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peft_search.cluster.addresses import AddressError, host_port, plugin_scheme, port_note, unreachable
 from peft_search.cluster.runtime import ClusterError
 
 if TYPE_CHECKING:
@@ -30,11 +31,52 @@ PACKAGE = "peft_search"
 # Ray's Jobs client lets these override the address it is given; an explicit --address must win.
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _GET_TOKEN = "`ray get-auth-token` on the head prints it"
+_FORM = "http://HEAD:8265 (or https://, or ray://HEAD:10001)"
+# A Ray Client address without a port goes to gRPC's default port, as an http(s) one to the scheme's.
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ray": 443}
 
 
 def default_address() -> str:
     """Where ``ray job`` looks: ``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``, then the local dashboard."""
-    return next((os.environ[v] for v in _ADDRESS_VARS if os.environ.get(v)), DEFAULT_ADDRESS)
+    return _named(None)[0]
+
+
+def _named(address: str | None) -> tuple[str, str]:
+    """The address the Jobs client is to use (``address``, else ``default_address()``'s), and how a message names
+    it: as the option or variable it came from."""
+    if address:
+        return address, f"--address {address}"
+    found = next((v for v in _ADDRESS_VARS if os.environ.get(v)), None)
+    if found is None:
+        return DEFAULT_ADDRESS, DEFAULT_ADDRESS
+    return os.environ[found], f"{found}={os.environ[found]}"
+
+
+def dashboard_endpoint(address: str, label: str) -> tuple[str, int] | None:
+    """Where the Jobs client will connect for ``address``, as ``(host, port)``: ``http(s)://HOST[:PORT][/PATH]``, or
+    a Ray Client address (``ray://HOST:10001``, which Ray's client asks for the dashboard's). None where Ray finds
+    the cluster itself (``auto``: the one on this machine) or a plugin module does. ``AddressError``, naming the
+    form it needs, for any other: a bare ``HOST:PORT`` is one, which Ray would take for the head's GCS and wait 40 s
+    on when it is the dashboard's port."""
+    if address == "auto":
+        return None
+    if "://" not in address:
+        try:
+            host, port = host_port(address, label, None)
+        except AddressError:
+            host, port = None, None
+        # Ray's other ports (the GCS's, Ray Client's) are not the dashboard's.
+        fixed = f"{host or 'HEAD'}:8265" if not host or port in (None, 6379, 10001) else address
+        raise AddressError(f"{label}: a dashboard address needs its scheme: http://{fixed}")
+    scheme = address.partition("://")[0]
+    if scheme not in _DEFAULT_PORTS:
+        if plugin_scheme(scheme, "get_job_submission_client_cluster_info"):
+            return None
+        raise AddressError(f"{label}: {scheme + '://'!r} is not a dashboard address; give one like {_FORM}")
+    host, port = host_port(address, label, _DEFAULT_PORTS[scheme])
+    if not host:
+        raise AddressError(f"{label}: no host in it; give one like {_FORM}")
+    return host, port
 
 
 def _token_source() -> str:
@@ -113,7 +155,18 @@ class Jobs:
     """The Jobs API of one cluster, with its errors turned into ``ClusterError``."""
 
     def __init__(self, address: str | None = None):
-        self.address = (address or default_address()).rstrip("/")
+        """Check ``address`` (default: ``default_address()``) and that a dashboard answers there, in one line:
+        ``AddressError`` for one that cannot be a dashboard's, ``ClusterError`` where nothing answers within
+        ``addresses.PROBE_SECONDS``; then connect (Ray's client checks the cluster's version)."""
+        address, label = _named(address)
+        endpoint = dashboard_endpoint(address, label)
+        self.address = address.rstrip("/")
+        if endpoint is not None and (why := unreachable(*endpoint)) is not None:
+            what = "Ray Client server" if self.address.startswith("ray://") else "Ray dashboard"
+            raise ClusterError(
+                f"no {what} answered at {self.address} ({why}{port_note(self.address, endpoint[1])}); is the "
+                "cluster up? pass --address or set RAY_ADDRESS"
+            )
         self._headers = auth_headers()
         from ray.job_submission import JobSubmissionClient
 

@@ -4,11 +4,65 @@ from __future__ import annotations
 
 import os
 
+from peft_search.cluster.addresses import AddressError, host_port, plugin_scheme, port_note, unreachable
 from peft_search.cluster.watchdog import start_watchdog
+
+_JOIN_FORMS = "auto, ray://HEAD:10001 (Ray Client) or HEAD:6379 (the head's GCS)"
 
 
 class ClusterError(RuntimeError):
     """Ray could not be started or joined; the message says what to do."""
+
+
+def _joined(address: str | None) -> tuple[str | None, str]:
+    """The address ``ray.init(address)`` joins, and how to name it in a message: ``auto`` joins ``RAY_ADDRESS``
+    when that is set, and only otherwise looks for a cluster on this machine."""
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):
+        env = os.environ["RAY_ADDRESS"]
+        return (None if env == "auto" else env), f"RAY_ADDRESS={env} (which --address auto joins)"
+    return (None if address == "auto" else address), f"--address {address}"
+
+
+def cluster_endpoint(address: str | None) -> tuple[str, int] | None:
+    """Where ``connect(address)`` will connect, as ``(host, port)``; None where Ray finds the cluster itself (no
+    address, ``local``, ``auto`` without ``RAY_ADDRESS``) or a plugin module does. ``AddressError`` for an address
+    ``ray.init`` cannot join, before anything starts."""
+    address, label = _joined(address)
+    if address is None or address == "local":
+        return None
+    if "://" in address:
+        scheme = address.partition("://")[0]
+        if scheme in ("http", "https"):
+            raise AddressError(
+                f"{label}: that is a dashboard address, for `peft-search submit`; to join a cluster give "
+                f"{_JOIN_FORMS}"
+            )
+        if scheme != "ray":
+            if plugin_scheme(scheme, "ClientBuilder"):
+                return None
+            raise AddressError(f"{label}: Ray knows no {scheme + '://'!r} addresses; give {_JOIN_FORMS}")
+    # A Ray Client address without a port goes to gRPC's default port, 443.
+    host, port = host_port(address, label, 443 if address.startswith("ray://") else None)
+    if not host:
+        raise AddressError(f"{label}: no host in it; give {_JOIN_FORMS}")
+    if port is None:
+        raise AddressError(f"{label}: no port in it; give {host}:6379 (the head's GCS) or ray://{host}:10001")
+    return host, port
+
+
+def check_cluster_address(address: str | None) -> None:
+    """Refuse, in one line and before Ray starts, an address ``connect`` could not join: ``AddressError`` for one
+    that cannot be an address, ``ClusterError`` where nothing answers within ``addresses.PROBE_SECONDS``."""
+    endpoint = cluster_endpoint(address)
+    if endpoint is None:
+        return
+    why = unreachable(*endpoint)
+    if why is not None:
+        joined, label = _joined(address)
+        raise ClusterError(
+            f"{label}: no Ray cluster answered ({why}{port_note(joined or '', endpoint[1])}); is the cluster up? "
+            f"give {_JOIN_FORMS}"
+        )
 
 
 def connect(
@@ -28,6 +82,7 @@ def connect(
 
     if ray.is_initialized():
         return ray.cluster_resources()
+    check_cluster_address(address)
     # No tokenizer thread pools fighting Ray for cores in the workers.
     env = {"TOKENIZERS_PARALLELISM": "false", **(env_vars or {})}
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
