@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from peft_search.cluster.addresses import AddressError
+from peft_search.cluster.runtime import check_cluster_address
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.recovery.resume import load_saved_config
 from peft_search.search.results.lock import refuse_if_running
@@ -34,7 +36,12 @@ def set_overrides(args: argparse.Namespace) -> dict:
 
 def run_config(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     """``run``'s config (the file or the bundled default, ``--set`` and the named flags over it), or for
-    ``resume`` and ``run --resume`` the one the search was started with; and whether it resumes."""
+    ``resume`` and ``run --resume`` the one the search was started with; and whether it resumes. ``--address``
+    is checked first: a malformed one, or a cluster that does not answer, is one line within seconds."""
+    try:
+        check_cluster_address(args.address)
+    except AddressError as err:
+        raise ConfigError(str(err)) from None
     overrides = set_overrides(args)
     if args.num_trials is not None:
         overrides["search.num_trials"] = args.num_trials

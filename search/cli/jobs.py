@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from peft_search.cluster.addresses import AddressError
 from peft_search.cluster.jobs import Jobs
 from peft_search.search.cli.configs import set_overrides
+from peft_search.search.errors import ConfigError
 from peft_search.search.settings.loading import default_config_path, load_config
 
 # `run`'s overrides, as (attribute, option, config key): `submit` checks them here and passes them on to `run`.
@@ -18,6 +20,14 @@ RUN_OVERRIDES = (
 )
 
 
+def _jobs(address: str | None) -> Jobs:
+    """The cluster's Jobs API; an address that cannot be a dashboard's is the user's input (exit 2)."""
+    try:
+        return Jobs(address)
+    except AddressError as err:
+        raise ConfigError(str(err)) from None
+
+
 def submit(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else default_config_path()
     given = [
@@ -26,7 +36,7 @@ def submit(args: argparse.Namespace) -> int:
     sets = set_overrides(args)
     # Validate here first: a bad config fails in a second, before anything reaches the cluster.
     cfg = load_config(path, {**sets, **{key: value for _, key, value in given}})
-    jobs = Jobs(args.address)
+    jobs = _jobs(args.address)
     job_id = jobs.submit(
         path,
         [str(part) for opt, _, value in given for part in (opt, value)]
@@ -60,13 +70,13 @@ def _follow(jobs, job_id: str) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    info = Jobs(args.address).info(args.job_id)
+    info = _jobs(args.address).info(args.job_id)
     print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
     return 0
 
 
 def logs(args: argparse.Namespace) -> int:
-    jobs = Jobs(args.address)
+    jobs = _jobs(args.address)
     if args.follow:
         return _follow(jobs, args.job_id)
     print(jobs.logs(args.job_id), end="")
@@ -74,7 +84,7 @@ def logs(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    jobs = Jobs(args.address)
+    jobs = _jobs(args.address)
     if jobs.stop(args.job_id):
         print(f"[peft-search] stop requested for job {args.job_id}")
     else:
