@@ -6,6 +6,7 @@ break ties in order, then the earlier trial id.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Literal
 import pandas as pd
 
 from peft_search.reports.fronts import completed
+from peft_search.search.numbers import parse_bytes as read_size
+from peft_search.search.numbers import parse_count, parse_fraction
 from peft_search.search.results.metrics import DEFAULT_OBJECTIVES, Metric, Objective, get_metric, metrics
 from peft_search.search.results.noise import ALPHA, TEST, mcnemar_p
 
@@ -37,7 +40,7 @@ class Limit:
 _LIMIT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S.*?)\s*$")
 
 
-def parse_limit(text: str, parse_bytes: Callable[[str], float] = float) -> Limit:
+def parse_limit(text: str, parse_bytes: Callable[[str], float] = read_size) -> Limit:
     """``peak_memory_bytes<=8GB`` or ``accuracy>=0.8``; ``parse_bytes`` reads values of byte metrics (sizes).
 
     Raises ``ValueError`` with a one-line message that says the fix.
@@ -57,11 +60,20 @@ def parse_limit(text: str, parse_bytes: Callable[[str], float] = float) -> Limit
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
     else:
+        # Read as the command line reads its numbers (search.numbers): 100k parameters, 0.9 accuracy.
+        read = {"fraction": parse_fraction, "count": parse_count}.get(metric.unit, _finite)
         try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"{name}: {raw!r} is not a number") from None
+            value = read(raw)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
     return Limit(name, op, float(value))
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
 def named_limits(

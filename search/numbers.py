@@ -29,14 +29,18 @@ def _is_number(value: object) -> bool:
 def parse_bytes(value: int | float | str, *, unit_required: bool = True) -> int:
     """``8GB``, ``512MiB``, ``1024B``. A bare number is refused where the user typed it (``unit_required``: YAML,
     the command line), since ``8`` would be 8 bytes and never what was meant; Python callers may pass bytes."""
+    example = "write e.g. 8GiB, 8GB or 512MiB"
     text = str(value) if _is_number(value) else value
     match = re.fullmatch(_NUMBER + r"([a-zA-Z]*)\s*", text) if isinstance(text, str) else None
     if not match or (match.group(2) and match.group(2).lower() not in _UNITS):
-        raise ValueError(f"cannot read {value!r} as a size; write e.g. 8GiB, 8GB or 512MiB")
+        raise ValueError(f"cannot read {value!r} as a size; {example}")
     number, unit = match.group(1).replace("_", ""), match.group(2).lower()
     if not unit and unit_required:
         raise ValueError(f"{number} has no unit; write e.g. {number}GiB or {number}GB ({number}B for bytes)")
-    return int(float(number) * _UNITS[unit or "b"])
+    size = float(number) * _UNITS[unit or "b"]
+    if not math.isfinite(size) or size >= 2**63:
+        raise ValueError(f"{value!r} is too large a size; {example}")
+    return int(size)
 
 
 def format_bytes(n: int) -> str:
@@ -54,7 +58,10 @@ def parse_count(value: int | float | str, *, minimum: int = 0) -> int:
     if _is_number(value):
         number = float(value)
     elif isinstance(value, str):
-        match = re.fullmatch(_NUMBER + r"([a-zA-Z]?)\s*", value.lstrip("+"))
+        # 100000, 100_000, 1e6 (as Python writes it), 100k, 1.5M, 2B
+        match = re.fullmatch(
+            r"\s*\+?([0-9][0-9_]*\.?[0-9]*(?:[eE]\+?[0-9]+)?|\.[0-9]+)\s*([a-zA-Z]?)\s*", value
+        )
         if not match or match.group(2).lower() not in _COUNT_SUFFIXES:
             negative = value.strip().startswith("-")
             raise ValueError(
@@ -65,6 +72,8 @@ def parse_count(value: int | float | str, *, minimum: int = 0) -> int:
         number = float(match.group(1).replace("_", "")) * _COUNT_SUFFIXES[match.group(2).lower()]
     else:
         raise ValueError(f"cannot read {value!r} as a count; {example}")
+    if math.isfinite(number) and number >= 2**63 or number == math.inf:
+        raise ValueError(f"{str(value)[:40]} is too large a count")
     if not math.isfinite(number) or number != int(number):
         raise ValueError(f"{value} is not a whole number; {example}")
     if number < minimum:

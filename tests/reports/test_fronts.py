@@ -189,7 +189,7 @@ def test_parse_limit_reads_sizes_for_bytes_and_names_the_fix():
         parse_limit("acc>=0.8")
     with pytest.raises(ValueError, match="not METRIC<=VALUE or METRIC>=VALUE"):
         parse_limit("accuracy=0.8")
-    with pytest.raises(ValueError, match="accuracy: 'high' is not a number"):
+    with pytest.raises(ValueError, match="accuracy: cannot read 'high' as a fraction"):
         parse_limit("accuracy>=high")
     limits = [Limit("accuracy", ">=", 0.5), Limit("accuracy", ">=", 0.7), Limit("train_time_s", "<=", 30.0)]
     assert limits_json(limits) == {"accuracy": {"min": 0.7}, "train_time_s": {"max": 30.0}}
