@@ -1,5 +1,12 @@
 """Where a search runs: starting or joining Ray, and planning resources."""
 
-from peft_search.cluster.runtime import allocator_preload, connect, plan_concurrency, shutdown, worker_env
+from peft_search.cluster.runtime import (
+    allocator_preload,
+    connect,
+    plan_concurrency,
+    ray_line,
+    shutdown,
+    worker_env,
+)
 
-__all__ = ["allocator_preload", "connect", "plan_concurrency", "shutdown", "worker_env"]
+__all__ = ["allocator_preload", "connect", "plan_concurrency", "ray_line", "shutdown", "worker_env"]

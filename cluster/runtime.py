@@ -86,10 +86,11 @@ def connect(
     # No tokenizer thread pools fighting Ray for cores in the workers.
     env = {"TOKENIZERS_PARALLELISM": "false", **(env_vars or {})}
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    global _joined_info
     try:
         if address is None:
             # "local": always a new instance on this machine, never one a `ray start` left running here.
-            ray.init(
+            context = ray.init(
                 address="local",
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
@@ -98,7 +99,7 @@ def connect(
             )
             _watch_this_driver()
         else:
-            ray.init(address=address, **kwargs)
+            context = ray.init(address=address, **kwargs)
     except ConnectionError as err:
         raise ClusterError(
             f"--address {address}: no Ray cluster answered ({err}); check the address"
@@ -110,7 +111,31 @@ def connect(
                 "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
             ) from None
         raise
+    _joined_info = (address, getattr(context, "dashboard_url", "") or "")
     return ray.cluster_resources()
+
+
+_joined_info: tuple[str | None, str] | None = None
+
+
+def ray_line() -> str:
+    """One line for what ``connect`` started or joined, its dashboard and the token notice, in place of Ray's own
+    (which go to the command's log unless ``-v``)."""
+    if _joined_info is None:
+        return "Ray: not started"
+    address, dashboard = _joined_info
+    where = "a local instance on this machine" if address is None else f"the cluster at {address}"
+    if dashboard and "://" not in dashboard:
+        dashboard = f"http://{dashboard}"
+    auth = os.environ.get("RAY_AUTH_MODE", "token").lower() != "disabled"
+    notes = [f"dashboard {dashboard}"] if dashboard else []
+    if auth:
+        notes.append(
+            "token authentication on: `ray get-auth-token` prints the token"
+            if address is None
+            else "token authentication on"
+        )
+    return f"Ray: {where}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 _watchdog = None

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from peft_search.cluster import connect, plan_concurrency, worker_env
+from peft_search.cluster import connect, plan_concurrency, ray_line, worker_env
 from peft_search.reports.html import write_report
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop import recovery, tuning
@@ -21,7 +22,7 @@ from peft_search.search.loop.tuning import FixedConfigs, new_tuner
 from peft_search.search.results.lock import SearchLock, command_line
 from peft_search.search.results.repeats import to_repeat
 from peft_search.search.settings.schema import SearchConfig
-from peft_search.search.verbosity import VERBOSE_ENV, verbose
+from peft_search.search.verbosity import LOG_ENV, VERBOSE_ENV, to_log, verbose
 from peft_search.search.worker import heap as worker_heap
 from peft_search.search.worker import packed, threads
 from peft_search.search.worker.environment import quiet_bitsandbytes
@@ -99,6 +100,8 @@ def _worker_env(cfg: SearchConfig) -> dict[str, str] | None:
         raise ConfigError(str(err)) from None
     if verbose():  # -v reaches the trials on a cluster too
         env = {**(env or {}), VERBOSE_ENV: "1"}
+    if os.environ.get(LOG_ENV):  # the trials' library warnings join the command's log (on this machine)
+        env = {**(env or {}), LOG_ENV: os.environ[LOG_ENV]}
     return env
 
 
@@ -117,7 +120,13 @@ def _launch(
     a resumed search has no trial left to run), and with ``search.packing`` the packed groups' coordinator."""
     from ray import tune
 
+    if (
+        not verbose()
+    ):  # Ray's own lines (its start, the token notice, Tune's saves) go to the log; one of ours
+        to_log(logging.getLogger("ray"))
     resources = connect(address, num_cpus=num_cpus, env_vars=env)
+    if echo and not verbose():
+        print(f"[peft-search] {ray_line()}", flush=True)
     if cfg.resources.cpus_per_worker == "auto":
         prep = dataclasses.replace(prep, settings=_threads(prep, echo))
         cfg = prep.settings.config

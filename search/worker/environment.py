@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from peft_search.search.verbosity import verbose
+from peft_search.search.verbosity import to_log, verbose
 
 
 class _DropPrefix(logging.Filter):
@@ -47,6 +47,9 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # Any other library warning (PEFT's "Unsupported layer type" for LN tuning, ...) goes to the command's log file.
+    to_log(logging.getLogger("py.warnings"))
+    logging.captureWarnings(True)
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST)  # once: addFilter dedupes
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_KERNELS)
     # PEFT warns of zero-sized LoRA tensors as unsharded ZeRO-3/FSDP weights; trials never shard (DDP at most), and
