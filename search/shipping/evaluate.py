@@ -57,8 +57,13 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{export_dir}: no {MANIFEST}; give a directory written by `peft-search best --export DIR`"
         )
-    manifest = json.loads(path.read_text())
-    if int(manifest.get("format", 0)) > 1:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format", 0), int):
+        raise ConfigError(f"{path}: damaged (not the JSON `best --export` writes); export the adapter again")
+    if manifest.get("format", 0) > 1:
         raise ConfigError(f"{path}: written by a newer peft-search; upgrade peft-search")
     return manifest
 

@@ -3,67 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 import time
 
 import pandas as pd
 
 from peft_search.reports.html import build_report, write_report
-
-EVIL = "<script>window.__xss=1</script>"
-
-
-def _results_dir(tmp_path, n: int, evil: bool = False):
-    rng = random.Random(0)
-    methods = ["lora", "ia3", "vera", "bitfit", "prompt_tuning", "loha"]
-    rows = []
-    for i in range(n):
-        status = "complete" if i % 10 else rng.choice(["failed", "infeasible", "running"])
-        method = rng.choice(methods)
-        row = {
-            "trial_id": f"t{i:04d}",
-            "status": status,
-            "method": method,
-            "candidate": "sampled",
-            "quantization": rng.choice(["none", "int8", "nf4"]),
-            "learning_rate": 10 ** rng.uniform(-4, -2),
-            "peft_type": method.upper(),
-            "peft_config": json.dumps({"peft_type": method.upper(), "r": 8}),
-            "error": (EVIL if evil else "RuntimeError: boom") if status == "failed" else "",
-            "wall_time_s": 40.0,
-        }
-        if status == "complete":
-            row.update(
-                accuracy=rng.uniform(0.3, 0.95),
-                eval_loss=rng.uniform(0.1, 2),
-                trainable_params=rng.randint(5e3, 5e6),
-                peak_memory_bytes=rng.uniform(5e8, 8e9),
-                est_peak_memory_bytes=rng.uniform(5e8, 8e9),
-                peak_memory_kind="cpu_rss",
-                train_time_s=20.0,
-                samples_per_s=30.0,
-                adapter_bytes=1e5,
-            )
-        rows.append(row)
-    path = tmp_path / "search"
-    path.mkdir()
-    pd.DataFrame(rows).to_parquet(path / "trials.parquet")
-    facts = {
-        "name": "synthetic",
-        "model": EVIL if evil else "tiny",
-        "dataset": "d",
-        "objectives": [
-            {"metric": "accuracy", "mode": "max"},
-            {"metric": "trainable_params", "mode": "min"},
-            {"metric": "peak_memory_bytes", "mode": "min"},
-        ],
-    }
-    (path / "run.json").write_text(json.dumps(facts))
-    return path
+from tests.helpers import EVIL, synthetic_search
 
 
 def test_500_trials_in_under_10_seconds_and_15_mb(tmp_path):
-    search_dir = _results_dir(tmp_path, 500)
+    search_dir = synthetic_search(tmp_path, 500)
     start = time.perf_counter()
     path = write_report(search_dir)
     elapsed = time.perf_counter() - start
@@ -75,7 +24,7 @@ def test_500_trials_in_under_10_seconds_and_15_mb(tmp_path):
 
 
 def test_every_string_is_escaped(tmp_path):
-    page = build_report(_results_dir(tmp_path, 30, evil=True))
+    page = build_report(synthetic_search(tmp_path, 30, evil=True))
     assert EVIL not in page
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
 
@@ -83,14 +32,14 @@ def test_every_string_is_escaped(tmp_path):
 def test_plotly_is_embedded_once_and_nothing_is_fetched(tmp_path):
     from plotly.offline import get_plotlyjs
 
-    page = build_report(_results_dir(tmp_path, 20))
+    page = build_report(synthetic_search(tmp_path, 20))
     bundle_head = get_plotlyjs()[:400]
     assert page.count(bundle_head) == 1
     assert 'src="http' not in page  # no external scripts; the browser test watches for requests
 
 
 def test_report_of_a_search_with_no_complete_trial(tmp_path):
-    search_dir = _results_dir(tmp_path, 5)
+    search_dir = synthetic_search(tmp_path, 5)
     trials = pd.read_parquet(search_dir / "trials.parquet").assign(status="running")
     trials.to_parquet(search_dir / "trials.parquet")
     page = build_report(search_dir)
@@ -109,7 +58,7 @@ def test_importance_figure_names_its_trial_count():
 def test_an_old_tables_stopped_trials_read_as_stopped_early(tmp_path):
     """Tables written before the schema version called early-stopped trials "stopped": the page shows them as
     ``stopped_early``, off the fronts, and counts the training steps they saved."""
-    search_dir = _results_dir(tmp_path, 20)
+    search_dir = synthetic_search(tmp_path, 20)
     trials = pd.read_parquet(search_dir / "trials.parquet")
     trials.loc[1, ["status", "stopped_at_step", "error"]] = ["stopped", 10, "stopped early at step 10"]
     trials.to_parquet(search_dir / "trials.parquet")
@@ -135,7 +84,7 @@ def test_hardware_reads_in_words():
 def test_every_chart_says_how_to_read_it(tmp_path):
     import re
 
-    page = build_report(_results_dir(tmp_path, 40))
+    page = build_report(synthetic_search(tmp_path, 40))
     sections = re.findall(r'<section class="chart" id="([^"]+)"><p class="how-to-read">([^<]*)</p>', page)
     ids = [cid for cid, _ in sections]
     assert {
