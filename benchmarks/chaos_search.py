@@ -109,7 +109,7 @@ def check(search_dir: Path, num_trials: int) -> list[str]:
         complete_ids = {str(i) for i in done["trial_id"]}
         numbers = {int(n) for n in trials["optuna_trial"].dropna()}
         for r in done.itertuples():
-            if not (isinstance(r.adapter_path, str) and Path(r.adapter_path).exists()):
+            if not (isinstance(r.adapter_path, str) and (search_dir / r.adapter_path).exists()):
                 problems.append(f"trial {r.trial_id}: its adapter_path {r.adapter_path!r} does not exist")
     try:
         if not (search_dir / "optuna.db").is_file():  # loading would create it

@@ -15,11 +15,11 @@ from peft_search.reports.html import REPORT_FILE, write_report
 from peft_search.reports.table import load_trials, summary_table, trial_records
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop import recovery
+from peft_search.search.numbers import parse_bytes
 from peft_search.search.results import storage
-from peft_search.search.results.layout import ResultsDir
+from peft_search.search.results.layout import ResultsDir, own_adapter
 from peft_search.search.results.lock import progress_note
 from peft_search.search.results.metrics import get_metric
-from peft_search.search.settings.sizes import parse_bytes
 
 
 def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
@@ -81,9 +81,10 @@ def best(args: argparse.Namespace, export: Callable[[str, dict, str], Path] | No
     if uri is not None:
         # The adapter is a checkpoint Tune wrote to the store: fetched next to the local copy first.
         def fetch(adapter_path: str) -> Path:
-            return storage.fetch_adapter(
-                adapter_path, uri, Path(local) / "adapters" / Path(adapter_path).name
-            )
+            own = own_adapter(adapter_path)
+            if own is None:
+                raise ConfigError(f"adapter_path: {adapter_path} is not one of the search's own adapters")
+            return storage.fetch_adapter(uri, own, Path(local) / "adapters" / Path(own).name)
 
     choice, objectives = best_command(local, limits=limits, tolerance=tolerance, prefer=prefer)
     exported = None

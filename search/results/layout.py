@@ -2,7 +2,9 @@
 
 ``docs/results.md`` is the user's reference to what is written here (every file, every column, its unit). The
 trials table carries its schema version in the Parquet metadata; tables written before the version existed (1)
-are read as the current one. Pure: no torch, no ray (the report reads through it).
+are read as the current one. Paths to the search's own files are relative to its directory (``own_adapter``), so a
+search moved or copied elsewhere reads, exports and resumes from where it is. Pure: no torch, no ray (the report
+reads through it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -34,6 +36,8 @@ TRAIN_DIR = "train"
 DATA_DIR = "data"
 DRIVER_FILES = (TRIALS_FILE, PREDICTIONS_FILE, OPTUNA_FILE, RUN_FILE)
 """What the driver rewrites as trials finish (mirrored to an object store after every trial)."""
+ADAPTER_COLUMN = "adapter_path"
+"""The one column naming a file of the search's own: recorded relative to its directory (``own_adapter``)."""
 
 _FIXED_COLUMNS = list(TrialResult("-", "running").to_row())
 
@@ -135,7 +139,22 @@ class ResultsDir:
             raise FileNotFoundError(
                 f"{self.trials_path}: written by a newer peft-search (table schema {version}); upgrade peft-search"
             )
-        return _upgrade(table.to_pandas(), version)
+        frame = _upgrade(table.to_pandas(), version)
+        frame[ADAPTER_COLUMN] = frame[ADAPTER_COLUMN].map(self.locate_adapter, na_action="ignore")
+        return frame
+
+    def locate_adapter(self, recorded: str | None) -> str | None:
+        """Where a recorded adapter is now. The search's own (``train/train-ID/...``) is under this directory,
+        wherever the search was when it recorded it (tables written before paths were relative name that place
+        absolutely): a moved or copied search exports its own adapters. That old place stands in only while
+        nothing is here (a copy made without ``train/``). Any other path, or None, as recorded."""
+        own = own_adapter(recorded)
+        if own is None:
+            return recorded
+        here = self.path / own
+        if not here.exists() and Path(recorded).is_absolute() and Path(recorded).exists():
+            return recorded
+        return str(here)
 
     def read_records(self) -> list[TrialResult]:
         return [TrialResult.from_row(r) for r in self.read_trials().to_dict("records")]
@@ -145,7 +164,10 @@ class ResultsDir:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        frame = pd.DataFrame([r.to_row() for r in records], columns=None)
+        rows = [r.to_row() for r in records]
+        for row in rows:  # relative: the search moved or copied elsewhere still finds its own adapters
+            row[ADAPTER_COLUMN] = own_adapter(row[ADAPTER_COLUMN]) or row[ADAPTER_COLUMN]
+        frame = pd.DataFrame(rows, columns=None)
         for column in _FIXED_COLUMNS:
             if column not in frame:
                 frame[column] = None
@@ -194,6 +216,18 @@ class ResultsDir:
         """Rewrite the predictions of these trials (trial id -> ``label``/``prediction``/``correct`` lists)."""
         with replacing(self.path / PREDICTIONS_FILE) as tmp:
             _predictions_frame(rows).to_parquet(tmp, index=False)
+
+
+def own_adapter(recorded: str | None) -> str | None:
+    """A search's own adapter (``train/train-ID/CHECKPOINT``, where the search's trials and Ray Train save them)
+    relative to the search's directory, wherever that was when the path was recorded (an absolute local path, a
+    path inside an object store, or relative already); None for any other path."""
+    if not isinstance(recorded, str):
+        return None
+    parts = PurePosixPath(recorded).parts
+    if len(parts) >= 3 and parts[-3] == TRAIN_DIR and parts[-2].startswith("train-"):
+        return "/".join(parts[-3:])
+    return None
 
 
 PREDICTION_COLUMNS = ("trial_id", "row", "label", "prediction", "correct")

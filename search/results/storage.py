@@ -151,11 +151,12 @@ def remove_dir(uri: str, name: str) -> None:
         fs.delete_dir(f"{path}/{name}")
 
 
-def fetch_adapter(adapter_path: str, uri: str, dest: Path) -> Path:
-    """Copy a checkpoint written to the search's filesystem (``adapter_path`` is a path inside it) to ``dest``."""
-    fs, _ = filesystem(uri)
-    if not _copy_tree(fs, adapter_path, dest):
-        raise ConfigError(f"adapter_path: nothing at {adapter_path} in {redacted(uri)}")
+def fetch_adapter(uri: str, relative: str, dest: Path) -> Path:
+    """Copy one of the search's checkpoints (``relative``: its path in the search, ``train/train-ID/...``) from the
+    search's URI, wherever the search now lives, to ``dest``."""
+    fs, path = filesystem(uri)
+    if not _copy_tree(fs, f"{path}/{relative}", dest):
+        raise ConfigError(f"adapter_path: nothing at {relative} in {redacted(uri)}")
     return dest
 
 

@@ -86,7 +86,12 @@ def _write(
     task = model.task
     base = base_model_entry(model, out)
     # Contents only (not the mode bits of the trial's files): the export gets this process's umask.
-    source = Path(trial["adapter_path"])
+    source = Path(trial.get("adapter_path") or "")
+    if not (source / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"--export: trial {trial['trial_id']}'s adapter is not at {source}; the search's train/ directory "
+            "must travel with it"
+        )
     hub = adapterhub.is_adapterhub({"peft_type": trial.get("peft_type")})
     for name in (
         [p.name for p in source.iterdir() if p.suffix in (".json", ".safetensors")] if hub else ADAPTER_FILES

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from peft_search.search.loop.driver import run_search
+from peft_search.search.results.layout import ResultsDir
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def _search(model: str, data: str, results: Path, name: str, num_workers: int) -
         resources={"num_workers": num_workers, "cpus_per_worker": 1},
     )
     search_dir = run_search(cfg, echo=False)
-    trials = pd.read_parquet(search_dir / "trials.parquet")
+    trials = ResultsDir(search_dir).read_trials()  # its adapter_path where the search is
     assert len(trials) == 1
     return trials.iloc[0]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -85,7 +84,7 @@ def test_adapters_load_with_peft(finished, tiny_bert):
     _, search_dir = finished
     trials = pd.read_parquet(search_dir / "trials.parquet")
     for _, row in trials[trials["status"] == "complete"].iterrows():
-        path = Path(row["adapter_path"])
+        path = search_dir / row["adapter_path"]  # recorded relative to the search
         assert (path / "adapter_config.json").is_file()
         assert json.loads((path / "adapter_config.json").read_text())["peft_type"] == row["peft_type"]
         assert not list(path.glob("model.safetensors")), "the base model must never be saved"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.driver import run_search
+from peft_search.search.results.layout import ResultsDir
 from peft_search.search.settings.loading import parse_config
 from peft_search.search.worker.faults import FAULTS_ENV
 from tests.helpers import tiny_config
@@ -42,7 +42,7 @@ def _search(model, data, results: Path, name: str):
         resources={"max_failures": 1},
     )
     search_dir = run_search(cfg, echo=False)
-    trials = pd.read_parquet(search_dir / "trials.parquet")
+    trials = ResultsDir(search_dir).read_trials()  # its adapter_path where the search is
     assert len(trials) == 1 and trials["status"].iloc[0] == "complete", trials[["status", "error"]]
     (result,) = search_dir.glob("tune/trial-*/result.json")
     last = json.loads(result.read_text().splitlines()[-1])
