@@ -38,6 +38,30 @@ from peft_search.search.loop.recovery.private import (
 from peft_search.search.results.records import ERROR_KEY, OPTUNA_TRIAL_KEY, RUNG_KEY, STATUS_KEY
 
 
+class SearchStorage(optuna.storages.RDBStorage):
+    """The search's study database (``optuna.db`` in its directory). Tune pickles it with the searcher
+    (``tune/tuner.pkl``, ``tune/searcher-state-*.pkl``), and an ``RDBStorage`` unpickled opens its URL again: the
+    place the search was when Tune saved, which a moved search no longer has and a copied one must not touch. So it
+    pickles as a ``SavedStorage``, which opens nothing; a resume asks this run's storage (``PeftOptunaSearch.restore``,
+    ``hand_restored_tuner``)."""
+
+    def __reduce__(self):
+        return (SavedStorage, ())
+
+    def __deepcopy__(self, memo):
+        return self  # one database: a copy in this process asks the same one (deepcopy would use __reduce__)
+
+
+class SavedStorage:
+    """The search's storage as Tune's saved state holds it: without its place, never asked (saying so if it is)."""
+
+    def __getattr__(self, name: str):
+        raise AttributeError(
+            f"{name}: the search's Optuna storage as Tune saved it, kept without its place (the search may have "
+            "moved since); a resumed search asks its own"
+        )
+
+
 class PeftOptunaSearch(OptunaSearch):
     def __init__(self, *args, sampler_for_slot: Callable[[int], Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -12,7 +12,7 @@ from peft_search.search.loop import warm_start
 from peft_search.search.loop.early_stopping import ParetoASHA
 from peft_search.search.loop.prepare import Prepared
 from peft_search.search.loop.recovery.private import hand_restored_tuner
-from peft_search.search.loop.searcher import PeftOptunaSearch
+from peft_search.search.loop.searcher import PeftOptunaSearch, SearchStorage
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.verbosity import verbose
 
@@ -50,7 +50,7 @@ def make_searcher(cfg: SearchConfig, prep: Prepared, storage_url: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
-    storage = optuna.storages.RDBStorage(storage_url)
+    storage = SearchStorage(storage_url)  # pickled by Tune without its place: the search may move
     sampler = make_sampler(s.sampler, s.seed, s.num_trials, s.n_startup_trials)
     study = optuna.create_study(
         storage=storage,

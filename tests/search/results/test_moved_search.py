@@ -1,18 +1,21 @@
 """Results that travel: a finished search moved or copied elsewhere works with every command from where it is. The
 paths it records to its own files are relative to its directory; a table written before they were (absolute, to
-where the search then was) reads from where it is now."""
+where the search then was) reads from where it is now; Tune's saved state names no place of the search's."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 
+import optuna
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from peft_search.search.cli import main
+from peft_search.search.loop.searcher import SavedStorage, SearchStorage
 from peft_search.search.results.layout import TRIALS_FILE, ResultsDir, own_adapter
 from peft_search.search.results.records import TrialResult
 
@@ -91,6 +94,23 @@ def test_a_table_written_with_absolute_paths_reads_from_where_the_search_is_now(
 def _read_paths(results: ResultsDir) -> dict[str, str]:
     trials = results.read_trials()
     return dict(zip(trials["trial_id"], trials["adapter_path"], strict=True))
+
+
+def test_tunes_saved_searcher_names_no_place(tmp_path):
+    """Tune pickles the searcher with the study's storage; unpickled after a move, it must open nothing (the old
+    place may be gone, or be the original a copy came from)."""
+    place = tmp_path / "search"
+    place.mkdir()
+    storage = SearchStorage(f"sqlite:///{place / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    saved = pickle.dumps({"storage": storage, "study": study, "trials": {"t": trial}})
+    shutil.rmtree(place)
+    back = pickle.loads(saved)
+    assert isinstance(back["storage"], SavedStorage) and back["trials"]["t"].number == 0
+    assert not place.exists()
+    with pytest.raises(AttributeError, match="without its place"):
+        back["storage"].get_trial(0)
 
 
 @pytest.mark.slow
