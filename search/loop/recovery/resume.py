@@ -29,6 +29,7 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
             "directory of the search to resume"
         )
     saved = yaml.safe_load(saved_file.read_text())
+    refuse_renamed(saved.get("name"), config.get("name"), search_dir)
     # The directory is the search's identity: results_dir and name only say where it lives.
     changed = [f for f in differences(saved, config) if f not in ("results_dir", "name")]
     if changed:
@@ -36,6 +37,15 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
             f"{changed[0]}: differs from the search saved in {search_dir} ({len(changed)} field(s) changed: "
             f"{', '.join(changed[:4])}); resume with the saved config (peft-search resume {search_dir}) or "
             "start a new search with --name NEW"
+        )
+
+
+def refuse_renamed(saved: str | None, name: str | None, search_dir: str | Path) -> None:
+    """A search moves freely, but its name is its Optuna study's: resumed under another, it would start a new study."""
+    if saved is not None and saved != name:
+        raise ConfigError(
+            f"name: {search_dir} holds the search {saved!r}, renamed since; to resume it, rename the directory "
+            f"back to {saved} (under any parent directory); show, best and report read it as it is"
         )
 
 
@@ -67,5 +77,6 @@ def load_saved_config(search_dir: str | Path):
     if not path.exists():
         raise ConfigError(f"RESULTS_DIR: {search_dir} holds no peft-search search ({CONFIG_FILE} missing)")
     raw = yaml.safe_load(path.read_text())
+    refuse_renamed(raw.get("name"), search_dir.name, search_dir)  # said now, before anything heavy loads
     raw["results_dir"], raw["name"] = str(search_dir.parent), search_dir.name
     return parse_config(raw)

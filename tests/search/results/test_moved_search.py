@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from peft_search.search.cli import main
+from peft_search.search.errors import ConfigError
+from peft_search.search.loop.recovery.resume import load_saved_config
 from peft_search.search.loop.searcher import SavedStorage, SearchStorage
 from peft_search.search.results.layout import TRIALS_FILE, ResultsDir, own_adapter
 from peft_search.search.results.records import TrialResult
@@ -94,6 +96,15 @@ def test_a_table_written_with_absolute_paths_reads_from_where_the_search_is_now(
 def _read_paths(results: ResultsDir) -> dict[str, str]:
     trials = results.read_trials()
     return dict(zip(trials["trial_id"], trials["adapter_path"], strict=True))
+
+
+def test_a_renamed_search_is_not_resumed_under_another_name(tmp_path):
+    """Its name is its Optuna study's: resumed under another it would start a new study, and run trials again."""
+    renamed = tmp_path / "archive" / "tiny-v1"
+    renamed.mkdir(parents=True)
+    (renamed / "config.yaml").write_text("name: tiny\n")
+    with pytest.raises(ConfigError, match=r"holds the search 'tiny', renamed since; .* back to tiny"):
+        load_saved_config(renamed)
 
 
 def test_tunes_saved_searcher_names_no_place(tmp_path):
