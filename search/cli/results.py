@@ -18,7 +18,7 @@ from peft_search.search.loop import recovery
 from peft_search.search.numbers import parse_bytes
 from peft_search.search.results import storage
 from peft_search.search.results.layout import ResultsDir, own_adapter
-from peft_search.search.results.lock import progress_note
+from peft_search.search.results.lock import SearchLock, command_line, progress_note
 from peft_search.search.results.metrics import get_metric
 
 
@@ -140,5 +140,22 @@ def show(args: argparse.Namespace) -> int:
 
 
 def repair(args: argparse.Namespace) -> int:
-    print(f"[peft-search] {recovery.repair(args.results_dir, force=args.force)}")
+    """``repair``: rewrites the directory, so it holds the search's lock as a run does, and is refused while one
+    runs (that run rewrites its table itself)."""
+    if storage.is_uri(args.results_dir):
+        raise ConfigError(
+            f"RESULTS_DIR: repair rewrites a local directory; `peft-search resume "
+            f"{storage.redacted(args.results_dir)}` repairs a search on an object store as it resumes it"
+        )
+    ResultsDir(args.results_dir).require_search()  # a wrong path gets no lock file beside it
+    lock = SearchLock(args.results_dir)
+    took_over = lock.acquire(
+        command_line(), advice=f"then `peft-search repair {args.results_dir}` if it is still needed"
+    )
+    try:
+        if took_over is not None:
+            print(f"[peft-search] {took_over}")
+        print(f"[peft-search] {recovery.repair(args.results_dir, force=args.force)}")
+    finally:
+        lock.release()
     return 0

@@ -75,6 +75,13 @@ class ResultsDir:
     def holds_search(self) -> bool:
         return (self.path / CONFIG_FILE).exists()
 
+    def require_search(self) -> None:
+        """A one-line ``FileNotFoundError`` unless this directory holds a search (before anything is written)."""
+        if not self.holds_search():
+            raise FileNotFoundError(
+                f"{self.path}: no {CONFIG_FILE}; is this a peft-search results directory?"
+            )
+
     # The config and the run facts.
 
     def read_config(self) -> dict[str, Any]:

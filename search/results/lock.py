@@ -1,10 +1,12 @@
-"""One writer per search directory: a run or resume holds an OS file lock (``filelock``) for as long as it runs.
+"""One writer per search directory: a run, resume or repair holds an OS file lock (``filelock``) for as long as it
+runs.
 
 The lock and a note of its holder (host, pid, start time, command) sit beside the search's directory, in the
 results directory (``.NAME.lock``, ``.NAME.lock.json``), so clearing or staging the search's own directory never
 touches them. The OS releases the lock when its process dies, however it dies; the note is removed only by a clean
 release, so a note found by the next holder names a run that died holding the lock, and that is said, not ignored.
-Read-only commands read the note and never take the lock.
+Read-only commands read the note and never take the lock, nor does ``report``: it only replaces
+``report.html`` whole, as a running search does (the search's own, written last, stays).
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ def refuse_if_running(search_dir: str | Path) -> None:
         raise _busy(Path(search_dir), holder)
 
 
-def _busy(search_dir: Path, holder: dict[str, Any] | None) -> ConfigError:
+RUN_ADVICE = "or pass --name NEW to start another search"
+
+
+def _busy(search_dir: Path, holder: dict[str, Any] | None, advice: str = RUN_ADVICE) -> ConfigError:
     who = describe(holder) if holder else "another process"
     return ConfigError(
         f"results_dir: {search_dir} is being written by {who}; wait for it to end (`peft-search show "
-        f"{search_dir}` shows its trials), or pass --name NEW to start another search"
+        f"{search_dir}` shows its trials), {advice}"
     )
 
 
@@ -96,9 +101,10 @@ class SearchLock:
     def held(self) -> bool:
         return self.lock.is_locked
 
-    def acquire(self, command: str) -> str | None:
+    def acquire(self, command: str, advice: str = RUN_ADVICE) -> str | None:
         """Take the lock for ``command``; returns a line to print when it takes over from a run that died
-        holding it. Raises ``ConfigError`` (one line naming the holder) when a live run holds it."""
+        holding it. Raises ``ConfigError`` (one line naming the holder, then ``advice``: what to do) when a live
+        run holds it."""
         from filelock import Timeout
 
         try:
@@ -107,7 +113,7 @@ class SearchLock:
             self._made = missing  # removed again if the run ends before writing anything
             self.lock.acquire()
         except Timeout:
-            raise _busy(self.search_dir, read_holder(self.search_dir)) from None
+            raise _busy(self.search_dir, read_holder(self.search_dir), advice) from None
         except OSError as err:  # (after Timeout, which is one)
             raise ConfigError(
                 f"results_dir: cannot write to {self.search_dir.parent} ({err.strerror}); pass another --results-dir"

@@ -100,8 +100,7 @@ def _error(trial_dir: Path) -> BaseException | None:
 def repair(search_dir: str | Path, force: bool = False) -> str:
     """Rebuild the table and predictions when they are damaged or missing (or ``force``); what was done, in words."""
     results = ResultsDir(search_dir)
-    if not results.holds_search():
-        raise FileNotFoundError(f"{search_dir}: no config.yaml; is this a peft-search results directory?")
+    results.require_search()
     if table_is_readable(results) and not force:
         return (
             f"{results.trials_path.name} and predictions read fine; nothing to repair (--force rebuilds them)"

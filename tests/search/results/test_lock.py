@@ -90,3 +90,64 @@ def test_two_runs_of_one_search_the_second_fails_at_once(tiny_bert, classificati
     assert progress_note(search_dir, finished=False).startswith("unfinished, and no run is writing it")
     shown = subprocess.run([*command[:3], "show", str(search_dir)], env=env, capture_output=True, text=True)
     assert shown.returncode == 0 and "the search is" not in shown.stdout  # finished: nothing to say
+
+
+def _holding(search_dir):
+    """Another live process holding the search's lock, as a running search does (its note written)."""
+    code = (
+        "import sys, time\n"
+        "from peft_search.search.results.lock import SearchLock\n"
+        "lock = SearchLock(sys.argv[1])\n"
+        "lock.acquire('peft-search run a.yaml')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(search_dir)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _snapshot(root) -> dict:
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_repair_is_refused_while_another_process_writes_the_search(tmp_path, capsys):
+    """``repair`` rewrites the directory: it takes the lock a run holds, and is refused, in one line naming the
+    search and its writer, while one holds it; nothing changes. Once that writer is gone it repairs."""
+    from peft_search.search.cli import main
+
+    search = tmp_path / "results" / "s"
+    trial = search / "tune" / "trial-abc"
+    trial.mkdir(parents=True)
+    (search / "config.yaml").write_text("name: s\n")
+    (search / "trials.parquet").write_bytes(b"PAR1 cut short by a full disk")
+    (trial / "params.json").write_text(json.dumps({"method": "lora", "quantization": "none"}))
+    last = {
+        "trial_status": "complete",
+        "accuracy": 0.5,
+        "checkpoint_path": "/old/s/train/train-abc/checkpoint_000000",
+    }
+    (trial / "result.json").write_text(json.dumps(last) + "\n")
+    holder = _holding(search)
+    try:
+        before = _snapshot(tmp_path)
+        assert main(["repair", str(search)]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert (
+            f"{search} is being written by pid {holder.pid} on " in line
+            and "`peft-search run a.yaml`" in line
+        )
+        assert f"then `peft-search repair {search}`" in line
+        assert _snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["repair", str(search)]) == 0
+    out = capsys.readouterr().out
+    assert f"took over the lock of {search} from pid {holder.pid}" in out and "rebuilt trials.parquet" in out
+    (row,) = pd.read_parquet(search / "trials.parquet").to_dict("records")
+    assert row["status"] == "complete" and row["adapter_path"] == "train/train-abc/checkpoint_000000"
+    assert read_holder(search) is None  # released
