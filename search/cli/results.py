@@ -31,25 +31,23 @@ def _fetched(results_dir: str) -> tuple[Path | str, str | None]:
     return storage.download(results_dir, local), results_dir
 
 
+NO_CHOICE = 3
+"""``best``'s exit code when no trial meets the limits: an answer, not a failure of the search (1) or of the input (2)."""
+
+
 def _limits(args: argparse.Namespace) -> list:
     """``best``'s limits: the named flags, then every ``--limit METRIC<=VALUE``; bad input is a ConfigError."""
-
-    def size(text: str) -> int:
-        # On the command line a size says its unit: a bare 8 would be 8 bytes, never what was meant.
-        if text.strip().replace(".", "", 1).isdigit():
-            raise ValueError(f"{text!r} has no unit; write e.g. {text.strip()}GiB or {text.strip()}GB")
-        return parse_bytes(text)
 
     memory = None
     if args.max_memory is not None:
         try:
-            memory = float(size(args.max_memory))
+            memory = float(parse_bytes(args.max_memory))  # a size says its unit: a bare 8 is refused
         except ValueError as err:
             raise ConfigError(f"--max-memory: {err}") from None
     limits = named_limits(args.max_params, memory, args.min_accuracy)
     for text in args.limit:
         try:
-            limits.append(parse_limit(text, parse_bytes=size))
+            limits.append(parse_limit(text))
         except ValueError as err:
             raise ConfigError(f"--limit: {err}") from None
     return limits
@@ -112,7 +110,7 @@ def best(args: argparse.Namespace, export: Callable[[str, dict, str], Path] | No
                 "quantization, the recorded evaluation), reproduce.yaml, README.md with a loading snippet; "
                 f"`peft-search evaluate {exported}` re-scores it"
             )
-    return 0 if choice.trial is not None else 1
+    return 0 if choice.trial is not None else NO_CHOICE
 
 
 def report(args: argparse.Namespace) -> int:

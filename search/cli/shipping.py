@@ -9,11 +9,12 @@ import json
 from peft_search.search.cli import results
 from peft_search.search.errors import ConfigError
 from peft_search.search.shipping.evaluate import evaluate_export
-from peft_search.search.shipping.export import export_trial
+from peft_search.search.shipping.export import check_export_dir, export_trial
 
 
 def best(args: argparse.Namespace) -> int:
     """``best --export DIR``: ``best``, then its pick exported."""
+    check_export_dir(args.export)
     return results.best(args, export=export_trial)
 
 

@@ -44,6 +44,19 @@ FORMAT = 1
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
+def check_export_dir(out: str | Path) -> None:
+    """``--export DIR`` can be written: a new path, or an empty directory, under directories (checked before the
+    search is read, so a mistake costs nothing)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"--export {out}: the path exists and is not an empty directory; choose a new one"
+        )
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"--export {out}: {blocked} is a file, not a directory; choose another place")
+
+
 def export_trial(search_dir: str | Path, trial: Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write trial ``trial`` (a row of the trials table) of the search in ``search_dir`` to ``out_dir``.
 
@@ -51,10 +64,7 @@ def export_trial(search_dir: str | Path, trial: Mapping[str, Any], out_dir: str 
     (a full disk) leaves nothing behind.
     """
     search_dir, out = Path(search_dir), Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(
-            f"--export {out}: the path exists and is not an empty directory; choose a new one"
-        )
+    check_export_dir(out)
     results = ResultsDir(search_dir)
     config = results.read_config()
     facts = results.read_facts()

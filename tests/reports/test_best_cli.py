@@ -56,10 +56,10 @@ def test_limits_from_flags_and_limit(search, capsys, flags, expected, limits):
 
 
 def test_nothing_within_the_limits_exits_1_with_a_null_trial(search, capsys):
-    assert main(["best", str(search), "--format", "json", "--min-accuracy", "0.95"]) == 1
+    assert main(["best", str(search), "--format", "json", "--min-accuracy", "0.95"]) == 3
     out = json.loads(capsys.readouterr().out)
     assert out["pick"] is None and "no complete trial meets accuracy >= 0.95" in out["reason"]
-    assert main(["best", str(search), "--limit", "accuracy>=0.95"]) == 1
+    assert main(["best", str(search), "--limit", "accuracy>=0.95"]) == 3
     assert capsys.readouterr().out.startswith("No trial chosen: no complete trial meets accuracy >= 0.95")
 
 
@@ -71,8 +71,8 @@ def test_nothing_within_the_limits_exits_1_with_a_null_trial(search, capsys):
         (["--limit", "peak_memory_bytes<=lots"], "--limit: peak_memory_bytes: cannot read 'lots' as a size"),
         (["--max-memory", "lots"], "--max-memory:"),
         # On the command line a size says its unit: a bare number would be bytes, never what was meant.
-        (["--max-memory", "8"], "--max-memory: '8' has no unit; write e.g. 8GiB or 8GB"),
-        (["--limit", "peak_memory_bytes<=1.5"], "--limit: peak_memory_bytes: '1.5' has no unit"),
+        (["--max-memory", "8"], "--max-memory: 8 has no unit; write e.g. 8GiB or 8GB"),
+        (["--limit", "peak_memory_bytes<=1.5"], "--limit: peak_memory_bytes: 1.5 has no unit"),
     ],
 )
 def test_bad_limits_exit_2_with_one_line_naming_the_flag(search, capsys, flag, message):

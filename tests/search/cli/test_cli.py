@@ -85,7 +85,7 @@ def test_show_and_best_read_a_search_whose_every_trial_failed(tmp_path):
     shown = _cli("show", str(tmp_path))
     assert shown.returncode == 0 and "RuntimeError: boom" in shown.stdout, shown.stderr
     best = _cli("best", str(tmp_path))
-    assert best.returncode == 1 and best.stdout.startswith(
+    assert best.returncode == 3 and best.stdout.startswith(
         "No trial chosen: no complete trial meets no limits"
     )
 

@@ -174,10 +174,10 @@ def test_best_exports_an_adapter_that_reproduces_its_accuracy(finished, tiny_ber
     assert result.accuracy == pytest.approx(chosen["accuracy"])
     assert result.metrics()["accuracy_ci_low"] == pytest.approx(chosen["accuracy_ci_low"])
 
-    # The same limits on an impossible budget: nothing chosen, exit 1, nothing exported.
+    # An impossible budget: nothing chosen, exit 3, nothing exported.
     none = subprocess.run(
-        [sys.executable, "-m", "peft_search", "best", str(search_dir), "--min-accuracy", "1.01"],
+        [sys.executable, "-m", "peft_search", "best", str(search_dir), "--max-params", "1"],
         capture_output=True,
         text=True,
     )
-    assert none.returncode == 1 and "No trial chosen" in none.stdout
+    assert none.returncode == 3 and "No trial chosen" in none.stdout
