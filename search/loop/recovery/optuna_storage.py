@@ -11,6 +11,11 @@ import optuna
 def open_study(url: str, study_name: str | None) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """The study (``KeyError`` when the database holds none of that name; ``None``: its only one) and its storage."""
     storage = optuna.storages.RDBStorage(url)
+    if study_name is None:  # named here: load_study would log that it guessed (at INFO, on the terminal)
+        names = optuna.get_all_study_names(storage)
+        if len(names) != 1:
+            raise KeyError(f"{url}: {len(names)} studies, not one")
+        study_name = names[0]
     return optuna.load_study(study_name=study_name, storage=storage), storage
 
 
