@@ -154,10 +154,13 @@ def big_config(model_dir: Path, layers: int) -> dict[str, Any]:
     """A causal-LM plan of the 18 candidates on Llama-3.2-3B's shape (``layers`` decoder blocks)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.json").write_text(json.dumps({**LLAMA_3B, "num_hidden_layers": layers}))
+    # plan checks the data as run does (a few rows: the plan's figures do not depend on them).
+    rows = [{"prompt": f"question {i} :", "answer": f"answer {i % 4}"} for i in range(24)]
+    (model_dir / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {
         "name": f"plan-3b-{layers}",
         "model": {"name_or_path": str(model_dir), "task": "causal-lm"},
-        "dataset": {"source": str(model_dir / "unused.jsonl")},
+        "dataset": {"source": str(model_dir / "qa.jsonl"), "train_size": 16, "eval_size": 8},
         "space": {
             "methods": [],
             "candidates": [

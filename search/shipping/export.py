@@ -96,7 +96,8 @@ def _write(
     task = model.task
     base = base_model_entry(model, out)
     # Contents only (not the mode bits of the trial's files): the export gets this process's umask.
-    source = Path(trial.get("adapter_path") or "")
+    # As the table records it (relative to the search) or as ResultsDir.read_trials gives it (resolved).
+    source = Path(results.locate_adapter(trial.get("adapter_path")) or "")
     if not (source / "adapter_config.json").is_file():
         raise ConfigError(
             f"--export: trial {trial['trial_id']}'s adapter is not at {source}; the search's train/ directory "

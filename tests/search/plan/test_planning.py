@@ -173,7 +173,7 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
             {
                 "name": "p",
                 "model": {"name_or_path": str(only_config)},
-                "dataset": {"source": classification_csv},
+                "dataset": {"source": classification_csv, "train_per_class": 8, "eval_size": 96},
                 "space": {
                     "methods": ["lora", "ia3", "loha"],
                     "quantization": ["none", "nf4"],
@@ -208,10 +208,10 @@ def test_plan_cli_json(tiny_bert, classification_csv, tmp_path):
         [sys.executable, "-m", "peft_search", "plan", str(cfg)], capture_output=True, text=True
     )
     assert table.returncode == 0 and "mine" in table.stdout and "est. peak" in table.stdout
-    # The held-out split's resolution: 500 rows (the default eval_size) tell apart 4.4 points, over 3: a warning.
-    assert "held-out rows: 500 (dataset.eval_size)" in table.stdout and "differ by 4.4 points" in table.stdout
-    assert "warning: differences under 4.4 points are noise here" in table.stdout
-    assert "held-out rows: 500" in out.stderr  # JSON stays machine-readable on stdout
+    # The held-out split's resolution: 96 rows (all the data leaves) tell apart 10.1 points, over 3: a warning.
+    assert "held-out rows: 96 (dataset.eval_size)" in table.stdout and "differ by 10.1 points" in table.stdout
+    assert "warning: differences under 10.1 points are noise here" in table.stdout
+    assert "held-out rows: 96" in out.stderr  # JSON stays machine-readable on stdout
 
 
 def test_plan_refuses_a_candidate_peft_cannot_build(tiny_bert, classification_csv, tmp_path, capsys):
