@@ -47,14 +47,26 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    # Any other library warning (PEFT's "Unsupported layer type" for LN tuning, ...) goes to the command's log file.
+    # Any other library warning (PEFT's "Unsupported layer type" for LN tuning, ...) goes to the command's log file,
+    # and so does what Python reports as ignored (Ray's SIGTERM landing in a garbage-collector callback as Tune
+    # ends a trial's actor prints "Exception ignored in ..." with a traceback).
     to_log(logging.getLogger("py.warnings"))
     logging.captureWarnings(True)
+    to_log(logging.getLogger("peft_search.ignored"))
+    sys.unraisablehook = _ignored_to_log
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_CAST)  # once: addFilter dedupes
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_KERNELS)
     # PEFT warns of zero-sized LoRA tensors as unsharded ZeRO-3/FSDP weights; trials never shard (DDP at most), and
     # AdaLoRA saves a layer whose every rank it pruned as exactly such a tensor.
     warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
+
+
+def _ignored_to_log(unraisable) -> None:
+    logging.getLogger("peft_search.ignored").warning(
+        "Exception ignored in %r",
+        unraisable.object,
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+    )
 
 
 def import_training_libraries(quantization: str) -> None:
