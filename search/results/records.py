@@ -29,9 +29,11 @@ CURVE_KEY = "learning_curve"
 """In a trial's result: its training loss (and learning rate, gradient norm) at each logging step, and its rung
 evaluations: ``{"step": [...], "loss": [...], ..., "eval_step": [...], "eval_accuracy": [...], "eval_loss": [...]}``."""
 OPTUNA_TRIAL_KEY = "optuna_trial"
-REPEAT_OF_KEY = "repeat_of"
-"""In a seed repeat's config: the trial id of the original it trains again."""
 """In a trial's config: the number of the Optuna trial that proposed it."""
+REPEAT_OF_KEY = "repeat_of"
+"""In a seed repeat's (or a race run's) config: the trial id of the original it trains again."""
+RACE_ROUND_KEY = "race_round"
+"""In a race run's config (``search.race``): the round it ran in (1, 2, ...)."""
 
 INFO_FIELDS: tuple[str, ...] = ("peak_memory_kind", "device", "node_id", "cpu_allocator", "group")
 """Facts about where and how a trial ran that are not metrics (text); ``group``: the packed group it trained in
@@ -68,6 +70,8 @@ class TrialResult:
     """A seed repeat (``search.repeats``): the trial whose config it trains again."""
     seed: int | None = None
     """A seed repeat's training seed (the search's own seed otherwise)."""
+    race_round: int | None = None
+    """A race run's round (``search.race``)."""
     curve: dict[str, list[float]] = field(default_factory=dict)
     """``CURVE_KEY``: the training loss over steps and the rung evaluations (complete and stopped trials)."""
 
@@ -107,6 +111,7 @@ class TrialResult:
             adapter_path=result.get("checkpoint_path") if status == "complete" else None,
             repeat_of=config.get(REPEAT_OF_KEY),
             seed=config.get("seed"),
+            race_round=config.get(RACE_ROUND_KEY),
             curve=dict(result.get(CURVE_KEY) or {}) if keep else {},
         )
 
@@ -129,6 +134,7 @@ class TrialResult:
             "adapter_path": self.adapter_path,
             "repeat_of": self.repeat_of,
             "seed": self.seed,
+            RACE_ROUND_KEY: self.race_round,
             "learning_curve": json.dumps(self.curve) if self.curve else None,
             **self.metrics,
             **self.info,
@@ -155,6 +161,7 @@ class TrialResult:
             adapter_path=_value(row.get("adapter_path")),
             repeat_of=_value(row.get("repeat_of")),
             seed=_int(row.get("seed")),
+            race_round=_int(row.get(RACE_ROUND_KEY)),
             curve=_json(row.get("learning_curve")),
         )
 
@@ -187,6 +194,7 @@ __all__ = [
     "INFO_FIELDS",
     "OPTUNA_TRIAL_KEY",
     "PREDICTIONS_KEY",
+    "RACE_ROUND_KEY",
     "REPEAT_OF_KEY",
     "RUNG_KEY",
     "STATUSES",

@@ -9,6 +9,7 @@ one-run Wilson interval. The repeat rows stay in the table as they are, off the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,19 +49,24 @@ def to_repeat(
             seed = base_seed + k
             if (original.trial_id, seed) in done:
                 continue
-            configs.append(
-                {
-                    "candidate": original.candidate,
-                    "method": original.method,
-                    "quantization": original.quantization,
-                    "peft_config": dict(original.peft_config),
-                    "learning_rate": original.learning_rate,
-                    "training": dict(original.training),
-                    "seed": seed,
-                    REPEAT_OF_KEY: original.trial_id,
-                }
-            )
+            configs.append(run_again(original, seed))
     return configs
+
+
+def run_again(original: TrialResult, seed: int, **marks: Any) -> dict:
+    """The Tune config that trains ``original``'s config again with ``seed``, linked to it (``repeat_of``): a
+    seed repeat, or with ``race_round`` a race's run; one builder for both."""
+    return {
+        "candidate": original.candidate,
+        "method": original.method,
+        "quantization": original.quantization,
+        "peft_config": dict(original.peft_config),
+        "learning_rate": original.learning_rate,
+        "training": dict(original.training),
+        "seed": seed,
+        REPEAT_OF_KEY: original.trial_id,
+        **marks,
+    }
 
 
 def fold_repeats(trials: pd.DataFrame) -> pd.DataFrame:
