@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from peft_search.reports.choice import Choice, Limit, Tolerance, choose_best, limits_json
+from peft_search.reports.choice import (
+    Choice,
+    Limit,
+    Tolerance,
+    cheapest,
+    choose_best,
+    limits_json,
+    prefer_metric,
+)
+from peft_search.reports.race import read_race
 from peft_search.reports.table import load_trials, record_json
 from peft_search.search.results.layout import ResultsDir
 from peft_search.search.results.metrics import Objective, get_metric, metrics
@@ -56,6 +66,16 @@ def describe(choice: Choice, objectives: Sequence[Objective]) -> str:
     elif len(choice.indistinguishable) > 1:
         lines.append(f"  tied with it under the rule: {', '.join(choice.indistinguishable[1:])}")
     lines.append(f"  why: {choice.reason}")
+    runs = t.get("runs")
+    if (
+        choice.race is None
+        and len(choice.indistinguishable) > 1
+        and not (isinstance(runs, float) and runs > 1)
+    ):
+        lines.append(
+            "  note: this rests on one training run per config, whose seed alone can move accuracy by points; "
+            "search.race races the tied configs over new seeds"
+        )
     return "\n".join(lines)
 
 
@@ -72,6 +92,7 @@ def choice_json(choice: Choice, objectives: Sequence[Objective], limits: Sequenc
         "reason": choice.reason,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives],
         "limits": limits_json(limits),
+        "race": choice.race,
     }
 
 
@@ -82,10 +103,31 @@ def best_command(
     tolerance: Tolerance = "auto",
     prefer: str | None = None,
 ) -> tuple[Choice, tuple[Objective, ...]]:
-    """Choose by the search's own objectives: the choice, and the objectives it was ranked by."""
+    """Choose by the search's own objectives: the choice, and the objectives it was ranked by. A search that raced
+    its tied configs (``search.race``) picks the cheapest config the race left, within the limits."""
     trials = load_trials(search_dir)
     objectives = trials.attrs["objectives"]
     correct = ResultsDir(search_dir).correct_by_trial()
-    return choose_best(
-        trials, objectives, limits, tolerance=tolerance, prefer=prefer, correct=correct
+    choice = choose_best(trials, objectives, limits, tolerance=tolerance, prefer=prefer, correct=correct)
+    race = read_race(search_dir)
+    if race is None or len(race.entrants) < 2 or tolerance != "auto":
+        return choice, objectives
+    left = trials[trials["trial_id"].astype(str).isin(race.left)]
+    # Every config left counts as tied: a margin of 1 (all of accuracy) leaves only --prefer to choose by.
+    raced = choose_best(left, objectives, limits, tolerance=1.0, prefer=prefer)
+    if raced.trial is None:
+        note = (
+            f"race: {race.detail}; none of the configs it left meets the limits, so the pick is by the rule"
+        )
+        return dataclasses.replace(choice, reason=f"{choice.reason}; {note}", race=race.to_json()), objectives
+    cost = get_metric(prefer_metric(prefer, objectives))
+    rule = f"search.race: of the configs the race left ({len(race.left)}), the one with the {cheapest(cost)}"
+    return dataclasses.replace(
+        raced,
+        reason=f"race: {race.detail}; {rule}",
+        most_accurate=choice.most_accurate,
+        p_value=None,
+        indistinguishable=tuple(race.left),
+        rule=rule,
+        race=race.to_json(),
     ), objectives

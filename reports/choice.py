@@ -160,6 +160,8 @@ class Choice:
     indistinguishable: tuple[str, ...] = ()
     """The trials that tie with ``most_accurate`` under the rule (itself included), best first."""
     rule: str = ""
+    race: dict | None = None
+    """The search's race of tied configs over new seeds (``search.race``), as ``RaceState.to_json`` gives it."""
 
 
 def parse_tolerance(text: str) -> Tolerance:

@@ -21,11 +21,13 @@ from peft_search.reports.choice import auto_rule, prefer_metric, rule_text
 from peft_search.reports.data import ReportData, report_data
 from peft_search.reports.importance import Importances, importances
 from peft_search.reports.page import PAGE
+from peft_search.reports.race import read_race
 from peft_search.reports.table import estimate_error
 from peft_search.search.results.layout import REPORT_FILE, ResultsDir, replacing
 from peft_search.search.results.lock import progress_note
 from peft_search.search.results.metrics import Objective, get_metric
 from peft_search.search.results.noise import ALPHA, TEST
+from peft_search.search.results.race import RaceState
 from peft_search.search.results.records import metric_columns
 from peft_search.search.results.repeats import fold_repeats
 
@@ -214,6 +216,17 @@ def _repeats_fact(facts: dict, trials: pd.DataFrame) -> str:
     )
 
 
+def _race_fact(facts: dict) -> str:
+    """``budget 0.25 of the search's compute, alpha 0.05, margin 0.01, at most 5 rounds`` (the race itself below)."""
+    r = facts.get("race")
+    if not r:
+        return "none"
+    return (
+        f"budget {r['budget']:g} of the search's compute, alpha {r['alpha']:g}, margin {r['margin']:g}, at most "
+        f"{r['max_rounds']} rounds (the race section has it)"
+    )
+
+
 def _names(objectives: Sequence[Objective]) -> str:
     labels = [o.spec.label for o in objectives]
     return " and ".join([", ".join(labels[:-1]), labels[-1]]) if len(labels) > 1 else labels[0]
@@ -233,6 +246,7 @@ def _facts(facts: dict[str, Any], data: ReportData) -> str:
         "trials": _trial_counts(data.trials),
         "early stopping": _early_stopping_fact(facts, data.trials),
         "seed repeats": _repeats_fact(facts, data.trials),
+        "race": _race_fact(facts),
         "concurrency": facts.get("concurrency"),
         "hardware": hardware_text(facts.get("cluster_resources", {})),
         "platform": facts.get("platform"),
@@ -274,8 +288,43 @@ def _estimate_line(complete: pd.DataFrame) -> str:
     )
 
 
-def render(data: ReportData, facts: dict[str, Any], importance: Importances | None = None) -> str:
-    """The page for precomputed data (``reports.data.report_data``) and the run facts."""
+def race_section(race: RaceState | None, trials: pd.DataFrame) -> str:
+    """The race of tied configs (``search.race``): each config's accuracy per seed, and when it was dropped."""
+    if race is None:
+        return ""
+    if len(race.entrants) < 2:
+        return "<h2>Race</h2><p>No config tied with the most accurate one: nothing to race.</p>"
+    by_id = {str(t["trial_id"]): t for _, t in trials.iterrows()}
+    dropped = {e.trial_id: e for e in race.eliminations}
+    head = "".join(f"<th>seed {int(s)}</th>" for s in race.seeds)
+    rows = []
+    for trial_id in race.entrants:
+        t = by_id.get(trial_id, {})
+        name = f"{trial_id} ({t.get('method', '?')}, {t.get('quantization', '?')})"
+        cells = "".join(
+            f"<td>{'' if a is None else f'{a:.4f}'}</td>" for a in race.accuracy.get(trial_id, ())
+        )
+        e = dropped.get(trial_id)
+        fate = (
+            f"dropped after round {e.round}: {100 * e.gap:.1f} points below the leader, p = {e.p_value:.3g}"
+            if e is not None
+            else "left"
+        )
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{html.escape(fate)}</td></tr>")
+    return (
+        "<h2>Race</h2>"
+        f"<p>{html.escape(race.detail)}</p>"
+        f'<table class="race"><tr><th>config</th>{head}<th>in the race</th></tr>{"".join(rows)}</table>'
+    )
+
+
+def render(
+    data: ReportData,
+    facts: dict[str, Any],
+    importance: Importances | None = None,
+    race: RaceState | None = None,
+) -> str:
+    """The page for precomputed data (``reports.data.report_data``), the run facts and the race, if any."""
     from plotly.offline import get_plotlyjs
 
     figures = charts.figures(data)
@@ -298,6 +347,7 @@ def render(data: ReportData, facts: dict[str, Any], importance: Importances | No
         facts=_facts(facts, data),
         picker_inputs=inputs,
         rule=picker_rule(data),
+        race=race_section(race, data.trials),
         front_count=len(data.front),
         objective_names=html.escape(_names(data.objectives)),
         charts=divs,
@@ -316,7 +366,7 @@ def build_report(search_dir: str | Path) -> str:
     facts = {"name": results.name, **results.read_facts()}
     facts["progress"] = progress_note(search_dir, "wall_time_s" in facts)
     data = report_data(trials, objectives, results.correct_by_trial())
-    return render(data, facts, importances(results, trials, objectives))
+    return render(data, facts, importances(results, trials, objectives), read_race(search_dir))
 
 
 def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -29,7 +29,7 @@ tr.status-stopped_early {{ background: #eef2f7; }}
 <p id="choice"></p>
 <p>Same rule as <code>peft-search best</code>: {rule}.</p>
 </div>
-<h2>Pareto fronts ({front_count} non-dominated trials over {objective_names})</h2>
+{race}<h2>Pareto fronts ({front_count} non-dominated trials over {objective_names})</h2>
 {charts}
 <p>{importance_note}</p>
 <h2>Per method</h2>{summary}

@@ -12,6 +12,7 @@ from typing import Any
 
 from peft_search.cluster import connect, plan_concurrency, ray_line, worker_env
 from peft_search.reports.html import write_report
+from peft_search.reports.race import read_race
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop import recovery, tuning
 from peft_search.search.loop.home import SearchHome, claim, record_run, stage
@@ -20,6 +21,7 @@ from peft_search.search.loop.table import TrialTable
 from peft_search.search.loop.tracking import tracking_callbacks
 from peft_search.search.loop.tuning import FixedConfigs, new_tuner
 from peft_search.search.results.lock import SearchLock, command_line
+from peft_search.search.results.race import next_round
 from peft_search.search.results.repeats import to_repeat
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.verbosity import LOG_ENV, VERBOSE_ENV, to_log, verbose
@@ -69,9 +71,13 @@ def run_search(
         if cfg.search.repeats is not None:
             # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
             repeat_front(cfg, prep, home, table, concurrency)
+        if cfg.search.race is not None:
+            # Race the configs tied with the most accurate one over new seeds (search.race), in the same table.
+            race_ties(cfg, prep, home, table, concurrency, echo)
         # Finish.
         # The table was never read when nothing was left to run: the one on disk stays.
-        _finish(cfg, home, facts, table, tuner is None and cfg.search.repeats is None, echo, started=t0)
+        kept = tuner is None and cfg.search.repeats is None and cfg.search.race is None
+        _finish(cfg, home, facts, table, kept, echo, started=t0)
     finally:
         lock.release()
     return home.results.path
@@ -218,32 +224,79 @@ def packing_note(rows: list[dict[str, Any]], cfg: SearchConfig) -> str | None:
 def repeat_front(cfg: SearchConfig, prep: Prepared, home: SearchHome, table, concurrency: int) -> int:
     """Train the front's best configs again with new seeds as ordinary trials linked to their original (the
     repeats a resumed search already ran are not run again); returns how many ran."""
-    from ray import tune
-
     r = cfg.search.repeats
     assert r is not None
     table.setup()  # the rows so far (when the search's own Tuner ran nothing, they were never read)
     configs = to_repeat(home.results.read_records(), cfg.objectives, r.top, r.seeds, cfg.search.seed)
+    return train_again(cfg, prep, home, table, concurrency, configs, "tune-repeats")
+
+
+def race_ties(
+    cfg: SearchConfig, prep: Prepared, home: SearchHome, table, concurrency: int, echo: bool
+) -> None:
+    """``search.race``: round after round, the configs still in the race train again with one new seed, until the
+    race stops (``search.results.race``: replayed from the table, so a resumed search goes on where it was)."""
+    table.setup()
+    while True:
+        state = read_race(home.results.path)
+        if state is None or len(state.entrants) < 2:
+            if echo:
+                print(
+                    "[peft-search] race: no config ties with the most accurate one; nothing to race",
+                    flush=True,
+                )
+            return
+        if state.stop is not None:
+            if echo:
+                print(f"[peft-search] race: {state.detail}", flush=True)
+            return
+        configs = next_round(home.results.read_trials(), state, cfg.search.seed)
+        if not configs:  # a run of the round is in the table, still "running": `resume` runs it again
+            if echo:
+                print(
+                    f"[peft-search] race: round {state.rounds + 1} has a run the table does not show finished; "
+                    "`peft-search resume` finishes the race",
+                    flush=True,
+                )
+            return
+        if echo:
+            print(f"[peft-search] race: {state.detail}", flush=True)
+        train_again(cfg, prep, home, table, concurrency, configs, f"tune-race-{state.rounds + 1}")
+
+
+def train_again(
+    cfg: SearchConfig,
+    prep: Prepared,
+    home: SearchHome,
+    table,
+    concurrency: int,
+    configs: list[dict],
+    name: str,
+) -> int:
+    """Train ``configs`` (seed repeats, a race's round) to the end as ordinary trials recorded in the search's
+    table; returns how many ran."""
+    from ray import tune
+
     if not configs:
         return 0
     table.num_trials = len(table.records) + len(configs)
-    # Repeats train to the end (no rung evaluations), each alone (a repeat's seed is its own: none would pack).
+    # Trained to the end (no rung evaluations), each alone (a run's seed is its own: none would pack).
     settings = dataclasses.replace(prep.settings, rungs=(), packing=1)
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, settings=settings, data=prep.data), trial_resources(settings)
     )
-    repeats = new_tuner(
+    again = new_tuner(
         trainable,
         FixedConfigs(configs),
         concurrency,
         [table, *tracking_callbacks(cfg, home.results.path)],
         cfg,
         home.storage_path,
-        name="tune-repeats",
+        name=name,
         num_samples=len(configs),
         stopping=False,
     )
-    repeats.fit()
+    again.fit()
     return len(configs)
 
 

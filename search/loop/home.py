@@ -146,6 +146,7 @@ def run_facts(
         "num_trials": cfg.search.num_trials,
         "early_stopping": {**cfg.search.early_stopping.model_dump(), "rungs": list(prep.rungs)},
         "repeats": cfg.search.repeats.model_dump() if cfg.search.repeats else None,
+        "race": cfg.search.race.model_dump() if cfg.search.race else None,
         "concurrency": concurrency,
         # search.packing as it ran: the most trials a group trains (1: each alone), and what auto measured
         "packing": {"members": prep.settings.packing, "speedup": prep.settings.packing_speedup},

@@ -184,6 +184,25 @@ class Repeats(_Strict):
     """New seeds per config (each config then has ``seeds + 1`` runs)."""
 
 
+class Race(_Strict):
+    """After the search (and ``repeats``), race the configs the held-out rows cannot tell from the most accurate one
+    (``best --tolerance auto``'s tie) over new seeds: each round gives every config still in the race one more run with
+    the same new seed (training seed and data order), drops those significantly worse than the leader (Friedman with
+    Holm-corrected paired t-tests; a paired t-test for two), and stops when one is left, when the cheapest one left
+    is shown within ``margin`` of every other, after ``max_rounds``, or when ``budget`` is spent. ``best`` then picks
+    the cheapest config left."""
+
+    budget: float = Field(0.25, gt=0)
+    """The race's compute, as a share of the search's own (its trials' training time): 0.25 is a quarter more."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level of the drops and of the within-margin check (confidence 1 - alpha)."""
+    margin: float = Field(0.01, ge=0, lt=1)
+    """Accuracy the cheapest config may be shown to lose against the leader and still settle the race (0.01: 1
+    point)."""
+    max_rounds: int = Field(5, ge=1)
+    """Rounds at most (each config then has up to ``max_rounds + 1`` runs)."""
+
+
 class SearchSettings(_Strict):
     num_trials: int = Field(10, ge=1)
     """Trials in all, explicit candidates included."""
@@ -201,6 +220,9 @@ class SearchSettings(_Strict):
     """``asha`` (or a mapping: rule, grace_steps, reduction_factor, eval_size) stops dominated trials at rungs."""
     repeats: Repeats | None = None
     """Opt-in seed repeats of the front's best configs, e.g. ``{top: 3, seeds: 3}`` (off when unset)."""
+    race: Race | None = None
+    """Opt-in race of the configs tied with the most accurate one over new seeds, e.g. ``{budget: 0.25, alpha:
+    0.05, margin: 0.01, max_rounds: 5}`` or ``{}`` for those defaults (off when unset)."""
     packing: Literal["off", "auto"] | int = "off"
     """Packed trials: LoRA-family trials that share the quantization level and training arguments train K at a
     time through one base model (``search.worker.packed``), each still its own trial. ``auto``: the search
