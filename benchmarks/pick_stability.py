@@ -1,5 +1,5 @@
 """How stable is the pick? The default search's front configs trained with several seeds; ``best`` applied to each
-seed's runs with ``--tolerance 0`` and ``--tolerance auto``.
+seed's runs with ``--tolerance 0``, ``--tolerance auto``, and ``auto`` settled by ``search.race``.
 
     python -m benchmarks.pick_stability                  # the default search, its whole front, 5 new seeds
     python -m benchmarks.pick_stability --seeds 5 --max-params 100000
@@ -8,8 +8,10 @@ One search with ``search.repeats: {top: TOP, seeds: SEEDS}`` trains every front 
 search's own seed, then ``seed + 1 .. seed + SEEDS``). For each seed, the runs with that seed make one "world":
 the question a user asks of one search, asked ``SEEDS + 1`` times. Each rule picks a config in each world (the
 same code as ``peft-search best``, on that world's per-row predictions); the table says how often each rule picks
-its most frequent config, how many different configs it picks, and what its picks cost and score, with each pick's
-accuracy averaged over all its runs (the best estimate of what shipping it gives).
+its most frequent config, how many different configs it picks, and what its picks cost and score: each pick's
+accuracy over the seeds no rule used to pick it, against the best config's mean over those seeds. The race is
+replayed on the runs already trained (``raced``): round ``r`` of a world takes each tied config's run with the
+``r``-th next seed, as ``search.race`` would have trained it, and its compute is those runs' training time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import yaml
 
 from benchmarks.common import machine, start_ray, table, write_result
 
-RULES = ("0", "auto")
+RULES = ("0", "auto", "auto+race")
+RACE = {"alpha": 0.05, "margin": 0.01, "max_rounds": 3, "budget": 0.5}
+"""``search.race`` as this benchmark replays it; the rounds leave seeds no rule picked on, to score the picks by."""
 
 
 def worlds(trials: pd.DataFrame, correct: dict[str, list[bool]], base_seed: int):
@@ -40,34 +44,86 @@ def worlds(trials: pd.DataFrame, correct: dict[str, list[bool]], base_seed: int)
         yield int(seed), rows, {c: correct[t] for c, t in zip(rows["config"], world["trial_id"], strict=True)}
 
 
+def raced(
+    world: pd.DataFrame, runs: pd.DataFrame, seed: int, tied: tuple[str, ...], search_s: float
+) -> tuple[str, list[int], float, str]:
+    """``search.race`` over the configs ``tied`` in one world, replayed on the runs already trained: round ``r``
+    takes each config's run with the ``r``-th seed after the world's own (in a cycle), as a search's race would train
+    it. The pick (the cheapest config left, by trainable parameters), the seeds it used, the race's training seconds
+    and its stop line. The budget is ``RACE["budget"]`` of the search's own training time (``search_s``)."""
+    from peft_search.reports.race import cheapest_first
+    from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
+    from peft_search.search.results.race import race_state
+
+    seeds = sorted(runs["run_seed"].unique())
+    order = seeds[seeds.index(seed) + 1 :] + seeds[: seeds.index(seed)]
+    rows = [world.assign(repeat_of=None, seed=None)]
+    for r, other in enumerate(order, start=1):
+        again = runs[runs["run_seed"].eq(other) & runs["config"].isin(tied)]
+        rows.append(
+            again.assign(
+                trial_id=[f"{c}@{other}" for c in again["config"]], repeat_of=again["config"], seed=r
+            )
+        )
+    table = pd.concat(rows, ignore_index=True)
+    own_s = float(
+        world["train_time_s"].sum()
+    )  # the world's originals: the search's budget is over all its trials
+    state = race_state(
+        table,
+        list(tied),
+        base_seed=0,
+        cheapest_first=cheapest_first(world, list(tied), DEFAULT_OBJECTIVES),
+        **{**RACE, "budget": RACE["budget"] * search_s / own_s},
+    )
+    used = [seed, *order[: state.rounds]]
+    pick = cheapest_first(world, list(state.left), DEFAULT_OBJECTIVES)[0]
+    return pick, used, state.spent_s, state.detail
+
+
 def picks(trials, correct, base_seed: int, limits) -> list[dict[str, Any]]:
     from peft_search.reports.choice import choose_best
     from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
 
     out = []
+    done = trials[trials["status"] == "complete"]
+    search_s = float(done.loc[done["repeat_of"].isna(), "train_time_s"].sum())
+    runs = done.assign(
+        config=done["repeat_of"].fillna(done["trial_id"]), run_seed=done["seed"].fillna(base_seed).astype(int)
+    )
     for seed, world, world_correct in worlds(trials, correct, base_seed):
         for rule in RULES:
-            tolerance = "auto" if rule == "auto" else float(rule)
+            tolerance = 0.0 if rule == "0" else "auto"
             choice = choose_best(
                 world, DEFAULT_OBJECTIVES, limits, tolerance=tolerance, correct=world_correct
             )
             if choice.trial is None:
                 continue
+            pick, used, spent, why = str(choice.trial["trial_id"]), [seed], 0.0, ""
+            if rule == "auto+race" and len(choice.indistinguishable) > 1:
+                pick, used, spent, why = raced(world, runs, seed, choice.indistinguishable, search_s)
+            chosen = world.set_index("trial_id").loc[pick]
             out.append(
                 {
                     "seed": seed,
                     "rule": rule,
-                    "pick": choice.trial["trial_id"],
-                    "method": choice.trial["method"],
-                    "accuracy": float(choice.trial["accuracy"]),
-                    "trainable_params": float(choice.trial["trainable_params"]),
+                    "pick": pick,
+                    "method": chosen["method"],
+                    "accuracy": float(chosen["accuracy"]),
+                    "trainable_params": float(chosen["trainable_params"]),
                     "tied": len(choice.indistinguishable),
+                    "seeds_used": used,
+                    "race_s": spent,
+                    "search_s": search_s,
+                    "race": why,
                 }
             )
     return out
 
 
-def summarise(rows: list[dict[str, Any]], mean_accuracy: dict[str, float]) -> list[dict[str, Any]]:
+def summarise(rows: list[dict[str, Any]], accuracy: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per rule: how often it picks its most frequent config, and its picks' accuracy over the seeds it did not
+    pick on (``accuracy``: config x seed) against the best config's mean over those same seeds, and the compute."""
     out = []
     for rule in RULES:
         mine = [r for r in rows if r["rule"] == rule]
@@ -75,17 +131,24 @@ def summarise(rows: list[dict[str, Any]], mean_accuracy: dict[str, float]) -> li
             continue
         counts = Counter(r["pick"] for r in mine)
         modal, n_modal = counts.most_common(1)[0]
+        unseen = [accuracy.drop(columns=r["seeds_used"]) for r in mine]
         out.append(
             {
-                "rule": f"--tolerance {rule}",
+                "rule": f"--tolerance {rule}" if rule != "auto+race" else "--tolerance auto, search.race",
                 "worlds": len(mine),
                 "modal_pick": modal,
                 "same_pick_share": n_modal / len(mine),
                 "distinct_picks": len(counts),
                 "mean_pick_accuracy_in_world": sum(r["accuracy"] for r in mine) / len(mine),
-                "mean_pick_accuracy_over_seeds": sum(mean_accuracy[r["pick"]] for r in mine) / len(mine),
+                "pick_accuracy_on_unused_seeds": sum(
+                    u.loc[r["pick"]].mean() for r, u in zip(mine, unseen, strict=True)
+                )
+                / len(mine),
+                "best_config_on_unused_seeds": sum(u.mean(axis=1).max() for u in unseen) / len(mine),
                 "mean_pick_trainable_params": sum(r["trainable_params"] for r in mine) / len(mine),
                 "mean_tied": sum(r["tied"] for r in mine) / len(mine),
+                "compute_vs_search": sum((r["search_s"] + r["race_s"]) / r["search_s"] for r in mine)
+                / len(mine),
             }
         )
     return out
@@ -119,7 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutdown()
     done = trials[trials["status"] == "complete"].copy()
     done["config"] = done["repeat_of"].fillna(done["trial_id"])
-    mean_accuracy = done.groupby("config")["accuracy"].mean().to_dict()
+    done["run_seed"] = done["seed"].fillna(cfg.search.seed).astype(int)
+    repeated = done[done["config"].isin(set(done["repeat_of"].dropna()))]
+    accuracy = repeated.pivot_table(index="config", columns="run_seed", values="accuracy")
     limits = [Limit("trainable_params", "<=", args.max_params)] if args.max_params else []
     rows = picks(trials, correct, cfg.search.seed, limits)
     configs = (
@@ -145,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trials": len(trials),
         "limits": [str(limit) for limit in limits],
         "configs": configs.to_dict("records"),
-        "summary": summarise(rows, mean_accuracy),
+        "summary": summarise(rows, accuracy),
         "picks": rows,
     }
 

@@ -128,9 +128,18 @@ def test_pick_stability(ray_local, tiny_bert, classification_csv, tmp_path):
     )
     result = json.loads((tmp_path / "pick_stability.json").read_text())
     assert result["configs"] and all(c["runs"] == 3 for c in result["configs"])  # the original + 2 seeds
-    assert {s["rule"] for s in result["summary"]} == {"--tolerance 0", "--tolerance auto"}
+    assert {s["rule"] for s in result["summary"]} == {
+        "--tolerance 0",
+        "--tolerance auto",
+        "--tolerance auto, search.race",
+    }
     for s in result["summary"]:
         assert s["worlds"] == 3 and 0 < s["same_pick_share"] <= 1 and s["distinct_picks"] >= 1
+        assert 0 <= s["pick_accuracy_on_unused_seeds"] <= s["best_config_on_unused_seeds"] <= 1
+        assert s["compute_vs_search"] >= 1
+    # The race picks among the configs auto ties, on more seeds than the one world it starts from.
+    for p in result["picks"]:
+        assert p["seeds_used"][0] == p["seed"] and (p["rule"] == "auto+race" or len(p["seeds_used"]) == 1)
     # tolerance 0 picks the most accurate run of each world; auto never picks a more accurate one.
     by_world = {(p["seed"], p["rule"]): p for p in result["picks"]}
     for seed in {p["seed"] for p in result["picks"]}:
