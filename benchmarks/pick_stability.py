@@ -45,12 +45,18 @@ def worlds(trials: pd.DataFrame, correct: dict[str, list[bool]], base_seed: int)
 
 
 def raced(
-    world: pd.DataFrame, runs: pd.DataFrame, seed: int, tied: tuple[str, ...], search_s: float
+    world: pd.DataFrame,
+    runs: pd.DataFrame,
+    seed: int,
+    tied: tuple[str, ...],
+    search_s: float,
+    race: dict = RACE,
 ) -> tuple[str, list[int], float, str]:
     """``search.race`` over the configs ``tied`` in one world, replayed on the runs already trained: round ``r``
     takes each config's run with the ``r``-th seed after the world's own (in a cycle), as a search's race would train
     it. The pick (the cheapest config left, by trainable parameters), the seeds it used, the race's training seconds
-    and its stop line. The budget is ``RACE["budget"]`` of the search's own training time (``search_s``)."""
+    and its stop line. ``race``: ``search.race``'s settings, its budget a share of the search's own training time
+    (``search_s``)."""
     from peft_search.reports.race import cheapest_first
     from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
     from peft_search.search.results.race import race_state
@@ -74,14 +80,14 @@ def raced(
         list(tied),
         base_seed=0,
         cheapest_first=cheapest_first(world, list(tied), DEFAULT_OBJECTIVES),
-        **{**RACE, "budget": RACE["budget"] * search_s / own_s},
+        **{**race, "budget": race["budget"] * search_s / own_s},
     )
     used = [seed, *order[: state.rounds]]
     pick = cheapest_first(world, list(state.left), DEFAULT_OBJECTIVES)[0]
     return pick, used, state.spent_s, state.detail
 
 
-def picks(trials, correct, base_seed: int, limits) -> list[dict[str, Any]]:
+def picks(trials, correct, base_seed: int, limits, race: dict = RACE) -> list[dict[str, Any]]:
     from peft_search.reports.choice import choose_best
     from peft_search.search.results.metrics import DEFAULT_OBJECTIVES
 
@@ -101,7 +107,7 @@ def picks(trials, correct, base_seed: int, limits) -> list[dict[str, Any]]:
                 continue
             pick, used, spent, why = str(choice.trial["trial_id"]), [seed], 0.0, ""
             if rule == "auto+race" and len(choice.indistinguishable) > 1:
-                pick, used, spent, why = raced(world, runs, seed, choice.indistinguishable, search_s)
+                pick, used, spent, why = raced(world, runs, seed, choice.indistinguishable, search_s, race)
             chosen = world.set_index("trial_id").loc[pick]
             out.append(
                 {
@@ -161,32 +167,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from peft_search.search.results.layout import ResultsDir
     from peft_search.search.settings.loading import load_config
 
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    ours = start_ray(args.config, overrides, args.num_cpus)
-    with tempfile.TemporaryDirectory(prefix="pick-stability-") as tmp:
-        tmp = args.results_dir or tmp  # --results-dir keeps the search (its report) for a look
-        cfg = load_config(
-            args.config,
-            {
-                **overrides,
-                "name": "pick-stability",
-                "results_dir": tmp,
-                "search.repeats": {"top": args.top, "seeds": args.seeds},
-            },
-        )
-        t0 = time.perf_counter()
-        results = ResultsDir(run_search(cfg, echo=args.echo))
-        wall = time.perf_counter() - t0
+    race = {**RACE, "budget": args.race_budget, "max_rounds": args.race_rounds}
+    if args.from_results:  # the rules again on a search kept with --results-dir: nothing trains
+        results = ResultsDir(args.from_results)
+        base_seed = int((results.read_config().get("search") or {}).get("seed") or 0)
         trials, correct = results.read_trials(), results.correct_by_trial()
-    if ours:
-        shutdown()
+        wall = float(results.read_facts().get("wall_time_s") or 0.0)
+    else:
+        overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+        ours = start_ray(args.config, overrides, args.num_cpus)
+        with tempfile.TemporaryDirectory(prefix="pick-stability-") as tmp:
+            tmp = args.results_dir or tmp  # --results-dir keeps the search (its report) for a look
+            cfg = load_config(
+                args.config,
+                {
+                    **overrides,
+                    "name": "pick-stability",
+                    "results_dir": tmp,
+                    "search.repeats": {"top": args.top, "seeds": args.seeds},
+                },
+            )
+            t0 = time.perf_counter()
+            results = ResultsDir(run_search(cfg, echo=args.echo))
+            wall = time.perf_counter() - t0
+            trials, correct = results.read_trials(), results.correct_by_trial()
+        base_seed = cfg.search.seed
+        if ours:
+            shutdown()
     done = trials[trials["status"] == "complete"].copy()
     done["config"] = done["repeat_of"].fillna(done["trial_id"])
-    done["run_seed"] = done["seed"].fillna(cfg.search.seed).astype(int)
+    done["run_seed"] = done["seed"].fillna(base_seed).astype(int)
     repeated = done[done["config"].isin(set(done["repeat_of"].dropna()))]
     accuracy = repeated.pivot_table(index="config", columns="run_seed", values="accuracy")
     limits = [Limit("trainable_params", "<=", args.max_params)] if args.max_params else []
-    rows = picks(trials, correct, cfg.search.seed, limits)
+    rows = picks(trials, correct, base_seed, limits, race)
     configs = (
         done[done["config"].isin(set(done["repeat_of"].dropna()))]
         .groupby("config")
@@ -209,6 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall,
         "trials": len(trials),
         "limits": [str(limit) for limit in limits],
+        "race": race,
         "configs": configs.to_dict("records"),
         "summary": summarise(rows, accuracy),
         "picks": rows,
@@ -234,6 +249,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--echo", action="store_true")
     parser.add_argument("--results-dir", help="keep the search here (default: a temporary directory)")
     parser.add_argument("--out-dir", help="directory for the JSON result (default benchmarks/results)")
+    parser.add_argument(
+        "--from-results",
+        help="replay the rules on a search kept with --results-dir (RESULTS_DIR/pick-stability)",
+    )
+    parser.add_argument(
+        "--race-budget", type=float, default=RACE["budget"], help="search.race's budget (share of the search)"
+    )
+    parser.add_argument(
+        "--race-rounds", type=int, default=RACE["max_rounds"], help="search.race's max_rounds"
+    )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     result = run(args)
