@@ -22,7 +22,7 @@ def markdown() -> str:
     parts = [
         "# Search config reference",
         "",
-        "Generated from the schema (`search/settings/schema.py`, its `space` section in `space_config.py`) by",
+        "Generated from the schema (`search/settings/schema.py`, its `space` and `search` sections in `space_config.py` and `search_section.py`) by",
         "`python -m peft_search.search.settings.reference`; each description is the field's docstring. A config is validated once, before anything runs; a mistake gets",
         "one line naming the key and the fix. Unknown keys are refused.",
         "",
