@@ -34,6 +34,17 @@ def tiny_config(model: str, data: str, task: str = "sequence-classification", **
     return parse_config(raw)
 
 
+def lora_space(*ranks: int, learning_rate: float = 1e-2) -> dict[str, Any]:
+    """``space``: explicit LoRA candidates on query and value (``r2``, ``r8``, ...), nothing sampled."""
+    lora = {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["query", "value"]}
+    return {
+        "methods": [],
+        "candidates": [
+            {"name": f"r{r}", "peft_config": {**lora, "r": r}, "learning_rate": learning_rate} for r in ranks
+        ],
+    }
+
+
 def prepared(model: str, data: str, task: str, tmp_path) -> tuple[Prepared, TrialSettings]:
     cfg = tiny_config(model, data, task, results_dir=str(tmp_path))
     prep = prepare(cfg)

@@ -112,7 +112,6 @@ def _count(minimum: int) -> Callable[[str], int]:
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    count.__name__ = "count"
     return count
 
 

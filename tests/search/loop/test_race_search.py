@@ -19,19 +19,13 @@ def test_a_race_settles_or_states_the_tie_and_resumes_mid_round(
     ray_local, tiny_bert, classification_csv, tmp_path, capsys
 ):
     from peft_search.search.loop.driver import run_search
-    from tests.helpers import tiny_config
+    from tests.helpers import lora_space, tiny_config
 
-    lora = {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["query", "value"]}
     cfg = tiny_config(
         tiny_bert,
         classification_csv,
         results_dir=str(tmp_path),
-        space={
-            "methods": [],
-            "candidates": [
-                {"name": f"r{r}", "peft_config": {**lora, "r": r}, "learning_rate": 1e-2} for r in (2, 8)
-            ],
-        },
+        space=lora_space(2, 8),
         # margin 0: nothing is "within margin" unless it is the leader itself, so the race runs its rounds.
         search={"num_trials": 2, "max_concurrent": 2, "race": {"max_rounds": 2, "margin": 0, "budget": 20}},
         training={"max_steps": 1},

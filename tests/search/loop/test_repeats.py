@@ -72,19 +72,13 @@ def test_a_search_repeats_its_front_and_every_reader_shows_the_mean(
     ray_local, tiny_bert, classification_csv, tmp_path, capsys
 ):
     from peft_search.search.loop.driver import run_search
-    from tests.helpers import tiny_config
+    from tests.helpers import lora_space, tiny_config
 
-    lora = {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["query", "value"]}
     cfg = tiny_config(
         tiny_bert,
         classification_csv,
         results_dir=str(tmp_path),
-        space={
-            "methods": [],
-            "candidates": [
-                {"name": f"r{r}", "peft_config": {**lora, "r": r}, "learning_rate": 1e-2} for r in (2, 8)
-            ],
-        },
+        space=lora_space(2, 8),
         search={"num_trials": 2, "max_concurrent": 1, "repeats": {"top": 1, "seeds": 2}},
         training={"max_steps": 2},
         resources={"cpus_per_worker": 1},
