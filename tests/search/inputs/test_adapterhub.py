@@ -217,7 +217,8 @@ def test_an_8_bit_base_trains_and_a_4_bit_candidate_is_refused_in_one_line(seq_c
     adapter_dir.cleanup()
     assert metrics["trial_status"] == "complete" and metrics["trainable_params"] > 0
     with pytest.raises(
-        ConfigError, match=r"^space\.candidates\[0\]\.quantization: seq_bn trains on int8 or none"
+        ConfigError,
+        match=r"^space\.candidates\[0\]\.quantization: seq_bn trains on none or int8 bases only \(.+\); use int8$",
     ):
         check_candidates(
             [CandidateSpec(name="q", quantization="nf4", peft_config=config)],
