@@ -54,7 +54,8 @@ def raced(
 ) -> tuple[str, list[int], float, str]:
     """``search.race`` over the configs ``tied`` in one world, replayed on the runs already trained: round ``r``
     takes each config's run with the ``r``-th seed after the world's own (in a cycle), as a search's race would train
-    it. The pick (the cheapest config left, by trainable parameters), the seeds it used, the race's training seconds
+    it. The pick (as ``best``'s: the cheapest config left by trainable parameters, of those within the margin of the
+    leader's mean where the race stopped undecided), the seeds it used, the race's training seconds
     and its stop line. ``race``: ``search.race``'s settings, its budget a share of the search's own training time
     (``search_s``)."""
     from peft_search.reports.race import cheapest_first
@@ -83,7 +84,7 @@ def raced(
         **{**race, "budget": race["budget"] * search_s / own_s},
     )
     used = [seed, *order[: state.rounds]]
-    pick = cheapest_first(world, list(state.left), DEFAULT_OBJECTIVES)[0]
+    pick = cheapest_first(world, list(state.close), DEFAULT_OBJECTIVES)[0]
     return pick, used, state.spent_s, state.detail
 
 

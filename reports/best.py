@@ -104,7 +104,8 @@ def best_command(
     prefer: str | None = None,
 ) -> tuple[Choice, tuple[Objective, ...]]:
     """Choose by the search's own objectives: the choice, and the objectives it was ranked by. A search that raced
-    its tied configs (``search.race``) picks the cheapest config the race left, within the limits."""
+    its tied configs (``search.race``) picks the cheapest config the race left (of those within its margin of the
+    leader's mean, where it stopped undecided), within the limits."""
     trials = load_trials(search_dir)
     objectives = trials.attrs["objectives"]
     correct = ResultsDir(search_dir).correct_by_trial()
@@ -112,7 +113,7 @@ def best_command(
     race = read_race(search_dir)
     if race is None or len(race.entrants) < 2 or tolerance != "auto":
         return choice, objectives
-    left = trials[trials["trial_id"].astype(str).isin(race.left)]
+    left = trials[trials["trial_id"].astype(str).isin(race.close)]
     # Every config left counts as tied: a margin of 1 (all of accuracy) leaves only --prefer to choose by.
     raced = choose_best(left, objectives, limits, tolerance=1.0, prefer=prefer)
     if raced.trial is None:
@@ -121,13 +122,18 @@ def best_command(
         )
         return dataclasses.replace(choice, reason=f"{choice.reason}; {note}", race=race.to_json()), objectives
     cost = get_metric(prefer_metric(prefer, objectives))
-    rule = f"search.race: of the configs the race left ({len(race.left)}), the one with the {cheapest(cost)}"
+    pool = (
+        f"the race left ({len(race.left)})"
+        if race.close == race.left
+        else f"the race left within its margin of the leader's mean ({len(race.close)} of {len(race.left)})"
+    )
+    rule = f"search.race: of the configs {pool}, the one with the {cheapest(cost)}"
     return dataclasses.replace(
         raced,
         reason=f"race: {race.detail}; {rule}",
         most_accurate=choice.most_accurate,
         p_value=None,
-        indistinguishable=tuple(race.left),
+        indistinguishable=tuple(race.close),
         rule=rule,
         race=race.to_json(),
     ), objectives

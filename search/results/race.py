@@ -8,8 +8,9 @@ alone, so a resumed search and ``best`` see the same race. After each round the 
 (Friedman's test, then the leader against each by one-sided paired t-tests, Holm-corrected; two left: the t-test
 alone) and the worse dropped; the race stops when one is left, when the cheapest is shown within ``margin`` of every
 other (no other's one-sided upper bound on its paired lead reaches ``margin``), after ``max_rounds``, or when the next
-round would overrun the budget. Pure: pandas, numpy, scipy,
-statsmodels.
+round would overrun the budget. A race stopped undecided leaves its pick to the configs whose mean is within
+``margin`` of the leader's (``RaceState.close``): not shown worse, but estimated so, they are not picked for being
+cheap. Pure: pandas, numpy, scipy, statsmodels.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class RaceState:
     pick: str | None
     """What the race settled on: the one left, or the cheapest within the margin of every other; None while it
     goes on, and when it ran out of rounds or budget undecided."""
+    close: tuple[str, ...]
+    """The configs to pick from: those left, less (when the race stopped undecided) those whose mean accuracy over
+    the shared blocks is more than ``margin`` below the leader's: not shown worse, but estimated so."""
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for ``best --format json`` (NaN as null)."""
@@ -87,6 +91,7 @@ class RaceState:
             "stop": self.stop,
             "leader": self.leader,
             "pick": self.pick,
+            "close": list(self.close),
             "detail": self.detail,
             "spent_s": self.spent_s,
             "budget_s": self.budget_s,
@@ -142,6 +147,7 @@ def race_state(
     rounds = len(seeds) - 1
     leader = race.leader(left)
     pick = left[0] if stop == "one left" else race.cheapest(left) if stop == "within margin" else None
+    close = race.close(left) if stop in ("max rounds", "budget spent") else tuple(left)
     return RaceState(
         entrants=names,
         seeds=tuple(seeds),
@@ -158,6 +164,7 @@ def race_state(
         budget_s=budget_s,
         leader=leader,
         pick=pick,
+        close=close,
     )
 
 
@@ -213,6 +220,15 @@ class _Race:
         if not left or not len(next(iter(blocks.values()))):
             return None
         return max(left, key=lambda c: (float(blocks[c].mean()), -self.rank[c]))
+
+    def close(self, left: Sequence[str]) -> tuple[str, ...]:
+        """The configs left whose mean over the shared blocks is within ``margin`` of the leader's."""
+        blocks = self.blocks(left)
+        leader = self.leader(left)
+        if leader is None:
+            return tuple(left)
+        top = float(blocks[leader].mean())
+        return tuple(c for c in left if float(blocks[c].mean()) >= top - self.margin - CONSTANT)
 
     def eliminate(self, left: Sequence[str], round_: int) -> list[Elimination]:
         """The configs the leader beats at ``alpha`` (Friedman first with three or more; Holm across them)."""
@@ -315,14 +331,15 @@ class _Race:
                     f"{self.name(cheapest)} within {_points(self.margin)} of {self.name(leader)} over {_seeds(n)} "
                     f"({bound})"
                 )
-        elif stop == "max rounds":
-            parts.append(
-                f"max rounds ({max_rounds}) done after {_seeds(len(seeds))}: still within {self.spread(left):.1f} points"
-            )
-        elif stop == "budget spent":
-            parts.append(
-                f"budget spent after {_seeds(len(seeds))}: still within {self.spread(left):.1f} points"
-            )
+        elif stop in ("max rounds", "budget spent"):
+            spent = f"max rounds ({max_rounds}) done" if stop == "max rounds" else "budget spent"
+            parts.append(f"{spent} after {_seeds(len(seeds))}: still within {self.spread(left):.1f} points")
+            close = self.close(left)
+            if len(close) < len(left):
+                parts.append(
+                    f"{_listed([self.name(c) for c in left if c not in close])} more than {_points(self.margin)} "
+                    f"below {self.name(leader)} on the mean, not picked"
+                )
         else:
             parts.append(
                 f"{len(left)} left within {self.spread(left):.1f} points over {_seeds(n)}; "
@@ -403,6 +420,10 @@ def _mean(values: Sequence[float]) -> float:
 
 def _points(share: float) -> str:
     return f"{100 * share:g} point{'' if 100 * share == 1 else 's'}"
+
+
+def _listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _seeds(n: int) -> str:

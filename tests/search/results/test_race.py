@@ -148,7 +148,13 @@ def test_the_budget_stops_a_race_whose_next_round_would_overrun_it():
     state = _race(trials, ["a", "b"], budget=0.5)
     assert state.budget_s == 200.0 and state.spent_s == 200.0
     assert state.stop == "budget spent" and state.rounds == 1 and state.pick is None
-    assert state.detail == "budget spent after 2 seeds: still within 0.5 points"
+    # Undecided: b is not shown worse, but its mean is 0.5 points below a's, past the margin (0.1): not picked.
+    assert state.detail == (
+        "budget spent after 2 seeds: still within 0.5 points; b more than 0.1 points below a on the mean, not picked"
+    )
+    assert state.close == ("a",) and state.left == ("a", "b")
+    # Within a margin of 1 point, the cheaper b stays in the pick's pool.
+    assert _race(trials, ["a", "b"], budget=0.5, margin=0.01).close == ("a", "b")
     assert next_round(trials, state, base_seed=0) == []
     # Enough for one more round: the race goes on.
     assert _race(trials, ["a", "b"], budget=1.0).stop is None
@@ -164,7 +170,11 @@ def test_max_rounds():
     runs = {"a": [0.90, 0.91, 0.90], "b": [0.91, 0.89, 0.905]}
     state = _race(_table(runs), ["a", "b"], max_rounds=2)
     assert state.stop == "max rounds" and state.rounds == 2 and state.left == ("a", "b")
-    assert state.detail == "max rounds (2) done after 3 seeds: still within 0.2 points"
+    assert state.detail == (
+        "max rounds (2) done after 3 seeds: still within 0.2 points; b more than 0.1 points below a on the mean, "
+        "not picked"
+    )
+    assert _race(_table(runs), ["a", "b"], max_rounds=2, margin=0.002).close == ("a", "b")
     assert _race(_table(runs), ["a", "b"], max_rounds=0).rounds == 0
     # Rounds already in the table past the limit are not counted.
     assert _race(_table(runs), ["a", "b"], max_rounds=1).rounds == 1
