@@ -11,7 +11,9 @@ same code as ``peft-search best``, on that world's per-row predictions); the tab
 its most frequent config, how many different configs it picks, and what its picks cost and score: each pick's
 accuracy over the seeds no rule used to pick it, against the best config's mean over those seeds. The race is
 replayed on the runs already trained (``raced``): round ``r`` of a world takes each tied config's run with the
-``r``-th next seed, as ``search.race`` would have trained it, and its compute is those runs' training time.
+``r``-th next seed, as ``search.race`` would have trained it, and its compute is those runs' training time (each
+run at its config's median over its runs, unless ``--times measured``: the machine's load of the moment is not the
+config's cost).
 """
 
 from __future__ import annotations
@@ -86,6 +88,15 @@ def raced(
     used = [seed, *order[: state.rounds]]
     pick = cheapest_first(world, list(state.close), DEFAULT_OBJECTIVES)[0]
     return pick, used, state.spent_s, state.detail
+
+
+def typical_times(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each run's training seconds as its config's median over all its runs: what a run of that config costs on
+    this machine, not what the machine's load of the moment made it cost (the search's first trials share the
+    machine with whatever else ran then; a replayed race can count them as its own runs)."""
+    config = trials["repeat_of"].fillna(trials["trial_id"])
+    median = trials.groupby(config)["train_time_s"].transform("median")
+    return trials.assign(train_time_s=median.where(trials["status"].eq("complete"), trials["train_time_s"]))
 
 
 def picks(trials, correct, base_seed: int, limits, race: dict = RACE) -> list[dict[str, Any]]:
@@ -195,6 +206,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base_seed = cfg.search.seed
         if ours:
             shutdown()
+    if args.times == "median":
+        trials = typical_times(trials)
+    if args.times == "median":
+        trials = typical_times(trials)
     done = trials[trials["status"] == "complete"].copy()
     done["config"] = done["repeat_of"].fillna(done["trial_id"])
     done["run_seed"] = done["seed"].fillna(base_seed).astype(int)
@@ -225,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trials": len(trials),
         "limits": [str(limit) for limit in limits],
         "race": race,
+        "times": args.times,
         "configs": configs.to_dict("records"),
         "summary": summarise(rows, accuracy),
         "picks": rows,
@@ -259,6 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--race-rounds", type=int, default=RACE["max_rounds"], help="search.race's max_rounds"
+    )
+    parser.add_argument(
+        "--times",
+        choices=("median", "measured"),
+        default="median",
+        help="compute: each run at its config's median training time (default) or as measured",
     )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
