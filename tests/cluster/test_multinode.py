@@ -185,8 +185,10 @@ def test_losing_a_node_mid_trial(cluster, tiny_bert, classification_csv, tmp_pat
         # Without retries a second trial shows that the search goes on.
         search={"num_trials": 1 if max_failures else 2, "seed": 0, "max_concurrent": 1},
         # Long enough for the kill to land mid-training: a 2-worker trial's marker reaches the driver's log through
-        # Ray's log monitor, up to a second or two late (200 DDP steps took 3 s and once ended before it).
-        training={"max_steps": 200 if num_workers == 1 else 2000},
+        # Ray's log monitor, up to a second or two late (200 DDP steps took 3 s and once ended before it; 800 leave
+        # 10 s or more), and short enough that the restarted trial, which trains them all again, is not the test's
+        # longest part (2000 steps made this case 194 s).
+        training={"max_steps": 200 if num_workers == 1 else 800},
         resources={"num_workers": num_workers, "cpus_per_worker": 1, "max_failures": max_failures},
     )
     # A one-worker trial trains in its Tune actor (ImplicitFunc); a two-worker one in Ray Train workers.
