@@ -118,7 +118,8 @@ def best_command(
     raced = choose_best(left, objectives, limits, tolerance=1.0, prefer=prefer)
     if raced.trial is None:
         note = (
-            f"race: {race.detail}; none of the configs it left meets the limits, so the pick is by the rule"
+            f"race: {race.detail}; none of the configs it leaves to pick from meets the limits, so the pick is "
+            "by the rule"
         )
         return dataclasses.replace(choice, reason=f"{choice.reason}; {note}", race=race.to_json()), objectives
     cost = get_metric(prefer_metric(prefer, objectives))
