@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -130,7 +131,10 @@ def parse_arguments(raw: Mapping[str, Any], own: tuple[str, ...] = ()) -> Argume
     fixed: dict[str, Any] = {}
     searched: dict[str, Domain] = {}
     for name, value in raw.items():
-        where = f"training.{name}"
+        plain = isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name)
+        where = f"training.{name}" if plain else f"training[{str(name)!r}]"  # an empty or odd key, quoted
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: not a field of transformers.TrainingArguments (field names are text)")
         if name in CONTROLLED or name.startswith(_HUB_PREFIX) or name == "push_to_hub":
             reason = CONTROLLED.get(name, _HUB)
             raise ValueError(f"{where}: set by the search; {reason}")

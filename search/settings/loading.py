@@ -55,7 +55,7 @@ def _format(err: ValidationError) -> str:
     loc = f"config{loc}" if loc.startswith("[") else loc  # an odd top-level key
     msg = first["msg"].removeprefix("Value error, ")
     if not loc:  # whole-config checks name their own field
-        return msg if re.match(r"^[a-z_.]+: ", msg) else f"config: {msg}"
+        return msg if re.match(r"^[a-z_.]+(\[('[^']*'|\d+)\])*: ", msg) else f"config: {msg}"
     if first["type"] == "extra_forbidden":
         near = difflib.get_close_matches(str(first["loc"][-1]), _fields_at(first["loc"][:-1]), n=1)
         msg = (

@@ -112,6 +112,7 @@ def test_a_single_value_fixes_a_searchable_setting(tmp_path):
             {"lr_scheduler_type": "cosin"},
             "training.lr_scheduler_type: unknown value 'cosin'; did you mean cosine?",
         ),
+        ({"": None}, "training['']: not a field of transformers.TrainingArguments"),  # found by the fuzz test
         ({"seed": 1}, "training.seed: set by the search; search.seed sets it"),
         ({"output_dir": "x"}, "training.output_dir: set by the search;"),
         (
