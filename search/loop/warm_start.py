@@ -19,7 +19,7 @@ import yaml
 
 from peft_search.search.errors import ConfigError
 from peft_search.search.loop.recovery import attributes
-from peft_search.search.loop.recovery.resume import differences
+from peft_search.search.loop.recovery.resume import differences, with_defaults
 from peft_search.search.redact import redact
 from peft_search.search.results.layout import CONFIG_FILE, OPTUNA_FILE, ResultsDir
 
@@ -52,7 +52,7 @@ def check_warm_start(cfg: SearchConfig) -> Path | None:
             "search.warm_start: that is this search's own directory; give a previous search's directory, or "
             "resume this one with `peft-search resume`"
         )
-    saved = yaml.safe_load((path / CONFIG_FILE).read_text())
+    saved = with_defaults(yaml.safe_load((path / CONFIG_FILE).read_text()))
     mine = redact(cfg.model_dump(mode="json"))
     for section in SAME_SECTIONS:
         # Explicit candidates may change: new ones run first, those the previous search ran are not run again.

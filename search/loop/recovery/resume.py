@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from peft_search.search.errors import ConfigError
+from peft_search.search.redact import redact
 from peft_search.search.results import storage
 from peft_search.search.results.layout import CONFIG_FILE
 from peft_search.search.settings.loading import parse_config
@@ -28,7 +29,7 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
             f"results_dir: no search to resume at {search_dir}; drop --resume to start it, or pass the results "
             "directory of the search to resume"
         )
-    saved = yaml.safe_load(saved_file.read_text())
+    saved = with_defaults(yaml.safe_load(saved_file.read_text()))
     refuse_renamed(saved.get("name"), config.get("name"), search_dir)
     # The directory is the search's identity: results_dir and name only say where it lives.
     changed = [f for f in differences(saved, config) if f not in ("results_dir", "name")]
@@ -38,6 +39,14 @@ def check_resumable(config: dict[str, Any], search_dir: Path) -> None:
             f"{', '.join(changed[:4])}); resume with the saved config (peft-search resume {search_dir}) or "
             "start a new search with --name NEW"
         )
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved dump read by this version's schema: a field added since (with its default) is no change."""
+    try:
+        return redact(parse_config(saved).model_dump(mode="json"))
+    except ConfigError:  # compared as written: the differences then name what no longer reads
+        return saved
 
 
 def refuse_renamed(saved: str | None, name: str | None, search_dir: str | Path) -> None:
