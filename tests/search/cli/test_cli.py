@@ -145,3 +145,21 @@ def test_shell_completion_of_commands_and_options(tmp_path):
     assert "my-search.yaml" in _complete(f"peft-search plan {tmp_path}/my-", tmp_path)[0]
     script = _cli("completion", "bash")
     assert script.returncode == 0 and "complete " in script.stdout and "peft-search" in script.stdout
+
+
+def test_the_command_exits_with_its_code_after_the_exit_handlers_and_threads(tmp_path):
+    """``leave`` skips Python's teardown of the modules, not what the teardown does for a command: exit handlers
+    run (Ray's shutdown is one) and buffered output is written; with a thread that is not a daemon still running,
+    Python's own exit waits for it."""
+    code = """
+import atexit, sys, threading, time
+from peft_search.search.cli import leave
+atexit.register(lambda: print("handler ran", end=""))
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", end=" "))).start()
+print("buffered", end=" ")
+leave(3)
+"""
+    for case, said in (("alone", "buffered handler ran"), ("thread", "buffered thread done handler ran")):
+        out = subprocess.run([sys.executable, "-c", code, case], capture_output=True, text=True)
+        assert out.returncode == 3 and out.stdout == said, (case, out)
