@@ -61,6 +61,10 @@ def run_search(
         if resume:
             space = DefineByRun(prep.space_spec, prep.space_context)
             reconciled = recovery.recover(cfg, space, home.results, home.uri, echo)
+        if _nothing_left(cfg, reconciled):
+            # A finished search resumed: Ray does not start only to find that out (20-30 s); its facts stay.
+            _finish(cfg, home, facts=None, table=None, table_kept=True, echo=echo, started=t0)
+            return home.results.path
         # Launch.
         tuner, facts, table, prep, concurrency, _coordinator = _launch(
             cfg, prep, home, address, num_cpus, env, resume, echo, reconciled
@@ -81,6 +85,17 @@ def run_search(
     finally:
         lock.release()
     return home.results.path
+
+
+def _nothing_left(cfg: SearchConfig, reconciled) -> bool:
+    """Whether a resumed search has no trial to run again or ask for, and no repeats or race that could be owed."""
+    return (
+        reconciled is not None
+        and reconciled.rerun == 0
+        and reconciled.remaining == 0
+        and cfg.search.repeats is None
+        and cfg.search.race is None
+    )
 
 
 def _lock(lock, cfg: SearchConfig, resume: bool, echo: bool) -> None:
@@ -303,18 +318,20 @@ def train_again(
 def _finish(
     cfg: SearchConfig,
     home: SearchHome,
-    facts: dict[str, Any],
+    facts: dict[str, Any] | None,
     table,
     table_kept: bool,
     echo: bool,
     started: float,
 ) -> None:
-    """Close what a dead driver left in the study, record the wall time, write the table and the report."""
+    """Close what a dead driver left in the study, record the run's facts and wall time (``facts``: None keeps
+    those on disk), write the table and the report."""
 
     stale = recovery.close_stale_trials(home.results.optuna_url, cfg.name)
     if stale and echo:
         print(f"[peft-search] closed {stale} Optuna trial(s) a dead driver had left running", flush=True)
-    home.results.write_facts({**facts, "wall_time_s": time.time() - started})
+    if facts is not None:
+        home.results.write_facts({**facts, "wall_time_s": time.time() - started})
     if not table_kept:
         table.write()
     write_report(home.results.path)

@@ -175,4 +175,6 @@ def test_a_moved_search_works_with_every_command(small_search, tmp_path, capsys)
     assert main(["resume", str(moved)]) == 0
     out = capsys.readouterr().out
     assert "nothing left to run" in out and "set aside" not in out, out
+    # A finished search: Ray is not started to find nothing to run.
+    assert "[peft-search] Ray:" not in out, out
     assert not (tmp_path / "first").exists()  # no command went back to the first place
