@@ -72,6 +72,12 @@ class TrialSettings:
     def rung_eval_size(self) -> int:
         return self.config.search.early_stopping.eval_size
 
+    def with_resources(self, **fields: Any) -> TrialSettings:
+        """A copy whose ``resources`` have these fields set as the search decided them (measured threads, spare
+        cores turned off), without validating the config again."""
+        resources = self.config.resources.model_copy(update=fields)
+        return dataclasses.replace(self, config=self.config.model_copy(update={"resources": resources}))
+
     def with_config(self, **sections: dict[str, Any]) -> TrialSettings:
         """A copy whose config has some sections' fields changed (validated again), e.g.
         ``with_config(budget={"max_memory": 1000})``."""

@@ -10,7 +10,6 @@ second, and caches the figures per machine (``PEFT_SEARCH_CACHE``), as ``search.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Any
@@ -125,9 +124,7 @@ def threads_line(
 
 
 def with_threads(settings: TrialSettings, threads: int) -> TrialSettings:
-    resources = settings.config.resources.model_copy(update={"cpus_per_worker": float(threads)})
-    config = settings.config.model_copy(update={"resources": resources})
-    return dataclasses.replace(settings, config=config)
+    return settings.with_resources(cpus_per_worker=float(threads))
 
 
 def measure_threads(
