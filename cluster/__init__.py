@@ -6,7 +6,16 @@ from peft_search.cluster.runtime import (
     plan_concurrency,
     ray_line,
     shutdown,
+    started_here,
     worker_env,
 )
 
-__all__ = ["allocator_preload", "connect", "plan_concurrency", "ray_line", "shutdown", "worker_env"]
+__all__ = [
+    "allocator_preload",
+    "connect",
+    "plan_concurrency",
+    "ray_line",
+    "shutdown",
+    "started_here",
+    "worker_env",
+]

@@ -118,6 +118,14 @@ def connect(
 _joined_info: tuple[str | None, str] | None = None
 
 
+def started_here() -> bool:
+    """Whether ``connect`` started the Ray instance this process uses (a local one, its CPUs this search's alone),
+    rather than joining a cluster."""
+    import ray
+
+    return _joined_info is not None and _joined_info[0] in (None, "local") and ray.is_initialized()
+
+
 def ray_line() -> str:
     """One line for what ``connect`` started or joined, its dashboard and the token notice, in place of Ray's own
     (which go to the command's log unless ``-v``)."""

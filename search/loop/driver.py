@@ -14,7 +14,7 @@ from peft_search.cluster import connect, plan_concurrency, ray_line, worker_env
 from peft_search.reports.html import write_report
 from peft_search.reports.race import read_race
 from peft_search.search.errors import ConfigError
-from peft_search.search.loop import recovery, tuning
+from peft_search.search.loop import recovery, spare, tuning
 from peft_search.search.loop.home import SearchHome, claim, record_run, stage
 from peft_search.search.loop.prepare import Prepared, prepare
 from peft_search.search.loop.table import TrialTable
@@ -168,7 +168,7 @@ def _launch(
     settings, coordinator = packed.start_packing(
         prep.settings, prep.space_spec, prep.data, auto=cfg.search.packing == "auto", echo=echo
     )
-    prep = dataclasses.replace(prep, settings=settings)
+    prep = dataclasses.replace(prep, settings=spare.settled(settings))
     if settings.packing > 1 and cfg.search.max_concurrent is None:
         # Room for every group's members: each packed trial's own function holds no CPU, its group's task does (an
         # explicit search.max_concurrent counts trials as it says).
@@ -200,7 +200,12 @@ def _launch(
         tune.with_parameters(trial_driver, settings=prep.settings, data=prep.data),
         trial_resources(prep.settings),
     )
-    callbacks = [table, *tracking_callbacks(cfg, home.results.path)]
+    total = cfg.search.num_trials if reconciled is None or restored else reconciled.remaining
+    callbacks = [
+        table,
+        *tracking_callbacks(cfg, home.results.path),
+        *spare.callbacks(prep.settings, cfg.name, total),
+    ]
     if restored:
         tuner = tuning.restored_tuner(trainable, home.tune_path, searcher, callbacks)
     elif reconciled is not None and reconciled.remaining == 0:
@@ -304,7 +309,11 @@ def train_again(
         trainable,
         FixedConfigs(configs),
         concurrency,
-        [table, *tracking_callbacks(cfg, home.results.path)],
+        [
+            table,
+            *tracking_callbacks(cfg, home.results.path),
+            *spare.callbacks(settings, cfg.name, len(configs)),
+        ],
         cfg,
         home.storage_path,
         name=name,

@@ -35,8 +35,16 @@ REPEAT_OF_KEY = "repeat_of"
 RACE_ROUND_KEY = "race_round"
 """In a race run's config (``search.race``): the round it ran in (1, 2, ...)."""
 
-INFO_FIELDS: tuple[str, ...] = ("peak_memory_kind", "device", "node_id", "cpu_allocator", "group")
-"""Facts about where and how a trial ran that are not metrics (text); ``group``: the packed group it trained in
+INFO_FIELDS: tuple[str, ...] = (
+    "peak_memory_kind",
+    "device",
+    "node_id",
+    "cpu_allocator",
+    "cpu_threads",
+    "group",
+)
+"""Facts about where and how a trial ran that are not metrics (text); ``cpu_threads``: a CPU trial's threads, and
+when it widened onto spare cores (``resources.spare_cores``); ``group``: the packed group it trained in
 (``search.packing``)."""
 
 
@@ -61,7 +69,7 @@ class TrialResult:
     metrics: dict[str, float] = field(default_factory=dict)
     """Keyed by the metric registry's names (part-way values for a stopped trial)."""
     info: dict[str, str] = field(default_factory=dict)
-    """``INFO_FIELDS``: the peak memory's kind, device, Ray node, heap allocator, packed group."""
+    """``INFO_FIELDS``: the peak memory's kind, device, Ray node, heap allocator, CPU threads, packed group."""
     stopped_at_step: int | None = None
     wall_time_s: float | None = None
     """Seconds from the trial's start to its last result (Tune's ``time_total_s``)."""

@@ -249,6 +249,12 @@ class Resources(_Strict):
     """Times Ray Tune restarts a trial that fails (its node is lost, its worker dies, it raises) before recording
     it failed. A restarted trial continues from its latest mid-trial checkpoint (``training.checkpoint_every``),
     else from scratch, on any node with room. A config that fails by itself fails every time, so leave this at 0 on a single machine."""
+    spare_cores: bool = True
+    """Once the search has no trial left to start, CPU trials still running on a local Ray instance (the one ``run``
+    starts on this machine) take the cores finished trials left idle, from their next step: the last trial of a
+    search does not train alone on one core of many. A widened trial's sums are reduced in another order from that
+    step on, so two runs of one config and seed can differ in their last bits; ``false`` keeps every trial at
+    ``cpus_per_worker`` threads. The trials table's ``cpu_threads`` says what each trial used."""
     cpu_allocator: Literal["system", "jemalloc", "auto"] = "system"
     """The heap allocator of CPU trials' processes. ``system`` (the default; ``auto`` is the same): the C library's,
     the fastest measured on CPU trials (benchmarks/RESULTS.md, heap allocators); glibc keeps freed memory in its

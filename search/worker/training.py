@@ -86,6 +86,7 @@ def run_trial(
     on_rung: OnRung | None = None,
     on_checkpoint: Callable[[int, str], None] | None = None,
     resume_from: str | None = None,
+    widen: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory | None]:
     """Train and evaluate one adapter; returns its metrics and (on rank 0) a directory holding the adapter.
 
@@ -93,7 +94,8 @@ def run_trial(
     held-out rows and ``on_rung`` gets a part-way result (``RUNG_KEY`` set) with every metric an objective may
     name, so a scheduler can compare trials there and stop this one. With ``training.checkpoint_every``, each
     mid-trial checkpoint the Trainer saves goes to ``on_checkpoint(step, path)``; ``resume_from`` (such a
-    checkpoint's directory) continues the trial from it. Raises ``InfeasibleTrialError`` for a config PEFT refuses
+    checkpoint's directory) continues the trial from it. ``widen(steps_done)`` is called after each optimizer step
+    and before the final evaluation (``search.worker.spare``: the threads a trial may take). Raises ``InfeasibleTrialError`` for a config PEFT refuses
     or the budget rules out.
     """
     # Plan: the cost from the config alone, before the weights; over budget is infeasible.
@@ -124,6 +126,8 @@ def run_trial(
             callbacks.append(AnnounceCallback(rank, world_size))
         if on_checkpoint is not None:
             callbacks.append(CheckpointCallback(on_checkpoint, settings.training.checkpoint_seconds()))
+        if widen is not None:
+            callbacks.append(StepCallback(widen))
         fault_at = faults.fault_step(settings.faults, trial.candidate)
         if fault_at is not None and resume_from is None:  # a retried trial gets through
             candidate = trial.candidate
@@ -145,6 +149,8 @@ def run_trial(
         trainer = None  # holds the optimizer state: freed before evaluating
 
     # Evaluate on the whole held-out split, save the adapter (rank 0).
+    if widen is not None:
+        widen(settings.steps)
     evaluation, eval_s = evaluate_final(model, data, settings, device)
     adapter_dir, adapter_bytes = save_adapter(model) if rank == 0 else (None, 0)
     metrics = final_result(

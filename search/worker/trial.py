@@ -21,6 +21,7 @@ from peft_search.search.worker.infeasible import penalty_result
 from peft_search.search.worker.memory import release_accelerator_memory
 from peft_search.search.worker.packed import PackedResources, packs, train_packed
 from peft_search.search.worker.placement import worker_resources
+from peft_search.search.worker.spare import SpareCores, ray_reader, threads_key
 from peft_search.search.worker.steps import stored_result, trial_device
 from peft_search.search.worker.training import checkpoint_step, run_trial
 
@@ -76,6 +77,10 @@ def train_in_place(
     on_checkpoint = _report_checkpoint if settings.training.checkpoint_every is not None else None
     stopped = False
     resume = _restored_checkpoint(trial_id)
+    spare = None
+    if device.type == "cpu":  # the driver turns spare_cores off where it cannot apply
+        granted = settings.resources.spare_cores
+        spare = SpareCores(ray_reader(threads_key(settings.config.name, trial_id)) if granted else None)
     try:
         metrics, adapter_dir = run_trial(
             trial,
@@ -85,6 +90,7 @@ def train_in_place(
             on_rung=on_rung,
             on_checkpoint=on_checkpoint,
             resume_from=resume.name if resume else None,
+            widen=spare,
         )
     except SystemExit:  # stopped at a rung: Tune's report ends the thread so
         stopped = True  # (leaving this block drops the traceback, and the model with its frames)
@@ -98,6 +104,8 @@ def train_in_place(
     assert adapter_dir is not None  # rank 0 always saves
     t1 = time.perf_counter()
     result = stored_result(metrics, adapter_dir, settings, trial_id)
+    if spare is not None:
+        result["cpu_threads"] = spare.label()
     # Where the trial's time went, for benchmarks/overhead.py (Tune's result.json keeps every reported key).
     timing = {
         "trial_started_at": started_at,
