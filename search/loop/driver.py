@@ -141,9 +141,8 @@ def _launch(
     a resumed search has no trial left to run), and with ``search.packing`` the packed groups' coordinator."""
     from ray import tune
 
-    if (
-        not verbose()
-    ):  # Ray's own lines (its start, the token notice, Tune's saves) go to the log; one of ours
+    if not verbose():
+        # Ray's own lines (its start, the token notice, Tune's saves) go to the log; one line of ours says it.
         to_log(logging.getLogger("ray"))
     resources = connect(address, num_cpus=num_cpus, env_vars=env)
     if echo and not verbose():
