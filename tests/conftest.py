@@ -24,9 +24,16 @@ for _key, _value in {
     "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ.setdefault(_key, _value)
-# What searches measure once per machine and cache (the CPU runtime baseline, packing's speedup) goes to this test
-# session's own directory, for the tests and the Ray workers they start, never to the user's cache.
-os.environ["PEFT_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="peft-search-cache-")
+# What searches measure once per machine and cache (the CPU runtime baseline, the threads and heap measurements,
+# packing's speedup) goes to this test session's own directory, for the tests and the Ray workers they start, never
+# to the user's cache. pytest-xdist's workers share one (their run's id names it): a figure one worker measured, the
+# other reads (tests that must measure afresh set their own).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+    os.environ["PEFT_SEARCH_CACHE"] = os.path.join(tempfile.gettempdir(), f"peft-search-cache-{_RUN}")
+    os.makedirs(os.environ["PEFT_SEARCH_CACHE"], exist_ok=True)
+else:
+    os.environ["PEFT_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="peft-search-cache-")
 
 # The tiny model and data builders live in tests/tiny.py (the chaos benchmark builds the same search); tests
 # import WORDS, FILLER, make_text and _tokenizer from here.
