@@ -5,8 +5,8 @@ of memory already freed: glibc's ``malloc`` keeps freed blocks in its arenas (a 
 fp32 weights a quantized base model replaced), where jemalloc hands most of them back. How much, depends on the
 allocator, its options, the threads and the tensor sizes, so it is measured: a short trial (LoRA, 3 steps, the
 search's model, batch and sequence length) at each quantization level of the search, in a fresh process with the
-trials' allocator and threads, gives the share of the traced step kept on top (unquantized) and what a quantized
-load keeps on top of that. Cached per machine (``PEFT_SEARCH_CACHE``) like the runtime baseline; GPU trials have
+trials' allocator and threads and as a reused trial process runs it (in a thread, after a first trial), gives the
+share of the traced step kept on top (unquantized) and what a quantized load keeps on top of that. Cached per machine (``PEFT_SEARCH_CACHE``) like the runtime baseline; GPU trials have
 none (their estimate is the CUDA caching allocator's own peak).
 
 Measured by ``search.worker.heap``; modelled and cached here, where the plan reads it.
@@ -63,12 +63,18 @@ def allocator_name(env: dict[str, str] | None) -> str:
     return f"jemalloc ({options})" if options else "jemalloc"
 
 
+MEASURED_AS = "reused-thread"
+"""How the measurement runs its trials (``search.worker.heap.measure``); a model measured another way is measured
+again."""
+
+
 def cache_key(cfg, model_path: str, allocator: str, threads: int) -> str:
-    """What a heap model depends on: the libraries, the allocator and its threads, the model and the step's shape
-    (``cfg``: the search's config; ``model_path``: its model resolved)."""
+    """What a heap model depends on: how it was measured, the libraries, the allocator and its threads, the model and
+    the step's shape (``cfg``: the search's config; ``model_path``: its model resolved)."""
     t = cfg.training
     return json.dumps(
         [
+            MEASURED_AS,
             RuntimeBaseline.environment_key(),
             allocator,
             model_path,

@@ -1,5 +1,7 @@
 """Measuring what a CPU trial's heap allocator keeps (``search.plan.heap``): short real trials at each quantization
-level of the search, in a fresh process with the trials' allocator and threads.
+level of the search, in a fresh process with the trials' allocator and threads, run as a reused Tune actor runs its
+trials: each in a thread of its own, after a first trial (what a process keeps differs in its first trial and in a
+thread: benchmarks/RESULTS.md, memory estimate).
 
     python -m peft_search.search.worker.heap JOB OUT      # the measuring process (JOB: pickled settings and data)
 """
@@ -90,7 +92,11 @@ def _measure_in_subprocess(settings, data, levels, env, threads: int, allocator:
 def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[str, Any]]:
     """In this process (the trials' allocator and threads): per level, a LoRA trial (r 8 on every linear layer) of
     ``CALIBRATION_STEPS`` steps through the search's own trial code, scored on one evaluation batch; its measured
-    peak beside the plan's estimate without any heap share, and the plan's traced step."""
+    peak beside the plan's estimate without any heap share, and the plan's traced step.
+
+    As in a Tune actor, each trial runs in a thread of its own, and the memory freed is handed back between trials;
+    an unquantized trial runs first and is not counted (a process's first trial keeps more than the later ones),
+    the quantized levels follow, and the unquantized level is measured last."""
     import torch
 
     quiet_libraries()
@@ -101,19 +107,45 @@ def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[s
     )
     rows = dataclasses.replace(data, eval=data.eval[: settings.training.eval_batch_size])
     lora = measuring_lora(settings.task)
-    measured = {}
-    for level in levels:
+    measured: dict[str, dict[str, Any]] = {}
+    order = ["none", *(level for level in levels if level != "none"), "none"]
+    for level in order:
         trial = TrialConfig("lora", level, dict(lora), 1e-4)
-        metrics, adapter_dir = run_trial(trial, short, rows, device=torch.device("cpu"))
-        if adapter_dir is not None:
-            adapter_dir.cleanup()
+        metrics = _in_thread(lambda trial=trial: _short_trial(trial, short, rows, torch.device("cpu")))
         return_freed_memory()
         step = plan_trial(trial, short, rows.num_labels, 0, "cpu").activation_bytes
-        measured[level] = {
+        measured[level] = {  # the first unquantized trial's figures are replaced by the last one's
             "excess": int(metrics["peak_memory_bytes"] - metrics["est_peak_memory_bytes"]),
             "step": int(step),
         }
     return measured
+
+
+def _short_trial(trial: TrialConfig, settings, rows, device) -> dict[str, Any]:
+    metrics, adapter_dir = run_trial(trial, settings, rows, device=device)
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
+    return metrics
+
+
+def _in_thread(work):
+    """``work()``'s value, run in a new thread (as Tune runs a trial's function); its exception is raised here."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = work()
+        except BaseException as err:  # re-raised in the caller's thread
+            out["error"] = err
+
+    thread = threading.Thread(target=run, name="heap-measurement")
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def main(argv: list[str]) -> None:
