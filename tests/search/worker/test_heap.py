@@ -64,3 +64,39 @@ def test_a_measurement_that_fails_leaves_the_estimate_without_it_saying_why(
     assert heap.heap_model(broken, prep.data, ["none"], None) is None
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("[peft-search] memory estimate: the heap allocator's share not measured (")
+
+
+@pytest.mark.slow
+def test_the_measuring_trials_run_as_a_reused_actor_runs_them(
+    tiny_bert, classification_csv, tmp_path, monkeypatch
+):
+    """Each measuring trial in a thread of its own (as Tune runs a trial), an unquantized one first and not counted,
+    then the quantized levels, then the unquantized level again: the figures kept are the later ones."""
+    import threading
+
+    from peft_search.search.loop.prepare import prepare
+
+    cfg = tiny_config(
+        tiny_bert, classification_csv, results_dir=str(tmp_path), resources={"cpus_per_worker": 1}
+    )
+    prep = prepare(cfg)
+    ran = []
+    real = heap._short_trial
+
+    def spy(trial, settings, rows, device):
+        metrics = real(trial, settings, rows, device)
+        ran.append((trial.quantization, threading.current_thread() is threading.main_thread(), metrics))
+        return metrics
+
+    monkeypatch.setattr(heap, "_short_trial", spy)
+    measured = heap.measure(prep.settings, prep.data, ["int8", "none"], 1)
+    assert [(level, main) for level, main, _ in ran] == [("none", False), ("int8", False), ("none", False)]
+    last = ran[-1][2]
+    assert measured["none"]["excess"] == int(last["peak_memory_bytes"] - last["est_peak_memory_bytes"])
+    assert set(measured) == {"none", "int8"}
+
+
+def test_a_thread_s_error_is_raised_in_the_caller():
+    assert heap._in_thread(lambda: 7) == 7
+    with pytest.raises(ZeroDivisionError):
+        heap._in_thread(lambda: 1 / 0)
