@@ -279,12 +279,19 @@ def _reconcile_study(
         if trial_id in finished:
             _tell(study, storage, frozen.number, finished[trial_id], objectives)
             continue
-        # Asked, and then never a trial Tune knows or finished: ask for it again.
-        mark_stale(study, storage, frozen.number, "re-queued on resume")
+        # Asked, and then never a trial Tune knows or finished: ask for it again, as it was where its config is
+        # whole (the searcher recorded the ask, or it was queued whole: a candidate). A driver killed while its
+        # sampler drew the config left part of it; queued, the rest would be drawn from another point of the slot's
+        # sampler: it is asked afresh instead, and its slot's sampler draws what an uninterrupted search drew.
+        whole = attributes.CONFIG in frozen.user_attrs
+        params = frozen.params if whole else frozen.system_attrs.get("fixed_params")
+        mark_stale(
+            study, storage, frozen.number, "re-queued on resume" if params else "asked again on resume"
+        )
         stale += 1
-        if requeued < slots:
+        if requeued < slots and params:
             keep = {k: v for k, v in frozen.user_attrs.items() if k == attributes.CANDIDATE}
-            study.enqueue_trial(frozen.params, user_attrs=keep, skip_if_exists=False)
+            study.enqueue_trial(params, user_attrs=keep, skip_if_exists=False)
             requeued += 1
     return stale, requeued
 
