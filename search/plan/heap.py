@@ -6,8 +6,9 @@ fp32 weights a quantized base model replaced), where jemalloc hands most of them
 allocator, its options, the threads and the tensor sizes, so it is measured: a short trial (LoRA, 3 steps, the
 search's model, batch and sequence length) at each quantization level of the search, in a fresh process with the
 trials' allocator and threads and as a reused trial process runs it (in a thread, after a first trial), gives the
-share of the traced step kept on top (unquantized) and what a quantized load keeps on top of that. Cached per machine (``PEFT_SEARCH_CACHE``) like the runtime baseline; GPU trials have
-none (their estimate is the CUDA caching allocator's own peak).
+share of the traced step kept on top (unquantized) and what a quantized load keeps on top of that. Cached per
+machine (``PEFT_SEARCH_CACHE``) like the runtime baseline; GPU trials have none (their estimate is the CUDA caching
+allocator's own peak).
 
 Measured by ``search.worker.heap``; modelled and cached here, where the plan reads it.
 """

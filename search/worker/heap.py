@@ -130,22 +130,10 @@ def _short_trial(trial: TrialConfig, settings, rows, device) -> dict[str, Any]:
 
 def _in_thread(work):
     """``work()``'s value, run in a new thread (as Tune runs a trial's function); its exception is raised here."""
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = work()
-        except BaseException as err:  # re-raised in the caller's thread
-            out["error"] = err
-
-    thread = threading.Thread(target=run, name="heap-measurement")
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="heap-measurement") as pool:
+        return pool.submit(work).result()
 
 
 def main(argv: list[str]) -> None:

@@ -95,8 +95,8 @@ def run_trial(
     name, so a scheduler can compare trials there and stop this one. With ``training.checkpoint_every``, each
     mid-trial checkpoint the Trainer saves goes to ``on_checkpoint(step, path)``; ``resume_from`` (such a
     checkpoint's directory) continues the trial from it. ``widen(steps_done)`` is called after each optimizer step
-    and before the final evaluation (``search.worker.spare``: the threads a trial may take). Raises ``InfeasibleTrialError`` for a config PEFT refuses
-    or the budget rules out.
+    and before the final evaluation (``search.worker.spare``: the threads a trial may take). Raises
+    ``InfeasibleTrialError`` for a config PEFT refuses or the budget rules out.
     """
     # Plan: the cost from the config alone, before the weights; over budget is infeasible.
     import_training_libraries(trial.quantization)
