@@ -17,7 +17,8 @@ sampled rank, targets, layers and learning rate: some are hopeless), the default
 
 Reported: each arm's wall (process start to exit), the training rows it ran (steps trained x batch, over all
 trials), each recommendation's held-out accuracy, and McNemar's exact test (statsmodels, as ``best`` uses) between
-the two recommendations' per-row correctness on the 300 held-out rows.
+the two recommendations' per-row correctness on the 300 held-out rows. ``--set KEY=VALUE`` changes peft-search's
+config (``--set search.early_stopping.objectives=[accuracy]``: rungs ranked on accuracy alone, as the peer's pruner).
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ def run(args) -> dict[str, Any]:
                     str(config_path),
                     "--results-dir",
                     str(results),
+                    *(arg for setting in args.set for arg in ("--set", setting)),
                 ]
             walls[arm] = timed(command)
         peer = json.loads(peer_out.read_text())
@@ -265,7 +267,7 @@ def run(args) -> dict[str, Any]:
             "pick_accuracy": peer["pick_accuracy"],
         },
         {
-            "arm": "peft-search (asha)",
+            "arm": "peft-search (asha" + "".join(f", {setting}" for setting in args.set) + ")",
             "wall_s": walls["peft-search"],
             "train_rows": sum(steps_ours) * batch,
             "trials_to_the_end": sum(1 for s in steps_ours if s >= args.steps),
@@ -277,6 +279,7 @@ def run(args) -> dict[str, Any]:
         "benchmark": "peer_pruning",
         "machine": machine(),
         "configs": [c["name"] for c in configs],
+        "settings": list(args.set),
         "steps": args.steps,
         "batch_size": batch,
         "summary": summary,

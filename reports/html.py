@@ -194,7 +194,8 @@ def _early_stopping_fact(facts: dict, trials: pd.DataFrame) -> str:
     es = facts.get("early_stopping") or {}
     if es.get("rule", "none") == "none":
         return "none"
-    line = f"{es['rule']} (rungs at steps {es.get('rungs')}, reduction factor {es.get('reduction_factor')})"
+    ranked = f", ranked on {', '.join(es['objectives'])}" if es.get("objectives") else ""
+    line = f"{es['rule']} (rungs at steps {es.get('rungs')}, reduction factor {es.get('reduction_factor')}{ranked})"
     if "stopped_at_step" in trials and "status" in trials:
         stopped = trials[trials["status"] == "stopped_early"]
         steps = facts.get("train_steps")

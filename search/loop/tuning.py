@@ -139,13 +139,17 @@ def restored_tuner(trainable, tune_path: str, searcher, callbacks: list):
 
 
 def scheduler(cfg: SearchConfig):
-    """Tune's trial scheduler: first come, first served, or early stopping over all objectives at once."""
+    """Tune's trial scheduler: first come, first served, or early stopping over the objectives at once (all of them,
+    or those ``search.early_stopping.objectives`` names)."""
     from ray.tune.schedulers import FIFOScheduler
 
     es = cfg.search.early_stopping
     if es.rule == "none":
         return FIFOScheduler()
-    return ParetoASHA([(o.metric, o.mode) for o in cfg.objectives], es.reduction_factor, es.noise_margin)
+    ranked = [
+        (o.metric, o.mode) for o in cfg.objectives if es.objectives is None or o.metric in es.objectives
+    ]
+    return ParetoASHA(ranked, es.reduction_factor, es.noise_margin)
 
 
 class FixedConfigs(Searcher):

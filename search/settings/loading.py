@@ -102,6 +102,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
     return parse_config(with_overrides(data, overrides) if isinstance(data, dict) else data, typed=True)
 
 
+_SHORTHANDS = {"search.early_stopping": "rule"}
+"""Sections a string may stand for, and the field it sets (``search.early_stopping: asha`` is ``{rule: asha}``)."""
+
+
 def with_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """A copy of the raw config ``data`` with each dotted key of ``overrides`` set (``training.max_steps: 50``)."""
     import copy
@@ -110,7 +114,10 @@ def with_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> di
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
+            shorthand = _SHORTHANDS.get(".".join(parents[: depth + 1]))
+            if shorthand and isinstance(node.get(key), str):  # ``early_stopping: asha`` takes its dotted keys
+                node[key] = {shorthand: node[key]}
             if not isinstance(node.get(key), dict):
                 if node.get(key) is not None:
                     raise ConfigError(

@@ -367,6 +367,16 @@ class SearchConfig(_Strict):
                 "search.early_stopping: rungs are reported by one-worker trials only; set resources.num_workers 1 "
                 "or search.early_stopping: none"
             )
+        ranked = self.search.early_stopping.objectives or []
+        metrics = [o.metric for o in self.objectives]
+        for name in ranked:
+            if name not in metrics:
+                raise ValueError(
+                    f"search.early_stopping.objectives: {name!r} is not one of the search's objectives; choose from "
+                    f"{', '.join(metrics)}"
+                )
+        if len(set(ranked)) != len(ranked):
+            raise ValueError(f"search.early_stopping.objectives: each metric at most once, got {ranked}")
         return self
 
     @model_validator(mode="after")

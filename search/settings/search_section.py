@@ -29,6 +29,10 @@ class EarlyStopping(_Strict):
     noise_margin: float = Field(2.0, ge=0)
     """At a rung, a trial dominates another on accuracy (measured on ``eval_size`` rows) only by more than this
     many standard errors of the difference; a tie within noise stops nothing. 0 compares the values as they are."""
+    objectives: list[str] | None = Field(None, min_length=1)
+    """The objectives a rung ranks trials on, by metric name (a subset of the search's ``objectives``); unset: all of
+    them, so a cheap config on the rung's front goes on. ``[accuracy]`` ranks as a one-metric ASHA (Tune's
+    ``ASHAScheduler``, Optuna's pruners) does: more trials stop, cheap and less accurate ones among them."""
 
     @model_validator(mode="before")
     @classmethod

@@ -71,6 +71,19 @@ def test_an_old_tables_stopped_trials_read_as_stopped_early(tmp_path):
     assert "t0001" not in page.split('id="picker-data">')[1].split("</script>")[0]
 
 
+def test_early_stopping_says_what_its_rungs_rank_on():
+    from peft_search.reports.html import _early_stopping_fact
+
+    es = {"rule": "asha", "rungs": [10], "reduction_factor": 3}
+    trials = pd.DataFrame({"status": ["complete"], "stopped_at_step": [None]})
+    assert (
+        _early_stopping_fact({"early_stopping": es}, trials)
+        == "asha (rungs at steps [10], reduction factor 3)"
+    )
+    ranked = _early_stopping_fact({"early_stopping": {**es, "objectives": ["accuracy"]}}, trials)
+    assert ranked == "asha (rungs at steps [10], reduction factor 3, ranked on accuracy)"
+
+
 def test_hardware_reads_in_words():
     from peft_search.reports.html import hardware_text
 

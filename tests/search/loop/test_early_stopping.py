@@ -86,6 +86,30 @@ def test_scheduler_decides_on_rung_results_only():
     )
 
 
+def test_rungs_rank_on_the_objectives_early_stopping_names(tiny_bert, classification_csv):
+    from peft_search.search.loop.tuning import scheduler
+
+    # Five accurate, expensive trials, then a cheap and poor one: on all objectives it is on the rung's front and
+    # goes on; ranked on accuracy alone (as a one-metric ASHA) it is outside the best third and stops.
+    rungs = [(f"big{i}", 0.9 - i / 100, 1_000_000 + i) for i in range(5)] + [("cheap", 0.3, 10)]
+    decisions = {}
+    for objectives in (None, ["accuracy"]):
+        cfg = tiny_config(
+            tiny_bert,
+            classification_csv,
+            search={"early_stopping": {"rule": "asha", "objectives": objectives}},
+        )
+        sched = scheduler(cfg)
+        for name, acc, params in rungs:
+            result = {RUNG_KEY: 5, "accuracy": acc, "trainable_params": params, "peak_memory_bytes": 1e9}
+            decisions[str(objectives), name] = sched.on_trial_result(
+                None, SimpleNamespace(trial_id=name), result
+            )
+    assert decisions["None", "cheap"] == "CONTINUE"
+    assert decisions["['accuracy']", "cheap"] == "STOP"
+    assert decisions["None", "big0"] == decisions["['accuracy']", "big0"] == "CONTINUE"
+
+
 def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_csv, tmp_path):
     from peft_search.search.loop.driver import prepare
 
@@ -100,6 +124,20 @@ def test_bad_early_stopping_settings_fail_before_ray(tiny_bert, classification_c
             tiny_bert, classification_csv, search={"early_stopping": {"rule": "asha", "reduction_factor": 1}}
         )
 
+    with pytest.raises(
+        ConfigError,
+        match=r"^search.early_stopping.objectives: 'eval_loss' is not one of the search's objectives; choose from "
+        r"accuracy, trainable_params",
+    ):
+        tiny_config(
+            tiny_bert,
+            classification_csv,
+            search={"early_stopping": {"rule": "asha", "objectives": ["eval_loss"]}},
+        )
+    with pytest.raises(ConfigError, match=r"^search.early_stopping.objectives: .*at least 1 item"):
+        tiny_config(
+            tiny_bert, classification_csv, search={"early_stopping": {"rule": "asha", "objectives": []}}
+        )
     with pytest.raises(ConfigError, match=r"^search.early_stopping: .*num_workers 1"):
         from peft_search.search.settings.loading import parse_config
 

@@ -74,6 +74,12 @@ def test_overrides_apply_dotted_keys(tmp_path):
     path.write_text(yaml.safe_dump(_base()))
     cfg = load_config(path, {"search.num_trials": 3, "results_dir": str(tmp_path)})
     assert cfg.search.num_trials == 3 and cfg.search_dir() == tmp_path.resolve() / "t"
+    # A section written as its shorthand (early_stopping: asha) takes a dotted key below it.
+    path.write_text(yaml.safe_dump({**_base(), "search": {"early_stopping": "asha"}}))
+    cfg = load_config(path, {"search.early_stopping.objectives": ["accuracy"]})
+    assert cfg.search.early_stopping.rule == "asha" and cfg.search.early_stopping.objectives == ["accuracy"]
+    with pytest.raises(ConfigError, match=r"^name: must be a mapping to take name.x \(got 't'\)$"):
+        load_config(path, {"name.x": 1})
 
 
 def test_missing_package_model_is_a_config_error():
