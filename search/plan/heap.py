@@ -28,12 +28,16 @@ HEAP_CACHE = "heap-model.json"
 @dataclasses.dataclass(frozen=True)
 class HeapModel:
     """What the heap keeps beyond the plan's tensors: ``step_share`` of the traced training step, plus, for a quantized
-    base model, ``after_load[level]`` bytes."""
+    base model, ``after_load[level]`` bytes; and what scoring the held-out split adds to the base model, the runtime
+    and the adapter's weights at each level, ``evaluation[level]`` bytes (on CPU bitsandbytes' 8-bit layers score
+    through an int8 product that needs more than the dequantised one they train with: where few blocks train,
+    scoring decides the trial's peak)."""
 
     allocator: str
     threads: int
     step_share: float
     after_load: dict[str, int] = dataclasses.field(default_factory=dict)
+    evaluation: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def step_bytes(self, step_bytes: int) -> int:
         """What it keeps of a training step that holds ``step_bytes`` at its peak."""
@@ -46,11 +50,18 @@ class HeapModel:
     def kept_bytes(self, step_bytes: int, quantization: str) -> int:
         return self.step_bytes(step_bytes) + self.load_bytes(quantization)
 
+    def eval_bytes(self, quantization: str) -> int:
+        """What scoring the held-out split adds to the base model at a quantization level, the runtime and the adapter's
+        weights."""
+        return int(self.evaluation.get(quantization, 0))
+
     def describe(self) -> str:
         loads = ", ".join(f"{level} +{b / 2**20:.0f} MiB" for level, b in self.after_load.items() if b)
+        scoring = ", ".join(f"{level} +{b / 2**20:.0f} MiB" for level, b in self.evaluation.items())
         return (
             f"{self.allocator}, {self.threads} thread(s): {self.step_share:.2f}x a training step's tensors"
             + (f"; after a quantized load {loads}" if loads else "")
+            + (f"; scoring the held-out rows {scoring}" if scoring else "")
         )
 
 
@@ -64,7 +75,7 @@ def allocator_name(env: dict[str, str] | None) -> str:
     return f"jemalloc ({options})" if options else "jemalloc"
 
 
-MEASURED_AS = "reused-thread"
+MEASURED_AS = "reused-thread, top-block scoring"
 """How the measurement runs its trials (``search.worker.heap.measure``); a model measured another way is measured
 again."""
 
@@ -85,6 +96,8 @@ def cache_key(cfg, model_path: str, allocator: str, threads: int) -> str:
             t.max_seq_length,
             t.precision,
             t.gradient_checkpointing,
+            t.eval_batch_size,
+            cfg.dataset.eval_size,
             threads,
         ]
     )
@@ -112,7 +125,7 @@ def cached_heap(cfg, model_path: str, allocator: str, threads: int | None) -> He
 def fit(measured: dict[str, dict[str, int]], allocator: str, threads: int) -> HeapModel:
     """The model from each level's measured excess (peak minus the plan's estimate without the heap's share) and
     traced step: the unquantized level's excess is the step's share; a quantized level keeps what it measured beyond
-    that share of its own step."""
+    that share of its own step. Each level's ``evaluation`` as measured (``search.worker.heap._scoring_bytes``)."""
     base = measured["none"]
     share = round(max(0.0, base["excess"] / base["step"]), 3) if base["step"] > 0 else 0.0
     after = {
@@ -120,4 +133,5 @@ def fit(measured: dict[str, dict[str, int]], allocator: str, threads: int) -> He
         for level, m in measured.items()
         if level != "none"
     }
-    return HeapModel(allocator, threads, share, after)
+    scoring = {level: max(0, int(m["evaluation"])) for level, m in measured.items() if "evaluation" in m}
+    return HeapModel(allocator, threads, share, after, scoring)

@@ -64,6 +64,9 @@ class Plan:
     GPU)."""
     heap_load_bytes: int = 0
     """What it keeps after a quantized load (the fp32 weights the quantized ones replaced)."""
+    eval_bytes: int = 0
+    """What scoring the held-out split adds to the base model, the runtime and the adapter's weights (CPU: measured
+    with the heap, what the heap keeps included; 0 on GPU)."""
 
     @property
     def heap_bytes(self) -> int:
@@ -71,13 +74,11 @@ class Plan:
 
     @property
     def est_peak_memory_bytes(self) -> int:
-        return (
-            self.weight_bytes
-            + self.adapter_state_bytes
-            + self.activation_bytes
-            + self.runtime_bytes
-            + self.heap_bytes
-        )
+        """The larger of the two phases: a training step, or scoring the held-out split once training has freed
+        the optimizer (the adapter's weights stay)."""
+        loaded = self.weight_bytes + self.runtime_bytes
+        training = loaded + self.adapter_state_bytes + self.activation_bytes + self.heap_bytes
+        return max(training, loaded + self.adapter_bytes + self.eval_bytes)
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -249,6 +250,7 @@ def plan_candidate(
         traced=traced,
         heap_step_bytes=heap.step_bytes(step) if heap is not None and device == "cpu" else 0,
         heap_load_bytes=heap.load_bytes(quantization) if heap is not None and device == "cpu" else 0,
+        eval_bytes=heap.eval_bytes(quantization) if heap is not None and device == "cpu" else 0,
     )
 
 
@@ -366,6 +368,7 @@ def plan_search(
                     "runtime": p.runtime_bytes,
                     "heap_step": p.heap_step_bytes,
                     "heap_load": p.heap_load_bytes,
+                    "evaluation": p.eval_bytes,
                 },
                 "memory_kind": "gpu_allocated" if gpu else "cpu_rss",
                 "cpu_allocator": None if gpu else allocator,

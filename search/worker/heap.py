@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from peft_search.search.inputs.candidates import measuring_lora
+from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, meta_model
 from peft_search.search.plan.baseline import write_cache
+from peft_search.search.plan.depth import num_blocks
 from peft_search.search.plan.heap import HEAP_CACHE, HeapModel, allocator_name, cache_key, cached_heap, fit
+from peft_search.search.plan.memtrace import quantized_linear_names
 from peft_search.search.settings.schema import Budget
 from peft_search.search.settings.trial import TrialConfig
 from peft_search.search.worker.costs import plan_trial
 from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
+from peft_search.search.worker.memory import PeakMemory
 from peft_search.search.worker.training import run_trial
 
 CALIBRATION_STEPS = 3
@@ -92,7 +96,8 @@ def _measure_in_subprocess(settings, data, levels, env, threads: int, allocator:
 def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[str, Any]]:
     """In this process (the trials' allocator and threads): per level, a LoRA trial (r 8 on every linear layer) of
     ``CALIBRATION_STEPS`` steps through the search's own trial code, scored on one evaluation batch; its measured
-    peak beside the plan's estimate without any heap share, and the plan's traced step.
+    peak beside the plan's estimate without any heap share, and the plan's traced step; then, in a second short trial
+    with the adapter on the last block only, what scoring the whole held-out split adds (``_scoring_bytes``).
 
     As in a Tune actor, each trial runs in a thread of its own, and the memory freed is handed back between trials;
     an unquantized trial runs first and is not counted (a process's first trial keeps more than the later ones),
@@ -107,6 +112,7 @@ def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[s
     )
     rows = dataclasses.replace(data, eval=data.eval[: settings.training.eval_batch_size])
     lora = measuring_lora(settings.task)
+    top = _top_block_lora(settings, lora)
     measured: dict[str, dict[str, Any]] = {}
     order = ["none", *(level for level in levels if level != "none"), "none"]
     for level in order:
@@ -118,7 +124,43 @@ def measure(settings, data, levels: list[str], threads: int) -> dict[str, dict[s
             "excess": int(metrics["peak_memory_bytes"] - metrics["est_peak_memory_bytes"]),
             "step": int(step),
         }
+        if top is not None:
+            scoring = TrialConfig("lora", level, top, 1e-4)
+            measured[level]["evaluation"] = _in_thread(
+                lambda trial=scoring: _scoring_bytes(trial, short, data, torch.device("cpu"))
+            )
+            return_freed_memory()
     return measured
+
+
+def _top_block_lora(settings, lora: dict[str, Any]) -> dict[str, Any] | None:
+    """The measuring adapter on the model's last block only (None where its blocks are not known): a step too small
+    to decide a trial's peak, so the peak is the final evaluation's."""
+    base = meta_model(settings.model_path, settings.task, 2, settings.revision)
+    blocks = num_blocks(base)
+    if not blocks:
+        return None
+    # PEFT takes layers_to_transform with named targets only (not "all-linear"): every linear layer's name.
+    targets = sorted({name.rsplit(".", 1)[-1] for name in quantized_linear_names(base, SKIP_QUANTIZATION)})
+    return {**lora, "target_modules": targets, "layers_to_transform": [blocks - 1]}
+
+
+def _scoring_bytes(trial: TrialConfig, settings, data, device) -> int:
+    """What the final evaluation (every held-out row, in ``eval_batch_size`` batches, as a trial scores) adds to the
+    base model, the runtime and the adapter's weights, in a short trial of ``trial`` (a small step): the resident
+    set's high-water mark is reset when training has ended (run_trial's ``widen`` is called after each step and
+    then before the evaluation), so the trial's measured peak is its evaluation's."""
+
+    def reset(steps_done: int) -> None:
+        if steps_done >= settings.steps:
+            PeakMemory(device).start()
+
+    metrics, adapter_dir = run_trial(trial, settings, data, device=device, widen=reset)
+    if adapter_dir is not None:
+        adapter_dir.cleanup()
+    plan = plan_trial(trial, settings, data.num_labels, 0, "cpu")
+    runtime = int(metrics["est_peak_memory_bytes"]) - plan.est_peak_memory_bytes
+    return max(0, int(metrics["peak_memory_bytes"]) - runtime - plan.weight_bytes - plan.adapter_bytes)
 
 
 def _short_trial(trial: TrialConfig, settings, rows, device) -> dict[str, Any]:

@@ -30,6 +30,23 @@ def test_the_unquantized_excess_gives_the_steps_share_and_a_quantized_load_what_
     )  # not measured: no load term
 
 
+def test_scoring_is_fitted_as_measured_and_said():
+    measured = {
+        "none": {"excess": 100 * MIB, "step": 100 * MIB, "evaluation": 256 * MIB},
+        "int8": {"excess": 100 * MIB, "step": 100 * MIB, "evaluation": 550 * MIB},
+    }
+    model = fit(measured, "system", 1)
+    assert model.evaluation == {"none": 256 * MIB, "int8": 550 * MIB}
+    assert model.eval_bytes("int8") == 550 * MIB and model.eval_bytes("nf4") == 0  # not measured: none
+    assert model.describe() == (
+        "system, 1 thread(s): 1.00x a training step's tensors; scoring the held-out rows none +256 MiB, "
+        "int8 +550 MiB"
+    )
+    # A cached model of before the scoring measurement reads back with none (and is measured again: its key differs).
+    old = {"allocator": "system", "threads": 1, "step_share": 1.0, "after_load": {}}
+    assert HeapModel(**old).evaluation == {}
+
+
 def test_an_allocator_that_keeps_nothing_adds_nothing():
     model = fit({"none": {"excess": -5 * MIB, "step": 100 * MIB}}, "jemalloc", 2)
     assert model.step_share == 0.0 and model.kept_bytes(100 * MIB, "none") == 0

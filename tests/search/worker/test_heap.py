@@ -88,12 +88,28 @@ def test_the_measuring_trials_run_as_a_reused_actor_runs_them(
         ran.append((trial.quantization, threading.current_thread() is threading.main_thread(), metrics))
         return metrics
 
+    scored = []
+    real_run = heap.run_trial
+
+    def scoring_spy(trial, settings, data, *, device, widen=None):  # the short trials call run_trial too
+        if widen is not None:
+            scored.append((trial.quantization, trial.peft_config, len(data.eval)))
+        return real_run(trial, settings, data, device=device, widen=widen)
+
     monkeypatch.setattr(heap, "_short_trial", spy)
+    monkeypatch.setattr(heap, "run_trial", scoring_spy)
     measured = heap.measure(prep.settings, prep.data, ["int8", "none"], 1)
     assert [(level, main) for level, main, _ in ran] == [("none", False), ("int8", False), ("none", False)]
     last = ran[-1][2]
     assert measured["none"]["excess"] == int(last["peak_memory_bytes"] - last["est_peak_memory_bytes"])
     assert set(measured) == {"none", "int8"}
+    # Each level is also scored on every held-out row by a short trial with the adapter on the last block only, its
+    # high-water mark reset once training has ended: what scoring adds.
+    assert [level for level, *_ in scored] == ["none", "int8", "none"]
+    for _, peft_config, rows in scored:  # the tiny BERT has 2 blocks
+        assert peft_config["layers_to_transform"] == [1] and isinstance(peft_config["target_modules"], list)
+        assert rows == len(prep.data.eval)
+    assert all(isinstance(m["evaluation"], int) and m["evaluation"] >= 0 for m in measured.values())
 
 
 def test_a_thread_s_error_is_raised_in_the_caller():
