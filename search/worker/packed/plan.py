@@ -57,15 +57,18 @@ def group_peak_bytes(plans: Sequence[Plan]) -> int:
     model's weights and the process's runtime once; each member's adapter state; and the packed step, whose batch is
     the members' micro-batches one after another, each through its own adapter only, so its activations and
     gradients are the sum of the members' traced steps (rows add linearly). What the heap allocator keeps
-    (``search.plan.heap``) follows: its share of each member's step, and what the one load keeps."""
+    (``search.plan.heap``) follows: its share of each member's step, and what the one load keeps. Or, where it is
+    larger, scoring: the members' adapters, each scored in turn (``Plan.est_peak_memory_bytes``' two phases)."""
     if not plans:
         raise ValueError("a group has at least one member")
-    return (
-        max(p.weight_bytes for p in plans)
-        + max(p.runtime_bytes for p in plans)
+    loaded = max(p.weight_bytes for p in plans) + max(p.runtime_bytes for p in plans)
+    training = (
+        loaded
         + max(p.heap_load_bytes for p in plans)
         + sum(p.adapter_state_bytes + p.activation_bytes + p.heap_step_bytes for p in plans)
     )
+    scoring = loaded + sum(p.adapter_bytes for p in plans) + max(p.eval_bytes for p in plans)
+    return max(training, scoring)
 
 
 def packing_note(
@@ -113,6 +116,7 @@ def _plan_of(row: dict[str, Any]) -> Plan:
         runtime_bytes=b["runtime"],
         heap_step_bytes=b.get("heap_step", 0),
         heap_load_bytes=b.get("heap_load", 0),
+        eval_bytes=b.get("evaluation", 0),
     )
 
 

@@ -77,6 +77,11 @@ def test_the_estimate_is_the_larger_phase_a_training_step_or_scoring():
     small = Plan(activation_bytes=20 * mib, eval_bytes=200 * mib, **common)
     assert small.est_peak_memory_bytes == (100 + 500 + 4 + 200) * mib
     assert Plan(activation_bytes=20 * mib, **common).est_peak_memory_bytes == (100 + 500 + 16 + 20 + 90) * mib
+    # A packed group of two small-step members: one base model and runtime, both adapters, the larger scoring.
+    from peft_search.search.worker.packed.plan import group_peak_bytes
+
+    assert group_peak_bytes([small, small]) == (100 + 500 + 2 * 4 + 200) * mib
+    assert group_peak_bytes([big, big]) == (100 + 500 + 60 + 2 * (16 + 300 + 30)) * mib
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
