@@ -11,7 +11,8 @@ from peft_search.search.settings.strict import Strict as _Strict
 
 
 class EarlyStopping(_Strict):
-    """Stop clearly hopeless trials part-way: asynchronous successive halving (ASHA) ranked on every objective.
+    """Stop clearly hopeless trials part-way: asynchronous successive halving (ASHA) ranked on every objective (or on
+    those ``objectives`` names).
 
     At each rung (``grace_steps``, then x ``reduction_factor``, ...) a trial is evaluated on ``eval_size`` held-out
     rows and stopped when a trial there dominates it and it falls outside the rung's best ``1 / reduction_factor``
