@@ -66,3 +66,32 @@ def test_a_model_reads_back_from_its_cached_fields():
 
     model = HeapModel("system", 1, 1.015, {"int8": 0, "nf4": 58_744_832})
     assert HeapModel(**dataclasses.asdict(model)) == model
+
+
+def test_the_estimate_is_the_larger_phase_a_training_step_or_scoring():
+    from peft_search.search.plan.planning import Plan
+
+    mib = 2**20
+    common = dict(
+        trainable_params=1000,
+        total_params=10**6,
+        adapter_bytes=4 * mib,
+        weight_bytes=100 * mib,
+        adapter_state_bytes=16 * mib,
+        runtime_bytes=500 * mib,
+        heap_step_bytes=30 * mib,
+        heap_load_bytes=60 * mib,
+    )
+    # A large step decides: weights, runtime, adapter with its gradients and moments, the step, what the heap keeps.
+    big = Plan(activation_bytes=300 * mib, eval_bytes=200 * mib, **common)
+    assert big.est_peak_memory_bytes == (100 + 500 + 16 + 300 + 30 + 60) * mib
+    # A small step (few blocks adapted) leaves the peak to scoring: weights, runtime, the adapter's weights, and what
+    # scoring adds (the heap's keep measured in it).
+    small = Plan(activation_bytes=20 * mib, eval_bytes=200 * mib, **common)
+    assert small.est_peak_memory_bytes == (100 + 500 + 4 + 200) * mib
+    assert Plan(activation_bytes=20 * mib, **common).est_peak_memory_bytes == (100 + 500 + 16 + 20 + 90) * mib
+    # A packed group of two small-step members: one base model and runtime, both adapters, the larger scoring.
+    from peft_search.search.worker.packed.plan import group_peak_bytes
+
+    assert group_peak_bytes([small, small]) == (100 + 500 + 2 * 4 + 200) * mib
+    assert group_peak_bytes([big, big]) == (100 + 500 + 60 + 2 * (16 + 300 + 30)) * mib
