@@ -7,6 +7,7 @@ from peft_search.cluster.runtime import (
     ray_line,
     shutdown,
     started_here,
+    unplaceable,
     worker_env,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "ray_line",
     "shutdown",
     "started_here",
+    "unplaceable",
     "worker_env",
 ]

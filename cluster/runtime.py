@@ -213,6 +213,22 @@ def plan_concurrency(
     return max(1, min(limits))
 
 
+def unplaceable(per_worker: dict[str, float], num_workers: int) -> tuple[str, float, float] | None:
+    """The resource (``CPU``, ``GPU``) that keeps a trial of ``num_workers`` workers of ``per_worker`` from being
+    placed on the Ray instance joined now, with the most of it one node has and all nodes together; None when it
+    fits. Ray would keep such a trial pending for ever, waiting for a node no local instance can add."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, need in per_worker.items():
+        if need <= 0:
+            continue
+        held = [float(n.get(key, 0.0)) for n in nodes]
+        if sum(_fits(h, need) for h in held) < num_workers:
+            return key, max(held, default=0.0), sum(held)
+    return None
+
+
 _RESOURCE_UNITS = 10_000  # Ray's resource granularity (ray._raylet.RESOURCE_UNIT_SCALING)
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peft_search.cluster import connect, plan_concurrency, ray_line, worker_env
+from peft_search.cluster import connect, plan_concurrency, ray_line, started_here, unplaceable, worker_env
 from peft_search.reports.html import write_report
 from peft_search.reports.race import read_race
 from peft_search.search.errors import ConfigError
@@ -28,6 +28,7 @@ from peft_search.search.verbosity import LOG_ENV, VERBOSE_ENV, to_log, verbose
 from peft_search.search.worker import heap as worker_heap
 from peft_search.search.worker import packed, threads
 from peft_search.search.worker.environment import quiet_bitsandbytes
+from peft_search.search.worker.placement import worker_resources
 from peft_search.search.worker.trial import trial_driver, trial_resources
 from peft_search.spaces.sampling import DefineByRun
 
@@ -71,7 +72,7 @@ def run_search(
         )
         # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
         if tuner is not None:
-            tuner.fit()
+            _fit(tuner)
         if cfg.search.repeats is not None:
             # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
             repeat_front(cfg, prep, home, table, concurrency)
@@ -85,6 +86,15 @@ def run_search(
     finally:
         lock.release()
     return home.results.path
+
+
+def _fit(tuner) -> None:
+    """Run a Tuner to its end. Ctrl-C ends Tune's run early, its state saved, and ``fit`` returns as if done (the
+    trials it stopped show as terminated): a trial whose last result is not its final one (``done``, also set when
+    the scheduler stops it) means an interrupt (the command says so and how to resume), not a finished search."""
+    grid = tuner.fit()
+    if any(r.error is None and not (r.metrics or {}).get("done") for r in grid):
+        raise KeyboardInterrupt
 
 
 def _nothing_left(cfg: SearchConfig, reconciled) -> bool:
@@ -150,6 +160,7 @@ def _launch(
     if cfg.resources.cpus_per_worker == "auto":
         prep = dataclasses.replace(prep, settings=_threads(prep, echo))
         cfg = prep.settings.config
+    _check_placeable(prep.settings, echo)
     if cfg.resources.gpus_per_worker == 0:
         levels = [q for q in prep.space_spec.quantization] + [
             c.quantization for c in prep.space_spec.candidates
@@ -215,6 +226,34 @@ def _launch(
             trainable, searcher, concurrency, callbacks, cfg, home.storage_path, num_samples=owed
         )
     return tuner, facts, table, prep, concurrency, coordinator
+
+
+def _check_placeable(settings, echo: bool) -> None:
+    """A trial shape no node can hold: refused on a local instance (it would wait for ever for a node), said in one
+    line on a cluster (whose autoscaler may add one)."""
+    r = settings.resources
+    short = unplaceable(worker_resources(settings), r.num_workers)
+    if short is None:
+        return
+    key, largest, total = short
+    field, per = (
+        ("gpus_per_worker", r.gpus_per_worker) if key == "GPU" else ("cpus_per_worker", r.cpus_per_worker)
+    )
+    fix = (
+        "set resources.gpus_per_worker: 0 to train on CPU, or run where Ray sees a GPU"
+        if key == "GPU"
+        else "lower it or resources.num_workers, or set cpus_per_worker: auto"
+    )
+    has = (
+        f"the local Ray instance has {total:g}"
+        if started_here()
+        else f"the cluster has {total:g} (at most {largest:g} on a node)"
+    )
+    message = f"resources.{field}: {r.num_workers} worker(s) of {per:g} {key} cannot be placed: {has}; {fix}"
+    if started_here():
+        raise ConfigError(message)
+    if echo:
+        print(f"[peft-search] {message}; the trials wait until the cluster has a node for them", flush=True)
 
 
 def _threads(prep: Prepared, echo: bool):
@@ -319,7 +358,7 @@ def train_again(
         num_samples=len(configs),
         stopping=False,
     )
-    again.fit()
+    _fit(again)
     return len(configs)
 
 

@@ -110,6 +110,25 @@ def test_results_are_never_overwritten(finished, ray_local):
     assert (search_dir / "trials.parquet").stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize(
+    ("resources", "field"),
+    [({"gpus_per_worker": 64}, "gpus_per_worker"), ({"cpus_per_worker": 3}, "cpus_per_worker")],
+)
+def test_a_trial_no_node_can_hold_is_refused(
+    ray_local, tiny_bert, classification_csv, tmp_path, resources, field
+):
+    """Ray would keep such a trial pending for ever (a local instance adds no node): the search refuses it, in one
+    line naming the field, before measuring or training anything, and leaves no results directory."""
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(tiny_bert, classification_csv, results_dir=str(tmp_path), resources=resources)
+    with pytest.raises(ConfigError) as refused:
+        run_search(cfg, echo=False)
+    assert str(refused.value).startswith(f"resources.{field}: 1 worker(s) of ")
+    assert "cannot be placed: the local Ray instance has " in str(refused.value)
+    assert "\n" not in str(refused.value) and list(tmp_path.iterdir()) == []
+
+
 def test_token_authentication_stays_on(ray_local):
     from ray._raylet import AuthenticationMode, get_authentication_mode
 

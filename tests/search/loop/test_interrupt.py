@@ -1,0 +1,60 @@
+"""Ctrl-C mid-search: Ray Tune ends its run and saves its state, and ``fit`` returns as if the search were done;
+the command says it was interrupted (exit 130, one line naming ``resume``), and ``resume`` finishes the search."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_ctrl_c_is_an_interrupt_and_resume_finishes_the_search(tiny_bert, classification_csv, tmp_path):
+    raw = {
+        "name": "cut",
+        "model": {"name_or_path": tiny_bert},
+        "dataset": {"source": classification_csv, "train_per_class": 8, "eval_size": 12},
+        "space": {"methods": ["ia3", "bitfit"]},
+        "search": {"num_trials": 6, "max_concurrent": 1, "early_stopping": {"rule": "none"}},
+        "training": {"max_steps": 2, "batch_size": 4, "max_seq_length": 24, "eval_batch_size": 8},
+        "resources": {"cpus_per_worker": 1},
+        "results_dir": str(tmp_path / "results"),
+    }
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "peft_search"]
+    run = subprocess.Popen(
+        [*command, "run", str(config), "--num-cpus", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    for line in run.stdout:  # the first trial's start: the search is under way
+        if " started: " in line or time.monotonic() > deadline:
+            break
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, (out[-2000:], err[-2000:])
+    assert err.strip().splitlines()[-1] == (
+        "peft-search: error: interrupted; finished trials are kept (`peft-search resume DIR` finishes a search)"
+    )
+    assert " trials complete. Results: " not in out  # no summary of a search that did not finish
+    search_dir = tmp_path / "results" / "cut"
+    resumed = subprocess.run(
+        [*command, "resume", str(search_dir), "--num-cpus", "2"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_parquet(search_dir / "trials.parquet")
+    assert len(trials) == 6 and set(trials["status"]) == {"complete"}
