@@ -74,7 +74,11 @@ def _lookup(host: str, port: int, timeout: float) -> list:
 def host_port(address: str, label: str, default_port: int | None) -> tuple[str | None, int | None]:
     """The host and port of ``SCHEME://HOST[:PORT][/PATH]`` or ``HOST[:PORT]``; ``AddressError`` for a port that is
     not a number from 1 to 65535."""
-    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+    except ValueError as err:  # an unclosed IPv6 bracket ("[::1")
+        example = "http://[::1]:8265" if address.startswith(("http://", "https://")) else "[::1]:6379"
+        raise AddressError(f"{label}: not an address ({err}); write an IPv6 host in brackets, {example}") from None
     try:
         port = parts.port
     except ValueError:

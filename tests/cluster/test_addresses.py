@@ -74,6 +74,7 @@ def answer(capsys, *argv: str) -> tuple[int, str]:
         ("http://", "no host in it"),
         ("http://host:notaport", "'notaport' is not a port number"),
         ("ftp://host", "'ftp://' is not a dashboard address"),
+        ("http://[::1", "not an address (Invalid IPv6 URL); write an IPv6 host in brackets, http://[::1]:8265"),
     ],
 )
 def test_a_malformed_dashboard_address_is_one_line_exit_2(capsys, command, address, says):
@@ -123,6 +124,7 @@ def test_other_unreachable_dashboards(capsys, closed_port, address, says):
         ("http://head:8265", "that is a dashboard address, for `peft-search submit`"),
         ("ray://", "no host in it"),
         ("ftp://head:1", "Ray knows no 'ftp://' addresses"),
+        ("[::1", "not an address (Invalid IPv6 URL); write an IPv6 host in brackets, [::1]:6379"),
     ],
 )
 def test_a_malformed_cluster_address_is_one_line_exit_2(capsys, command, address, says):
