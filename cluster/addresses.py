@@ -78,7 +78,9 @@ def host_port(address: str, label: str, default_port: int | None) -> tuple[str |
         parts = urlsplit(address if "://" in address else f"//{address}")
     except ValueError as err:  # an unclosed IPv6 bracket ("[::1")
         example = "http://[::1]:8265" if address.startswith(("http://", "https://")) else "[::1]:6379"
-        raise AddressError(f"{label}: not an address ({err}); write an IPv6 host in brackets, {example}") from None
+        raise AddressError(
+            f"{label}: not an address ({err}); write an IPv6 host in brackets, {example}"
+        ) from None
     try:
         port = parts.port
     except ValueError:

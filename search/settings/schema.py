@@ -164,7 +164,7 @@ class TrainingSettings(_Strict):
     candidates may fix theirs."""
     batch_size: int = Field(16, ge=1)
     """Rows per optimizer step in total; with several workers each trains on ``batch_size / num_workers`` of them."""
-    max_seq_length: int = Field(128, ge=8)
+    max_seq_length: int = Field(128, ge=8, le=1_048_576)
     """Rows are truncated to this many tokens."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     """Share of the steps with a linear learning-rate warmup (then linear decay)."""
@@ -311,7 +311,7 @@ class Budget(_Strict):
 
 
 class SearchConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """Stable search name (no timestamps): Ray's restore relies on it."""
     model: ModelSpec
     """The base model to fine-tune."""

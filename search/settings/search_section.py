@@ -72,7 +72,7 @@ class Race(_Strict):
 
 
 class SearchSettings(_Strict):
-    num_trials: int = Field(10, ge=1)
+    num_trials: int = Field(10, ge=1, le=100_000)
     """Trials in all, explicit candidates included."""
     max_concurrent: int | None = Field(None, ge=1)
     """Trials at once; derived from the cluster's resources when unset (times the packed group's size with

@@ -74,7 +74,10 @@ def answer(capsys, *argv: str) -> tuple[int, str]:
         ("http://", "no host in it"),
         ("http://host:notaport", "'notaport' is not a port number"),
         ("ftp://host", "'ftp://' is not a dashboard address"),
-        ("http://[::1", "not an address (Invalid IPv6 URL); write an IPv6 host in brackets, http://[::1]:8265"),
+        (
+            "http://[::1",
+            "not an address (Invalid IPv6 URL); write an IPv6 host in brackets, http://[::1]:8265",
+        ),
     ],
 )
 def test_a_malformed_dashboard_address_is_one_line_exit_2(capsys, command, address, says):

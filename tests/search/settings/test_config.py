@@ -51,6 +51,18 @@ def _base(**changes):
             "peft_type",
         ),
         (["not", "a", "mapping"], "config", "mapping"),
+        # A boolean is no number (pydantic alone reads true as 1); an integer past 64 bits overflows torch.
+        (_base(search={"num_trials": True}), "search.num_trials", "a boolean where a number belongs"),
+        (_base(training={"batch_size": True}), "training.batch_size", "a boolean where a number belongs"),
+        (_base(search={"seed": False}), "search.seed", "a boolean where a number belongs"),
+        (_base(training={"max_seq_length": 10**30}), "training.max_seq_length", "past what any library"),
+        (
+            _base(training={"max_seq_length": 2**21}),
+            "training.max_seq_length",
+            "less than or equal to 1048576",
+        ),
+        (_base(search={"num_trials": 10**6}), "search.num_trials", "less than or equal to 100000"),
+        (_base(name="x" * 101), "name", "at most 100 characters"),
     ],
 )
 def test_bad_input_names_the_field(raw, field, hint):
@@ -60,6 +72,11 @@ def test_bad_input_names_the_field(raw, field, hint):
     assert "\n" not in message
     assert message.startswith(field + ":"), message
     assert hint in message
+
+
+def test_a_boolean_keeps_its_meaning_where_a_field_gives_it_one():
+    cfg = parse_config(_base(search={"packing": False}))  # YAML's `packing: off`
+    assert cfg.search.packing == "off"
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
