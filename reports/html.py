@@ -370,6 +370,10 @@ def build_report(search_dir: str | Path) -> str:
     return render(data, facts, importances(results, trials, objectives), read_race(search_dir))
 
 
+_REPORT_MARK = b"<title>peft-search report"
+"""How a page this module wrote begins (``reports.page``'s title): the only file ``write_report`` replaces."""
+
+
 def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the page atomically (a reader mid-search never sees half of it); by default into the search's
     directory as ``report.html``; ``out`` a directory (as with ``cp``): ``report.html`` in it."""
@@ -378,8 +382,15 @@ def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
         path = path / REPORT_FILE
     elif str(out or "").endswith(("/", os.sep)):
         raise FileNotFoundError(errno.ENOENT, "no such directory; create it first", str(out))
+    elif path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a directory; give another -o", str(path.parent))
     elif not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory; create it first", str(path.parent))
+    if out and path.is_file() and _REPORT_MARK not in path.read_bytes()[:2048]:
+        # -o replaces a report (one an earlier -o wrote), never a user's other file.
+        raise FileExistsError(
+            errno.EEXIST, "exists and is not a peft-search report; give another -o", str(path)
+        )
     page = build_report(search_dir)
     with replacing(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

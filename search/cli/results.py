@@ -17,7 +17,7 @@ from peft_search.search.errors import ConfigError
 from peft_search.search.loop import recovery
 from peft_search.search.numbers import parse_bytes
 from peft_search.search.results import storage
-from peft_search.search.results.layout import ResultsDir, own_adapter
+from peft_search.search.results.layout import TRIALS_FILE, ResultsDir, own_adapter
 from peft_search.search.results.lock import SearchLock, command_line, progress_note
 from peft_search.search.results.metrics import get_metric
 
@@ -115,6 +115,7 @@ def best(args: argparse.Namespace, export: Callable[[str, dict, str], Path] | No
 
 def report(args: argparse.Namespace) -> int:
     local, uri = _fetched(args.results_dir)
+    ResultsDir(local).require_search(TRIALS_FILE)  # what the page is made of
     path = write_report(local, args.output)
     if uri is not None and args.output is None:
         storage.upload(Path(local), uri, [REPORT_FILE])

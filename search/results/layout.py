@@ -75,12 +75,22 @@ class ResultsDir:
     def holds_search(self) -> bool:
         return (self.path / CONFIG_FILE).exists()
 
-    def require_search(self) -> None:
-        """A one-line ``FileNotFoundError`` unless this directory holds a search (before anything is written)."""
-        if not self.holds_search():
-            raise FileNotFoundError(
-                f"{self.path}: no {CONFIG_FILE}; is this a peft-search results directory?"
-            )
+    def require_search(self, holding: str = CONFIG_FILE) -> None:
+        """A one-line ``FileNotFoundError`` unless this directory holds a search (its ``holding`` file), before
+        anything is written."""
+        if not (self.path / holding).exists():
+            raise self._not_a_search(holding)
+
+    def _not_a_search(self, missing: str) -> OSError:
+        """Why this path is not a search's results directory, one line: a missing path, a file (inside one,
+        named), or a directory without ``missing``."""
+        if not self.path.exists():
+            return FileNotFoundError(f"{self.path}: no such directory; give a search's results directory")
+        if not self.path.is_dir():
+            inside = any((self.path.parent / f).is_file() for f in (CONFIG_FILE, TRIALS_FILE))
+            where = f"its directory, {self.path.parent}" if inside else "a search's results directory"
+            return NotADirectoryError(f"{self.path}: a file, not a results directory; give {where}")
+        return FileNotFoundError(f"{self.path}: no {missing}; is this a peft-search results directory?")
 
     # The config and the run facts.
 
@@ -135,9 +145,7 @@ class ResultsDir:
     def read_trials(self) -> pd.DataFrame:
         """One row per trial, at the current schema version."""
         if not self.trials_path.is_file():
-            raise FileNotFoundError(
-                f"{self.path}: no {TRIALS_FILE}; is this a peft-search results directory?"
-            )
+            raise self._not_a_search(TRIALS_FILE)
         import pyarrow.parquet as pq
 
         table = self._read(self.trials_path, pq.read_table)
