@@ -75,7 +75,7 @@ def parse_count(value: int | float | str, *, minimum: int = 0) -> int:
     if math.isfinite(number) and number >= 2**63 or number == math.inf:
         raise ValueError(f"{str(value)[:40]} is too large a count")
     if not math.isfinite(number) or number != int(number):
-        raise ValueError(f"{value} is not a whole number; {example}")
+        raise ValueError(f"{value} is not a whole number")
     if number < minimum:
         raise ValueError(f"{value} is too small: at least {minimum}")
     return int(number)

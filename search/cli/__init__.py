@@ -105,14 +105,18 @@ def _version() -> str:
     return package_version("peft-search") or "unknown (not installed)"  # a source tree never installed
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse type for a count: ``100000``, ``100k``, ``1.5M``, at least ``minimum``."""
+def _count(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse type for a count: ``100000``, ``100k``, ``1.5M``, at least ``minimum`` (and at most
+    ``maximum``, ``why`` saying what more would cost)."""
 
     def count(text: str) -> int:
         try:
-            return parse_count(text, minimum=minimum)
+            number = parse_count(text, minimum=minimum)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+        if maximum is not None and number > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is too many: at most {maximum:,} ({why})")
+        return number
 
     return count
 
@@ -169,10 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", help="YAML search config")
     plan.add_argument("--format", choices=["table", "json"], default="table")
     plan.add_argument(
-        "--samples", type=_count(0), default=0, help="also plan N configs sampled from the space"
+        "--samples",
+        type=_count(0, 1_000, "each is built on the meta device and costed in turn: a few a second"),
+        default=0,
+        help="also plan N configs sampled from the space",
     )
     plan.add_argument(
-        "--num-labels", type=_count(2), help="classes of the task head (default: counted in the dataset)"
+        "--num-labels",
+        type=_count(2, 100_000, "a head with more classes than that is not a PEFT search's"),
+        help="classes of the task head (default: counted in the dataset)",
     )
     plan.add_argument(
         "-j",
