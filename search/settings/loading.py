@@ -15,11 +15,15 @@ from peft_search.search.errors import ConfigError
 from peft_search.search.settings.schema import SearchConfig
 from peft_search.search.settings.strict import TYPED
 
+_UNION_MEMBER = re.compile(r"(float|int|str|bool|none|[a-z][a-z-]*\[.*\])")
+"""How pydantic names the member of a union a value failed (``float``, ``literal['off','auto']``) in an error's
+location: not a key of the config, so not said."""
+
 
 def _loc_part(part: str | int) -> str:
     if isinstance(part, int):
         return f"[{part}]"
-    if part == "[key]":  # pydantic's marker for "the key itself" inside a dict
+    if part == "[key]" or _UNION_MEMBER.fullmatch(part):  # "[key]": the key itself inside a dict
         return ""
     return f".{part}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part) else f"[{part!r}]"
 
