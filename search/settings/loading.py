@@ -98,7 +98,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
         raise ConfigError(f"config: no file at {path}; pass the path of a YAML search config")
     try:
         # safe_load builds plain data only: a config is never code (``!!python/...`` tags are refused).
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError:
         raise ConfigError(f"config: {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
@@ -133,6 +133,30 @@ def with_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> di
     return data
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """``safe_load``, except that a key written twice in one mapping is an error (PyYAML keeps the last one
+    silently: a second ``name:`` would rename the search)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[str, int] = {}
+        for (
+            key_node,
+            _,
+        ) in node.value:  # the mapping's own keys (a ``<<`` merge may be overridden, as YAML says)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{key!r} is written twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
     mark = getattr(err, "problem_mark", None)
     where = f" at line {mark.line + 1}" if mark else ""
@@ -141,6 +165,8 @@ def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
     if tag:
         name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
         return f"config: {path}{where}: YAML tag {name!r} is not allowed (a config is plain data); remove it"
+    if "is written twice" in problem:  # ``_UniqueKeys``: the problem says it all
+        return f"config: {path}: {problem}"
     detail = f" ({problem})" if problem else ""
     return f"config: {path} is not valid YAML{where}{detail}; fix the syntax"
 

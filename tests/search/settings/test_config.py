@@ -82,6 +82,18 @@ def test_a_boolean_keeps_its_meaning_where_a_field_gives_it_one():
     assert cfg.search.packing == "off"
 
 
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: first\nmodel: {name_or_path: m}\ndataset: {source: x.csv}\nname: second\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"config: {path}: 'name' is written twice (lines 1 and 4); keep one"
+    merged = tmp_path / "merge.yaml"  # a << merge's key overridden is YAML, not a mistake
+    merged.write_text("base: &b {name_or_path: m}\nmodel:\n  <<: *b\n  name_or_path: other\n")
+    with pytest.raises(ConfigError, match="^name: required"):  # loaded: the next check is the schema's
+        load_config(merged)
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: t\nmodel: [unclosed\n")
