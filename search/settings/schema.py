@@ -36,6 +36,8 @@ def _local_path(value: str, what: str) -> str:
     """Refuse remote URIs (and with them any credentials they carry) where a local path is read or written."""
     if "://" in value:
         raise ValueError(f"remote URIs are not supported; give {what}")
+    if not value.strip():
+        raise ValueError(f"empty; give {what}")
     if "\x00" in value:
         raise ValueError("contains a NUL character; give a plain path")
     try:

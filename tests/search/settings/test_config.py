@@ -63,6 +63,7 @@ def _base(**changes):
         ),
         (_base(search={"num_trials": 10**6}), "search.num_trials", "less than or equal to 100000"),
         (_base(name="x" * 101), "name", "at most 100 characters"),
+        (_base(results_dir=""), "results_dir", "empty; give a local directory"),
         # The union member a value failed (pydantic's "float", "literal[...]") is not part of the field's name.
         (_base(resources={"cpus_per_worker": float("nan")}), "resources.cpus_per_worker", "finite number"),
         (_base(search={"packing": "sometimes"}), "search.packing", "'off' or 'auto'"),
