@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from its dataset",
     )
     evaluate.add_argument("--subset", help="the hub dataset's configuration")
-    evaluate.add_argument("--split", default="train", help="the hub dataset's split (default: train)")
+    evaluate.add_argument("--split", help="the hub dataset's split (default: train)")
     evaluate.add_argument(
         "--columns",
         action="append",

@@ -73,7 +73,7 @@ def evaluate_export(
     data: str | Path | None = None,
     *,
     subset: str | None = None,
-    split: str = "train",
+    split: str | None = None,
     columns: dict[str, str] | None = None,
     batch_size: int | None = None,
 ) -> Score:
@@ -182,12 +182,14 @@ def _rows(
     manifest: dict[str, Any],
     data: str | Path | None,
     subset: str | None,
-    split: str,
+    split: str | None,
     columns: dict[str, str],
 ) -> tuple[list[dict[str, Any]], str, float | None]:
     """The rows to score (as the search's splits hold them), in words, and the recorded accuracy when they are
     the search's held-out rows."""
     recorded = manifest["evaluation"].get("accuracy")
+    _check_options(manifest, data, subset, split, columns)
+    split = split or "train"
     if data is None:
         spec = DatasetSpec(**manifest["evaluation"]["dataset"])
         if is_local_source(spec.source) and not Path(spec.source).is_absolute():  # relative to the export
@@ -200,7 +202,7 @@ def _rows(
             )
         return held_out.eval, f"the search's {len(held_out.eval)} held-out rows of {spec.source}", recorded
     path = Path(data)
-    if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / DATA_DIR / "eval.parquet").is_file():
+    if _is_search(path):
         _, held_out = ResultsDir(path).read_splits()
         same = ResultsDir(path).read_facts().get("name") == manifest["search"].get("name")
         return held_out, f"the {len(held_out)} held-out rows of {path}", recorded if same else None
@@ -236,13 +238,44 @@ def _held_out(spec: DatasetSpec, task: str):
         ) from None
 
 
+def _is_search(path: Path) -> bool:
+    """A peft-search results directory with its held-out rows."""
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / DATA_DIR / "eval.parquet").is_file()
+
+
+def _check_options(
+    manifest: dict[str, Any], data: str | Path | None, subset: str | None, split: str | None, columns: dict
+) -> None:
+    """Refuse an option the rows to score would ignore: the search's held-out rows take none (they are scored as
+    the search read them), a local file no ``--subset`` or ``--split``, and each task its own columns."""
+    given = [
+        name for name, value in (("--subset", subset), ("--split", split), ("--columns", columns)) if value
+    ]
+    if given and (data is None or _is_search(Path(data))):
+        raise ConfigError(
+            f"{given[0]}: applies to --data DATASET only; the search's held-out rows are scored as the search read "
+            "them"
+        )
+    if data is not None and is_local_source(str(data)) and (subset or split):
+        raise ConfigError(
+            f"{'--subset' if subset else '--split'}: a hub dataset's option; {data} is a local file"
+        )
+    kinds = ("text", "label") if manifest["task"] == "sequence-classification" else ("prompt", "answer")
+    wrong = sorted(set(columns) - set(kinds))
+    if wrong:
+        raise ConfigError(
+            f"--columns {wrong[0]}={columns[wrong[0]]}: a {manifest['task']} adapter reads the {kinds[0]} and "
+            f"{kinds[1]} columns; write e.g. --columns {kinds[0]}=COLUMN"
+        )
+
+
 def _with_columns(records: list[dict[str, Any]], names: tuple[str, ...]) -> list[dict[str, Any]]:
     if records:
         for name in names:
             if name not in records[0]:
                 raise ConfigError(
-                    f"--data: no column {name!r} (it has {sorted(records[0])}); name it with --columns "
-                    f"KIND=COLUMN, e.g. --columns text=body"
+                    f"--data: no column {name!r} (it has {sorted(records[0])}); say which of them to read with "
+                    "--columns KIND=COLUMN"
                 )
     return records
 

@@ -210,6 +210,19 @@ def test_best_exports_and_evaluate_reproduces_the_recorded_accuracy(levels_searc
     assert "--columns" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "best --export" in capsys.readouterr().err
+    # An option the rows to score would ignore is refused, not ignored.
+    for extra, says in [
+        (["--columns", "text=body"], "--columns: applies to --data DATASET only"),
+        (["--data", str(levels_search), "--split", "test"], "--split: applies to --data DATASET only"),
+        (
+            ["--data", str(other), "--subset", "x"],
+            f"--subset: a hub dataset's option; {other} is a local file",
+        ),
+        (["--data", str(other), "--columns", "prompt=body"], "adapter reads the text and label columns"),
+    ]:
+        assert main(["evaluate", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
     assert main(["best", str(levels_search), "--export", str(out)]) == 2
     assert "not an empty directory" in capsys.readouterr().err
 
