@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import sys
 import traceback
@@ -20,7 +21,7 @@ from peft_search.cluster.runtime import ClusterError
 from peft_search.search.errors import ConfigError
 from peft_search.search.numbers import parse_count, parse_fraction
 from peft_search.search.redact import redact_text
-from peft_search.search.verbosity import VERBOSE_ENV, log_line, start_log, verbose
+from peft_search.search.verbosity import VERBOSE_ENV, log_line, start_log, to_log, verbose
 from peft_search.search.versions import package_version
 from peft_search.search.worker.environment import quiet_bitsandbytes
 
@@ -372,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[VERBOSE_ENV] = "1"
     start_log(args.command)
     quiet_bitsandbytes()  # checking training: imports transformers, and with it bitsandbytes, which says too much
+    if not verbose():
+        # The Hub client's retries of an unreachable hub (two lines a try, 10 tries for a model's config) go to the
+        # log; the command's own error line says what failed.
+        to_log(logging.getLogger("huggingface_hub.utils._http"))
     try:
         return args.func(args)
     except _INPUT_ERRORS as err:

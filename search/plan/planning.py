@@ -286,7 +286,8 @@ def plan_search(
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(
-            f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({first})"
+            f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({first}); give a local "
+            "model directory, a Hugging Face model id this machine can reach, or pkg:PACKAGE/DIR"
         ) from None
     check_candidates(
         cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task

@@ -163,3 +163,25 @@ leave(3)
     for case, said in (("alone", "buffered handler ran"), ("thread", "buffered thread done handler ran")):
         out = subprocess.run([sys.executable, "-c", code, case], capture_output=True, text=True)
         assert out.returncode == 3 and out.stdout == said, (case, out)
+
+
+def test_the_hub_clients_retries_go_to_the_log_not_the_terminal(tmp_path, monkeypatch, capsys):
+    """An unreachable hub: the Hub client warns twice a retry (ten tries for a model's config); the command's own
+    line says what failed, the retries are in its log."""
+    import logging
+
+    from peft_search.search.cli import main
+    from peft_search.search.verbosity import LOG_ENV, VERBOSE_ENV
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    monkeypatch.setenv(LOG_ENV, "")  # the command names its own log; restored afterwards
+    hub = logging.getLogger("huggingface_hub.utils._http")
+    monkeypatch.setattr(hub, "handlers", list(hub.handlers))
+    monkeypatch.setattr(hub, "propagate", hub.propagate)
+    assert main(["show", str(tmp_path / "nope")]) == 2
+    capsys.readouterr()
+    hub.warning("Retrying in 1s [Retry 1/5].")
+    for handler in hub.handlers:
+        handler.flush()
+    assert capsys.readouterr().err == ""
+    assert "Retrying in 1s [Retry 1/5]." in open(os.environ[LOG_ENV]).read()
