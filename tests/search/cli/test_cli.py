@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -184,4 +185,4 @@ def test_the_hub_clients_retries_go_to_the_log_not_the_terminal(tmp_path, monkey
     for handler in hub.handlers:
         handler.flush()
     assert capsys.readouterr().err == ""
-    assert "Retrying in 1s [Retry 1/5]." in open(os.environ[LOG_ENV]).read()
+    assert "Retrying in 1s [Retry 1/5]." in Path(os.environ[LOG_ENV]).read_text()
