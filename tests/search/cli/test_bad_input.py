@@ -286,6 +286,13 @@ CASES: dict[str, Any] = {
         "dataset.source",
         "no file at",
     ),
+    "dataset-file-of-another-kind": (
+        lambda t, m, d: (
+            (t / "rows.yaml").write_text("a: 1") and base_config(m, str(t / "rows.yaml"), t / "out")
+        ),
+        "dataset.source",
+        "is a .yaml file; give a .csv/.json/.jsonl/.parquet file",
+    ),
     "dataset-file-unreadable": (
         lambda t, m, d: (
             (t / "bad.json").write_text("{not json") and base_config(m, str(t / "bad.json"), t / "out")
