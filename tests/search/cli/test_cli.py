@@ -186,3 +186,25 @@ def test_the_hub_clients_retries_go_to_the_log_not_the_terminal(tmp_path, monkey
         handler.flush()
     assert capsys.readouterr().err == ""
     assert "Retrying in 1s [Retry 1/5]." in Path(os.environ[LOG_ENV]).read_text()
+
+
+def test_plan_of_a_space_without_candidates_says_how_to_sample_it(
+    tmp_path, tiny_bert, classification_csv, capsys
+):
+    from peft_search.search.cli import main
+
+    raw = {
+        "name": "p",
+        "model": {"name_or_path": tiny_bert},
+        "dataset": {"source": classification_csv, "train_per_class": 8, "eval_size": 12},
+        "space": {"methods": ["lora"]},
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(config)]) == 0
+    assert (
+        "no explicit candidates: --samples N plans N configs sampled from its space"
+        in capsys.readouterr().out
+    )
+    assert main(["plan", str(config), "--samples", "1"]) == 0
+    assert "no explicit candidates" not in capsys.readouterr().out
