@@ -46,7 +46,9 @@ def plan(args: argparse.Namespace, cfg: SearchConfig) -> int:
     )
     notes = [resolution_note(cfg.dataset.eval_size)]
     if not rows and not args.samples:
-        notes.insert(0, "the config has no explicit candidates: --samples N plans N configs sampled from its space")
+        notes.insert(
+            0, "the config has no explicit candidates: --samples N plans N configs sampled from its space"
+        )
     notes += filter(
         None,
         [packing_note(rows, cfg)],

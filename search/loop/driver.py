@@ -72,7 +72,7 @@ def run_search(
         )
         # Collect: Tune runs the trials; the table callback records each one as it starts and ends.
         if tuner is not None:
-            _fit(tuner)
+            _fit(tuner, table)
         if cfg.search.repeats is not None:
             # Repeat: the front's best configs again with new seeds (search.repeats), recorded in the same table.
             repeat_front(cfg, prep, home, table, concurrency)
@@ -88,13 +88,19 @@ def run_search(
     return home.results.path
 
 
-def _fit(tuner) -> None:
+def _fit(tuner, table: TrialTable) -> None:
     """Run a Tuner to its end. Ctrl-C ends Tune's run early, its state saved, and ``fit`` returns as if done (the
     trials it stopped show as terminated): a trial whose last result is not its final one (``done``, also set when
-    the scheduler stops it) means an interrupt (the command says so and how to resume), not a finished search."""
+    the scheduler stops it) and that the table does not show finished either (its final result may have been
+    recorded just before the signal) means an interrupt (the command says so and how to resume)."""
     grid = tuner.fit()
-    if any(r.error is None and not (r.metrics or {}).get("done") for r in grid):
-        raise KeyboardInterrupt
+    for result in grid:
+        metrics = result.metrics or {}
+        if result.error is not None or metrics.get("done"):
+            continue
+        record = table.records.get(str(metrics.get("trial_id")))
+        if record is None or record.status == "running":
+            raise KeyboardInterrupt
 
 
 def _nothing_left(cfg: SearchConfig, reconciled) -> bool:
@@ -358,7 +364,7 @@ def train_again(
         num_samples=len(configs),
         stopping=False,
     )
-    _fit(again)
+    _fit(again, table)
     return len(configs)
 
 
