@@ -11,26 +11,15 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 
+from benchmarks.chaos_search import make_search
 from tests import ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def test_ctrl_c_is_an_interrupt_and_resume_finishes_the_search(tiny_bert, classification_csv, tmp_path):
-    raw = {
-        "name": "cut",
-        "model": {"name_or_path": tiny_bert},
-        "dataset": {"source": classification_csv, "train_per_class": 8, "eval_size": 12},
-        "space": {"methods": ["ia3", "bitfit"]},
-        "search": {"num_trials": 6, "max_concurrent": 1, "early_stopping": {"rule": "none"}},
-        "training": {"max_steps": 2, "batch_size": 4, "max_seq_length": 24, "eval_batch_size": 8},
-        "resources": {"cpus_per_worker": 1},
-        "results_dir": str(tmp_path / "results"),
-    }
-    config = tmp_path / "search.yaml"
-    config.write_text(yaml.safe_dump(raw))
+def test_ctrl_c_is_an_interrupt_and_resume_finishes_the_search(tmp_path):
+    config = make_search(tmp_path, 6, name="cut")  # the chaos benchmark's tiny search: 1-step trials
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "peft_search"]
     run = subprocess.Popen(
