@@ -88,8 +88,10 @@ def test_the_measuring_trials_run_as_a_reused_actor_runs_them(
         ran.append((trial.quantization, threading.current_thread() is threading.main_thread(), metrics))
         return metrics
 
+    from peft_search.search.worker import training
+
     scored = []
-    real_run = heap.run_trial
+    real_run = training.run_trial
 
     def scoring_spy(trial, settings, data, *, device, widen=None):  # the short trials call run_trial too
         if widen is not None:
@@ -97,7 +99,7 @@ def test_the_measuring_trials_run_as_a_reused_actor_runs_them(
         return real_run(trial, settings, data, device=device, widen=widen)
 
     monkeypatch.setattr(heap, "_short_trial", spy)
-    monkeypatch.setattr(heap, "run_trial", scoring_spy)
+    monkeypatch.setattr(training, "run_trial", scoring_spy)  # where the measuring trials import it from
     measured = heap.measure(prep.settings, prep.data, ["int8", "none"], 1)
     assert [(level, main) for level, main, _ in ran] == [("none", False), ("int8", False), ("none", False)]
     last = ran[-1][2]
