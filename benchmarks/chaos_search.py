@@ -15,11 +15,21 @@ ENDED = ("complete", "failed", "infeasible", "stopped_early")
 """The statuses a trial of a finished search may have (never ``running``)."""
 
 
-def make_search(root: Path, num_trials: int = 6, *, name: str = "chaos", eval_size: int = 12) -> Path:
-    """A tiny search's YAML config (the model and data are built once under ``root``); its results go to
-    ``root/results/NAME``. Returns the config's path."""
+def make_search(
+    root: Path,
+    num_trials: int = 6,
+    *,
+    name: str = "chaos",
+    eval_size: int = 12,
+    model: str | Path | None = None,
+    data: str | Path | None = None,
+) -> Path:
+    """A tiny search's YAML config; its results go to ``root/results/NAME``. Returns the config's path. The model
+    and data are built once under ``root``, unless given (a test's session-wide tiny BERT and topics: the memory
+    measurements cached for them serve this search too)."""
     root.mkdir(parents=True, exist_ok=True)
-    model, data = root / "tiny-bert", root / "topics.csv"
+    model = Path(model) if model is not None else root / "tiny-bert"
+    data = Path(data) if data is not None else root / "topics.csv"
     if not (model / "config.json").exists():
         tiny_bert(model)
     if not data.exists():

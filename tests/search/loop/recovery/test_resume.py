@@ -51,16 +51,15 @@ def config_file(tiny_bert, classification_csv, tmp_path_factory):
     return path
 
 
-def _cli(*args: str, **kwargs) -> subprocess.Popen:
+def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "peft_search", *args, "--num-cpus", "2"],
         env=env,
-        stdout=kwargs.pop("stdout", subprocess.DEVNULL),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        **kwargs,
     )
 
 
@@ -86,11 +85,15 @@ def _complete(search_dir: Path) -> pd.DataFrame:
     return trials[trials["status"] == "complete"]
 
 
+def _resume(search_dir: Path) -> None:
+    """``peft-search resume`` in this process, on the session's Ray instance (the kill was a process of its own)."""
+    assert main(["resume", str(search_dir)]) == 0
+
+
 @pytest.fixture(scope="module")
-def searches(config_file):
+def searches(ray_local, config_file):
     results = Path(yaml.safe_load(config_file.read_text())["results_dir"])
-    full = _cli("run", str(config_file))
-    assert full.wait(timeout=900) == 0, full.stderr.read()
+    assert main(["run", str(config_file)]) == 0  # the uninterrupted search, here
 
     killed = _cli("run", str(config_file), "--name", "killed")
     killed_dir = results / "killed"
@@ -103,8 +106,7 @@ def searches(config_file):
     before = _complete(killed_dir)
     assert len(before) < NUM_TRIALS  # really interrupted
 
-    resumed = _cli("resume", str(killed_dir))
-    assert resumed.wait(timeout=900) == 0, resumed.stderr.read()
+    _resume(killed_dir)
     return results / "full", killed_dir, before
 
 
@@ -163,7 +165,7 @@ def test_resume_refuses_another_search(config_file, searches, capsys, tmp_path):
     assert sorted(p.stat().st_mtime_ns for p in killed_dir.rglob("*") if p.is_file()) == before
 
 
-def test_resume_reconciles_records_that_disagree(searches, tmp_path):
+def test_resume_reconciles_records_that_disagree(searches, tmp_path, capsys):
     """The state a kill leaves when Tune's copy of its state lags the table and the study (it is copied in the
     background, file by file): one finished trial Tune still shows pending, one cut off before Tune saved it (its
     row running, its Optuna trial running, its adapter saved), and the search generator's counter ahead of Tune's
@@ -206,9 +208,9 @@ def test_resume_reconciles_records_that_disagree(searches, tmp_path):
     result.write_text("")
     assert (search / cut_off["adapter_path"]).is_dir()  # recorded relative to the search: the copy's own
 
-    resumed = _cli("resume", str(search), stdout=subprocess.PIPE)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    capsys.readouterr()
+    _resume(search)
+    out, err = capsys.readouterr()
     assert "restored 3 finished trial(s), re-queued 1, marked 1 stale; 1 new to ask for" in out, out
 
     after = pd.read_parquet(search / "trials.parquet").set_index("trial_id")
@@ -226,7 +228,7 @@ def test_resume_reconciles_records_that_disagree(searches, tmp_path):
     assert stale.number == cut_off["optuna_trial"] and STALE_ATTR in stale.user_attrs
 
 
-def test_a_trial_only_the_study_saw_end_is_kept_not_run_again(searches, tmp_path):
+def test_a_trial_only_the_study_saw_end_is_kept_not_run_again(searches, tmp_path, capsys):
     """Tune tells the searcher (and so the study) that a trial ended before the callbacks hear of it: a kill
     between the two leaves the study's outcome alone (the table shows the trial running; Tune never saved it; its
     own results lack their last line). The resume keeps that outcome rather than asking for a trial more, which
@@ -247,9 +249,9 @@ def test_a_trial_only_the_study_saw_end_is_kept_not_run_again(searches, tmp_path
     table.to_parquet(search / "trials.parquet", index=False)
     (search / "tune" / f"trial-{last['trial_id']}" / "result.json").write_text("")
 
-    resumed = _cli("resume", str(search), stdout=subprocess.PIPE)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    capsys.readouterr()
+    _resume(search)
+    out, err = capsys.readouterr()
     assert (
         f"restored {NUM_TRIALS} finished trial(s), re-queued 0, marked 0 stale; nothing left to run" in out
     ), out
