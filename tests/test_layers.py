@@ -87,19 +87,9 @@ def test_only_the_two_hooks_import_the_packing_wing(tmp_path):
     assert "peft_search.search.cli.searching -> peft_search.search.worker.packed.plan" in out.stdout
 
 
-TRAINING = {
-    "peft_search.search.worker.training",
-    "peft_search.search.worker.trainer",
-    "peft_search.search.worker.packed.group",
-    "peft_search.search.worker.packed.auto",
-}
-
-
 def test_the_packages_own_modules_are_imported_at_the_top():
-    # Its import list says where a module lives. The exceptions: the command line's dispatch (each command's
-    # module is loaded when it runs, so `peft-search --help` starts fast) and the Python API's verbs; and the
-    # modules that train (transformers' Trainer, PEFT, bitsandbytes: about 5 s of imports), loaded in the process
-    # where a trial or a measurement trains, so a search's driver never loads them (test_driver_imports.py).
+    # Its import list says where a module lives. The one exception: the command line's dispatch (each command's
+    # module is loaded when it runs, so `peft-search --help` starts fast) and the Python API's verbs.
     import ast
 
     from tests import ROOT
@@ -116,6 +106,6 @@ def test_the_packages_own_modules_are_imported_at_the_top():
                 for node in ast.walk(function):
                     names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                     names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
-                    if any(n.startswith("peft_search") and n not in TRAINING for n in names):
+                    if any(n.startswith("peft_search") for n in names):
                         inside.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert inside == []

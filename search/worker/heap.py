@@ -30,6 +30,7 @@ from peft_search.search.settings.trial import TrialConfig
 from peft_search.search.worker.costs import plan_trial
 from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
 from peft_search.search.worker.memory import PeakMemory
+from peft_search.search.worker.training import run_trial
 
 CALIBRATION_STEPS = 3
 """Training steps of each measuring trial (a 30-step trial keeps the same, within 2 % of its peak: RESULTS.md)."""
@@ -154,9 +155,6 @@ def _scoring_bytes(trial: TrialConfig, settings, data, device) -> int:
         if steps_done >= settings.steps:
             PeakMemory(device).start()
 
-    # The Trainer's imports (search.worker.training) happen in the measuring process, not the driver.
-    from peft_search.search.worker.training import run_trial
-
     metrics, adapter_dir = run_trial(trial, settings, data, device=device, widen=reset)
     if adapter_dir is not None:
         adapter_dir.cleanup()
@@ -166,8 +164,6 @@ def _scoring_bytes(trial: TrialConfig, settings, data, device) -> int:
 
 
 def _short_trial(trial: TrialConfig, settings, rows, device) -> dict[str, Any]:
-    from peft_search.search.worker.training import run_trial  # (not imported by the driver: see above)
-
     metrics, adapter_dir = run_trial(trial, settings, rows, device=device)
     if adapter_dir is not None:
         adapter_dir.cleanup()

@@ -10,7 +10,6 @@ measures it, here or in what calls these.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import tempfile
@@ -199,14 +198,8 @@ def final_result(
     }
 
 
-def checkpoint_step(path: str) -> int:
-    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``)."""
-    return int(json.loads((Path(path) / "trainer_state.json").read_text())["global_step"])
-
-
 __all__ = [
     "check_finite",
-    "checkpoint_step",
     "cost_metrics",
     "evaluate_final",
     "evaluate_rung",

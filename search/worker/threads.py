@@ -21,6 +21,7 @@ from peft_search.search.plan.baseline import RuntimeBaseline, read_cache, write_
 from peft_search.search.settings.trial import TrialSettings
 from peft_search.search.worker.environment import import_training_libraries, quiet_libraries
 from peft_search.search.worker.steps import load_base
+from peft_search.search.worker.trainer import CountingCollator
 
 THREADS_CACHE = "threads-speed.json"
 """The cache file (``search.plan.baseline.cache_file``) of ``decide_threads``' figures."""
@@ -190,9 +191,6 @@ def _time_steps(settings: TrialSettings, data: TokenizedSplits, threads: int, ga
     second."""
     import ray
     import torch
-
-    # The Trainer's imports happen in the measuring task, not the driver.
-    from peft_search.search.worker.trainer import CountingCollator
 
     quiet_libraries()
     torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,6 @@ from peft_search.search.worker import faults
 from peft_search.search.worker.environment import import_training_libraries
 from peft_search.search.worker.memory import PeakMemory, release_accelerator_memory
 from peft_search.search.worker.steps import (
-    checkpoint_step,
     cost_metrics,
     evaluate_final,
     evaluate_rung,
@@ -168,6 +168,13 @@ def run_trial(
     model = rung = None  # free the weights before the next trial (the rung holds them too)
     release_accelerator_memory()
     return metrics, adapter_dir
+
+
+def checkpoint_step(path: str) -> int:
+    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``)."""
+    import json
+
+    return int(json.loads((Path(path) / "trainer_state.json").read_text())["global_step"])
 
 
 class _Rung:

@@ -4,9 +4,6 @@ A multi-worker trial is a Ray Train ``TorchTrainer`` (the Train V2 pattern: the 
 single-worker trial runs inside the Tune trial's own actor, which holds the worker's CPUs and GPUs: no trainer,
 controller or worker actors to start per trial, and with ``reuse_actors`` the imports happen once per actor. Both
 paths report the same metrics and save the adapter to the same place (``train/train-TRIAL/checkpoint_000000``).
-
-The driver imports this module (``trial_driver``, ``trial_resources``); what trains (``search.worker.training``:
-transformers' Trainer, PEFT, bitsandbytes, about 5 s of imports) is imported in the trial's process, which runs it.
 """
 
 from __future__ import annotations
@@ -25,7 +22,8 @@ from peft_search.search.worker.memory import release_accelerator_memory
 from peft_search.search.worker.packed import PackedResources, packs, train_packed
 from peft_search.search.worker.placement import worker_resources
 from peft_search.search.worker.spare import SpareCores, ray_reader, threads_key
-from peft_search.search.worker.steps import checkpoint_step, stored_result, trial_device
+from peft_search.search.worker.steps import stored_result, trial_device
+from peft_search.search.worker.training import checkpoint_step, run_trial
 
 
 def trial_driver(config: dict[str, Any], *, settings: TrialSettings, data: TokenizedSplits) -> None:
@@ -69,8 +67,6 @@ def train_in_place(
     The adapter goes where Ray Train would have put it (``stored_result``). The actor may be reused
     for the next trial: memory freed here goes back to the OS so that trial's peak starts from a clean baseline.
     """
-    from peft_search.search.worker.training import run_trial
-
     started_at, t0 = time.time(), time.perf_counter()
     quiet_libraries()
     device = trial_device(settings)
@@ -148,8 +144,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function (multi-worker trials)."""
     import ray.train
     import ray.train.torch
-
-    from peft_search.search.worker.training import run_trial
 
     quiet_libraries()
     ctx = ray.train.get_context()

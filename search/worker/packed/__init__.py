@@ -20,6 +20,7 @@ from typing import Any
 
 from peft_search.search.inputs.data import TokenizedSplits
 from peft_search.search.settings.trial import TrialSettings
+from peft_search.search.worker.packed.auto import decide_packing
 from peft_search.search.worker.packed.coordinator import (
     PackedResources,
     packs,
@@ -42,9 +43,6 @@ def start_packing(
     if level is None:
         return dataclasses.replace(settings, packing=1), None
     if auto:  # pack only where the workers' device measures a gain
-        # Measuring imports the Trainer; the driver does only here.
-        from peft_search.search.worker.packed.auto import decide_packing
-
         settings = decide_packing(settings, data, level, echo)
     if settings.packing <= 1:
         return settings, None

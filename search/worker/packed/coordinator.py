@@ -37,6 +37,7 @@ from peft_search.search.results.records import ERROR_KEY, STATUS_KEY
 from peft_search.search.settings.trial import TrialConfig, TrialSettings
 from peft_search.search.worker.costs import plan_trial
 from peft_search.search.worker.environment import quiet_libraries, return_freed_memory
+from peft_search.search.worker.packed.group import pack_key, run_group
 from peft_search.search.worker.packed.plan import group_peak_bytes, packing_refusal
 from peft_search.search.worker.placement import worker_resources
 from peft_search.search.worker.steps import stored_result, trial_device
@@ -180,8 +181,6 @@ class PackCoordinator:
 
     def _route(self, trial_id: str, trial: TrialConfig) -> None:
         """Into a running group of its kind with a free slot, else the group forming (a new one if none fits)."""
-        from peft_search.search.worker.packed.group import pack_key  # the Trainer's imports: in this actor
-
         key, plan = pack_key(trial, self._settings), self._plans.get(trial_id)
         for group in self._groups.values():
             if group.running and group.key == key and self._has_room(group, plan):
@@ -321,8 +320,6 @@ class PackCoordinator:
 
 
 def _train_group(coordinator, name: str, settings: TrialSettings, data) -> None:
-    from peft_search.search.worker.packed.group import run_group  # the Trainer's imports: in the group's task
-
     quiet_libraries()
     device = trial_device(settings)
 

@@ -88,10 +88,8 @@ def test_the_measuring_trials_run_as_a_reused_actor_runs_them(
         ran.append((trial.quantization, threading.current_thread() is threading.main_thread(), metrics))
         return metrics
 
-    from peft_search.search.worker import training
-
     scored = []
-    real_run = training.run_trial
+    real_run = heap.run_trial
 
     def scoring_spy(trial, settings, data, *, device, widen=None):  # the short trials call run_trial too
         if widen is not None:
@@ -99,7 +97,7 @@ def test_the_measuring_trials_run_as_a_reused_actor_runs_them(
         return real_run(trial, settings, data, device=device, widen=widen)
 
     monkeypatch.setattr(heap, "_short_trial", spy)
-    monkeypatch.setattr(training, "run_trial", scoring_spy)  # where the measuring trials import it from
+    monkeypatch.setattr(heap, "run_trial", scoring_spy)
     measured = heap.measure(prep.settings, prep.data, ["int8", "none"], 1)
     assert [(level, main) for level, main, _ in ran] == [("none", False), ("int8", False), ("none", False)]
     last = ran[-1][2]
