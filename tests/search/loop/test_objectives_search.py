@@ -11,7 +11,8 @@ import pytest
 from peft_search.search.cli import main
 from peft_search.search.results.layout import ResultsDir
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (CI: --dist loadgroup), so its search fixture runs once, not on each worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("objectives")]
 
 LORA = {"peft_type": "LORA", "task_type": "SEQ_CLS", "target_modules": ["query", "value"]}
 

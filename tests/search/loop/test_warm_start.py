@@ -20,7 +20,8 @@ from peft_search.search.results.layout import ResultsDir
 from tests.conftest import CANDIDATES
 from tests.helpers import tiny_config
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (CI: --dist loadgroup), so its search fixture runs once, not on each worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("warm-start")]
 
 IA3_ATTENTION = {
     "name": "ia3-attention",

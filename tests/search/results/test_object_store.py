@@ -40,7 +40,7 @@ def test_search_writes_to_and_reads_from_an_object_store(
         "model": {"name_or_path": tiny_bert},
         "dataset": {"source": classification_csv, "train_per_class": 8, "eval_size": 12},
         "space": {"methods": ["lora", "ia3"], "targets": ["attention"], "ranks": [2]},
-        "search": {"num_trials": 2, "max_concurrent": 2},
+        "search": {"num_trials": 2, "max_concurrent": 1},
         "training": {"max_steps": 2, "batch_size": 4, "max_seq_length": 24, "eval_batch_size": 8},
         "resources": {"cpus_per_worker": 1},
         "results_dir": results_uri,

@@ -18,7 +18,8 @@ import pytest
 
 from peft_search.search.cli import main
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (CI: --dist loadgroup), so its search fixture runs once, not on each worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 
 LEVELS = ("none", "int8", "nf4")
 

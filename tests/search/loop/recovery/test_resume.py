@@ -24,7 +24,8 @@ from peft_search.search.loop.recovery.attributes import STALE as STALE_ATTR
 from tests import ROOT
 from tests.conftest import CANDIDATES
 
-pytestmark = pytest.mark.slow
+# One worker runs the module (CI: --dist loadgroup), so its search fixture runs once, not on each worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]
 
 NUM_TRIALS = 4
 
