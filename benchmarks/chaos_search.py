@@ -23,6 +23,7 @@ def make_search(
     eval_size: int = 12,
     model: str | Path | None = None,
     data: str | Path | None = None,
+    max_concurrent: int = 2,
 ) -> Path:
     """A tiny search's YAML config; its results go to ``root/results/NAME``. Returns the config's path. The model
     and data are built once under ``root``, unless given (a test's session-wide tiny BERT and topics: the memory
@@ -42,7 +43,7 @@ def make_search(
         "search": {
             "num_trials": num_trials,
             "seed": 0,
-            "max_concurrent": 2,
+            "max_concurrent": max_concurrent,
             "early_stopping": {"rule": "none"},
         },
         "training": {"max_steps": 1, "batch_size": 4, "max_seq_length": 24, "eval_batch_size": 8},
