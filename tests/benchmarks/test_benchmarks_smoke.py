@@ -22,6 +22,8 @@ def _tiny(tiny_bert, classification_csv) -> list[str]:
         "training.batch_size": 4,
         "training.eval_batch_size": 8,
         "training.max_seq_length": 24,
+        # One thread a trial: measuring the threads (cpus_per_worker: auto) is tests/search/worker/test_threads.py's.
+        "resources.cpus_per_worker": 1,
     }
     return [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
 
@@ -46,8 +48,8 @@ def test_overhead(ray_local, tiny_bert, classification_csv, tmp_path):
         assert size["trials"] == size["complete"] == 2
         assert size["wall_s"] > size["useful_s"] > 0
         assert 0 < size["overhead_fraction"] < 1 and size["overhead_per_trial_s"] > 0
-        # One actor per trial slot (the default config measures its threads a trial: one or two slots here), each
-        # reused for the trials it trains in place.
+        # One actor per trial slot (two here: one thread a trial on 2 cores), each reused for the trials it trains
+        # in place.
         assert size["actor_processes"] == min(size["concurrency"], size["trials"])
         for key in ("mean_load_s", "mean_setup_in_trial_s", "mean_save_s", "between_trials_s"):
             assert size[key] >= 0
