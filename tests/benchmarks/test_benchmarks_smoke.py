@@ -31,15 +31,9 @@ def _tiny(tiny_bert, classification_csv) -> list[str]:
 def test_overhead(ray_local, tiny_bert, classification_csv, tmp_path):
     from benchmarks import overhead
 
+    # One size of trial (--long-steps would add a second search).
     overhead.main(
-        [
-            "--trials",
-            "2",
-            "--short-steps",
-            "2",
-            "--out-dir",
-            str(tmp_path),
-        ]  # one size (--long-steps: another search)
+        ["--trials", "2", "--short-steps", "2", "--out-dir", str(tmp_path)]
         + _tiny(tiny_bert, classification_csv)
     )
     result = json.loads((tmp_path / "overhead.json").read_text())
