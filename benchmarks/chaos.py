@@ -7,11 +7,12 @@
     python -m benchmarks.chaos --sync-max 1      # sync kills only in the first sync
     python -m benchmarks.chaos driver --kill-at sync:N:K -- run CONFIG --num-cpus 2   # one driver, cut in a sync
 
-Each scenario runs a tiny search (tiny BERT, 1-step trials; every other one two trials at a time, the rest one)
+Each scenario runs a tiny search (tiny BERT, 1-step trials; every third one two trials at a time, the rest one)
 through the real CLI in its own process session and SIGKILLs it with everything it started (Ray's GCS, raylet,
 workers), as a reboot would: either at a random time after its first trial started, or from inside, half-way
 through Tune's N-th upload of its experiment state (K of its files copied, one by one, in a random order). The
-resume may be killed too, early (during Ray's start and the restore) or late; then it is resumed until it exits 0.
+resume may be killed too, early (during Ray's start and the restore) or late, and the next one (``resume_kills``);
+then it is resumed until it exits 0.
 ``check`` then reads the trials table, the Optuna study and the adapters (``train/train-ID``); a trial the table
 showed complete before a kill must still be there, not trained again. Tune saves its state every 10 s or more and at
 the end (a 6-trial search syncs 3 or 4 times): a sync kill cuts one of the first 3 (``--sync-max``).
@@ -80,20 +81,23 @@ def scenario(
     num_trials: int = 6,
     span_s: float = 20.0,
     resume_kill_p: float = 0.5,
+    resume_kills: int = 1,
     sync_max: int = 3,
 ) -> dict[str, Any]:
     """One search, killed, resumed (maybe killed again), resumed until it exits 0, then checked.
 
     Args:
         span_s: seconds from an uninterrupted search's first trial to its end: the window a timed kill falls in.
-        resume_kill_p: how often the first resume is killed too (half of those early, 0.5-8 s after its start).
+        resume_kill_p: how often a resume is killed too (half of those early, 0.5-8 s after its start).
+        resume_kills: how many resumes in a row may be killed (each with ``resume_kill_p``; a resume not killed
+            ends the row): more kills a scenario, fewer processes a kill.
         sync_max: a kill in a sync cuts the N-th of Tune's experiment syncs, N from 1 to this (Tune saves its
             state every 10 s or more, and at the end).
     """
     name = f"s{index:03d}"
-    # Every other search runs two trials at a time (two in flight at a kill), the rest one: a cheaper repetition
+    # Every third search runs two trials at a time (two in flight at a kill), the rest one: a cheaper repetition
     # (one trial actor's start and imports, not two: 36 s of CPU a run here against 57 s).
-    concurrency = 2 if index % 2 == 0 else 1
+    concurrency = 2 if index % 3 == 0 else 1
     config = make_search(root, num_trials, name=name, max_concurrent=concurrency)
     search_dir, logs = root / "results" / name, root / "logs" / name
     facts: dict[str, Any] = {"scenario": index, "search_dir": str(search_dir), "kills": [], "missed": []}
@@ -119,10 +123,13 @@ def scenario(
     before.update(complete_trials(search_dir))
     facts["kills"].append({**kill, "complete_before": len(before)})
     done = False
-    if rng.random() < resume_kill_p:
+    for n in range(resume_kills):
+        if rng.random() >= resume_kill_p:
+            break
         early = rng.random() < 0.5
         delay = rng.uniform(0.5, 8.0) if early else rng.uniform(8.0, 8.0 + span_s)
-        d = start(["resume", str(search_dir), "--num-cpus", "2"], logs, "resume-killed")
+        label = "resume-killed" if n == 0 else f"resume-killed-{n + 1}"
+        d = start(["resume", str(search_dir), "--num-cpus", "2"], logs, label)
         seen = watch(d, search_dir, kill_after=delay, timeout_s=max(300.0, 10 * span_s))
         record(seen, d.err)
         if seen["killed"]:
@@ -134,6 +141,7 @@ def scenario(
         else:
             facts["missed"].append({"step": "resume", "rc": seen["rc"]})
             done = seen["rc"] == 0
+            break
     for attempt in range(RESUME_ATTEMPTS):
         if done:
             break
@@ -361,7 +369,13 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         result["reference"] = ref = reference(root, args.trials)
         search_dir = Path(ref["search_dir"])
         runs = scenarios(
-            root, args.kills, rng, num_trials=args.trials, span_s=ref["span_s"], sync_max=args.sync_max
+            root,
+            args.kills,
+            rng,
+            num_trials=args.trials,
+            span_s=ref["span_s"],
+            sync_max=args.sync_max,
+            resume_kills=args.resume_kills,
         )
         result["scenarios"] = runs
         result["damaged"] = damaged(root, search_dir) if ref["rc"] == 0 and args.damaged else []
@@ -404,6 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--trials", type=int, default=6, help="trials per killed search")
     parser.add_argument("--seed", type=int, default=0, help="the random moments and kinds of the kills")
+    parser.add_argument(
+        "--resume-kills", type=int, default=1, help="resumes in a row that may be killed (each half the time)"
+    )
     parser.add_argument(
         "--sync-max", type=int, default=3, help="a kill in a sync cuts one of the first this many syncs"
     )

@@ -27,8 +27,16 @@ def test_twenty_random_kills_lose_nothing_and_run_nothing_twice(tmp_path):
     try:
         ref = reference(tmp_path, TRIALS)
         assert ref["rc"] == 0 and ref["problems"] == []
+        # Three kills a scenario (the run, then two resumes in a row): 4 processes for 3 kills, where one killed
+        # resume a scenario took 3 for 2.
         runs = scenarios(
-            tmp_path, KILLS, random.Random(20), num_trials=TRIALS, span_s=ref["span_s"], resume_kill_p=1.0
+            tmp_path,
+            KILLS,
+            random.Random(20),
+            num_trials=TRIALS,
+            span_s=ref["span_s"],
+            resume_kill_p=1.0,
+            resume_kills=2,
         )
     finally:
         for hog in busy:
