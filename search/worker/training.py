@@ -8,6 +8,7 @@ stopping's rungs go to an ``on_rung`` callback (``ray.tune.report`` in a Tune ac
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -172,8 +173,6 @@ def run_trial(
 
 def checkpoint_step(path: str) -> int:
     """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``)."""
-    import json
-
     return int(json.loads((Path(path) / "trainer_state.json").read_text())["global_step"])
 
 
