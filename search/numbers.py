@@ -33,6 +33,8 @@ def parse_bytes(value: int | float | str, *, unit_required: bool = True) -> int:
     text = str(value) if _is_number(value) else value
     match = re.fullmatch(_NUMBER + r"([a-zA-Z]*)\s*", text) if isinstance(text, str) else None
     if not match or (match.group(2) and match.group(2).lower() not in _UNITS):
+        if isinstance(text, str) and re.fullmatch(r"\s*-" + _NUMBER + r"[a-zA-Z]*\s*", text):
+            raise ValueError(f"{value!r} is negative; a size is at least 1B ({example})")
         raise ValueError(f"cannot read {value!r} as a size; {example}")
     number, unit = match.group(1).replace("_", ""), match.group(2).lower()
     if not unit and unit_required:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -139,8 +140,17 @@ def _add_set(command: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a value that starts with a minus and a digit read as a value, as newer Pythons read it:
+    ``--max-memory -1GiB`` gets the option's own message (a size is positive), not "expected one argument"."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="peft-search",
         description="Multi-objective search over PEFT configurations (method x rank x targets x quantization) on Ray.",
     )

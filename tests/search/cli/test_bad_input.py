@@ -187,7 +187,7 @@ CASES: dict[str, Any] = {
     "negative-memory-budget": (
         lambda t, m, d: base_config(m, d, t / "out", budget={"max_memory": -1}),
         "budget.max_memory",
-        "as a size",
+        "is negative",
     ),
     "memory-budget-wrong-type": (
         lambda t, m, d: base_config(m, d, t / "out", budget={"max_memory": [8]}),

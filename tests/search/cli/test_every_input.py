@@ -226,7 +226,10 @@ def command_lines(draw, values: dict[str, list[str]]) -> tuple[str, list[str], s
             value = draw(st.sampled_from(values[f"{kind}.good"]))
         else:
             continue
-        argv += [value] if option is None else [f"{option}={value}"]
+        # An option's value joined to it (--max-memory=8GiB) or as the next argument (--max-memory 8GiB), where a
+        # value such as -3GB must still reach the option's own check.
+        joined = option is not None and draw(st.booleans())
+        argv += [value] if option is None else [f"{option}={value}"] if joined else [option, value]
     return command, argv, f"{slots[bad][0] or slots[bad][1]}={argv}"
 
 
@@ -257,8 +260,37 @@ def test_one_bad_argument_is_one_line_and_exit_2(world, capsys, data):
     assert "Traceback" not in err + out, what
     lines = err.strip().splitlines()
     assert lines and "error:" in lines[-1], f"{what}: {err!r}"
+    assert "expected one argument" not in lines[-1], f"{what}: the value was read as an option: {err!r}"
     if not lines[-1].startswith(
         f"peft-search {command}: error: argument"
     ):  # argparse's own: usage, then one line
         assert len(lines) == 1, f"{what}: not one line: {err!r}"
     assert _snapshot(root) == before, f"{what}: wrote into the inputs"
+
+
+def test_every_negative_value_reaches_its_option_as_the_next_argument(world, capsys):
+    """``--max-memory -3GB`` (the value as the next argument, as most users type it) gets the option's own
+    refusal, not argparse's "expected one argument", which reads a value that is not a plain number as an option."""
+    root, values = world
+    cases = [
+        (command, option, value)
+        for command, slots in sorted(COMMANDS.items())
+        for option, kind in slots
+        if option is not None
+        for value in values.get(f"{kind}.bad", [])
+        if value[:1] == "-" and value[1:2].isdigit()
+    ]
+    assert {option for _, option, _ in cases} >= {"--max-memory", "--max-params", "--tolerance", "--num-cpus"}
+    for command, option, value in cases:
+        # A positional without a good value (evaluate's export): argparse refuses the option's value first.
+        positional = [
+            (values.get(f"{k}.good") or values[f"{k}.bad"])[0] for o, k in COMMANDS[command] if o is None
+        ]
+        argv = [command, *positional, option, value]
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit:
+            code = exit.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err, argv
+        assert option in err[-1] and "expected one argument" not in err[-1], f"{argv}: {err[-1]}"
