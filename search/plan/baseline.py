@@ -69,7 +69,9 @@ class RuntimeBaseline:
 
     @staticmethod
     def environment_key() -> str:
-        """What the baseline depends on: the interpreter and the versions of the libraries a trial imports."""
+        """What the baseline depends on: the Python environment (its prefix: ``.venv/bin/python`` and
+        ``.venv/bin/python3``, which ``peft-search`` runs, are one), Python's version and the versions of the
+        libraries a trial imports."""
         import platform
         import sys
         from importlib.metadata import PackageNotFoundError, version
@@ -81,7 +83,7 @@ class RuntimeBaseline:
                 return "-"
 
         libraries = " ".join(f"{name}=={installed(name)}" for name in RUNTIME_LIBRARIES)
-        return f"{sys.executable} (Python {platform.python_version()}, {platform.machine()}): {libraries}"
+        return f"{sys.prefix} (Python {platform.python_version()}, {platform.machine()}): {libraries}"
 
     CACHE = "runtime-baseline.json"
 
