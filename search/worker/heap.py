@@ -52,6 +52,12 @@ def heap_model(
     started = time.monotonic()
     where = "cached"
     if model is None or not set(levels) <= {"none", *model.after_load}:
+        if echo:  # the first search of this machine and shape waits on it: say so
+            print(
+                f"[peft-search] memory estimate: measuring what the heap keeps in short trials, quantization "
+                f"{', '.join(levels)} (once per machine, model and batch shape)",
+                flush=True,
+            )
         try:
             model = _measure_in_subprocess(settings, data, levels, env, threads, allocator)
         except RuntimeError as err:

@@ -87,6 +87,13 @@ def decide_threads(
     if isinstance(cached, dict) and cached:
         rows_per_s = {int(k): float(v) for k, v in cached.items()}
     else:
+        if echo and len(shapes) > 1:  # the first search of this machine and shape waits on it: say so
+            tried = ", ".join(f"{node_cpus // t} x {t}" for t in shapes)
+            print(
+                f"[peft-search] cpus_per_worker (auto): measuring rows trained a second on {node_cpus} cores at "
+                f"{tried} threads (once per machine, model and batch shape)",
+                flush=True,
+            )
         try:
             rows_per_s = {} if len(shapes) == 1 else measure_threads(settings, data, node_cpus, shapes)
         except Exception as err:  # noqa: BLE001 - whatever stopped the measurement, the search goes on

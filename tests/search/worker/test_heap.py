@@ -29,7 +29,8 @@ def test_the_heap_is_measured_once_in_a_fresh_process_then_read_from_the_cache(
     assert model.step_share >= 0 and set(model.after_load) == {"int8"}
     again = heap.heap_model(prep.settings, prep.data, ["int8"], None)
     assert again == model
-    measured, cached = capsys.readouterr().out.strip().splitlines()
+    measuring, measured, cached = capsys.readouterr().out.strip().splitlines()
+    assert measuring.startswith("[peft-search] memory estimate: measuring") and "none, int8" in measuring
     assert measured.startswith("[peft-search] memory estimate: the heap keeps system, 1 thread(s): ")
     assert "(measured in" in measured and cached.endswith("(cached)")
     # A level not measured yet is measured (with the rest again); a GPU search has no heap share.

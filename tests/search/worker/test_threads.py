@@ -58,7 +58,11 @@ def test_auto_measures_each_shape_on_ray_then_reads_the_cache(ray_local, prep, c
     first = threads.decide_threads(prep.settings, prep.data, 2, "this-node")
     again = threads.decide_threads(prep.settings, prep.data, 2, "this-node")
     assert first.resources.cpus_per_worker == again.resources.cpus_per_worker in (1.0, 2.0)
-    measured, cached = capsys.readouterr().out.strip().splitlines()
+    measuring, measured, cached = capsys.readouterr().out.strip().splitlines()
+    assert (
+        measuring.startswith("[peft-search] cpus_per_worker (auto): measuring")
+        and "1 x 2, 2 x 1" in measuring
+    )
     assert measured.startswith("[peft-search] cpus_per_worker (auto): ") and "measured in" in measured
     assert "1 x 2 threads" in measured and "2 x 1 threads" in measured
     assert cached.endswith("(cached)") and measured.split(": rows")[0] == cached.split(": rows")[0]
