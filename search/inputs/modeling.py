@@ -27,6 +27,8 @@ class ModelFacts:
     linear_modules: list[str]
     norm_modules: list[str]
     max_positions: int | None
+    widest_rank: int = 0
+    """The largest ``min(in_features, out_features)`` of its linear layers: no layer's update has a higher rank."""
 
 
 def _auto_class(task: str):
@@ -46,10 +48,11 @@ def meta_model(path: str, task: str, num_labels: int = 2, revision: str | None =
 
 def model_facts(model: nn.Module) -> ModelFacts:
     config = model.config
-    linear, norms = [], []
+    linear, norms, widest = [], [], 0
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             linear.append(name)
+            widest = max(widest, min(module.in_features, module.out_features))
         elif any(t in type(module).__name__ for t in _NORM_TYPES):
             norms.append(name)
     num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
@@ -59,6 +62,7 @@ def model_facts(model: nn.Module) -> ModelFacts:
         linear_modules=linear,
         norm_modules=norms,
         max_positions=getattr(config, "max_position_embeddings", None),
+        widest_rank=widest,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from peft_search import spaces
 from peft_search.search.errors import ConfigError
 from peft_search.search.inputs import data
-from peft_search.search.inputs.candidates import check_candidates, describe_candidates
+from peft_search.search.inputs.candidates import check_candidates, check_ranks, describe_candidates
 from peft_search.search.inputs.data import Splits, TokenizedSplits
 from peft_search.search.inputs.modeling import ModelFacts, meta_model, model_facts
 from peft_search.search.loop.rungs import rung_steps
@@ -58,6 +58,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     check_candidates(
         cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
     )
+    check_ranks(cfg.space.ranks, facts.widest_rank)
     data = _tokenized(cfg, splits, tokenizer)
     t = cfg.training
     steps = total_steps(len(data.train), t.batch_size, None if t.epochs else t.max_steps, t.epochs)

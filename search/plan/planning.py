@@ -21,7 +21,7 @@ from torch import nn
 from peft_search.cluster import worker_env
 from peft_search.search.errors import ConfigError, InfeasibleTrialError
 from peft_search.search.inputs import adapterhub
-from peft_search.search.inputs.candidates import check_candidates
+from peft_search.search.inputs.candidates import check_candidates, check_ranks
 from peft_search.search.inputs.data import DatasetError, split_dataset
 from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model, model_facts
 from peft_search.search.plan.baseline import RuntimeBaseline
@@ -292,6 +292,7 @@ def plan_search(
     check_candidates(
         cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
     )
+    check_ranks(cfg.space.ranks, facts.widest_rank)
     ctx = space_context(cfg, facts, cfg.training.max_steps or 100)
     spec = space_spec(cfg)
     todo: list[dict[str, Any]] = [

@@ -169,6 +169,11 @@ CASES: dict[str, Any] = {
         "training.learning_rate",
         "[low, high]",
     ),
+    "rank-above-the-model": (
+        lambda t, m, d: base_config(m, d, t / "out", space={"ranks": [4, 1_000_000_000]}),
+        "space.ranks",
+        "1000000000 is more than any layer of this model can use",
+    ),
     "empty-ranks": (
         lambda t, m, d: base_config(m, d, t / "out", space={"ranks": []}),
         "space.ranks",
