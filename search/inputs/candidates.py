@@ -35,13 +35,13 @@ def measuring_lora(task: str) -> dict[str, object]:
 
 
 def check_ranks(ranks: Sequence[int], widest_rank: int) -> None:
-    """Raise ``ConfigError`` for a ``space.ranks`` value above every linear layer's ``min(in, out)`` in this model
+    """Raise ``ConfigError`` for a ``space.ranks`` value above every weight matrix's ``min(in, out)`` in this model
     (``widest_rank``; 0 when it has none): such a rank adds parameters and memory and nothing a lower one lacks."""
     over = sorted({r for r in ranks if r > widest_rank}) if widest_rank > 0 else []
     if over:
         raise ConfigError(
             f"space.ranks: {', '.join(map(str, over))} {'is' if len(over) == 1 else 'are'} more than any layer of "
-            f"this model can use (its linear layers' min(in, out) is at most {widest_rank}); use ranks up to "
+            f"this model can use (its weight matrices' min(in, out) is at most {widest_rank}); use ranks up to "
             f"{widest_rank}"
         )
 

@@ -28,7 +28,8 @@ class ModelFacts:
     norm_modules: list[str]
     max_positions: int | None
     widest_rank: int = 0
-    """The largest ``min(in_features, out_features)`` of its linear layers: no layer's update has a higher rank."""
+    """The largest ``min(in, out)`` of its weight matrices (linear layers, GPT-2's ``Conv1D``, embeddings, convolutions
+    flattened): no layer's update has a higher rank."""
 
 
 def _auto_class(task: str):
@@ -50,9 +51,11 @@ def model_facts(model: nn.Module) -> ModelFacts:
     config = model.config
     linear, norms, widest = [], [], 0
     for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)  # Linear, GPT-2's Conv1D, Embedding, convolutions
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            widest = max(widest, min(weight.shape[0], weight[0].numel()))
         if isinstance(module, nn.Linear):
             linear.append(name)
-            widest = max(widest, min(module.in_features, module.out_features))
         elif any(t in type(module).__name__ for t in _NORM_TYPES):
             norms.append(name)
     num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)

@@ -47,8 +47,8 @@ class SpaceConfig(_Strict):
     layers: list[Literal["all", "top-half", "every-other"]] = Field(default_factory=lambda: ["all"])
     """Which transformer blocks to adapt (PEFT's ``layers_to_transform``)."""
     ranks: list[int] = Field(default_factory=lambda: [4, 8, 16])
-    """Ranks (``r``) to sample for the methods that have one; each at most the model's widest linear layer's
-    ``min(in, out)`` (a higher one adds parameters and nothing else)."""
+    """Ranks (``r``) to sample for the methods that have one; each at most the largest
+    ``min(in, out)`` of the model's weight matrices (a higher one adds parameters and nothing else)."""
     alpha_ratios: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     """``lora_alpha`` (or ``alpha``) as a multiple of the rank."""
     dropouts: list[float] = Field(default_factory=lambda: [0.0, 0.1])
