@@ -489,16 +489,3 @@ def test_map_forked_keeps_order_and_raises_a_workers_error():
     assert resolve_jobs(0) >= 1 and resolve_jobs(3) == 3
     with pytest.raises(ValueError, match="jobs: -1"):
         resolve_jobs(-1)
-
-
-def test_the_measurements_cache_key_is_the_environment_not_the_name_it_was_started_by():
-    """``peft-search`` runs ``.venv/bin/python3``, ``python -m peft_search`` ``.venv/bin/python``: one environment,
-    whose measurements (runtime baseline, threads, heap) one run caches for the other."""
-    names = [Path(sys.executable).with_name(n) for n in ("python", "python3")]
-    if not all(n.exists() for n in names):
-        pytest.skip("this environment has no python and python3 side by side")
-    code = "from peft_search.search.plan.baseline import RuntimeBaseline; print(RuntimeBaseline.environment_key())"
-    keys = {
-        subprocess.run([str(n), "-c", code], capture_output=True, text=True, check=True).stdout for n in names
-    }
-    assert len(keys) == 1 and sys.prefix in keys.pop()
