@@ -34,6 +34,13 @@ def measuring_lora(task: str) -> dict[str, object]:
     }
 
 
+def check_space_fits(space, base, facts, task: str) -> None:
+    """Raise ``ConfigError`` where ``space`` (``SpaceConfig``) does not fit the model: a candidate PEFT cannot build
+    on ``base`` (its meta-device model), or a rank above what ``facts`` (its ``ModelFacts``) allow."""
+    check_candidates(space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, task)
+    check_ranks(space.ranks, facts.widest_rank)
+
+
 def check_ranks(ranks: Sequence[int], widest_rank: int) -> None:
     """Raise ``ConfigError`` for a ``space.ranks`` value above every weight matrix's ``min(in, out)`` in this model
     (``widest_rank``; 0 when it has none): such a rank adds parameters and memory and nothing a lower one lacks."""

@@ -10,7 +10,7 @@ from typing import Any
 from peft_search import spaces
 from peft_search.search.errors import ConfigError
 from peft_search.search.inputs import data
-from peft_search.search.inputs.candidates import check_candidates, check_ranks, describe_candidates
+from peft_search.search.inputs.candidates import check_space_fits, describe_candidates
 from peft_search.search.inputs.data import Splits, TokenizedSplits
 from peft_search.search.inputs.modeling import ModelFacts, meta_model, model_facts
 from peft_search.search.loop.rungs import rung_steps
@@ -55,10 +55,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     splits = _splits(cfg)
     tokenizer, base = _tokenizer_and_meta_model(cfg, model_path, len(splits.label_names))
     facts = model_facts(base)
-    check_candidates(
-        cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
-    )
-    check_ranks(cfg.space.ranks, facts.widest_rank)
+    check_space_fits(cfg.space, base, facts, cfg.model.task)
     data = _tokenized(cfg, splits, tokenizer)
     t = cfg.training
     steps = total_steps(len(data.train), t.batch_size, None if t.epochs else t.max_steps, t.epochs)

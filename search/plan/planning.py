@@ -21,7 +21,7 @@ from torch import nn
 from peft_search.cluster import worker_env
 from peft_search.search.errors import ConfigError, InfeasibleTrialError
 from peft_search.search.inputs import adapterhub
-from peft_search.search.inputs.candidates import check_candidates, check_ranks
+from peft_search.search.inputs.candidates import check_space_fits
 from peft_search.search.inputs.data import DatasetError, split_dataset
 from peft_search.search.inputs.modeling import SKIP_QUANTIZATION, inject_adapter, meta_model, model_facts
 from peft_search.search.plan.baseline import RuntimeBaseline
@@ -289,10 +289,7 @@ def plan_search(
             f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} ({first}); give a local "
             "model directory, a Hugging Face model id this machine can reach, or pkg:PACKAGE/DIR"
         ) from None
-    check_candidates(
-        cfg.space.candidates, [n for n, _ in base.named_modules()], facts.num_layers, cfg.model.task
-    )
-    check_ranks(cfg.space.ranks, facts.widest_rank)
+    check_space_fits(cfg.space, base, facts, cfg.model.task)
     ctx = space_context(cfg, facts, cfg.training.max_steps or 100)
     spec = space_spec(cfg)
     todo: list[dict[str, Any]] = [
